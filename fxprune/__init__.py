@@ -1,0 +1,62 @@
+"""fxprune: a torch.fx graph-transformation compiler for structured pruning of CNNs.
+
+Pipeline: :func:`trace` → :func:`analyze` (channel groups) → :func:`score` (criteria in
+``fxprune.passes``) → :func:`select` (keep-sets) → :func:`rewrite` (a new, smaller
+GraphModule). :func:`compress` runs all of them; :func:`verify` checks the result against the
+zero-channel oracle.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "compress",
+    "trace",
+    "analyze",
+    "score",
+    "select",
+    "rewrite",
+    "verify",
+    "count",
+    "save",
+    "load",
+    "apply_manifest",
+    "register_rule",
+    "register_criterion",
+    "list_rules",
+    "list_criteria",
+    "Rule",
+    "Group",
+    "ParamSlice",
+    "KeepSet",
+    "Analysis",
+    "VerifyReport",
+    "FxPruneError",
+    "TraceFailure",
+    "UnsupportedOpError",
+    "RewriteError",
+    "VerificationError",
+    "InputError",
+    "__version__",
+]
+
+__version__ = "0.1.0"
+
+from .analyze import Analysis, analyze
+from .api import compress, score
+from .count import count
+from .criteria import list_criteria, register_criterion
+from .errors import (
+    FxPruneError,
+    InputError,
+    RewriteError,
+    TraceFailure,
+    UnsupportedOpError,
+    VerificationError,
+)
+from .meta import Group, KeepSet, ParamSlice
+from .rewrite import rewrite
+from .rules import Rule, list_rules, register_rule
+from .select import select
+from .serialize import apply_manifest, load, save
+from .trace import trace
+from .verify import VerifyReport, verify

@@ -1,0 +1,598 @@
+"""Dependency analysis: propagate channel ids through the graph and group coupled channels.
+
+Reads:  a GraphModule from :func:`fxprune.trace` and its example inputs
+Writes: ``node.meta["fxprune.ids"]``, ``gm.meta["fxprune.groups"]``, ``gm.meta["fxprune.analysis"]``
+
+The graph is run once on the example inputs (eval mode, no grad). Next to every value the pass
+computes an *id tensor* (see :mod:`fxprune.channels`) with the node's rule. Rules couple channels
+(``ctx.union``), allocate new channel spaces (``ctx.new_ids``), bind parameter axes to channels
+(``ctx.bind``) and freeze channels they cannot handle. Coupling is resolved afterwards by a
+vectorized union-find, first over channels (units), then over channel spaces (groups); both are
+near-linear in the number of channels.
+"""
+
+from __future__ import annotations
+
+__all__ = ["analyze", "Analysis", "PropCtx", "Unsupported"]
+
+import logging
+import warnings
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.fx as fx
+import torch.nn as nn
+from torch import Tensor
+
+from . import meta
+from .channels import FIRST_ID, FREE, FROZEN, at_axis, axis_ids, fit
+from .errors import FxPruneError, InputError, UnsupportedOpError, node_location
+from .rules import Rule, op_name, rule_for
+from .trace import EXAMPLE_INPUTS
+
+logger = logging.getLogger(__name__)
+
+Progress = Callable[[str, int, int], None]
+
+
+class Unsupported(Exception):
+    """Raised by a rule for a configuration it does not handle; the op is then frozen."""
+
+
+@dataclass
+class Binding:
+    node: str
+    target: str
+    param: str
+    dim: int
+    ids: Tensor
+    role: str
+
+
+@dataclass
+class Analysis:
+    """The result of :func:`analyze`: channel ids, coupling, groups and bindings."""
+
+    gm: fx.GraphModule
+    n_ids: int
+    unit: Tensor  # [n_ids] unit root of each id (min id of its component)
+    group_of: Tensor  # [n_ids] group index of each id (-1: reserved ids)
+    unit_index: Tensor  # [n_ids] index of the id's unit inside its group
+    frozen: Tensor  # [n_ids] bool
+    groups: tuple[meta.Group, ...]
+    bindings: list[Binding]
+    consumers: dict[str, list[int]]  # node name -> positional input indices it consumes
+    approx: list[tuple[str, Tensor, str]]  # (node, ids, reason)
+    unsupported: dict[str, list[str]]  # op name -> locations
+    space_owner: list[tuple[int, int, str]] = field(default_factory=list)  # (start, n, node)
+
+    def ids(self, node: fx.Node) -> Any:
+        return meta.get_ids(node)
+
+
+class _State:
+    """Mutable bookkeeping while propagating (ids allocation, edges, freezes)."""
+
+    def __init__(self) -> None:
+        self.n_ids = FIRST_ID
+        self.space_start: list[int] = [FROZEN, FREE]
+        self.space_size: list[int] = [1, 1]
+        self.space_node: list[str] = ["<frozen>", "<free>"]
+        self.edges: list[Tensor] = []
+        self.frozen: list[tuple[Tensor, str]] = []
+        self.bindings: list[Binding] = []
+        self.bound: dict[tuple[str, str, int], Tensor] = {}
+        self.keyed: dict[Any, Tensor] = {}
+        self.consumers: dict[str, list[int]] = {}
+        self.approx: list[tuple[str, Tensor, str]] = []
+        self.unsupported: dict[str, list[str]] = {}
+
+    def new_ids(self, n: int, owner: str) -> Tensor:
+        start = self.n_ids
+        self.n_ids += n
+        self.space_start.append(start)
+        self.space_size.append(n)
+        self.space_node.append(owner)
+        return torch.arange(start, start + n, dtype=torch.long)
+
+    def union(self, a: Tensor, b: Tensor) -> None:
+        a, b = torch.broadcast_tensors(a, b)
+        a, b = a.reshape(-1), b.reshape(-1)
+        m = (a != b) & (a != FREE) & (b != FREE)
+        if not bool(m.any()):
+            return
+        a, b = a[m], b[m]
+        fa, fb = a == FROZEN, b == FROZEN
+        if bool(fa.any()) or bool(fb.any()):
+            self.frozen.append((torch.cat([b[fa], a[fb]]), "coupled with a frozen value"))
+            keep = ~(fa | fb)
+            a, b = a[keep], b[keep]
+        if a.numel():
+            self.edges.append(torch.stack([a, b]))
+
+    def freeze(self, ids: Tensor, reason: str) -> None:
+        flat = ids.reshape(-1)
+        flat = flat[flat >= FIRST_ID]
+        if flat.numel():
+            self.frozen.append((flat.unique(), reason))
+
+
+class PropCtx:
+    """What a rule sees: the node, its concrete inputs/output, and the id bookkeeping."""
+
+    def __init__(self, state: _State, node: fx.Node, module: nn.Module | None, args: tuple,
+                 kwargs: dict, out: Any):
+        self._s = state
+        self.node = node
+        self.module = module
+        self.args = args
+        self.kwargs = kwargs
+        self.out = out
+
+    # --- inputs -----------------------------------------------------------------------------
+    def arg(self, i: int, name: str | None = None, default: Any = None) -> Any:
+        """The concrete value of positional argument ``i`` (or keyword ``name``)."""
+        if i < len(self.args):
+            return self.args[i]
+        if name is not None and name in self.kwargs:
+            return self.kwargs[name]
+        return default
+
+    def arg_node(self, i: int, name: str | None = None) -> Any:
+        if i < len(self.node.args):
+            return self.node.args[i]
+        if name is not None:
+            return self.node.kwargs.get(name)
+        return None
+
+    def ids(self, i: int = 0, name: str | None = None) -> Any:
+        """Ids of positional input ``i`` (None if it is not a tensor-valued node)."""
+        a = self.arg_node(i, name)
+        return meta.get_ids(a) if isinstance(a, fx.Node) else None
+
+    def ids_of(self, a: Any) -> Any:
+        if isinstance(a, fx.Node):
+            return meta.get_ids(a)
+        if isinstance(a, (list, tuple)):
+            return type(a)(self.ids_of(x) for x in a)
+        return None
+
+    def tensor_input_ids(self) -> list[Tensor]:
+        found: list[Tensor] = []
+
+        def visit(a: Any) -> None:
+            if isinstance(a, fx.Node):
+                v = meta.get_ids(a)
+                if isinstance(v, Tensor):
+                    found.append(v)
+            elif isinstance(a, (list, tuple)):
+                for x in a:
+                    visit(x)
+            elif isinstance(a, dict):
+                for x in a.values():
+                    visit(x)
+
+        visit(self.node.args)
+        visit(self.node.kwargs)
+        return found
+
+    # --- id bookkeeping ---------------------------------------------------------------------
+    def new_ids(self, n: int, key: Any = None) -> Tensor:
+        """Allocate a new channel space of ``n`` ids (the same ids again for the same key)."""
+        if key is not None and key in self._s.keyed:
+            return self._s.keyed[key]
+        ids = self._s.new_ids(n, self.node.name)
+        if key is not None:
+            self._s.keyed[key] = ids
+        return ids
+
+    def frozen_ids(self, shape: Iterable[int], reason: str) -> Tensor:
+        """Fresh ids for a value whose channels must not change (axis 1, or the last axis)."""
+        shape = tuple(shape)
+        if not shape:
+            return torch.tensor(FROZEN)
+        axis = 1 if len(shape) > 1 else 0
+        ids = at_axis(self._s.new_ids(shape[axis], self.node.name), axis, len(shape))
+        self.freeze(ids, reason)
+        return ids
+
+    def union(self, a: Tensor, b: Tensor) -> None:
+        """Couple two id tensors elementwise (with broadcasting)."""
+        self._s.union(a, b)
+
+    def freeze(self, ids: Tensor, reason: str) -> None:
+        self._s.freeze(ids, f"{reason} ({node_location(self.node)})")
+
+    def channel_ids(self, ids: Tensor, axis: int, size: int, what: str) -> Tensor:
+        """1-D ids along ``axis``; freezes and returns fresh frozen ids if they vary elsewhere."""
+        v = axis_ids(ids, axis, size)
+        if v is None:
+            self.freeze(ids, f"{what}: channel ids vary along more than one axis")
+            v = self._s.new_ids(size, self.node.name)
+            self.freeze(v, what)
+        return v
+
+    def bind(self, param: str, dim: int, ids1d: Tensor, role: str, target: str | None = None
+             ) -> None:
+        """Declare that entries of ``target.param`` along ``dim`` belong to channels ``ids1d``."""
+        tgt = str(self.node.target) if target is None else target
+        key = (tgt, param, dim)
+        prev = self._s.bound.get(key)
+        if prev is not None:  # shared module called twice: its slices must agree
+            self._s.union(prev, ids1d)
+            return
+        self._s.bound[key] = ids1d
+        self._s.bindings.append(Binding(self.node.name, tgt, param, dim, ids1d, role))
+
+    def consume(self, *arg_indices: int) -> None:
+        """Mark inputs whose channels this op mixes with weights (the oracle zeroes them here)."""
+        self._s.consumers.setdefault(self.node.name, []).extend(arg_indices)
+
+    def approximate(self, ids: Tensor, reason: str) -> None:
+        """Pruning these channels changes this op's statistics (e.g. LayerNorm over C)."""
+        self._s.approx.append((self.node.name, ids, f"{reason} at {self.node.name}"))
+
+
+class _Propagator(fx.Interpreter):
+    def __init__(self, gm: fx.GraphModule, state: _State, ignored: set[str], strict: bool,
+                 progress: Progress | None):
+        super().__init__(gm)
+        self.s = state
+        self.ignored = ignored
+        self.strict = strict
+        self.progress = progress
+        self.n_nodes = len(gm.graph.nodes)
+        self.i = 0
+
+    def run_node(self, n: fx.Node) -> Any:
+        out = super().run_node(n)
+        ids = self._ids_for(n, out)
+        meta.set_ids(n, ids)
+        n.meta[meta.SHAPE] = _shape_of(out)
+        self.i += 1
+        if self.progress is not None and self.i % 50 == 0:
+            self.progress("analyze", self.i, self.n_nodes)
+        return out
+
+    def _ids_for(self, n: fx.Node, out: Any) -> Any:
+        if n.op == "placeholder":
+            return _structure(out, lambda t: PropCtx(self.s, n, None, (), {}, t).frozen_ids(
+                t.shape, "graph input"))
+        if n.op == "output":
+            ctx = PropCtx(self.s, n, None, (), {}, None)
+            for ids in ctx.tensor_input_ids():
+                ctx.freeze(ids, "reaches the graph output")
+            return None
+        if n.op == "get_attr":
+            return _attr_ids(self.s, n, out)
+        mod = self.fetch_attr(str(n.target)) if n.op == "call_module" else None
+        args, kwargs = self.fetch_args_kwargs_from_env(n)
+        ctx = PropCtx(self.s, n, mod, args, kwargs, out)
+        in_ids = ctx.tensor_input_ids()
+        if not in_ids and not _has_tensor(out) and n.op != "call_module":
+            return None  # pure Python / shape arithmetic
+        if in_ids and not _has_tensor(out):
+            return None  # queries: x.size(), x.shape, x.dim() are recomputed after pruning
+        rule = rule_for(n, self.module_map)
+        ids = None
+        if rule is not None:
+            try:
+                ids = rule.propagate(ctx)
+                if not _valid(ids, out):
+                    raise Unsupported(f"rule {type(rule).__name__} gave ids that do not fit")
+            except Unsupported as e:
+                ids = self._unsupported(ctx, n, str(e))
+        else:
+            ids = self._unsupported(ctx, n, None)
+        if n.op == "call_module" and self._is_ignored(str(n.target)):
+            _structure_apply(ids, lambda t: ctx.freeze(t, f"ignored module '{n.target}'"))
+        return ids
+
+    @property
+    def module_map(self) -> dict[str, nn.Module]:
+        mm = getattr(self, "_mm", None)
+        if mm is None:
+            mm = self._mm = dict(self.module.named_modules())
+        return mm
+
+    def _is_ignored(self, qualname: str) -> bool:
+        return any(qualname == p or qualname.startswith(p + ".") for p in self.ignored)
+
+    def _unsupported(self, ctx: PropCtx, n: fx.Node, why: str | None) -> Any:
+        name = op_name(n, self.module_map)
+        label = name if why is None else f"{name} ({why})"
+        self.s.unsupported.setdefault(label, []).append(node_location(n))
+        for ids in ctx.tensor_input_ids():
+            ctx.freeze(ids, f"input of unsupported op {name}")
+        return _structure(ctx.out, lambda t: ctx.frozen_ids(t.shape, f"output of unsupported op "
+                                                                     f"{name}"))
+
+
+def _shape_of(x: Any) -> Any:
+    if isinstance(x, Tensor):
+        return tuple(x.shape)
+    if isinstance(x, (list, tuple)) and any(isinstance(v, Tensor) for v in x):
+        return tuple(_shape_of(v) for v in x)
+    return None
+
+
+def _has_tensor(x: Any) -> bool:
+    if isinstance(x, Tensor):
+        return True
+    if isinstance(x, (list, tuple)):
+        return any(_has_tensor(v) for v in x)
+    if isinstance(x, dict):
+        return any(_has_tensor(v) for v in x.values())
+    return False
+
+
+def _structure(x: Any, fn: Callable[[Tensor], Tensor]) -> Any:
+    if isinstance(x, Tensor):
+        return fn(x)
+    if isinstance(x, (list, tuple)):
+        return tuple(_structure(v, fn) for v in x)
+    return None
+
+
+def _structure_apply(ids: Any, fn: Callable[[Tensor], None]) -> None:
+    if isinstance(ids, Tensor):
+        fn(ids)
+    elif isinstance(ids, (list, tuple)):
+        for v in ids:
+            _structure_apply(v, fn)
+
+
+def _valid(ids: Any, out: Any) -> bool:
+    if isinstance(out, Tensor):
+        return isinstance(ids, Tensor) and fit(ids, out.shape) is not None
+    if isinstance(out, (list, tuple)):
+        return (isinstance(ids, tuple) and len(ids) == len(out)
+                and all(_valid(i, o) for i, o in zip(ids, out)))
+    return ids is None
+
+
+def _attr_ids(s: _State, n: fx.Node, value: Any) -> Any:
+    """A tensor attribute with one non-trivial axis (a layer scale) opens a channel space.
+
+    Attributes with several non-trivial axes (positional embeddings, weights used by traced
+    functional code) are frozen: coupling a channel to them keeps it.
+    """
+    if not isinstance(value, Tensor):
+        return None
+    big = [d for d, size in enumerate(value.shape) if size > 1]
+    if not big:
+        return torch.full((1,) * value.dim(), FREE, dtype=torch.long)
+    if len(big) > 1:
+        return torch.full((1,) * value.dim(), FROZEN, dtype=torch.long)
+    ctx = PropCtx(s, n, None, (), {}, value)
+    axis = big[0]
+    ids1d = ctx.new_ids(value.shape[axis], key=("attr", str(n.target), axis))
+    ctx.bind("", axis, ids1d, "channel", target=str(n.target))
+    return at_axis(ids1d, axis, value.dim())
+
+
+# --- union-find -------------------------------------------------------------------------------
+
+def _components(n: int, edges: Tensor) -> Tensor:
+    """Root (min member) of every element's connected component; vectorized hook-and-jump."""
+    parent = torch.arange(n, dtype=torch.long)
+    if edges.numel() == 0:
+        return parent
+    u, v = edges[0], edges[1]
+    while True:
+        pu, pv = parent[u], parent[v]
+        lo, hi = torch.minimum(pu, pv), torch.maximum(pu, pv)
+        changed = lo != hi
+        if not bool(changed.any()):
+            return parent
+        parent.scatter_reduce_(0, hi[changed], lo[changed], reduce="amin")
+        while True:  # pointer jumping until every element points at a root
+            pp = parent[parent]
+            if torch.equal(pp, parent):
+                break
+            parent = pp
+
+
+def _resolve(gm: fx.GraphModule, s: _State) -> Analysis:
+    n = s.n_ids
+    edges = torch.cat(s.edges, dim=1) if s.edges else torch.zeros(2, 0, dtype=torch.long)
+    unit = _components(n, edges)
+
+    frozen = torch.zeros(n, dtype=torch.bool)
+    reason_of_unit: dict[int, str] = {}
+    for ids, reason in s.frozen:
+        roots = unit[ids]
+        frozen[roots] = True
+        for r in roots.unique().tolist():
+            reason_of_unit.setdefault(r, reason)
+    frozen = frozen[unit]
+
+    # Second level: spaces that share a unit form one group.
+    starts = torch.tensor(s.space_start, dtype=torch.long)
+    sizes = torch.tensor(s.space_size, dtype=torch.long)
+    space_of = torch.repeat_interleave(torch.arange(len(starts)), sizes)
+    real = torch.arange(FIRST_ID, n)
+    sp_edges = torch.stack([space_of[real], space_of[unit[real]]])
+    space_root = _components(len(starts), sp_edges)
+    group_root = space_root[space_of]  # per id
+
+    group_of = torch.full((n,), -1, dtype=torch.long)
+    unit_index = torch.full((n,), -1, dtype=torch.long)
+    roots_sorted, inverse = torch.unique(group_root[FIRST_ID:], return_inverse=True)
+    group_of[FIRST_ID:] = inverse
+    # unit index inside the group: rank of the unit root among the group's unit roots
+    is_root = unit == torch.arange(n)
+    order_key = group_of * n + torch.arange(n)
+    root_ids = torch.nonzero(is_root & (group_of >= 0)).flatten()
+    root_ids = root_ids[torch.argsort(order_key[root_ids])]
+    grp_of_roots = group_of[root_ids]
+    counts = torch.bincount(grp_of_roots, minlength=len(roots_sorted))
+    offsets = torch.cumsum(counts, 0) - counts
+    rank = torch.arange(len(root_ids)) - offsets[grp_of_roots]
+    root_rank = torch.full((n,), -1, dtype=torch.long)
+    root_rank[root_ids] = rank
+    unit_index[FIRST_ID:] = root_rank[unit[FIRST_ID:]]
+
+    groups = _build_groups(s, unit, group_of, unit_index, frozen, counts, reason_of_unit,
+                           space_of, starts, sizes)
+    return Analysis(gm=gm, n_ids=n, unit=unit, group_of=group_of, unit_index=unit_index,
+                    frozen=frozen, groups=groups, bindings=s.bindings, consumers=s.consumers,
+                    approx=s.approx, unsupported=s.unsupported,
+                    space_owner=list(zip(s.space_start, s.space_size, s.space_node)))
+
+
+def _build_groups(s: _State, unit: Tensor, group_of: Tensor, unit_index: Tensor, frozen: Tensor,
+                  counts: Tensor, reason_of_unit: dict[int, str], space_of: Tensor,
+                  starts: Tensor, sizes: Tensor) -> tuple[meta.Group, ...]:
+    n_groups = len(counts)
+    members: list[list[meta.ParamSlice]] = [[] for _ in range(n_groups)]
+    for b in s.bindings:
+        gids = group_of[b.ids]
+        for g in gids[gids >= 0].unique().tolist():
+            units = torch.where(gids == g, unit_index[b.ids], torch.full_like(b.ids, -1))
+            members[g].append(meta.ParamSlice(b.node, b.target, b.param, b.dim, b.role, units))
+    # producers / width / divisor per group, from the spaces each group owns
+    space_group = group_of[starts.clamp(min=FIRST_ID)]
+    producers: list[list[str]] = [[] for _ in range(n_groups)]
+    width = [0] * n_groups
+    for sp in range(2, len(starts)):
+        g = int(space_group[sp])
+        if g < 0:
+            continue
+        producers[g].append(s.space_node[sp])
+        width[g] = max(width[g], int(sizes[sp]))
+    frozen_units: list[set[int]] = [set() for _ in range(n_groups)]
+    reasons: list[dict[str, None]] = [{} for _ in range(n_groups)]
+    fz = torch.nonzero(frozen).flatten()
+    fz = fz[fz >= FIRST_ID]
+    for g, u, r in zip(group_of[fz].tolist(), unit_index[fz].tolist(), unit[fz].tolist()):
+        frozen_units[g].add(u)
+        if r in reason_of_unit:
+            reasons[g][reason_of_unit[r]] = None
+    approx_of: list[dict[str, None]] = [{} for _ in range(n_groups)]
+    for _node, ids, why in s.approx:
+        flat = ids.reshape(-1)
+        flat = flat[flat >= FIRST_ID]
+        for g in group_of[flat].unique().tolist():
+            approx_of[g][why] = None
+    out = []
+    for g in range(n_groups):
+        size = int(counts[g])
+        div = max(1, width[g] // size) if size else 1
+        out.append(meta.Group(
+            id=g, size=size, width=width[g], divisor=div, members=tuple(members[g]),
+            producers=tuple(dict.fromkeys(producers[g])),
+            frozen_units=tuple(sorted(frozen_units[g])),
+            frozen_reason="; ".join(list(reasons[g])[:3]) or None,
+            approx="; ".join(list(approx_of[g])[:3]) or None))
+    return tuple(out)
+
+
+# --- entry point ------------------------------------------------------------------------------
+
+def resolve_ignore(gm: fx.GraphModule, ignore: Any) -> set[str]:
+    """Turn module instances, names (glob patterns allowed) and types into qualified names."""
+    import fnmatch
+
+    if ignore is None:
+        return set()
+    if isinstance(ignore, (nn.Module, str, type)):
+        ignore = [ignore]
+    named = list(gm.named_modules())
+    by_id = {id(m): name for name, m in named}
+    out: set[str] = set()
+    for item in ignore:
+        if isinstance(item, nn.Module):
+            if id(item) not in by_id:
+                raise InputError(
+                    f"ignore: module {type(item).__name__} is not part of the traced model. "
+                    "Hint: pass a submodule of the model you prune (or its name).")
+            out.add(by_id[id(item)])
+        elif isinstance(item, type) and issubclass(item, nn.Module):
+            hits = [name for name, m in named if isinstance(m, item) and name]
+            if not hits:
+                raise InputError(f"ignore: no module of type {item.__name__} in the model.")
+            out.update(hits)
+        elif isinstance(item, str):
+            hits = [name for name, _ in named if name and fnmatch.fnmatchcase(name, item)]
+            if not hits:
+                raise InputError(
+                    f"ignore: no module named '{item}' in the model. Hint: names are qualified "
+                    "as in model.named_modules(), e.g. 'layer4.1.conv2' or 'layer4.*'.")
+            out.update(hits)
+        else:
+            raise InputError(
+                f"ignore: cannot interpret {item!r} ({type(item).__name__}); expected module "
+                "instances, qualified names or nn.Module types.")
+    return out
+
+
+def analyze(
+    gm: fx.GraphModule,
+    *,
+    ignore: Any = None,
+    strict: bool = False,
+    progress: Progress | None = None,
+) -> Analysis:
+    """Propagate channel ids through ``gm`` and partition all channels into coupled groups.
+
+    Args:
+        gm: a GraphModule from :func:`fxprune.trace`.
+        ignore: modules whose output channels are kept (instances, names/globs, or types).
+            Channels reaching the graph output are always kept.
+        strict: raise :class:`UnsupportedOpError` listing every op without a channel rule
+            instead of freezing the affected channels with a warning.
+        progress: optional callback ``(stage, done, total)``.
+
+    Returns:
+        An :class:`Analysis`; its groups are also stored in ``gm.meta["fxprune.groups"]``.
+    """
+    inputs = gm.meta.get(EXAMPLE_INPUTS)
+    if inputs is None:
+        raise InputError("analyze() needs a GraphModule made by fxprune.trace (no example inputs)")
+    ignored = resolve_ignore(gm, ignore)
+    state = _State()
+    prop = _Propagator(gm, state, ignored, strict, progress)
+    flags = {m: m.training for m in gm.modules()}
+    try:
+        gm.eval()
+        with torch.no_grad():
+            prop.run(*inputs)
+    except FxPruneError:
+        raise
+    except Exception as e:
+        node = _current_node(prop)
+        raise InputError(
+            f"running the model on the example inputs failed at {node}: {type(e).__name__}: {e}\n"
+            "Hint: check that example_inputs have the shape, dtype and device the model expects "
+            "(e.g. example_inputs=torch.randn(1, 3, 224, 224))."
+        ) from e
+    finally:
+        for m, t in flags.items():
+            m.training = t
+    if state.unsupported:
+        lines = "\n".join(f"  {op}  at {', '.join(locs[:3])}" + (" ..." if len(locs) > 3 else "")
+                          for op, locs in sorted(state.unsupported.items()))
+        msg = (f"{len(state.unsupported)} op(s) have no channel rule; their channels are kept:\n"
+               f"{lines}\nHint: register a rule with @fxprune.register_rule(...), or pass "
+               "strict=False to freeze the affected channels.")
+        if strict:
+            raise UnsupportedOpError(msg, sorted(state.unsupported))
+        warnings.warn(msg.replace("Hint: register", "Hint: to prune them, register")
+                      .split("\nHint:")[0] + "\nHint: register a rule with "
+                      "@fxprune.register_rule(...) to prune them.", stacklevel=2)
+    analysis = _resolve(gm, state)
+    gm.meta[meta.GROUPS] = analysis.groups
+    gm.meta[meta.ANALYSIS] = analysis
+    logger.info("analyzed %d nodes: %d channels in %d groups", len(gm.graph.nodes),
+                state.n_ids - FIRST_ID, len(analysis.groups))
+    return analysis
+
+
+def _current_node(prop: _Propagator) -> str:
+    nodes = list(prop.module.graph.nodes)
+    if prop.i < len(nodes):
+        return node_location(nodes[prop.i])
+    return "<end of graph>"

@@ -1,0 +1,61 @@
+"""Counting: MACs and parameters, per layer and in total, measured on the graph.
+
+MACs come from running the model under ``torch.utils.flop_counter.FlopCounterMode`` (FLOPs / 2
+of the aten ops: conv, matmul, addmm, bmm...), so any graph is counted, not just known layers.
+``conv_macs`` is the papers' convention (SFP/FPGM tables): convolution multiply-accumulates only.
+"""
+
+from __future__ import annotations
+
+__all__ = ["count", "Counts"]
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn as nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from .trace import default_example_inputs
+
+
+@dataclass(frozen=True)
+class Counts:
+    macs: int
+    params: int
+    conv_macs: int
+    per_layer: dict[str, dict[str, int]] = field(default_factory=dict)
+
+
+def count(model: nn.Module, example_inputs: Any = None) -> Counts:
+    """Count MACs (batch 1 of ``example_inputs``) and parameters of ``model``."""
+    if example_inputs is None:
+        example_inputs = getattr(model, "meta", {}).get("fxprune.example_inputs") or \
+            default_example_inputs(model)
+    if not isinstance(example_inputs, (tuple, list)):
+        example_inputs = (example_inputs,)
+    inputs = tuple(x[:1] if isinstance(x, torch.Tensor) and x.dim() > 0 else x
+                   for x in example_inputs)
+    flags = {m: m.training for m in model.modules()}
+    counter = FlopCounterMode(display=False, depth=None)
+    try:
+        model.eval()
+        with torch.no_grad(), counter:
+            model(*inputs)
+    finally:
+        for m, t in flags.items():
+            m.training = t
+    total = counter.get_total_flops() // 2
+    by_op = counter.get_flop_counts().get("Global", {})
+    conv = sum(v for k, v in by_op.items() if "convolution" in str(k)) // 2
+    per_layer: dict[str, dict[str, int]] = {}
+    for name, ops in counter.get_flop_counts().items():
+        if name == "Global":
+            continue
+        per_layer[name] = {"macs": sum(ops.values()) // 2}
+    for name, mod in model.named_modules():
+        own = sum(p.numel() for p in mod.parameters(recurse=False))
+        if own:
+            per_layer.setdefault(name, {"macs": 0})["params"] = own
+    params = sum(p.numel() for p in model.parameters())
+    return Counts(macs=int(total), params=int(params), conv_macs=int(conv), per_layer=per_layer)

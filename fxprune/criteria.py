@@ -1,0 +1,123 @@
+"""Criterion registry and the helpers criteria share.
+
+A criterion is a pure function ``(group, ctx) -> Tensor[group.size]``: a higher score means a
+more important unit. It reads parameters through the group's uniform :class:`ParamSlice` view
+and never branches on op types. Selection (ratios, rounding, frozen units) happens elsewhere.
+Criteria live in ``fxprune.passes`` (one file each) and register with
+:func:`register_criterion`.
+"""
+
+from __future__ import annotations
+
+__all__ = ["CriterionCtx", "Criterion", "register_criterion", "get_criterion",
+           "list_criteria", "producer_scores", "CRITERIA"]
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn as nn
+from torch import Tensor
+
+from .errors import InputError
+from .meta import Group, ParamSlice
+
+
+@dataclass(frozen=True)
+class CriterionCtx:
+    """What a criterion may read: the model holding the parameters, and optional data."""
+
+    root: nn.Module
+    data: Any = None
+    seed: int = 0
+
+
+CriterionFn = Callable[[Group, CriterionCtx], Tensor]
+
+
+@dataclass(frozen=True)
+class Criterion:
+    name: str
+    fn: CriterionFn
+    needs_data: bool
+    summary: str
+
+    def __call__(self, group: Group, ctx: CriterionCtx) -> Tensor:
+        if self.needs_data and ctx.data is None:
+            raise InputError(
+                f"criterion '{self.name}' needs calibration data. Hint: pass data=<an iterable "
+                "of input batches>, or choose a data-free criterion such as 'l1'.")
+        return self.fn(group, ctx)
+
+
+CRITERIA: dict[str, Criterion] = {}
+
+
+def register_criterion(name: str, *, needs_data: bool = False) -> Callable[[CriterionFn],
+                                                                            CriterionFn]:
+    """Register a scoring function under ``name`` (the value of ``criterion=`` / ``--criterion``).
+
+    The first line of the function's docstring is its one-line help text.
+    """
+
+    def deco(fn: CriterionFn) -> CriterionFn:
+        doc = (fn.__doc__ or "").strip().splitlines()
+        CRITERIA[name] = Criterion(name, fn, needs_data, doc[0] if doc else name)
+        return fn
+
+    return deco
+
+
+def _load_builtin() -> None:
+    importlib.import_module("fxprune.passes")
+
+
+def get_criterion(name: str | Criterion | CriterionFn) -> Criterion:
+    """Look up a criterion by name (or wrap a plain scoring function)."""
+    if isinstance(name, Criterion):
+        return name
+    if callable(name):
+        return Criterion(getattr(name, "__name__", "custom"), name, False, "custom criterion")
+    _load_builtin()
+    if name not in CRITERIA:
+        raise InputError(
+            f"unknown criterion '{name}'. Available: {', '.join(sorted(CRITERIA))}. "
+            "Hint: register your own with @fxprune.register_criterion('name').")
+    return CRITERIA[name]
+
+
+def list_criteria() -> list[Criterion]:
+    _load_builtin()
+    return [CRITERIA[k] for k in sorted(CRITERIA)]
+
+
+def producer_scores(group: Group, ctx: CriterionCtx,
+                    per_entry: Callable[[Tensor], Tensor]) -> Tensor:
+    """Combine a per-filter statistic over the group's members into one score per unit.
+
+    ``per_entry`` maps a parameter slice ``[len, ...]`` to ``[len]``. The members used are the
+    producers' filters (role ``"out"``); a group without producers (e.g. a depthwise chain fed by
+    a frozen input) falls back to its per-channel parameters, then to its consumers' slices.
+    Each member's unit scores are normalized by their mean before summing, so a residual group
+    with several producers weighs each producer equally.
+    """
+    for roles in (("out",), ("channel",), ("in",)):
+        members = [m for m in group.members if m.role in roles]
+        if members:
+            break
+    else:
+        return torch.zeros(group.size)
+    total = torch.zeros(group.size, dtype=torch.float64)
+    for m in members:
+        total += _normalized(group, m, per_entry(m.tensor(ctx.root).double()))
+    return total
+
+
+def _normalized(group: Group, m: ParamSlice, entry_scores: Tensor) -> Tensor:
+    s = group.reduce(m, entry_scores)
+    present = torch.zeros(group.size, dtype=torch.bool)
+    present[m.units[m.units >= 0]] = True
+    mean = s[present].mean() if bool(present.any()) else s.new_tensor(0.0)
+    return s / mean if float(mean) > 0 else s

@@ -1,0 +1,83 @@
+"""Error hierarchy. Every message says what went wrong, where, and how to fix it."""
+
+from __future__ import annotations
+
+__all__ = [
+    "FxPruneError",
+    "TraceFailure",
+    "UnsupportedOpError",
+    "GroupConflictError",
+    "RewriteError",
+    "VerificationError",
+    "InputError",
+    "node_location",
+]
+
+import torch.fx as fx
+
+
+class FxPruneError(Exception):
+    """Base class of every error fxprune raises on purpose."""
+
+
+class InputError(FxPruneError, ValueError):
+    """A bad argument: wrong type, range, shape, device or name."""
+
+
+class TraceFailure(FxPruneError):
+    """The model could not be traced to a torch.fx graph."""
+
+
+class UnsupportedOpError(FxPruneError):
+    """Strict mode: some ops have no channel rule (all of them are listed)."""
+
+    def __init__(self, message: str, ops: list[str]):
+        super().__init__(message)
+        self.ops = ops
+
+
+class GroupConflictError(FxPruneError):
+    """A keep-set request cannot be honoured by a channel group."""
+
+
+class RewriteError(FxPruneError):
+    """The rewrite pass produced a graph that does not match the analysis."""
+
+
+class VerificationError(FxPruneError):
+    """The pruned model does not match the zero-channel oracle."""
+
+
+def node_location(node: fx.Node) -> str:
+    """Describe where a node comes from: its name, its module path and the user's source line."""
+    where = f"node '{node.name}'"
+    stack = node.meta.get("nn_module_stack")
+    if node.op == "call_module":
+        where += f" (module '{node.target}')"
+    elif stack:
+        path = list(stack.values())[-1][0] if stack else ""
+        if path:
+            where += f" (inside module '{path}')"
+    src = user_source_line(node)
+    if src:
+        where += f" at {src}"
+    return where
+
+
+def user_source_line(node: fx.Node) -> str:
+    """The innermost 'File ..., line N' of the node's recorded stack trace, if any."""
+    trace = node.meta.get("stack_trace")
+    if not trace:
+        return ""
+    lines = [ln.strip() for ln in trace.strip().splitlines() if ln.strip().startswith("File ")]
+    if not lines:
+        return ""
+    last = lines[-1]
+    # 'File "/path/x.py", line 41, in forward' -> 'x.py:41 (forward)'
+    try:
+        path = last.split('"')[1]
+        lineno = last.split("line ")[1].split(",")[0]
+        func = last.rsplit(" in ", 1)[1]
+        return f"{path}:{lineno} ({func})"
+    except IndexError:
+        return last

@@ -1,0 +1,238 @@
+"""Rewrite: emit a new, smaller, dense GraphModule from an analyzed graph and its keep-sets.
+
+Reads:  ``gm.meta["fxprune.analysis"]``, ``gm.meta["fxprune.keepsets"]``
+Writes: a NEW GraphModule (the input graph, its modules and the user's model are untouched);
+        ``pruned.meta["fxprune.manifest"]``: ``{param path: {dim: kept indices}}``
+
+Every bound parameter axis is sliced to its kept channels; each leaf module is copied with
+``copy.deepcopy`` (sliced tensors pre-seeded in the memo, so full-size weights are never copied
+twice) and its rule fixes its attributes. Rules patch literal arguments of function nodes
+(split sizes, slice bounds, reshape sizes). Postcondition: the new module runs on the example
+inputs and every node has exactly the shape the analysis predicts.
+"""
+
+from __future__ import annotations
+
+__all__ = ["rewrite", "RewriteCtx", "slices_of"]
+
+import copy
+from collections import defaultdict
+from typing import Any
+
+import torch
+import torch.fx as fx
+import torch.nn as nn
+from torch import Tensor
+
+from . import meta
+from .analyze import Analysis
+from .errors import FxPruneError, InputError, RewriteError, node_location
+from .rules import rule_for
+from .rules._util import new_shape_of
+from .select import kept_mask
+from .trace import EXAMPLE_INPUTS
+
+
+class RewriteCtx:
+    """What a rule's ``rewrite_node`` sees: the old node of a new one, old/new shapes."""
+
+    def __init__(self, old_of: dict[fx.Node, fx.Node], kept: Tensor):
+        self._old = old_of
+        self.kept = kept
+
+    def old(self, node: fx.Node) -> fx.Node:
+        return self._old[node]
+
+    def old_shape(self, old: fx.Node) -> Any:
+        return old.meta.get(meta.SHAPE)
+
+    def new_shape(self, old: fx.Node) -> tuple[int, ...]:
+        ids = meta.get_ids(old)
+        return new_shape_of(ids, self.old_shape(old), self.kept)
+
+    def kept_positions(self, old: fx.Node, axis: int) -> Tensor | None:
+        """Bool per position along ``axis`` of the old value, or None if nothing is pruned."""
+        ids = meta.get_ids(old)
+        if not isinstance(ids, Tensor) or ids.dim() <= axis or ids.shape[axis] == 1:
+            return None
+        k = self.kept[ids]
+        other = [d for d in range(ids.dim()) if d != axis]
+        pos = k.any(dim=other) if other else k
+        return None if bool(pos.all()) else pos
+
+    def patch_shape_args(self, node: fx.Node, first: int) -> None:
+        """Replace literal sizes in ``node.args[first:]`` by the pruned sizes."""
+        old = self.old(node)
+        old_shape, new_shape = self.old_shape(old), self.new_shape(old)
+        if old_shape == new_shape:
+            return
+        args = list(node.args)
+        packed = len(args) == first + 1 and isinstance(args[first], (list, tuple))
+        sizes = list(args[first]) if packed else args[first:]
+        if len(sizes) != len(old_shape):
+            return
+        for i, s in enumerate(sizes):
+            if isinstance(s, int) and s != -1 and s == old_shape[i]:
+                sizes[i] = new_shape[i]
+        node.args = (*args[:first], tuple(sizes)) if packed else (*args[:first], *sizes)
+
+    def patch_unflatten(self, node: fx.Node) -> None:
+        old = self.old(node)
+        new_shape = self.new_shape(old)
+        args = list(node.args)
+        dim = int(args[1])
+        sizes = list(args[2])
+        dim = dim if dim >= 0 else len(self.old_shape(old.args[0])) + dim
+        for i, s in enumerate(sizes):
+            if isinstance(s, int) and s != -1:
+                sizes[i] = new_shape[dim + i]
+        args[2] = tuple(sizes)
+        node.args = tuple(args)
+
+
+def slices_of(analysis: Analysis, kept: Tensor) -> dict[tuple[str, str], list[tuple[int, Tensor]]]:
+    """Per (target, param): the (dim, kept indices) to slice, for axes that lose entries."""
+    out: dict[tuple[str, str], list[tuple[int, Tensor]]] = defaultdict(list)
+    for b in analysis.bindings:
+        k = kept[b.ids]
+        if bool(k.all()):
+            continue
+        out[(b.target, b.param)].append((b.dim, torch.nonzero(k).flatten()))
+    return out
+
+
+def _slice(t: Tensor, cuts: list[tuple[int, Tensor]]) -> Tensor:
+    new = t.detach()
+    for dim, idx in cuts:
+        new = new.index_select(dim, idx.to(new.device))
+    new = new.clone()
+    if isinstance(t, nn.Parameter):
+        return nn.Parameter(new, requires_grad=t.requires_grad)
+    return new
+
+
+def _clone_module(mod: nn.Module, cuts: dict[str, list[tuple[int, Tensor]]]) -> nn.Module:
+    memo: dict[int, Any] = {}
+    for name, t in [*mod._parameters.items(), *mod._buffers.items()]:
+        if t is not None and name in cuts:
+            memo[id(t)] = _slice(t, cuts[name])
+    return copy.deepcopy(mod, memo)
+
+
+def _get(root: nn.Module, target: str) -> Any:
+    obj: Any = root
+    for part in target.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def rewrite(gm: fx.GraphModule, *, check: bool = True) -> fx.GraphModule:
+    """Build the pruned GraphModule (a new object; ``gm`` and its modules are not modified).
+
+    Args:
+        gm: a GraphModule that went through :func:`analyze` and :func:`select`.
+        check: run the pruned module on the example inputs and compare every node's shape with
+            the analysis (recommended; costs one forward pass).
+    """
+    analysis: Analysis | None = gm.meta.get(meta.ANALYSIS)
+    keep = gm.meta.get(meta.KEEPSETS)
+    if analysis is None or keep is None:
+        raise InputError("rewrite() needs a GraphModule that went through analyze() and select()")
+    kept = kept_mask(analysis, keep)
+    cuts = slices_of(analysis, kept)
+    by_target: dict[str, dict[str, list[tuple[int, Tensor]]]] = defaultdict(dict)
+    for (target, param), c in cuts.items():
+        by_target[target][param] = c
+
+    modules = dict(gm.named_modules())
+    graph = fx.Graph()
+    env: dict[fx.Node, fx.Node] = {}
+    old_of: dict[fx.Node, fx.Node] = {}
+    root: dict[str, Any] = {}
+    for node in gm.graph.nodes:
+        new = graph.node_copy(node, lambda n: env[n])
+        env[node] = new
+        old_of[new] = node
+        new.meta = {k: v for k, v in node.meta.items() if k not in (meta.IDS,)}
+        if node.op == "call_module" and node.target not in root:
+            old_mod = modules[str(node.target)]
+            new_mod = _clone_module(old_mod, by_target.get(str(node.target), {}))
+            rule = rule_for(node, modules)
+            if rule is not None and str(node.target) in by_target:
+                rule.update_module(new_mod, old_mod)
+            root[str(node.target)] = new_mod
+        elif node.op == "get_attr" and node.target not in root:
+            value = _get(gm, str(node.target))
+            c = by_target.get(str(node.target), {}).get("")
+            root[str(node.target)] = (_slice(value, c) if c else
+                                      copy.deepcopy(value)) if isinstance(value, Tensor) else (
+                copy.deepcopy(value))
+    ctx = RewriteCtx(old_of, kept)
+    for new in list(graph.nodes):
+        if new.op in ("call_function", "call_method", "call_module"):
+            old = old_of[new]
+            rule = rule_for(old, modules)
+            if rule is not None and isinstance(meta.get_ids(old), (Tensor, tuple)):
+                rule.rewrite_node(new, ctx)
+    graph.lint()
+    pruned = fx.GraphModule(root, graph, class_name=f"Pruned{type(gm).__name__}")
+    pruned.train(gm.training)
+    pruned.meta[EXAMPLE_INPUTS] = gm.meta.get(EXAMPLE_INPUTS)
+    pruned.meta[meta.MANIFEST] = {
+        (f"{t}.{p}" if p else t): {d: idx.tolist() for d, idx in c}
+        for (t, p), c in cuts.items()}
+    if check:
+        check_shapes(pruned, old_of, ctx)
+    return pruned
+
+
+class _ShapeCheck(fx.Interpreter):
+    def __init__(self, gm: fx.GraphModule, old_of: dict[fx.Node, fx.Node], ctx: RewriteCtx):
+        super().__init__(gm)
+        self.old_of = old_of
+        self.ctx = ctx
+        self.current: fx.Node | None = None
+
+    def run_node(self, n: fx.Node) -> Any:
+        self.current = n
+        out = super().run_node(n)
+        old = self.old_of.get(n)
+        if isinstance(out, Tensor) and old is not None and isinstance(meta.get_ids(old), Tensor):
+            want = self.ctx.new_shape(old)
+            if tuple(out.shape) != tuple(want):
+                raise RewriteError(
+                    f"pruned {node_location(old)} has shape {tuple(out.shape)}, expected "
+                    f"{tuple(want)} (original {self.ctx.old_shape(old)}). This is a bug in the "
+                    "rule of this op; please report it with the model. Hint: pass "
+                    f"ignore=[...] for the module around it to keep its channels meanwhile.")
+        return out
+
+
+def check_shapes(pruned: fx.GraphModule, old_of: dict[fx.Node, fx.Node], ctx: RewriteCtx
+                 ) -> None:
+    """Postcondition: every node of the pruned module has the shape the analysis predicts."""
+    inputs = pruned.meta.get(EXAMPLE_INPUTS)
+    if inputs is None:
+        return
+    # Interpret the new graph node by node; new and old graphs share node order.
+    old_by_new = {n: old_of[n] for n in pruned.graph.nodes if n in old_of}
+    if len(old_by_new) != len(pruned.graph.nodes):  # GraphModule copied the graph
+        new_nodes = list(pruned.graph.nodes)
+        olds = list(old_of.values())
+        old_by_new = dict(zip(new_nodes, olds))
+    checker = _ShapeCheck(pruned, old_by_new, ctx)
+    flags = {m: m.training for m in pruned.modules()}
+    try:
+        pruned.eval()
+        with torch.no_grad():
+            checker.run(*inputs)
+    except FxPruneError:
+        raise
+    except Exception as e:
+        where = node_location(checker.current) if checker.current is not None else "?"
+        raise RewriteError(
+            f"the pruned model fails at {where}: {type(e).__name__}: {e}. This is a bug in the "
+            "rule of this op or of one before it; please report it with the model.") from e
+    finally:
+        for m, t in flags.items():
+            m.training = t

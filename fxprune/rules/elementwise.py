@@ -1,0 +1,226 @@
+"""Elementwise ops (activations, arithmetic, dropout, casts), pooling/resampling, reductions,
+softmax-like ops and constant-tensor creation.
+
+Families:
+* ``Broadcast``: every tensor input is coupled elementwise with broadcasting. An input that is
+  broadcast along an axis (data size 1) with a constant id never couples channels: this is what
+  keeps ``x * gate`` prunable when ``gate`` has one channel.
+* ``Passthrough``: the output has the ids of the first input (casts, copies).
+* ``Spatial``: pooling/resampling of the trailing ``k`` dims; channel ids pass through.
+* ``AlongDim``: ops that mix along one ``dim`` (softmax, cumsum): ids must not vary along it.
+* ``Reduce``: mean/sum/max over dims; reducing over channels freezes them.
+* ``Constant``: tensors created from sizes (zeros, ones...): a fresh, prunable channel space on
+  axis 1 whose literal size is patched by the rewrite.
+"""
+
+from __future__ import annotations
+
+__all__ = ["Broadcast", "Passthrough", "Spatial", "AlongDim", "Reduce", "Constant"]
+
+import operator
+
+import torch
+import torch.fx as fx
+import torch.nn as nn
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..channels import FREE, at_axis, fit
+from . import Rule, register_rule
+from ._util import align, dims_arg, norm_dim, tensor_args
+
+
+class Broadcast(Rule):
+    """Elementwise op with broadcasting: couples the channels of all its tensor inputs."""
+
+    def propagate(self, ctx):  # type: ignore[no-untyped-def]
+        out = ctx.out
+        nd = out.dim()
+        shape = tuple(out.shape)
+        items = [(align(i, nd), (1,) * (nd - v.dim()) + tuple(v.shape))
+                 for i, v in tensor_args(ctx.node, ctx.args, ctx.kwargs)]
+        varying = {d for ids, _ in items for d in range(nd) if ids.shape[d] > 1}
+        part = []
+        for ids, vshape in items:
+            bcast = any(vshape[d] == 1 and shape[d] > 1 and d in varying for d in range(nd))
+            if bcast and ids.numel() == 1:
+                continue  # a broadcast scalar-like value: never couples channels
+            part.append(ids)
+        if not part:
+            return torch.full((1,) * nd, FREE, dtype=torch.long)
+        part.sort(key=lambda t: -t.numel())
+        base = part[0]
+        for other in part[1:]:
+            ctx.union(base, other)
+        target = torch.broadcast_shapes(*(p.shape for p in part))
+        return base.expand(target).contiguous() if tuple(base.shape) != tuple(target) else base
+
+
+class Passthrough(Rule):
+    """Output channels are the first input's channels (casts, copies, in-place wrappers)."""
+
+    def propagate(self, ctx):  # type: ignore[no-untyped-def]
+        ids = ctx.ids(0, "input")
+        if not isinstance(ids, Tensor):
+            ids = ctx.ids(0, "self")
+        return fit(align(ids, ctx.out.dim()), ctx.out.shape)
+
+
+class Spatial(Rule):
+    """Pools or resamples the trailing spatial dims; channel ids pass through."""
+
+    def __init__(self, k: int | None = None):
+        self.k = k
+
+    def _k(self, ctx) -> int:  # type: ignore[no-untyped-def]
+        if self.k is not None:
+            return self.k
+        return max(1, ctx.out.dim() - 2)
+
+    def propagate(self, ctx):  # type: ignore[no-untyped-def]
+        from ..analyze import Unsupported
+
+        ids = ctx.ids(0, "input")
+        k = self._k(ctx)
+        if any(s > 1 for s in ids.shape[ids.dim() - k:]):
+            raise Unsupported("pools over an axis that carries channels")
+        out = fit(ids, ctx.out.shape)
+        if out is None:
+            raise Unsupported("changes the size of a channel axis")
+        return out
+
+
+class AlongDim(Rule):
+    """Mixes values along ``dim`` (softmax, cumsum): channels must not vary along it."""
+
+    def propagate(self, ctx):  # type: ignore[no-untyped-def]
+        from ..analyze import Unsupported
+
+        ids = ctx.ids(0, "input")
+        dim = ctx.arg(1, "dim")
+        if dim is None:
+            raise Unsupported("implicit dim")
+        d = norm_dim(int(dim), ctx.out.dim())
+        if ids.shape[d] > 1:
+            ctx.freeze(ids, f"{ctx.node.target} mixes channels along dim {d}")
+        return ids
+
+
+class Reduce(Rule):
+    """Reduces over dims (mean/sum/max...); reducing over channels freezes them."""
+
+    def propagate(self, ctx):  # type: ignore[no-untyped-def]
+        ids = ctx.ids(0, "input")
+        x = ctx.arg(0, "input")
+        dims = dims_arg(ctx.arg(1, "dim"), x.dim())
+        keep = bool(ctx.arg(2, "keepdim", False))
+        if any(ids.shape[d] > 1 for d in dims):
+            ctx.freeze(ids, f"{_name(ctx.node)} reduces over channels")
+        out = ids
+        for d in sorted(dims, reverse=True):
+            out = out.narrow(d, 0, 1)
+            if not keep:
+                out = out.squeeze(d)
+        if isinstance(ctx.out, tuple):  # torch.max(x, dim) -> (values, indices)
+            return tuple(out for _ in ctx.out)
+        return fit(out, ctx.out.shape) if isinstance(ctx.out, Tensor) else out
+
+
+class Constant(Rule):
+    """A tensor made from sizes (zeros, ones, full...): a fresh prunable space on axis 1."""
+
+    def propagate(self, ctx):  # type: ignore[no-untyped-def]
+        out = ctx.out
+        if out.dim() == 0:
+            return torch.tensor(1)
+        axis = 1 if out.dim() > 1 else 0
+        return at_axis(ctx.new_ids(out.shape[axis]), axis, out.dim())
+
+    def rewrite_node(self, node: fx.Node, ctx) -> None:  # type: ignore[no-untyped-def]
+        ctx.patch_shape_args(node, first=1 if node.op == "call_method" else 0)
+
+
+def _name(node: fx.Node) -> str:
+    t = node.target
+    return t if isinstance(t, str) else getattr(t, "__name__", str(t))
+
+
+def _register(rule: Rule, *targets: object) -> None:
+    register_rule(*targets)(rule)
+
+
+_ACT_MODULES = [
+    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish,
+    nn.Sigmoid, nn.Tanh, nn.Hardswish, nn.Hardsigmoid, nn.Hardtanh, nn.Softplus, nn.Softsign,
+    nn.Tanhshrink, nn.Softshrink, nn.Hardshrink, nn.Threshold, nn.LogSigmoid, nn.RReLU,
+    nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d,
+    nn.AlphaDropout, nn.FeatureAlphaDropout,
+]
+_ACT_FUNCS = [
+    F.relu, F.relu_, F.relu6, F.leaky_relu, F.leaky_relu_, F.elu, F.elu_, F.selu, F.celu, F.gelu,
+    F.silu, F.mish, F.sigmoid, F.tanh, F.hardswish, F.hardsigmoid, F.hardtanh, F.hardtanh_,
+    F.softplus, F.softsign, F.tanhshrink, F.softshrink, F.hardshrink, F.threshold, F.logsigmoid,
+    F.rrelu, F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.alpha_dropout,
+    F.feature_alpha_dropout, torch.relu, torch.relu_, torch.sigmoid, torch.tanh, torch.exp,
+    torch.log, torch.sqrt, torch.rsqrt, torch.abs, torch.neg, torch.sin, torch.cos, torch.erf,
+    torch.square, torch.reciprocal, torch.sign, torch.floor, torch.ceil, torch.round,
+    torch.clamp, torch.clip, torch.nan_to_num, torch.sigmoid_, torch.exp_, torch.log1p,
+    torch.expm1, torch.log2, torch.log10,
+]
+_ACT_METHODS = [
+    "relu", "relu_", "sigmoid", "sigmoid_", "tanh", "tanh_", "exp", "exp_", "log", "sqrt",
+    "rsqrt", "abs", "abs_", "neg", "sin", "cos", "erf", "square", "reciprocal", "sign", "floor",
+    "ceil", "round", "clamp", "clamp_", "clip", "clamp_min", "clamp_min_", "clamp_max", "sin_",
+    "cos_", "sqrt_", "neg_", "nan_to_num", "log1p", "expm1", "hardtanh", "hardtanh_", "pow_",
+    "__neg__", "__abs__", "__invert__", "logical_not", "softplus", "gelu", "silu", "mish",
+    "hardswish", "hardsigmoid", "erf_",
+]
+_BINARY = [
+    operator.add, operator.sub, operator.mul, operator.truediv, operator.floordiv, operator.pow,
+    operator.iadd, operator.isub, operator.imul, operator.itruediv, operator.neg, operator.mod,
+    operator.eq, operator.ne, operator.lt, operator.le, operator.gt, operator.ge, operator.and_,
+    operator.or_, operator.xor, operator.invert,
+    torch.add, torch.sub, torch.subtract, torch.mul, torch.multiply, torch.div, torch.divide,
+    torch.true_divide, torch.pow, torch.maximum, torch.minimum, torch.fmax, torch.fmin,
+    torch.where, torch.addcmul, torch.addcdiv, torch.lerp, torch.eq, torch.ne, torch.lt,
+    torch.le, torch.gt, torch.ge, torch.logical_and, torch.logical_or, torch.atan2,
+    torch.remainder, torch.fmod, torch.rsub, torch.masked_fill,
+    "add", "add_", "sub", "sub_", "mul", "mul_", "div", "div_", "true_divide", "pow",
+    "maximum", "minimum", "where", "addcmul", "addcmul_", "addcdiv", "lerp", "lerp_", "eq",
+    "ne", "lt", "le", "gt", "ge", "masked_fill", "masked_fill_", "__add__", "__radd__",
+    "__sub__", "__rsub__", "__mul__", "__rmul__", "__truediv__", "__rtruediv__", "__pow__",
+    "__iadd__", "__imul__", "fmod", "remainder", "logical_and", "logical_or", "rsub",
+    "copy_",
+]
+_PASS = [
+    "to", "type", "type_as", "float", "half", "double", "bfloat16", "int", "long", "bool",
+    "contiguous", "clone", "detach", "detach_", "cpu", "cuda", "requires_grad_", "zero_",
+    "fill_", "normal_", "uniform_",
+    torch.clone, torch.detach, torch.zeros_like, torch.ones_like, torch.empty_like,
+    torch.full_like, torch.rand_like, torch.randn_like, torch.randint_like,
+]
+_SPATIAL = [
+    nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
+    nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d, nn.AdaptiveMaxPool1d,
+    nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d, nn.LPPool1d, nn.LPPool2d, nn.Upsample,
+    nn.UpsamplingNearest2d, nn.UpsamplingBilinear2d, nn.ZeroPad2d, nn.ReflectionPad2d,
+    nn.ReplicationPad2d, nn.ConstantPad2d, nn.ZeroPad1d, nn.ReflectionPad1d, nn.ConstantPad1d,
+    F.max_pool1d, F.max_pool2d, F.max_pool3d, F.avg_pool1d, F.avg_pool2d, F.avg_pool3d,
+    F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_avg_pool3d, F.adaptive_max_pool1d,
+    F.adaptive_max_pool2d, F.adaptive_max_pool3d, F.lp_pool2d, F.interpolate, F.upsample,
+    F.upsample_nearest, F.upsample_bilinear, torch.max_pool2d, torch.avg_pool1d,
+    torch.adaptive_avg_pool1d,
+]
+
+_register(Broadcast(), *_ACT_MODULES, *_ACT_FUNCS, *_ACT_METHODS, *_BINARY)
+_register(Passthrough(), *_PASS)
+_register(Spatial(), *_SPATIAL)
+_register(AlongDim(), nn.Softmax, F.softmax, F.log_softmax, torch.softmax, torch.log_softmax,
+          torch.cumsum, torch.cumprod, "softmax", "log_softmax", "cumsum", "cumprod",
+          nn.LogSoftmax, nn.Softmin, F.softmin)
+_register(Reduce(), torch.mean, torch.sum, torch.amax, torch.amin, torch.std, torch.var,
+          torch.prod, torch.logsumexp, "mean", "sum",
+          "amax", "amin", "std", "var", "prod", "logsumexp", "max", "min", "norm", torch.norm,
+          torch.max, torch.min, "all", "any")
+_register(Constant(), torch.zeros, torch.ones, torch.full, torch.empty, torch.rand, torch.randn,
+          "new_zeros", "new_ones", "new_full", "new_empty")

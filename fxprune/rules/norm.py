@@ -1,0 +1,145 @@
+"""Normalization layers and other per-channel parameter ops.
+
+* BatchNorm / InstanceNorm / PReLU: exact channelwise ops; every parameter and buffer whose
+  length is the channel count is sliced.
+* GroupNorm: each group must keep the same number of channels (position ``j`` of every group is
+  one unit). Group statistics change when channels go, so pruning through it is *approximate*
+  (unless ``num_groups == num_channels``).
+* LayerNorm over the channel axis (channels-last, or timm's ``LayerNorm2d``): approximate, the
+  mean/variance over channels change.
+"""
+
+from __future__ import annotations
+
+__all__ = ["ChannelParams", "GroupNormRule", "LayerNormRule"]
+
+import torch.nn as nn
+
+from . import Rule, register_rule
+from ._util import align
+
+_PER_CHANNEL_ATTRS = ("num_features", "num_channels", "num_parameters", "channels")
+
+
+class ChannelParams(Rule):
+    """Per-channel op on ``axis`` (BatchNorm, InstanceNorm, PReLU): params follow channels."""
+
+    approx: str | None = None
+
+    def __init__(self, axis: int = 1, approx: str | None = None):
+        self.axis = axis
+        self.approx = approx
+
+    def _axis(self, nd: int) -> int:
+        return self.axis if self.axis >= 0 else nd + self.axis
+
+    def channels(self, m: nn.Module) -> int:
+        for a in _PER_CHANNEL_ATTRS:
+            if getattr(m, a, None) is not None:
+                return int(getattr(m, a))
+        return int(m.weight.shape[0])
+
+    def propagate(self, ctx):  # type: ignore[no-untyped-def]
+        m = ctx.module
+        x = align(ctx.ids(0, "input"), ctx.out.dim())
+        nd = x.dim()
+        axis = self._axis(nd) if nd > 1 else 0
+        c = self.channels(m)
+        if c == 1 and ctx.out.shape[axis] != 1:  # a single shared parameter (PReLU default)
+            return x
+        ids = ctx.channel_ids(x, axis, c, type(m).__name__)
+        for name, t in list(m.named_parameters(recurse=False)) + list(
+                m.named_buffers(recurse=False)):
+            if t is not None and t.dim() >= 1 and t.shape[0] == c:
+                ctx.bind(name, 0, ids, "channel")
+        if self.approx is not None:
+            ctx.approximate(ids, self.approx)
+        return x
+
+    def update_module(self, new: nn.Module, old: nn.Module) -> None:
+        tensors = [t for t in (*new.parameters(recurse=False), *new.buffers(recurse=False))
+                   if t is not None and t.dim() >= 1]
+        if not tensors:
+            return
+        n = tensors[0].shape[0]
+        for a in _PER_CHANNEL_ATTRS:
+            if getattr(new, a, None) is not None:
+                setattr(new, a, n)
+
+
+register_rule(nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm,
+              nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d, nn.PReLU)(ChannelParams())
+
+
+@register_rule(nn.GroupNorm)
+class GroupNormRule(ChannelParams):
+    """GroupNorm: equal channels kept per group; approximate unless one channel per group."""
+
+    def propagate(self, ctx):  # type: ignore[no-untyped-def]
+        m = ctx.module
+        x = align(ctx.ids(0, "input"), ctx.out.dim())
+        ids = ctx.channel_ids(x, 1, m.num_channels, "GroupNorm")
+        g = m.num_groups
+        if 1 < g < m.num_channels:
+            v = ids.view(g, -1)
+            ctx.union(v[:1], v)
+        if g != m.num_channels:
+            ctx.approximate(ids, "GroupNorm statistics span the pruned channels")
+        if m.affine:
+            ctx.bind("weight", 0, ids, "channel")
+            ctx.bind("bias", 0, ids, "channel")
+        return x
+
+    def update_module(self, new: nn.Module, old: nn.Module) -> None:
+        if new.affine:
+            new.num_channels = new.weight.shape[0]
+        if old.num_groups == old.num_channels:
+            new.num_groups = new.num_channels
+
+
+class LayerNormRule(Rule):
+    """LayerNorm over one channel axis: params follow channels; approximate."""
+
+    approx = "LayerNorm statistics span the pruned channels"
+
+    def __init__(self, axis: int = -1):
+        self.axis = axis
+
+    def propagate(self, ctx):  # type: ignore[no-untyped-def]
+        from ..analyze import Unsupported
+
+        m = ctx.module
+        x = align(ctx.ids(0, "input"), ctx.out.dim())
+        nd = x.dim()
+        shape = tuple(m.normalized_shape)
+        axis = self.axis if self.axis >= 0 else nd + self.axis
+        if len(shape) != 1:
+            if any(x.shape[d] > 1 for d in range(nd - len(shape), nd)):
+                raise Unsupported("LayerNorm over several axes that carry channels")
+            return x
+        ids = ctx.channel_ids(x, axis, shape[0], "LayerNorm")
+        if getattr(m, "weight", None) is None:
+            ctx.freeze(ids, "LayerNorm without affine parameters")
+        elif x.shape[axis] > 1:
+            ctx.approximate(ids, self.approx)
+        for name in ("weight", "bias"):
+            if getattr(m, name, None) is not None:
+                ctx.bind(name, 0, ids, "channel")
+        return x
+
+    def update_module(self, new: nn.Module, old: nn.Module) -> None:
+        if len(old.normalized_shape) == 1 and getattr(new, "weight", None) is not None:
+            new.normalized_shape = (new.weight.shape[0],)
+
+
+register_rule(nn.LayerNorm)(LayerNormRule(-1))
+register_rule(nn.LocalResponseNorm)(type("LocalResponseNormRule", (Rule,), {
+    "__doc__": "LocalResponseNorm mixes neighbouring channels: they are frozen.",
+    "propagate": lambda self, ctx: _freeze_pass(ctx, "LocalResponseNorm mixes channels"),
+})())
+
+
+def _freeze_pass(ctx, why: str):  # type: ignore[no-untyped-def]
+    x = ctx.ids(0, "input")
+    ctx.freeze(x, why)
+    return x

@@ -1,0 +1,379 @@
+"""Shape ops: reshape family, permutes, concatenation, splitting, indexing, padding, expand.
+
+Index bookkeeping lives here: ``cat`` concatenates the inputs' ids, ``split``/``chunk``/slicing
+take ranges of them (and the rewrite translates offsets to the pruned layout), ``flatten`` into a
+Linear repeats each channel id once per spatial position. ``view``/``reshape`` that split one
+channel axis into several (channel shuffle, ``[B, 2, C, H, W]``) couple position ``j`` of every
+block so the pruned tensor stays rectangular; the rewrite patches literal sizes.
+"""
+
+from __future__ import annotations
+
+__all__ = ["Reshape", "Permute", "Transpose", "Cat", "Stack", "Split", "GetItem", "Narrow",
+           "Expand", "Repeat", "Pad"]
+
+import operator
+
+import torch
+import torch.fx as fx
+import torch.nn as nn
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..channels import at_axis
+from . import Rule, register_rule
+from ._util import align, norm_dim, reshape_ids
+
+
+def _unsupported(msg: str) -> Exception:
+    from ..analyze import Unsupported
+
+    return Unsupported(msg)
+
+
+@register_rule(torch.reshape, torch.flatten, torch.squeeze, torch.unsqueeze, torch.ravel,
+               "view", "reshape", "flatten", "squeeze", "unsqueeze", "view_as", "reshape_as",
+               "unflatten", "ravel", torch.unflatten, nn.Flatten, nn.Unflatten, "squeeze_",
+               "unsqueeze_")
+class Reshape(Rule):
+    """view/reshape/flatten/squeeze: ids follow elements; literal sizes are patched."""
+
+    def propagate(self, ctx):  # type: ignore[no-untyped-def]
+        x = ctx.arg(0, "input")
+        ids = ctx.ids(0, "input")
+        out = reshape_ids(ids, tuple(x.shape), tuple(ctx.out.shape))
+        vary = [d for d in range(out.dim()) if out.shape[d] > 1]
+        for d in vary[:-1]:  # several channel axes: couple position-wise across outer blocks
+            ctx.union(out.narrow(d, 0, 1), out)
+        return out
+
+    def rewrite_node(self, node: fx.Node, ctx) -> None:  # type: ignore[no-untyped-def]
+        if node.op == "call_module" or node.target in (torch.flatten, "flatten", torch.ravel,
+                                                       "ravel", "view_as", "reshape_as"):
+            return
+        if node.target in (torch.squeeze, torch.unsqueeze, "squeeze", "unsqueeze", "squeeze_",
+                           "unsqueeze_"):
+            return
+        if node.target in ("unflatten", torch.unflatten):
+            ctx.patch_unflatten(node)
+            return
+        ctx.patch_shape_args(node, first=1)
+
+
+@register_rule(torch.permute, "permute")
+class Permute(Rule):
+    """permute: ids are permuted the same way."""
+
+    def propagate(self, ctx):  # type: ignore[no-untyped-def]
+        ids = ctx.ids(0, "input")
+        dims = ctx.node.args[1:] if len(ctx.args) > 2 else ctx.arg(1, "dims")
+        dims = ctx.args[1:] if len(ctx.args) > 2 else dims
+        return ids.permute(*[norm_dim(int(d), ids.dim()) for d in dims])
+
+
+@register_rule(torch.transpose, "transpose", torch.swapaxes, "swapaxes", torch.swapdims,
+               "swapdims", torch.movedim, "movedim", torch.moveaxis, "moveaxis", "t", torch.t,
+               "transpose_")
+class Transpose(Rule):
+    """transpose/movedim/t: ids move with their axes."""
+
+    def propagate(self, ctx):  # type: ignore[no-untyped-def]
+        ids = ctx.ids(0, "input")
+        name = ctx.node.target if isinstance(ctx.node.target, str) else ctx.node.target.__name__
+        if name == "t":
+            return ids.t() if ids.dim() == 2 else ids
+        a, b = ctx.arg(1), ctx.arg(2)
+        if name in ("movedim", "moveaxis"):
+            return torch.movedim(ids, a, b)
+        return ids.transpose(int(a), int(b))
+
+
+@register_rule(torch.cat, torch.concat, torch.concatenate)
+class Cat(Rule):
+    """cat: output ids are the inputs' ids concatenated (offsets follow automatically)."""
+
+    def propagate(self, ctx):  # type: ignore[no-untyped-def]
+        tensors = ctx.arg(0, "tensors")
+        nodes = ctx.arg_node(0, "tensors")
+        dim = norm_dim(int(ctx.arg(1, "dim", 0) or 0), ctx.out.dim())
+        ids = [ctx.ids_of(n) for n in nodes]
+        if any(not isinstance(i, Tensor) for i in ids):
+            raise _unsupported("cat of a value without ids")
+        ids = [align(i, ctx.out.dim()) for i in ids]
+        if all(i.shape[dim] == 1 for i in ids) and dim == 0:
+            base = ids[0]
+            for other in ids[1:]:
+                ctx.union(base, other)
+            return base
+        shape = [1] * ctx.out.dim()
+        for i in ids:
+            for d in range(len(shape)):
+                if d != dim:
+                    shape[d] = max(shape[d], i.shape[d])
+        parts = []
+        for i, t in zip(ids, tensors):
+            s = list(shape)
+            s[dim] = t.shape[dim]
+            parts.append(i.expand(s))
+        return torch.cat(parts, dim)
+
+
+@register_rule(torch.stack)
+class Stack(Rule):
+    """stack: all inputs must keep the same channels; a new axis is inserted."""
+
+    def propagate(self, ctx):  # type: ignore[no-untyped-def]
+        nodes = ctx.arg_node(0, "tensors")
+        dim = norm_dim(int(ctx.arg(1, "dim", 0) or 0), ctx.out.dim())
+        ids = [ctx.ids_of(n) for n in nodes]
+        base = ids[0]
+        for other in ids[1:]:
+            ctx.union(base, other)
+        return base.unsqueeze(dim)
+
+
+def _piece_ranges(sizes: list[int]) -> list[tuple[int, int]]:
+    out, off = [], 0
+    for s in sizes:
+        out.append((off, s))
+        off += s
+    return out
+
+
+@register_rule(torch.split, "split", torch.chunk, "chunk", torch.unbind, "unbind", torch.split_with_sizes,
+               "split_with_sizes")
+class Split(Rule):
+    """split/chunk/unbind: each piece gets its range of ids; sizes are re-derived on rewrite."""
+
+    def propagate(self, ctx):  # type: ignore[no-untyped-def]
+        x = ctx.arg(0, "input")
+        ids = ctx.ids(0, "input")
+        name = ctx.node.target if isinstance(ctx.node.target, str) else ctx.node.target.__name__
+        if name == "unbind":
+            dim = norm_dim(int(ctx.arg(1, "dim", 0) or 0), x.dim())
+            if ids.shape[dim] > 1:
+                ctx.freeze(ids, "unbind over a channel axis")
+                return tuple(ids.select(dim, i) for i in range(x.shape[dim]))
+            return tuple(ids.squeeze(dim) for _ in range(x.shape[dim]))
+        dim_default = 0
+        dim = norm_dim(int(ctx.arg(2, "dim", dim_default) or 0), x.dim())
+        sizes = [int(t.shape[dim]) for t in ctx.out]
+        if ids.shape[dim] == 1:
+            return tuple(ids for _ in sizes)
+        return tuple(ids.narrow(dim, off, s) for off, s in _piece_ranges(sizes))
+
+    def rewrite_node(self, node: fx.Node, ctx) -> None:  # type: ignore[no-untyped-def]
+        name = node.target if isinstance(node.target, str) else node.target.__name__
+        if name == "unbind":
+            return
+        old = ctx.old(node)
+        src = old.args[0]
+        dim = norm_dim(int(_arg(old, 2, "dim", 0) or 0), len(ctx.old_shape(src)))
+        keep = ctx.kept_positions(src, dim)
+        if keep is None:
+            return
+        sizes = [int(s[dim]) for s in ctx.old_shape(old)]
+        new_sizes = [int(keep[o:o + s].sum()) for o, s in _piece_ranges(sizes)]
+        args = list(node.args)
+        if node.op == "call_method":
+            node.target = "split"
+        else:
+            node.target = torch.split
+        args[1] = new_sizes
+        node.args = tuple(args[:2])
+        node.kwargs = {"dim": dim}
+
+
+def _arg(node: fx.Node, i: int, name: str, default: object = None) -> object:
+    if i < len(node.args):
+        return node.args[i]
+    return node.kwargs.get(name, default)
+
+
+def _expand_index(idx: object, ndim: int) -> list[object]:
+    items = list(idx) if isinstance(idx, tuple) else [idx]
+    n_real = sum(1 for i in items if i is not None and i is not Ellipsis)
+    out: list[object] = []
+    for i in items:
+        if i is Ellipsis:
+            out.extend([slice(None)] * (ndim - n_real))
+        else:
+            out.append(i)
+    consumed = sum(1 for i in out if i is not None)
+    out.extend([slice(None)] * (ndim - consumed))
+    return out
+
+
+@register_rule(operator.getitem)
+class GetItem(Rule):
+    """Indexing: tuples pick ids; tensor slices slice ids (bounds translated on rewrite)."""
+
+    def propagate(self, ctx):  # type: ignore[no-untyped-def]
+        src = ctx.ids(0)
+        idx = ctx.arg(1)
+        if isinstance(src, tuple):
+            return src[idx]
+        x = ctx.arg(0)
+        items = _expand_index(idx, x.dim())
+        raw = _expand_index(ctx.node.args[1], x.dim())
+        out, d = src, 0
+        for it, r in zip(items, raw):
+            if it is None:
+                out = out.unsqueeze(d)
+                d += 1
+                continue
+            vary = out.shape[d] > 1
+            if isinstance(it, bool) or not isinstance(it, (int, slice)):
+                if vary:
+                    raise _unsupported("advanced indexing on a channel axis")
+                raise _unsupported("advanced indexing")
+            if vary and (isinstance(r, fx.Node) or (isinstance(r, slice) and any(
+                    isinstance(v, fx.Node) for v in (r.start, r.stop, r.step)))):
+                raise _unsupported("a computed index on a channel axis")
+            if isinstance(it, int):
+                if vary:
+                    ctx.freeze(out.select(d, it), "selected by an integer index")
+                    out = out.select(d, it)
+                else:
+                    out = out.squeeze(d)
+                continue
+            if vary:
+                if it.step not in (None, 1):
+                    raise _unsupported("strided slice on a channel axis")
+                out = out[(slice(None),) * d + (it,)]
+            d += 1
+        return out.contiguous()
+
+    def rewrite_node(self, node: fx.Node, ctx) -> None:  # type: ignore[no-untyped-def]
+        old = ctx.old(node)
+        src = old.args[0]
+        shape = ctx.old_shape(src)
+        if not isinstance(shape, tuple) or not shape or not isinstance(shape[0], int):
+            return  # indexing a tuple of tensors
+        items = _expand_index(old.args[1], len(shape))
+        new_items, d, changed = [], 0, False
+        for it in items:
+            if it is None:
+                new_items.append(it)
+                continue
+            keep = ctx.kept_positions(src, d)
+            if keep is not None and isinstance(it, int):
+                p = it % shape[d]
+                it, changed = int(keep[:p].sum()), True
+            elif keep is not None and isinstance(it, slice):
+                n = shape[d]
+                start, stop, _ = it.indices(n)
+                it = slice(None if it.start is None else int(keep[:start].sum()),
+                           None if it.stop is None else int(keep[:stop].sum()), it.step)
+                changed = True
+            new_items.append(it)
+            d += 1
+        if changed:
+            node.args = (node.args[0], tuple(new_items))
+
+
+@register_rule(torch.narrow, "narrow")
+class Narrow(Rule):
+    """narrow(dim, start, length): a slice along one axis."""
+
+    def propagate(self, ctx):  # type: ignore[no-untyped-def]
+        ids = ctx.ids(0, "input")
+        dim = norm_dim(int(ctx.arg(1, "dim")), ids.dim())
+        start, length = int(ctx.arg(2, "start")), int(ctx.arg(3, "length"))
+        if ids.shape[dim] == 1:
+            return ids
+        return ids.narrow(dim, start, length)
+
+    def rewrite_node(self, node: fx.Node, ctx) -> None:  # type: ignore[no-untyped-def]
+        old = ctx.old(node)
+        src = old.args[0]
+        dim = norm_dim(int(_arg(old, 1, "dim")), len(ctx.old_shape(src)))
+        keep = ctx.kept_positions(src, dim)
+        if keep is None:
+            return
+        start, length = int(_arg(old, 2, "start")), int(_arg(old, 3, "length"))
+        node.args = (node.args[0], dim, int(keep[:start].sum()),
+                     int(keep[start:start + length].sum()))
+        node.kwargs = {}
+
+
+@register_rule("expand", "expand_as", torch.broadcast_to, "broadcast_to")
+class Expand(Rule):
+    """expand: a size-1 axis broadcast to n copies gets a fresh, prunable space."""
+
+    def propagate(self, ctx):  # type: ignore[no-untyped-def]
+        x = ctx.arg(0)
+        ids = align(ctx.ids(0), ctx.out.dim())
+        xs = (1,) * (ctx.out.dim() - x.dim()) + tuple(x.shape)
+        grown = [d for d in range(1, ctx.out.dim()) if xs[d] == 1 and ctx.out.shape[d] > 1]
+        if grown and ids.numel() == 1:
+            d = grown[0]
+            return at_axis(ctx.new_ids(ctx.out.shape[d]), d, ctx.out.dim())
+        return ids
+
+    def rewrite_node(self, node: fx.Node, ctx) -> None:  # type: ignore[no-untyped-def]
+        if node.target != "expand_as":
+            ctx.patch_shape_args(node, first=1)
+
+
+@register_rule("repeat", "tile", torch.tile)
+class Repeat(Rule):
+    """repeat/tile: ids are tiled the same way."""
+
+    def propagate(self, ctx):  # type: ignore[no-untyped-def]
+        ids = ctx.ids(0)
+        reps = list(ctx.args[1:]) if len(ctx.args) > 2 else ctx.arg(1)
+        reps = [reps] if isinstance(reps, int) else list(reps)
+        ids = align(ids, len(reps))
+        reps = [r if ids.shape[i] > 1 else 1 for i, r in enumerate(reps)]
+        return ids.repeat(*reps)
+
+
+@register_rule(F.pad, torch.constant_pad_nd)
+class Pad(Rule):
+    """F.pad: padding a channel axis adds fresh (constant) channels; amounts are patched."""
+
+    def propagate(self, ctx):  # type: ignore[no-untyped-def]
+        ids = ctx.ids(0, "input")
+        pad = list(ctx.arg(1, "pad"))
+        nd = ids.dim()
+        out = ids
+        for i in range(len(pad) // 2):
+            d = nd - 1 - i
+            lo, hi = int(pad[2 * i]), int(pad[2 * i + 1])
+            if (lo or hi) and (out.shape[d] > 1 or d == 1):
+                if lo < 0 or hi < 0:
+                    raise _unsupported("negative padding on a channel axis")
+                other = list(out.shape)
+                pieces = []
+                for n in (lo, hi):
+                    other[d] = n
+                    pieces.append(ctx.new_ids(n).reshape(
+                        [n if k == d else 1 for k in range(nd)]).expand(
+                        [n if k == d else s for k, s in enumerate(out.shape)]) if n else None)
+                if out.shape[d] == 1 and ctx.arg(0).shape[d] > 1:
+                    out = out.expand([ctx.arg(0).shape[d] if k == d else s
+                                      for k, s in enumerate(out.shape)])
+                parts = [p for p in (pieces[0], out, pieces[1]) if p is not None]
+                out = torch.cat(parts, d)
+        return out
+
+    def rewrite_node(self, node: fx.Node, ctx) -> None:  # type: ignore[no-untyped-def]
+        old = ctx.old(node)
+        pad = list(_arg(old, 1, "pad"))
+        shape = ctx.old_shape(old)
+        nd = len(shape)
+        for i in range(len(pad) // 2):
+            d = nd - 1 - i
+            keep = ctx.kept_positions(old, d)
+            if keep is None:
+                continue
+            lo, hi = int(pad[2 * i]), int(pad[2 * i + 1])
+            pad[2 * i] = int(keep[:lo].sum())
+            pad[2 * i + 1] = int(keep[shape[d] - hi:].sum()) if hi else 0
+        args = list(node.args)
+        if len(args) > 1:
+            args[1] = tuple(pad)
+        else:
+            node.kwargs = {**node.kwargs, "pad": tuple(pad)}
+        node.args = tuple(args)

@@ -1,0 +1,72 @@
+"""Rules for layers that timm (and torchvision) keep opaque or implement outside torch.nn.
+
+Each class is registered under the rule of the torch op it behaves like. Classes that do not
+exist in the installed timm/torchvision version are skipped.
+"""
+
+from __future__ import annotations
+
+__all__: list[str] = []
+
+import importlib
+
+from . import register_rule
+from .conv import ConvRule
+from .elementwise import Spatial
+from .norm import ChannelParams, GroupNormRule, LayerNormRule
+
+
+def _classes(*paths: str) -> list[type]:
+    out = []
+    for path in paths:
+        mod, _, name = path.rpartition(".")
+        try:
+            cls = getattr(importlib.import_module(mod), name)
+        except (ImportError, AttributeError):
+            continue
+        out.append(cls)
+    return out
+
+
+class _StdConvRule(ConvRule):
+    """Weight-standardized conv: statistics span the input channels, so pruning is approximate."""
+
+    approx = "weight standardization spans the pruned input channels"
+
+    def propagate(self, ctx):  # type: ignore[no-untyped-def]
+        out = super().propagate(ctx)
+        m = ctx.module
+        gain = getattr(m, "gain", None)
+        if gain is not None and gain.shape[0] == m.out_channels:
+            ctx.bind("gain", 0, out.reshape(-1), "out")
+        x = ctx.ids(0, "input")
+        if m.groups == 1 and x.shape[1] > 1:
+            ctx.approximate(x, self.approx)
+        return out
+
+
+register_rule(*_classes("timm.layers.Conv2dSame", "timm.layers.conv2d_same.Conv2dSame"))(
+    ConvRule())
+register_rule(*_classes("timm.layers.StdConv2d", "timm.layers.StdConv2dSame",
+                        "timm.layers.ScaledStdConv2d", "timm.layers.ScaledStdConv2dSame"))(
+    _StdConvRule())
+register_rule(*_classes(
+    "timm.layers.BatchNormAct2d", "timm.layers.SyncBatchNormAct",
+    "timm.layers.FrozenBatchNormAct2d", "timm.layers.norm_act.FrozenBatchNorm2d",
+    "torchvision.ops.misc.FrozenBatchNorm2d", "torchvision.ops.FrozenBatchNorm2d",
+    "timm.layers.BlurPool2d", "timm.layers.SplitBatchNorm2d"))(ChannelParams(axis=1))
+register_rule(*_classes("timm.layers.GroupNormAct", "timm.layers.GroupNorm1Act",
+                        "timm.layers.GroupNorm", "timm.layers.GroupNorm1"))(GroupNormRule())
+register_rule(*_classes("timm.layers.LayerNorm2d", "timm.layers.LayerNormAct2d",
+                        "timm.layers.LayerNorm2dFp32", "timm.layers.LayerNormAct2dFp32",
+                        "timm.layers.RmsNorm2d", "timm.layers.RmsNormAct2d",
+                        "timm.layers.RmsNorm2dFp32", "timm.layers.RmsNormAct2dFp32",
+                        "timm.layers.SimpleNorm2d", "timm.layers.SimpleNorm2dFp32"))(
+    LayerNormRule(axis=1))
+register_rule(*_classes("timm.layers.LayerNorm", "timm.layers.LayerNormAct",
+                        "timm.layers.LayerNormFp32", "timm.layers.LayerNormActFp32",
+                        "timm.layers.RmsNorm", "timm.layers.RmsNormAct",
+                        "timm.layers.RmsNormFp32", "timm.layers.RmsNormActFp32",
+                        "timm.layers.SimpleNorm", "timm.layers.SimpleNormFp32"))(
+    LayerNormRule(axis=-1))
+register_rule(*_classes("timm.layers.AvgPool2dSame", "timm.layers.MaxPool2dSame"))(Spatial(2))

@@ -1,0 +1,135 @@
+"""Selection: turn per-unit scores into immutable keep-sets.
+
+Reads:  ``gm.meta["fxprune.analysis"]`` (groups), per-group scores
+Writes: ``node.meta["fxprune.keep"]`` (:class:`NodeKeep`) and returns ``{group id: KeepSet}``
+
+Every group keeps ``size - floor(size * ratio)`` units (at least one, and at least its frozen
+units), optionally rounded so that the kept channel count is a multiple of ``round_to``.
+Frozen units are always kept; the rest are ranked by score (ties keep the lower index).
+"""
+
+from __future__ import annotations
+
+__all__ = ["select", "kept_mask", "keep_count"]
+
+import math
+
+import torch
+import torch.fx as fx
+from torch import Tensor
+
+from . import meta
+from .analyze import Analysis
+from .channels import FIRST_ID
+from .errors import InputError
+
+
+def keep_count(group: meta.Group, ratio: float, round_to: int | None = None) -> int:
+    """How many units a group keeps at ``ratio`` (before frozen units are forced in)."""
+    n = group.size
+    keep = n - math.floor(n * ratio + 1e-9)
+    if round_to and round_to > 1:
+        step = round_to // math.gcd(round_to, group.divisor)
+        if step > 1 and n >= step:
+            keep = max(step, int(round(keep / step)) * step)
+            keep = min(keep, n - n % step if n % step else n)
+    return max(1, min(n, keep))
+
+
+def select(analysis: Analysis, scores: dict[int, Tensor], ratio: float | dict[int, float],
+           round_to: int | None = None) -> dict[int, meta.KeepSet]:
+    """Pick the kept units of every group and annotate every node with its kept positions."""
+    keep: dict[int, meta.KeepSet] = {}
+    for g in analysis.groups:
+        r = ratio.get(g.id, 0.0) if isinstance(ratio, dict) else ratio
+        if not 0.0 <= r < 1.0:
+            raise InputError(f"ratio for group {g.id} must be in [0, 1), got {r}")
+        keep[g.id] = _select_group(g, scores.get(g.id), r, round_to)
+    mask = kept_mask(analysis, keep)
+    mask = _no_empty_axes(analysis, keep, mask)
+    annotate(analysis.gm, mask)
+    analysis.gm.meta[meta.KEEPSETS] = dict(keep)
+    return keep
+
+
+def _select_group(g: meta.Group, score: Tensor | None, ratio: float,
+                  round_to: int | None) -> meta.KeepSet:
+    n = g.size
+    frozen = set(g.frozen_units)
+    k = max(keep_count(g, ratio, round_to), len(frozen))
+    if k >= n or len(frozen) == n:
+        return meta.KeepSet(g.id, n, tuple(range(n)))
+    s = score.double().clone() if score is not None else torch.zeros(n, dtype=torch.float64)
+    if s.numel() != n:
+        raise InputError(f"criterion returned {s.numel()} scores for group {g.id} of size {n}")
+    s = torch.nan_to_num(s, nan=-math.inf)
+    if frozen:
+        s[list(frozen)] = math.inf
+    # stable: sort by (-score, index)
+    order = sorted(range(n), key=lambda i: (-float(s[i]), i))
+    return meta.KeepSet(g.id, n, tuple(sorted(order[:k])))
+
+
+def kept_mask(analysis: Analysis, keep: dict[int, meta.KeepSet]) -> Tensor:
+    """A bool per channel id: is it kept under these keep-sets?"""
+    sizes = [g.size for g in analysis.groups]
+    offsets = torch.tensor([0, *sizes], dtype=torch.long).cumsum(0)
+    flat = torch.zeros(int(offsets[-1]), dtype=torch.bool)
+    for gid, ks in keep.items():
+        idx = torch.tensor(ks.indices, dtype=torch.long) + offsets[gid]
+        flat[idx] = True
+    mask = torch.ones(analysis.n_ids, dtype=torch.bool)
+    real = torch.arange(FIRST_ID, analysis.n_ids)
+    g = analysis.group_of[real]
+    mask[real] = flat[offsets[g] + analysis.unit_index[real]] | analysis.frozen[real]
+    return mask
+
+
+def _axis_ids(gm: fx.GraphModule) -> list[Tensor]:
+    out = []
+    for n in gm.graph.nodes:
+        ids = meta.get_ids(n)
+        for t in ids if isinstance(ids, tuple) else (ids,):
+            if isinstance(t, Tensor) and t.numel() > 1:
+                out.append(t)
+    return out
+
+
+def _no_empty_axes(analysis: Analysis, keep: dict[int, meta.KeepSet], mask: Tensor) -> Tensor:
+    """Slices and splits must keep at least one channel: re-admit one unit where they would not."""
+    for _ in range(8):
+        changed = False
+        for t in _axis_ids(analysis.gm):
+            if bool(mask[t].any()):
+                continue
+            first = int(t.reshape(-1)[0])
+            g, u = int(analysis.group_of[first]), int(analysis.unit_index[first])
+            ks = keep[g]
+            keep[g] = meta.KeepSet(g, ks.size, tuple(sorted({*ks.indices, u})))
+            changed = True
+            mask = kept_mask(analysis, keep)
+        if not changed:
+            break
+    return mask
+
+
+def annotate(gm: fx.GraphModule, mask: Tensor) -> None:
+    """Write each node's kept positions (along axes that lose channels) into node.meta."""
+    for n in gm.graph.nodes:
+        ids = meta.get_ids(n)
+        if not isinstance(ids, Tensor) or ids.numel() <= 1:
+            n.meta.pop(meta.KEEP, None)
+            continue
+        axes = []
+        k = mask[ids]
+        for d in range(ids.dim()):
+            if ids.shape[d] > 1:
+                other = [x for x in range(ids.dim()) if x != d]
+                pos = k.any(dim=other) if other else k
+                if not bool(pos.all()):
+                    axes.append((d, int(ids.shape[d]),
+                                 tuple(torch.nonzero(pos).flatten().tolist())))
+        if axes:
+            n.meta[meta.KEEP] = meta.NodeKeep(tuple(axes))
+        else:
+            n.meta.pop(meta.KEEP, None)

@@ -1,0 +1,159 @@
+"""Trace a model to a torch.fx GraphModule that fxprune can analyze.
+
+Reads:  the user's model (never modified)
+Writes: a GraphModule sharing the model's submodules; ``gm.meta["fxprune.example_inputs"]``
+
+Leaf modules (kept opaque as ``call_module`` nodes): torch.nn's own modules, every module type
+that has a channel rule (so timm's ``BatchNormAct2d`` is one node with one rule), and timm's
+registered no-trace modules. timm's no-trace functions stay ``call_function`` nodes. A submodule
+whose forward cannot be traced is retried as a leaf (it then needs a rule, or its channels are
+frozen); a failure in the top-level forward is reported with the user's source line.
+"""
+
+from __future__ import annotations
+
+__all__ = ["trace", "default_example_inputs", "FxPruneTracer", "EXAMPLE_INPUTS"]
+
+import traceback
+from typing import Any
+
+import torch
+import torch.fx as fx
+import torch.nn as nn
+
+from .errors import InputError, TraceFailure
+from .rules import RULES
+
+EXAMPLE_INPUTS = "fxprune.example_inputs"
+_MAX_LEAF_RETRIES = 32
+
+
+def _timm_notrace() -> tuple[set[type], list[Any]]:
+    try:
+        from timm.layers import get_notrace_functions, get_notrace_modules
+    except Exception:  # timm missing or too old: nothing extra to honour
+        return set(), []
+    return set(get_notrace_modules()), list(get_notrace_functions())
+
+
+class FxPruneTracer(fx.Tracer):
+    """A tracer that keeps rule-carrying and timm no-trace modules as leaves."""
+
+    def __init__(self, extra_leaves: set[str] | None = None):
+        mods, fns = _timm_notrace()
+        super().__init__(autowrap_functions=tuple(fns))
+        self.record_stack_traces = True
+        self._notrace = mods
+        self.extra_leaves = set(extra_leaves or ())
+        self.current_path: list[str] = []
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        t = type(m)
+        if t in RULES or t in self._notrace or module_qualified_name in self.extra_leaves:
+            return True
+        if isinstance(m, (nn.Sequential, nn.ModuleList, nn.ModuleDict)):
+            return False
+        return super().is_leaf_module(m, module_qualified_name)
+
+    def call_module(self, m, forward, args, kwargs):  # type: ignore[no-untyped-def]
+        self.current_path.append(self.path_of_module(m))
+        try:
+            return super().call_module(m, forward, args, kwargs)
+        finally:
+            self.current_path.pop()
+
+
+def _model_device_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype]:
+    for p in model.parameters():
+        if p.is_floating_point():
+            return p.device, p.dtype
+    for b in model.buffers():
+        if b.is_floating_point():
+            return b.device, b.dtype
+    return torch.device("cpu"), torch.float32
+
+
+def default_example_inputs(model: nn.Module) -> tuple[torch.Tensor, ...]:
+    """A random batch of one: timm's ``pretrained_cfg["input_size"]``, else (1, 3, 224, 224)."""
+    cfg = getattr(model, "pretrained_cfg", None) or getattr(model, "default_cfg", None) or {}
+    size = tuple(cfg.get("input_size", (3, 224, 224))) if isinstance(cfg, dict) else (3, 224, 224)
+    device, dtype = _model_device_dtype(model)
+    gen = torch.Generator().manual_seed(0)
+    return (torch.randn((1, *size), generator=gen).to(device=device, dtype=dtype),)
+
+
+def _user_frame(exc: BaseException) -> str:
+    """The innermost traceback frame outside torch and fxprune: the user's line."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    for fr in reversed(frames):
+        f = fr.filename.replace("\\", "/")
+        if "/torch/" in f or "/fxprune/" in f or f.startswith("<"):
+            continue
+        return f"{fr.filename}:{fr.lineno} ({fr.name}): {fr.line}"
+    return ""
+
+
+def trace(
+    model: nn.Module,
+    example_inputs: tuple[Any, ...] | Any | None = None,
+) -> fx.GraphModule:
+    """Symbolically trace ``model`` to a GraphModule (which shares the model's submodules).
+
+    Args:
+        model: any ``nn.Module``; it is not modified.
+        example_inputs: a tensor or tuple of inputs used by later passes; defaults to
+            :func:`default_example_inputs`. Stored in ``gm.meta``.
+
+    Returns:
+        The traced GraphModule.
+
+    Raises:
+        InputError: ``model`` is not an ``nn.Module``.
+        TraceFailure: the top-level forward uses a construct torch.fx cannot trace.
+
+    Example::
+
+        >>> import fxprune, timm
+        >>> gm = fxprune.trace(timm.create_model("resnet18"))
+    """
+    if isinstance(model, fx.GraphModule) and not isinstance(model, nn.Module):
+        raise InputError("model must be a torch.nn.Module")
+    if not isinstance(model, nn.Module):
+        raise InputError(
+            f"fxprune expects a torch.nn.Module, got {type(model).__name__}. "
+            "Hint: pass the model object itself (e.g. timm.create_model('resnet18')), "
+            "not its state_dict or class."
+        )
+    if example_inputs is None:
+        example_inputs = default_example_inputs(model)
+    elif not isinstance(example_inputs, (tuple, list)):
+        example_inputs = (example_inputs,)
+    example_inputs = tuple(example_inputs)
+
+    leaves: set[str] = set()
+    for _ in range(_MAX_LEAF_RETRIES):
+        tracer = FxPruneTracer(leaves)
+        try:
+            graph = tracer.trace(model)
+            break
+        except Exception as e:  # noqa: BLE001 - re-raised below with context
+            failing = tracer.current_path[-1] if tracer.current_path else ""
+            if failing and failing not in leaves:
+                leaves.add(failing)  # retry with the failing submodule opaque
+                continue
+            where = _user_frame(e)
+            raise TraceFailure(
+                f"torch.fx could not trace {type(model).__name__}: {type(e).__name__}: {e}\n"
+                f"  where: {where or 'top-level forward'}\n"
+                "Hint: data-dependent Python control flow (if/for on tensor values) cannot be "
+                "traced. Move it into a submodule (fxprune then treats that submodule as one op), "
+                "or wrap the function with torch.fx.wrap."
+            ) from e
+    else:  # pragma: no cover - pathological models
+        raise TraceFailure(f"gave up tracing {type(model).__name__} after {len(leaves)} retries")
+
+    name = type(model).__name__
+    gm = fx.GraphModule(model, graph, class_name=name)
+    gm.meta[EXAMPLE_INPUTS] = example_inputs
+    gm.meta["fxprune.leaf_fallbacks"] = tuple(sorted(leaves))
+    return gm

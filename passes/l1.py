@@ -1,0 +1,16 @@
+"""L1-norm filter criterion (Li et al., "Pruning Filters for Efficient ConvNets", ICLR 2017)."""
+
+from __future__ import annotations
+
+__all__ = ["l1"]
+
+from torch import Tensor
+
+from fxprune.criteria import CriterionCtx, producer_scores, register_criterion
+from fxprune.meta import Group
+
+
+@register_criterion("l1")
+def l1(group: Group, ctx: CriterionCtx) -> Tensor:
+    """Sum of |w| of each output filter (Li et al. 2017); data-free. Higher = kept."""
+    return producer_scores(group, ctx, lambda w: w.abs().flatten(1).sum(1))

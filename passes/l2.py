@@ -1,0 +1,16 @@
+"""L2-norm filter criterion (the norm-based baseline of SFP and FPGM)."""
+
+from __future__ import annotations
+
+__all__ = ["l2"]
+
+from torch import Tensor
+
+from fxprune.criteria import CriterionCtx, producer_scores, register_criterion
+from fxprune.meta import Group
+
+
+@register_criterion("l2")
+def l2(group: Group, ctx: CriterionCtx) -> Tensor:
+    """L2 norm of each output filter (SFP, He et al. 2018); data-free. Higher = kept."""
+    return producer_scores(group, ctx, lambda w: w.pow(2).flatten(1).sum(1).sqrt())
