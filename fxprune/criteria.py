@@ -97,7 +97,7 @@ def producer_scores(group: Group, ctx: CriterionCtx,
                     per_entry: Callable[[Tensor], Tensor]) -> Tensor:
     """Combine a per-filter statistic over the group's members into one score per unit.
 
-    ``per_entry`` maps a parameter slice ``[len, ...]`` to ``[len]``. The members used are the
+    ``per_entry`` maps a parameter slice viewed as ``[len, rest]`` to ``[len]``. The members used are the
     producers' filters (role ``"out"``); a group without producers (e.g. a depthwise chain fed by
     a frozen input) falls back to its per-channel parameters, then to its consumers' slices.
     Each member's unit scores are normalized by their mean before summing, so a residual group
@@ -111,7 +111,8 @@ def producer_scores(group: Group, ctx: CriterionCtx,
         return torch.zeros(group.size)
     total = torch.zeros(group.size, dtype=torch.float64)
     for m in members:
-        total += _normalized(group, m, per_entry(m.tensor(ctx.root).double()))
+        w = m.tensor(ctx.root)
+        total += _normalized(group, m, per_entry(w.reshape(w.shape[0], -1)).double())
     return total
 
 

@@ -48,9 +48,10 @@ def _qualname(obj: Any) -> str:
     candidates = []
     if mod and name:
         candidates.append(f"{mod}.{name}")
-    if name:
-        candidates += [f"torch.{name}", f"torch.nn.functional.{name}", f"operator.{name}",
-                       f"torch.Tensor.{name}", f"math.{name}"]
+    short = getattr(obj, "__name__", None)
+    if short:
+        candidates += [f"torch.{short}", f"torch.nn.functional.{short}", f"operator.{short}",
+                       f"torch.Tensor.{short}", f"math.{short}"]
     for c in candidates:
         try:
             if _resolve(c, trusted=None) is obj:
@@ -152,6 +153,7 @@ def _module_spec(m: nn.Module) -> dict[str, Any]:
                           if p is not None},
         "buffers": {k: b for k, b in m._buffers.items() if b is not None},
         "non_persistent": sorted(m._non_persistent_buffers_set),
+        "none": sorted([k for k, p in m._parameters.items() if p is None]),
         "children": {k: _module_spec(c) for k, c in m._modules.items() if c is not None},
     }
 
@@ -166,6 +168,8 @@ def _build_module(spec: dict[str, Any], trusted: tuple[str, ...]) -> nn.Module:
         m.__dict__[k] = _dec(v, {}, trusted)
     for k, t in spec["params"].items():
         m._parameters[k] = nn.Parameter(t, requires_grad=spec["requires_grad"].get(k, True))
+    for k in spec.get("none", []):
+        m._parameters[k] = None
     for k, t in spec["buffers"].items():
         m._buffers[k] = t
     m._non_persistent_buffers_set = set(spec["non_persistent"])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 __all__ = ["l1"]
 
+import torch
 from torch import Tensor
 
 from fxprune.criteria import CriterionCtx, producer_scores, register_criterion
@@ -13,4 +14,4 @@ from fxprune.meta import Group
 @register_criterion("l1")
 def l1(group: Group, ctx: CriterionCtx) -> Tensor:
     """Sum of |w| of each output filter (Li et al. 2017); data-free. Higher = kept."""
-    return producer_scores(group, ctx, lambda w: w.abs().flatten(1).sum(1))
+    return producer_scores(group, ctx, lambda w: torch.linalg.vector_norm(w, ord=1, dim=1, dtype=torch.float64))

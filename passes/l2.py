@@ -4,6 +4,7 @@ from __future__ import annotations
 
 __all__ = ["l2"]
 
+import torch
 from torch import Tensor
 
 from fxprune.criteria import CriterionCtx, producer_scores, register_criterion
@@ -13,4 +14,4 @@ from fxprune.meta import Group
 @register_criterion("l2")
 def l2(group: Group, ctx: CriterionCtx) -> Tensor:
     """L2 norm of each output filter (SFP, He et al. 2018); data-free. Higher = kept."""
-    return producer_scores(group, ctx, lambda w: w.pow(2).flatten(1).sum(1).sqrt())
+    return producer_scores(group, ctx, lambda w: torch.linalg.vector_norm(w, ord=2, dim=1, dtype=torch.float64))

@@ -1,0 +1,88 @@
+"""Test helpers: the one harness every rule and model test uses (also for your own rules).
+
+:func:`prune_and_check` prunes a model, then checks the invariants that define a correct
+compression: the zero-channel oracle holds, the output shape is unchanged, parameters went down
+(when something was prunable), the user's model is untouched, and a save/load round trip gives
+identical outputs.
+"""
+
+from __future__ import annotations
+
+__all__ = ["prune_and_check", "n_params"]
+
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.fx as fx
+import torch.nn as nn
+
+from .api import compress
+from .serialize import load, save
+from .verify import verify
+
+
+def n_params(m: nn.Module) -> int:
+    return sum(p.numel() for p in m.parameters())
+
+
+def _outputs(m: nn.Module, inputs: tuple) -> Any:
+    flags = {x: x.training for x in m.modules()}
+    try:
+        m.eval()
+        with torch.no_grad():
+            return m(*inputs)
+    finally:
+        for x, t in flags.items():
+            x.training = t
+
+
+def prune_and_check(
+    model: nn.Module,
+    example_inputs: Any,
+    ratio: float = 0.5,
+    *,
+    expect: str = "exact",
+    smaller: bool = True,
+    roundtrip: bool = True,
+    rtol: float = 1e-4,
+    **kwargs: Any,
+) -> fx.GraphModule:
+    """Prune ``model`` and assert every invariant; return the pruned module.
+
+    Args:
+        expect: ``"exact"`` or ``"approximate"`` (the oracle's status prefix).
+        smaller: require fewer parameters than the original.
+        roundtrip: check ``fxprune.save``/``fxprune.load`` gives identical outputs.
+        kwargs: passed to :func:`fxprune.compress` (criterion, ignore, round_to...).
+    """
+    if not isinstance(example_inputs, tuple):
+        example_inputs = (example_inputs,)
+    model.eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        pruned = compress(model, ratio, example_inputs=example_inputs, **kwargs)
+    after = model.state_dict()
+    assert before.keys() == after.keys(), "compress() changed the model's state_dict keys"
+    for k, v in before.items():
+        assert torch.equal(v, after[k]), f"compress() modified the user's model: {k}"
+
+    report = verify(model, pruned, example_inputs, rtol=rtol)
+    assert report.status.startswith(expect), f"oracle: {report} (expected {expect})"
+
+    ref, out = _outputs(model, example_inputs), _outputs(pruned, example_inputs)
+    ref_t = ref if isinstance(ref, torch.Tensor) else ref[0]
+    out_t = out if isinstance(out, torch.Tensor) else out[0]
+    assert ref_t.shape == out_t.shape, f"output shape changed {ref_t.shape} -> {out_t.shape}"
+    if smaller:
+        assert n_params(pruned) < n_params(model), "nothing was pruned"
+    if roundtrip:
+        with tempfile.TemporaryDirectory() as d:
+            path = Path(d) / "pruned.pt"
+            save(pruned, path)
+            again = load(path)
+            torch.testing.assert_close(_outputs(again, example_inputs), out, rtol=0, atol=0)
+    return pruned
