@@ -575,14 +575,15 @@ def analyze(
     if state.unsupported:
         lines = "\n".join(f"  {op}  at {', '.join(locs[:3])}" + (" ..." if len(locs) > 3 else "")
                           for op, locs in sorted(state.unsupported.items()))
-        msg = (f"{len(state.unsupported)} op(s) have no channel rule; their channels are kept:\n"
-               f"{lines}\nHint: register a rule with @fxprune.register_rule(...), or pass "
-               "strict=False to freeze the affected channels.")
+        n = len(state.unsupported)
         if strict:
-            raise UnsupportedOpError(msg, sorted(state.unsupported))
-        warnings.warn(msg.replace("Hint: register", "Hint: to prune them, register")
-                      .split("\nHint:")[0] + "\nHint: register a rule with "
-                      "@fxprune.register_rule(...) to prune them.", stacklevel=2)
+            raise UnsupportedOpError(
+                f"{n} op(s) have no channel rule:\n{lines}\nHint: register a rule with "
+                "@fxprune.register_rule(...), or pass strict=False to keep their channels "
+                "unpruned.", sorted(state.unsupported))
+        warnings.warn(f"{n} op(s) have no channel rule; their channels are kept unpruned:\n"
+                      f"{lines}\nHint: register a rule with @fxprune.register_rule(...) to "
+                      "prune them.", stacklevel=2)
     analysis = _resolve(gm, state)
     gm.meta[meta.GROUPS] = analysis.groups
     gm.meta[meta.ANALYSIS] = analysis

@@ -65,15 +65,16 @@ def node_location(node: fx.Node) -> str:
 
 
 def user_source_line(node: fx.Node) -> str:
-    """The innermost 'File ..., line N' of the node's recorded stack trace, if any."""
+    """The innermost frame of the node's recorded stack trace outside torch: the user's line."""
     trace = node.meta.get("stack_trace")
     if not trace:
         return ""
     lines = [ln.strip() for ln in trace.strip().splitlines() if ln.strip().startswith("File ")]
+    lines = [ln for ln in lines if "/torch/" not in ln and "\\torch\\" not in ln] or lines
     if not lines:
         return ""
     last = lines[-1]
-    # 'File "/path/x.py", line 41, in forward' -> 'x.py:41 (forward)'
+    # 'File "/path/x.py", line 41, in forward' -> '/path/x.py:41 (forward)'
     try:
         path = last.split('"')[1]
         lineno = last.split("line ")[1].split(",")[0]

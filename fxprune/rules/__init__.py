@@ -100,8 +100,15 @@ def op_name(node: fx.Node, modules: dict[str, nn.Module]) -> str:
         return f"Tensor.{key}"
     if key is None:
         return node.op
-    mod = getattr(key, "__module__", None) or ""
-    name = getattr(key, "__qualname__", None) or getattr(key, "__name__", repr(key))
+    return _callable_name(key)
+
+
+def _callable_name(fn: Any) -> str:
+    mod = getattr(fn, "__module__", None) or ""
+    name = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", repr(fn))
+    if name.startswith("_VariableFunctionsClass.") or mod.startswith("torch._C"):
+        name = getattr(fn, "__name__", name)
+        mod = "torch" if mod.startswith("torch") else mod
     return f"{mod}.{name}" if mod else name
 
 
@@ -136,8 +143,8 @@ def list_rules() -> list[tuple[str, str]]:
         elif isinstance(key, str):
             name = f"Tensor.{key}"
         else:
-            name = f"{getattr(key, '__module__', '') or ''}.{getattr(key, '__name__', key)}"
-        rows.append((name.lstrip("."), rule.describe()))
+            name = _callable_name(key)
+        rows.append((name, rule.describe()))
     return sorted(rows)
 
 
