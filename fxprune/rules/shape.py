@@ -132,6 +132,13 @@ class Stack(Rule):
         return base.unsqueeze(dim)
 
 
+def _one_channel_frozen(ctx, piece: Tensor, dim: int) -> Tensor:  # type: ignore[no-untyped-def]
+    """A piece that keeps a single channel cannot lose it (its id dim would be ambiguous)."""
+    if piece.shape[dim] == 1:
+        ctx.freeze(piece, "a single channel selected by a slice")
+    return piece
+
+
 def _piece_ranges(sizes: list[int]) -> list[tuple[int, int]]:
     out, off = [], 0
     for s in sizes:
@@ -160,7 +167,8 @@ class Split(Rule):
         sizes = [int(t.shape[dim]) for t in ctx.out]
         if ids.shape[dim] == 1:
             return tuple(ids for _ in sizes)
-        return tuple(ids.narrow(dim, off, s) for off, s in _piece_ranges(sizes))
+        return tuple(_one_channel_frozen(ctx, ids.narrow(dim, off, s), dim)
+                     for off, s in _piece_ranges(sizes))
 
     def rewrite_node(self, node: fx.Node, ctx) -> None:  # type: ignore[no-untyped-def]
         name = node.target if isinstance(node.target, str) else node.target.__name__
@@ -240,7 +248,7 @@ class GetItem(Rule):
             if vary:
                 if it.step not in (None, 1):
                     raise _unsupported("strided slice on a channel axis")
-                out = out[(slice(None),) * d + (it,)]
+                out = _one_channel_frozen(ctx, out[(slice(None),) * d + (it,)], d)
             d += 1
         return out.contiguous()
 
@@ -282,7 +290,7 @@ class Narrow(Rule):
         start, length = int(ctx.arg(2, "start")), int(ctx.arg(3, "length"))
         if ids.shape[dim] == 1:
             return ids
-        return ids.narrow(dim, start, length)
+        return _one_channel_frozen(ctx, ids.narrow(dim, start, length), dim)
 
     def rewrite_node(self, node: fx.Node, ctx) -> None:  # type: ignore[no-untyped-def]
         old = ctx.old(node)
