@@ -28,7 +28,7 @@ from torch import Tensor
 
 from . import meta
 from .channels import FIRST_ID, FREE, FROZEN, at_axis, axis_ids, fit
-from .errors import FxPruneError, InputError, UnsupportedOpError, node_location
+from .errors import FxPruneError, InputError, UnsupportedOpError, node_location, short_error
 from .rules import Rule, op_name, rule_for
 from .trace import EXAMPLE_INPUTS
 
@@ -565,7 +565,7 @@ def analyze(
     except Exception as e:
         node = _current_node(prop)
         raise InputError(
-            f"running the model on the example inputs failed at {node}: {type(e).__name__}: {e}\n"
+            f"running the model on the example inputs failed at {node}: {short_error(e)}\n"
             "Hint: check that example_inputs have the shape, dtype and device the model expects "
             "(e.g. example_inputs=torch.randn(1, 3, 224, 224))."
         ) from e

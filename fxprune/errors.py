@@ -11,6 +11,7 @@ __all__ = [
     "VerificationError",
     "InputError",
     "node_location",
+    "short_error",
 ]
 
 import torch.fx as fx
@@ -48,6 +49,12 @@ class VerificationError(FxPruneError):
     """The pruned model does not match the zero-channel oracle."""
 
 
+def short_error(e: BaseException) -> str:
+    """``Type: message`` without torch.fx's appended graph traceback."""
+    msg = str(e).split("\n\nWhile executing")[0].split("\nWhile executing")[0].strip()
+    return f"{type(e).__name__}: {msg}"
+
+
 def node_location(node: fx.Node) -> str:
     """Describe where a node comes from: its name, its module path and the user's source line."""
     where = f"node '{node.name}'"
@@ -70,7 +77,8 @@ def user_source_line(node: fx.Node) -> str:
     if not trace:
         return ""
     lines = [ln.strip() for ln in trace.strip().splitlines() if ln.strip().startswith("File ")]
-    lines = [ln for ln in lines if "/torch/" not in ln and "\\torch\\" not in ln] or lines
+    lines = [ln for ln in lines
+             if not any(p in ln.replace("\\", "/") for p in ("/torch/", "/fxprune/"))] or lines
     if not lines:
         return ""
     last = lines[-1]

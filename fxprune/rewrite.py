@@ -26,7 +26,7 @@ from torch import Tensor
 
 from . import meta
 from .analyze import Analysis
-from .errors import FxPruneError, InputError, RewriteError, node_location
+from .errors import FxPruneError, InputError, RewriteError, node_location, short_error
 from .rules import rule_for
 from .rules._util import new_shape_of
 from .select import kept_mask
@@ -231,7 +231,7 @@ def check_shapes(pruned: fx.GraphModule, old_of: dict[fx.Node, fx.Node], ctx: Re
     except Exception as e:
         where = node_location(checker.current) if checker.current is not None else "?"
         raise RewriteError(
-            f"the pruned model fails at {where}: {type(e).__name__}: {e}. This is a bug in the "
+            f"the pruned model fails at {where}: {short_error(e)}. This is a bug in the "
             "rule of this op or of one before it; please report it with the model.") from e
     finally:
         for m, t in flags.items():

@@ -21,7 +21,7 @@ import torch
 import torch.fx as fx
 import torch.nn as nn
 
-from .errors import InputError, TraceFailure
+from .errors import InputError, TraceFailure, short_error
 from .rules import RULES
 
 EXAMPLE_INPUTS = "fxprune.example_inputs"
@@ -46,6 +46,7 @@ class FxPruneTracer(fx.Tracer):
         self._notrace = mods
         self.extra_leaves = set(extra_leaves or ())
         self.current_path: list[str] = []
+        self.failed_path: str | None = None
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
         t = type(m)
@@ -59,6 +60,10 @@ class FxPruneTracer(fx.Tracer):
         self.current_path.append(self.path_of_module(m))
         try:
             return super().call_module(m, forward, args, kwargs)
+        except Exception:
+            if self.failed_path is None:  # innermost module whose forward failed
+                self.failed_path = self.current_path[-1]
+            raise
         finally:
             self.current_path.pop()
 
@@ -137,13 +142,13 @@ def trace(
             graph = tracer.trace(model)
             break
         except Exception as e:  # noqa: BLE001 - re-raised below with context
-            failing = tracer.current_path[-1] if tracer.current_path else ""
+            failing = tracer.failed_path or ""
             if failing and failing not in leaves:
                 leaves.add(failing)  # retry with the failing submodule opaque
                 continue
             where = _user_frame(e)
             raise TraceFailure(
-                f"torch.fx could not trace {type(model).__name__}: {type(e).__name__}: {e}\n"
+                f"torch.fx could not trace {type(model).__name__}: {short_error(e)}\n"
                 f"  where: {where or 'top-level forward'}\n"
                 "Hint: data-dependent Python control flow (if/for on tensor values) cannot be "
                 "traced. Move it into a submodule (fxprune then treats that submodule as one op), "
