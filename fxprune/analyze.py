@@ -16,6 +16,7 @@ from __future__ import annotations
 __all__ = ["analyze", "Analysis", "PropCtx", "Unsupported"]
 
 import logging
+import operator
 import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -251,6 +252,9 @@ class _Propagator(fx.Interpreter):
         ids = self._ids_for(n, out)
         meta.set_ids(n, ids)
         n.meta[meta.SHAPE] = _shape_of(out)
+        if isinstance(out, (int, float, bool, slice, torch.Size)) or (
+                isinstance(out, tuple) and all(isinstance(v, int) for v in out)):
+            n.meta[meta.VALUE] = out
         self.i += 1
         if self.progress is not None and self.i % 50 == 0:
             self.progress("analyze", self.i, self.n_nodes)
@@ -271,10 +275,12 @@ class _Propagator(fx.Interpreter):
         args, kwargs = self.fetch_args_kwargs_from_env(n)
         ctx = PropCtx(self.s, n, mod, args, kwargs, out)
         in_ids = ctx.tensor_input_ids()
-        if not in_ids and not _has_tensor(out) and n.op != "call_module":
-            return None  # pure Python / shape arithmetic
-        if in_ids and not _has_tensor(out):
-            return None  # queries: x.size(), x.shape, x.dim() are recomputed after pruning
+        if not _has_tensor(out) and n.op != "call_module":
+            # x.size(), x.shape and arithmetic on them: recomputed after pruning, but remember
+            # which channel axes the value depends on
+            n.meta[SIZE_DEPS] = _size_deps(n, out)
+            return None
+        self._check_size_args(ctx, n)
         rule = rule_for(n, self.module_map)
         ids = None
         if rule is not None:
@@ -289,6 +295,26 @@ class _Propagator(fx.Interpreter):
         if n.op == "call_module" and self._is_ignored(str(n.target)):
             _structure_apply(ids, lambda t: ctx.freeze(t, f"ignored module '{n.target}'"))
         return ids
+
+    def _check_size_args(self, ctx: PropCtx, n: fx.Node) -> None:
+        """A channel count read from one tensor and used to shape another couples nothing we
+        can track: keep both widths (e.g. ``y.reshape(B, N, C)`` with ``C = x.shape[-1]``)."""
+        deps: set[tuple[str, int]] = set()
+        for a in n.all_input_nodes:
+            if meta.get_ids(a) is None:
+                deps |= _flat_deps(a.meta.get(SIZE_DEPS))
+        if not deps:
+            return
+        inputs = {a.name for a in n.all_input_nodes if isinstance(meta.get_ids(a), Tensor)}
+        foreign = [(src, axis) for src, axis in deps if src not in inputs]
+        if not foreign:
+            return
+        by_name = {x.name: x for x in self.module.graph.nodes}
+        for src, _axis in foreign:
+            ctx.freeze(meta.get_ids(by_name[src]),
+                       f"its size is read to shape another tensor at {n.name}")
+        for ids in ctx.tensor_input_ids():
+            ctx.freeze(ids, f"shaped with the size of another tensor at {n.name}")
 
     @property
     def module_map(self) -> dict[str, nn.Module]:
@@ -308,6 +334,52 @@ class _Propagator(fx.Interpreter):
             ctx.freeze(ids, f"input of unsupported op {name}")
         return _structure(ctx.out, lambda t: ctx.frozen_ids(t.shape, f"output of unsupported op "
                                                                      f"{name}"))
+
+
+SIZE_DEPS = "fxprune.size_deps"
+
+
+def _size_deps(n: fx.Node, out: Any) -> Any:
+    """Which (tensor node, axis) pairs with prunable channels a Python value depends on.
+
+    ``x.shape`` / ``x.size()`` give one set per axis (a tuple), ``x.size(d)`` / ``x.shape[d]``
+    one set; arithmetic unions its arguments' sets.
+    """
+    def varying(src: fx.Node, axis: int) -> frozenset[tuple[str, int]]:
+        ids = meta.get_ids(src)
+        if isinstance(ids, Tensor) and axis < ids.dim() and ids.shape[axis] > 1:
+            return frozenset({(src.name, axis)})
+        return frozenset()
+
+    args = n.args
+    src = args[0] if args and isinstance(args[0], fx.Node) else None
+    if src is not None and isinstance(meta.get_ids(src), Tensor):
+        nd = meta.get_ids(src).dim()
+        if (n.target is getattr and len(args) > 1 and args[1] == "shape") or (
+                n.target == "size" and len(args) == 1 and not n.kwargs):
+            return tuple(varying(src, d) for d in range(nd))
+        if n.target == "size":
+            d = args[1] if len(args) > 1 else n.kwargs.get("dim")
+            return varying(src, d % nd) if isinstance(d, int) else frozenset()
+        return frozenset()
+    if n.target is operator.getitem and src is not None:
+        deps = src.meta.get(SIZE_DEPS)
+        if isinstance(deps, tuple) and isinstance(args[1], int):
+            return deps[args[1]]
+        if isinstance(deps, tuple) and isinstance(args[1], slice):
+            return deps[args[1]]
+    out_deps: set[tuple[str, int]] = set()
+    for a in n.all_input_nodes:
+        out_deps |= _flat_deps(a.meta.get(SIZE_DEPS))
+    return frozenset(out_deps)
+
+
+def _flat_deps(deps: Any) -> set[tuple[str, int]]:
+    if deps is None:
+        return set()
+    if isinstance(deps, frozenset):
+        return set(deps)
+    return set().union(*[_flat_deps(d) for d in deps]) if deps else set()
 
 
 def _shape_of(x: Any) -> Any:

@@ -30,6 +30,7 @@ import torch.fx as fx
 from torch import Tensor
 
 SHAPE = "fxprune.shape"  # node.meta: shape (or tuple of shapes) seen on the example inputs
+VALUE = "fxprune.value"  # node.meta: the int/slice/size value a non-tensor node had (analysis)
 IDS = "fxprune.ids"  # node.meta: channel-id tensor(s) of the node's value (analysis)
 KEEP = "fxprune.keep"  # node.meta: NodeKeep, kept positions of the node's value (selection)
 GROUPS = "fxprune.groups"  # gm.meta: tuple[Group, ...] (analysis)

@@ -32,6 +32,8 @@ from .rules._util import new_shape_of
 from .select import kept_mask
 from .trace import EXAMPLE_INPUTS
 
+VALUE = meta.VALUE
+
 
 class RewriteCtx:
     """What a rule's ``rewrite_node`` sees: the old node of a new one, old/new shapes."""
@@ -42,6 +44,11 @@ class RewriteCtx:
 
     def old(self, node: fx.Node) -> fx.Node:
         return self._old[node]
+
+    def arg_value(self, old: fx.Node, i: int, name: str | None = None) -> Any:
+        """Argument ``i`` of an old node with node references replaced by their seen values."""
+        v = old.args[i] if i < len(old.args) else old.kwargs.get(name) if name else None
+        return fx.node.map_arg(v, lambda n: n.meta.get(VALUE, n))
 
     def old_shape(self, old: fx.Node) -> Any:
         return old.meta.get(meta.SHAPE)

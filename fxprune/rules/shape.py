@@ -176,7 +176,7 @@ class Split(Rule):
             return
         old = ctx.old(node)
         src = old.args[0]
-        dim = norm_dim(int(_arg(old, 2, "dim", 0) or 0), len(ctx.old_shape(src)))
+        dim = norm_dim(int(_val(ctx, old, 2, "dim", 0) or 0), len(ctx.old_shape(src)))
         keep = ctx.kept_positions(src, dim)
         if keep is None:
             return
@@ -192,10 +192,11 @@ class Split(Rule):
         node.kwargs = {"dim": dim}
 
 
-def _arg(node: fx.Node, i: int, name: str, default: object = None) -> object:
-    if i < len(node.args):
-        return node.args[i]
-    return node.kwargs.get(name, default)
+def _val(ctx, node: fx.Node, i: int, name: str, default: object = None) -> object:  # type: ignore[no-untyped-def]
+    """The value argument ``i`` of an old node had during analysis."""
+    if i >= len(node.args) and name not in node.kwargs:
+        return default
+    return ctx.arg_value(node, i, name)
 
 
 def _expand_index(idx: object, ndim: int) -> list[object]:
@@ -258,21 +259,21 @@ class GetItem(Rule):
         shape = ctx.old_shape(src)
         if not isinstance(shape, tuple) or not shape or not isinstance(shape[0], int):
             return  # indexing a tuple of tensors
-        items = _expand_index(old.args[1], len(shape))
+        values = _expand_index(ctx.arg_value(old, 1), len(shape))
+        items = _expand_index(node.args[1], len(shape))  # the new graph's own nodes
         new_items, d, changed = [], 0, False
-        for it in items:
-            if it is None:
+        for it, val in zip(items, values):
+            if val is None:
                 new_items.append(it)
                 continue
             keep = ctx.kept_positions(src, d)
-            if keep is not None and isinstance(it, int):
-                p = it % shape[d]
+            if keep is not None and isinstance(val, int):
+                p = val % shape[d]
                 it, changed = int(keep[:p].sum()), True
-            elif keep is not None and isinstance(it, slice):
-                n = shape[d]
-                start, stop, _ = it.indices(n)
-                it = slice(None if it.start is None else int(keep[:start].sum()),
-                           None if it.stop is None else int(keep[:stop].sum()), it.step)
+            elif keep is not None and isinstance(val, slice):
+                start, stop, _ = val.indices(shape[d])
+                it = slice(None if val.start is None else int(keep[:start].sum()),
+                           None if val.stop is None else int(keep[:stop].sum()), val.step)
                 changed = True
             new_items.append(it)
             d += 1
@@ -295,11 +296,11 @@ class Narrow(Rule):
     def rewrite_node(self, node: fx.Node, ctx) -> None:  # type: ignore[no-untyped-def]
         old = ctx.old(node)
         src = old.args[0]
-        dim = norm_dim(int(_arg(old, 1, "dim")), len(ctx.old_shape(src)))
+        dim = norm_dim(int(_val(ctx, old, 1, "dim")), len(ctx.old_shape(src)))
         keep = ctx.kept_positions(src, dim)
         if keep is None:
             return
-        start, length = int(_arg(old, 2, "start")), int(_arg(old, 3, "length"))
+        start, length = int(_val(ctx, old, 2, "start")), int(_val(ctx, old, 3, "length"))
         node.args = (node.args[0], dim, int(keep[:start].sum()),
                      int(keep[start:start + length].sum()))
         node.kwargs = {}
@@ -350,6 +351,10 @@ class Pad(Rule):
             d = nd - 1 - i
             lo, hi = int(pad[2 * i]), int(pad[2 * i + 1])
             if (lo or hi) and (out.shape[d] > 1 or d == 1):
+                raw = ctx.arg_node(1, "pad")
+                if isinstance(raw, fx.Node) or any(isinstance(raw[k], fx.Node)
+                                                   for k in (2 * i, 2 * i + 1)):
+                    raise _unsupported("computed padding on a channel axis")
                 if lo < 0 or hi < 0:
                     raise _unsupported("negative padding on a channel axis")
                 other = list(out.shape)
@@ -368,20 +373,19 @@ class Pad(Rule):
 
     def rewrite_node(self, node: fx.Node, ctx) -> None:  # type: ignore[no-untyped-def]
         old = ctx.old(node)
-        pad = list(_arg(old, 1, "pad"))
+        values = list(ctx.arg_value(old, 1, "pad"))
+        in_kwargs = len(node.args) < 2
+        pad = list(node.kwargs["pad"] if in_kwargs else node.args[1])
         shape = ctx.old_shape(old)
         nd = len(shape)
         for i in range(len(pad) // 2):
-            d = nd - 1 - i
-            keep = ctx.kept_positions(old, d)
+            keep = ctx.kept_positions(old, nd - 1 - i)
             if keep is None:
                 continue
-            lo, hi = int(pad[2 * i]), int(pad[2 * i + 1])
+            lo, hi = int(values[2 * i]), int(values[2 * i + 1])
             pad[2 * i] = int(keep[:lo].sum())
-            pad[2 * i + 1] = int(keep[shape[d] - hi:].sum()) if hi else 0
-        args = list(node.args)
-        if len(args) > 1:
-            args[1] = tuple(pad)
-        else:
+            pad[2 * i + 1] = int(keep[shape[nd - 1 - i] - hi:].sum()) if hi else 0
+        if in_kwargs:
             node.kwargs = {**node.kwargs, "pad": tuple(pad)}
-        node.args = tuple(args)
+        else:
+            node.args = (node.args[0], tuple(pad), *node.args[2:])
