@@ -13,6 +13,7 @@ import importlib
 from . import register_rule
 from .conv import ConvRule
 from .elementwise import Spatial
+from .linear import LinearRule
 from .norm import ChannelParams, GroupNormRule, LayerNormRule
 
 
@@ -69,4 +70,5 @@ register_rule(*_classes("timm.layers.LayerNorm", "timm.layers.LayerNormAct",
                         "timm.layers.RmsNormFp32", "timm.layers.RmsNormActFp32",
                         "timm.layers.SimpleNorm", "timm.layers.SimpleNormFp32"))(
     LayerNormRule(axis=-1))
+register_rule(*_classes("timm.layers.Linear", "timm.layers.linear.Linear"))(LinearRule())
 register_rule(*_classes("timm.layers.AvgPool2dSame", "timm.layers.MaxPool2dSame"))(Spatial(2))
