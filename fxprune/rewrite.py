@@ -120,9 +120,10 @@ def _slice(t: Tensor, cuts: list[tuple[int, Tensor]]) -> Tensor:
 
 def _clone_module(mod: nn.Module, cuts: dict[str, list[tuple[int, Tensor]]]) -> nn.Module:
     memo: dict[int, Any] = {}
-    for name, t in [*mod._parameters.items(), *mod._buffers.items()]:
-        if t is not None and name in cuts:
-            memo[id(t)] = _slice(t, cuts[name])
+    if cuts:
+        for name, t in [*mod.named_parameters(), *mod.named_buffers()]:
+            if t is not None and name in cuts:
+                memo[id(t)] = _slice(t, cuts[name])
     return copy.deepcopy(mod, memo)
 
 

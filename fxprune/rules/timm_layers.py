@@ -10,7 +10,10 @@ __all__: list[str] = []
 
 import importlib
 
-from . import register_rule
+import torch.nn as nn
+
+from ..channels import at_axis
+from . import Rule, register_rule
 from .conv import ConvRule
 from .elementwise import Spatial
 from .linear import LinearRule
@@ -70,5 +73,26 @@ register_rule(*_classes("timm.layers.LayerNorm", "timm.layers.LayerNormAct",
                         "timm.layers.RmsNormFp32", "timm.layers.RmsNormActFp32",
                         "timm.layers.SimpleNorm", "timm.layers.SimpleNormFp32"))(
     LayerNormRule(axis=-1))
+@register_rule(*_classes("timm.models.vgg.ConvMlp"))
+class ConvMlpRule(Rule):
+    """timm VGG's conv MLP head (fc1 conv, act, fc2 1x1 conv): outer channels are prunable."""
+
+    def propagate(self, ctx):  # type: ignore[no-untyped-def]
+        m = ctx.module
+        x = ctx.ids(0, "input")
+        ctx.bind("fc1.weight", 1, ctx.channel_ids(x, 1, m.fc1.in_channels, "ConvMlp input"),
+                 "in")
+        ctx.consume(0)
+        out1d = ctx.new_ids(m.fc2.out_channels, key=(str(ctx.node.target), "out"))
+        ctx.bind("fc2.weight", 0, out1d, "out")
+        if m.fc2.bias is not None:
+            ctx.bind("fc2.bias", 0, out1d, "out")
+        return at_axis(out1d, 1, ctx.out.dim())
+
+    def update_module(self, new: nn.Module, old: nn.Module) -> None:
+        new.fc1.in_channels = new.fc1.weight.shape[1]
+        new.fc2.out_channels = new.fc2.weight.shape[0]
+
+
 register_rule(*_classes("timm.layers.Linear", "timm.layers.linear.Linear"))(LinearRule())
 register_rule(*_classes("timm.layers.AvgPool2dSame", "timm.layers.MaxPool2dSame"))(Spatial(2))
