@@ -348,8 +348,14 @@ def test_groupnorm_and_layernorm_are_reported_approximate():
             y = self.ln(y.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
             return self.head(y)
 
-    pruned = prune_and_check(Norms(), torch.randn(2, 3, 16, 16), 0.5, expect="approximate")
+    x = torch.randn(2, 3, 16, 16)
+    model = Norms()
+    pruned = prune_and_check(model, x, 0.5, expect="approximate")
     assert pruned.get_submodule("gn").num_channels % 4 == 0
+    # the statistics-aware oracle still catches a wrong rewrite of an approximate op
+    with torch.no_grad():
+        pruned.get_submodule("ln").weight[0] += 1.0
+    assert fxprune.verify(model, pruned, x).status.startswith("mismatch")
 
 
 def test_unknown_op_freezes_and_warns_once():
