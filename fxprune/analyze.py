@@ -52,6 +52,21 @@ class Binding:
     role: str
 
 
+@dataclass(frozen=True)
+class ScatterAdd:
+    """``residual="scatter"``: ``stream + branch`` where the branch keeps its own channels.
+
+    The rewrite emits ``index_add(stream + const, 1, kept, branch)``; ``const`` holds what the
+    removed channels of ``norm`` emit for a zero input (BatchNorm folded), so the result is
+    exact against the oracle that zeroes the pruned filters' outputs.
+    """
+
+    node: str
+    branch_arg: int
+    branch_ids: Tensor
+    norm: str | None
+
+
 @dataclass
 class Analysis:
     """The result of :func:`analyze`: channel ids, coupling, groups and bindings."""
@@ -68,6 +83,8 @@ class Analysis:
     approx: list[tuple[str, Tensor, str]]  # (node, ids, reason)
     unsupported: dict[str, list[str]]  # op name -> locations
     space_owner: list[tuple[int, int, str]] = field(default_factory=list)  # (start, n, node)
+    scatters: list[ScatterAdd] = field(default_factory=list)
+    residual: str = "coupled"
 
     def ids(self, node: fx.Node) -> Any:
         return meta.get_ids(node)
@@ -89,6 +106,9 @@ class _State:
         self.consumers: dict[str, list[int]] = {}
         self.approx: list[tuple[str, Tensor, str]] = []
         self.unsupported: dict[str, list[str]] = {}
+        self.residual = "coupled"
+        self.scatters: list[ScatterAdd] = []
+        self.modules: dict[str, nn.Module] = {}
 
     def new_ids(self, n: int, owner: str) -> Tensor:
         start = self.n_ids
@@ -230,6 +250,23 @@ class PropCtx:
     def consume(self, *arg_indices: int) -> None:
         """Mark inputs whose channels this op mixes with weights (the oracle zeroes them here)."""
         self._s.consumers.setdefault(self.node.name, []).extend(arg_indices)
+
+    @property
+    def modules(self) -> dict[str, nn.Module]:
+        return self._s.modules
+
+    @property
+    def residual(self) -> str:
+        """The residual policy: ``"coupled"`` or ``"scatter"``."""
+        return self._s.residual
+
+    def scatter(self, branch_arg: int, branch_ids: Tensor, norm: str | None) -> None:
+        """Record a residual add whose branch keeps its own channels (see ScatterAdd)."""
+        self._s.scatters.append(ScatterAdd(self.node.name, branch_arg, branch_ids, norm))
+        if norm is None:
+            self.consume(branch_arg)
+        else:
+            self._s.consumers.setdefault(norm, []).append(0)
 
     def approximate(self, ids: Tensor, reason: str) -> None:
         """Pruning these channels changes this op's statistics (e.g. LayerNorm over C)."""
@@ -511,7 +548,8 @@ def _resolve(gm: fx.GraphModule, s: _State) -> Analysis:
                            space_of, starts, sizes)
     return Analysis(gm=gm, n_ids=n, unit=unit, group_of=group_of, unit_index=unit_index,
                     frozen=frozen, groups=groups, bindings=s.bindings, consumers=s.consumers,
-                    approx=s.approx, unsupported=s.unsupported,
+                    approx=s.approx, unsupported=s.unsupported, scatters=s.scatters,
+                    residual=s.residual,
                     space_owner=list(zip(s.space_start, s.space_size, s.space_node)))
 
 
@@ -606,6 +644,7 @@ def analyze(
     *,
     ignore: Any = None,
     strict: bool = False,
+    residual: str = "coupled",
     progress: Progress | None = None,
 ) -> Analysis:
     """Propagate channel ids through ``gm`` and partition all channels into coupled groups.
@@ -616,6 +655,9 @@ def analyze(
             Channels reaching the graph output are always kept.
         strict: raise :class:`UnsupportedOpError` listing every op without a channel rule
             instead of freezing the affected channels with a warning.
+        residual: ``"coupled"`` (one keep-set per residual group: the stream narrows) or
+            ``"scatter"`` (residual-output convs keep their own channels and are added into a
+            full-width stream with ``index_add``; the SFP/FPGM convention).
         progress: optional callback ``(stage, done, total)``.
 
     Returns:
@@ -625,7 +667,11 @@ def analyze(
     if inputs is None:
         raise InputError("analyze() needs a GraphModule made by fxprune.trace (no example inputs)")
     ignored = resolve_ignore(gm, ignore)
+    if residual not in ("coupled", "scatter"):
+        raise InputError(f"residual must be 'coupled' or 'scatter', got {residual!r}")
     state = _State()
+    state.residual = residual
+    state.modules = dict(gm.named_modules())
     prop = _Propagator(gm, state, ignored, strict, progress)
     flags = {m: m.training for m in gm.modules()}
     try:

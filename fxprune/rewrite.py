@@ -16,6 +16,7 @@ from __future__ import annotations
 __all__ = ["rewrite", "RewriteCtx", "slices_of"]
 
 import copy
+import operator
 from collections import defaultdict
 from typing import Any
 
@@ -33,6 +34,7 @@ from .select import kept_mask
 from .trace import EXAMPLE_INPUTS
 
 VALUE = meta.VALUE
+RESIDUAL = "fxprune.residual"
 
 
 class RewriteCtx:
@@ -182,8 +184,12 @@ def rewrite(gm: fx.GraphModule, *, check: bool = True) -> fx.GraphModule:
             rule = rule_for(old, modules)
             if rule is not None and isinstance(meta.get_ids(old), (Tensor, tuple)):
                 rule.rewrite_node(new, ctx)
+    new_of = {old.name: new for new, old in old_of.items()}
+    for k, sc in enumerate(analysis.scatters):
+        _emit_scatter(graph, root, gm, sc, k, kept, new_of, old_of)
     graph.lint()
     pruned = fx.GraphModule(root, graph, class_name=f"Pruned{type(gm).__name__}")
+    pruned.meta[RESIDUAL] = analysis.residual
     pruned.train(gm.training)
     pruned.meta[EXAMPLE_INPUTS] = gm.meta.get(EXAMPLE_INPUTS)
     pruned.meta[meta.MANIFEST] = {
@@ -192,6 +198,35 @@ def rewrite(gm: fx.GraphModule, *, check: bool = True) -> fx.GraphModule:
     if check:
         check_shapes(pruned, old_of, ctx)
     return pruned
+
+
+def _emit_scatter(graph: fx.Graph, root: dict[str, Any], gm: fx.GraphModule, sc: Any, k: int,
+                  kept: Tensor, new_of: dict[str, fx.Node], old_of: dict[fx.Node, fx.Node]
+                  ) -> None:
+    """Replace ``stream + branch`` by ``index_add(stream + const, 1, kept, branch)``."""
+    keep = kept[sc.branch_ids]
+    if bool(keep.all()):
+        return
+    add = new_of[sc.node]
+    stream, branch = add.args[1 - sc.branch_arg], add.args[sc.branch_arg]
+    nd = len(old_of[add].meta[meta.SHAPE])
+    ref = next(iter(gm.parameters()), torch.zeros(()))
+    idx_name, const_name = f"fxprune_scatter_{k}_index", f"fxprune_scatter_{k}_const"
+    root[idx_name] = torch.nonzero(keep).flatten().to(ref.device)
+    with graph.inserting_before(add):
+        if sc.norm is not None:
+            bn = gm.get_submodule(str(new_of[sc.norm].target))
+            with torch.no_grad():
+                const = bn.bias - bn.weight * bn.running_mean / torch.sqrt(
+                    bn.running_var + bn.eps) if bn.affine else -bn.running_mean / torch.sqrt(
+                    bn.running_var + bn.eps)
+                const = torch.where(keep.to(const.device), torch.zeros_like(const), const)
+            root[const_name] = const.detach().reshape((1, -1) + (1,) * (nd - 2)).clone()
+            stream = graph.call_function(operator.add, (stream, graph.get_attr(const_name)))
+        out = graph.call_function(torch.index_add, (stream, 1, graph.get_attr(idx_name), branch))
+    add.replace_all_uses_with(out)
+    old_of[out] = old_of.pop(add)
+    graph.erase_node(add)
 
 
 class _ShapeCheck(fx.Interpreter):
@@ -222,12 +257,7 @@ def check_shapes(pruned: fx.GraphModule, old_of: dict[fx.Node, fx.Node], ctx: Re
     inputs = pruned.meta.get(EXAMPLE_INPUTS)
     if inputs is None:
         return
-    # Interpret the new graph node by node; new and old graphs share node order.
     old_by_new = {n: old_of[n] for n in pruned.graph.nodes if n in old_of}
-    if len(old_by_new) != len(pruned.graph.nodes):  # GraphModule copied the graph
-        new_nodes = list(pruned.graph.nodes)
-        olds = list(old_of.values())
-        old_by_new = dict(zip(new_nodes, olds))
     checker = _ShapeCheck(pruned, old_by_new, ctx)
     flags = {m: m.training for m in pruned.modules()}
     try:

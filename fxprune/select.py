@@ -65,9 +65,8 @@ def _select_group(g: meta.Group, score: Tensor | None, ratio: float,
     s = torch.nan_to_num(s, nan=-math.inf)
     if frozen:
         s[list(frozen)] = math.inf
-    # stable: sort by (-score, index)
-    order = sorted(range(n), key=lambda i: (-float(s[i]), i))
-    return meta.KeepSet(g.id, n, tuple(sorted(order[:k])))
+    order = torch.argsort(-s, stable=True)  # ties keep the lower index
+    return meta.KeepSet(g.id, n, tuple(sorted(order[:k].tolist())))
 
 
 def kept_mask(analysis: Analysis, keep: dict[int, meta.KeepSet]) -> Tensor:

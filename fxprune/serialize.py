@@ -209,6 +209,7 @@ def save(pruned: fx.GraphModule, path: str | Path) -> None:
         "manifest": {k: {int(d): list(v) for d, v in dims.items()}
                      for k, dims in (pruned.meta.get(meta.MANIFEST) or {}).items()},
         "state_dict": pruned.state_dict(),
+        "residual": pruned.meta.get("fxprune.residual", "coupled"),
         "example_input_shapes": [list(x.shape) for x in inputs if isinstance(x, Tensor)],
     }
     torch.save(payload, str(path))
@@ -243,7 +244,8 @@ def load(path: str | Path, model: nn.Module | None = None, *,
     if model is not None:
         shapes = payload.get("example_input_shapes") or None
         inputs = tuple(torch.randn(s) for s in shapes) if shapes else None
-        pruned = apply_manifest(model, payload["manifest"], example_inputs=inputs)
+        pruned = apply_manifest(model, payload["manifest"], example_inputs=inputs,
+                                residual=payload.get("residual", "coupled"))
         pruned.load_state_dict(payload["state_dict"])
         return pruned
     trusted = tuple(_TRUSTED) + tuple(trusted_modules)
@@ -267,14 +269,16 @@ def load(path: str | Path, model: nn.Module | None = None, *,
     gm = fx.GraphModule(root, graph, class_name=payload.get("class_name", "Pruned"))
     gm.train(bool(payload.get("training", False)))
     gm.meta[meta.MANIFEST] = payload["manifest"]
+    gm.meta["fxprune.residual"] = payload.get("residual", "coupled")
     return gm
 
 
 def apply_manifest(model: nn.Module, manifest: dict[str, dict[int, list[int]]],
-                   example_inputs: Any = None) -> fx.GraphModule:
+                   example_inputs: Any = None, residual: str = "coupled") -> fx.GraphModule:
     """Prune a freshly created original model to the keep-sets recorded in ``manifest``.
 
-    ``manifest`` is ``pruned.meta["fxprune.manifest"]`` (also stored by :func:`save`).
+    ``manifest`` is ``pruned.meta["fxprune.manifest"]`` (also stored by :func:`save`);
+    ``residual`` must be the policy the model was pruned with.
     """
     from .analyze import analyze
     from .rewrite import rewrite
@@ -283,7 +287,7 @@ def apply_manifest(model: nn.Module, manifest: dict[str, dict[int, list[int]]],
     from .verify import kept_from_manifest
 
     gm = trace(model, example_inputs)
-    analysis = analyze(gm)
+    analysis = analyze(gm, residual=residual)
     kept = kept_from_manifest(analysis, manifest)
     keep: dict[int, meta.KeepSet] = {}
     for g in analysis.groups:

@@ -15,7 +15,7 @@ Families:
 
 from __future__ import annotations
 
-__all__ = ["Broadcast", "Passthrough", "Spatial", "AlongDim", "Reduce", "Constant"]
+__all__ = ["Broadcast", "ResidualAdd", "Passthrough", "Spatial", "AlongDim", "Reduce", "Constant"]
 
 import operator
 
@@ -54,6 +54,58 @@ class Broadcast(Rule):
             ctx.union(base, other)
         target = torch.broadcast_shapes(*(p.shape for p in part))
         return base.expand(target).contiguous() if tuple(base.shape) != tuple(target) else base
+
+
+class ResidualAdd(Broadcast):
+    """Addition: couples its inputs; with residual="scatter", a conv(+BN) branch keeps its own."""
+
+    def propagate(self, ctx):  # type: ignore[no-untyped-def]
+        if ctx.residual == "scatter":
+            out = self._scatter(ctx)
+            if out is not None:
+                return out
+        return super().propagate(ctx)
+
+    def _scatter(self, ctx):  # type: ignore[no-untyped-def]
+        node = ctx.node
+        if len(node.args) != 2 or node.kwargs or not all(isinstance(a, fx.Node)
+                                                         for a in node.args):
+            return None
+        a, b = ctx.args
+        if not (isinstance(a, Tensor) and isinstance(b, Tensor)) or a.shape != b.shape or (
+                a.dim() < 2):
+            return None
+        for i in (0, 1):
+            norm = _conv_branch(node.args[i], ctx.modules)
+            if norm is False:
+                continue
+            branch, stream = ctx.ids(i), ctx.ids(1 - i)
+            if any(s > 1 for d, s in enumerate(branch.shape) if d != 1) or branch.shape[1] == 1:
+                continue
+            ctx.freeze(stream, "residual stream (residual='scatter' keeps it full width)")
+            ctx.scatter(i, branch.reshape(-1), norm)
+            return stream
+        return None
+
+
+_BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+_CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
+def _conv_branch(n: fx.Node, modules: dict) -> str | None | bool:  # type: ignore[type-arg]
+    """For ``conv -> [BatchNorm] -> add``: the norm's node name (None without one); else False."""
+    if n.op != "call_module" or len(n.users) != 1:
+        return False
+    m = modules[str(n.target)]
+    norm = None
+    if type(m) in _BN and m.track_running_stats:
+        norm, n = n.name, n.args[0]
+        if not isinstance(n, fx.Node) or n.op != "call_module" or len(n.users) != 1:
+            return False
+        m = modules[str(n.target)]
+    if type(m) in _CONV and m.groups == 1:
+        return norm
+    return False
 
 
 class Passthrough(Rule):
@@ -214,6 +266,8 @@ _SPATIAL = [
 
 _register(Broadcast(), *_ACT_MODULES, *_ACT_FUNCS, *_ACT_METHODS, *_BINARY)
 _register(Passthrough(), *_PASS)
+_register(ResidualAdd(), operator.add, operator.iadd, torch.add, "add", "add_", "__add__",
+          "__radd__", "__iadd__")
 _register(Spatial(), *_SPATIAL)
 _register(AlongDim(), nn.Softmax, F.softmax, F.log_softmax, torch.softmax, torch.log_softmax,
           torch.cumsum, torch.cumprod, "softmax", "log_softmax", "cumsum", "cumprod",

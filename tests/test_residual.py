@@ -1,0 +1,70 @@
+"""residual="scatter": residual-output convs keep their own channels; index_add into the stream."""
+
+from __future__ import annotations
+
+import timm
+import torch
+import torch.nn as nn
+
+import fxprune
+from fxprune.models import create_model
+
+
+def randomize_bn(model: nn.Module) -> nn.Module:
+    """Non-trivial BatchNorm statistics, so that folded constants matter."""
+    g = torch.Generator().manual_seed(0)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.5)
+            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            m.bias.data.copy_(torch.randn(m.num_features, generator=g) * 0.2)
+    return model.eval()
+
+
+def scatter_prune(model, x, ratio=0.5):
+    gm = fxprune.trace(model, x)
+    analysis = fxprune.analyze(gm, residual="scatter")
+    fxprune.select(analysis, fxprune.score(analysis, "l1"), ratio)
+    return analysis, fxprune.rewrite(gm)
+
+
+def test_scatter_resnet56_exact_with_folded_bn_constants():
+    model = randomize_bn(create_model("resnet56"))
+    x = torch.randn(2, 3, 32, 32)
+    analysis, pruned = scatter_prune(model, x)
+    assert len(analysis.scatters) == 27  # one per residual block
+    assert fxprune.verify(model, pruned, x).status == "exact"
+    # the stream stays full width, the residual-output conv of every block shrinks
+    assert pruned.get_submodule("layer1.0.conv2").out_channels == 8
+    assert pruned.get_submodule("layer1.0.conv1").in_channels == 16
+    assert pruned.get_submodule("fc").in_features == 64
+    assert "index_add" in pruned.code
+    macs = fxprune.count(pruned, x).macs / fxprune.count(model, x).macs
+    assert 0.35 < macs < 0.45  # (1-P) for first convs, (1-P)^2 for second convs
+
+
+def test_scatter_roundtrip_and_fresh_model(tmp_path):
+    model = randomize_bn(create_model("resnet20"))
+    x = torch.randn(2, 3, 32, 32)
+    _, pruned = scatter_prune(model, x)
+    fxprune.save(pruned, tmp_path / "s.pt")
+    torch.testing.assert_close(fxprune.load(tmp_path / "s.pt").eval()(x), pruned.eval()(x),
+                               rtol=0, atol=0)
+    fresh = fxprune.load(tmp_path / "s.pt", model=create_model("resnet20")).eval()
+    torch.testing.assert_close(fresh(x), pruned(x), rtol=0, atol=0)
+
+
+def test_scatter_timm_bottleneck():
+    model = randomize_bn(timm.create_model("test_resnet"))
+    x = torch.randn(1, 3, 64, 64)
+    analysis, pruned = scatter_prune(model, x)
+    assert analysis.scatters
+    assert fxprune.verify(model, pruned, x).status == "exact"
+
+
+def test_coupled_is_default_and_narrows_the_stream():
+    model = randomize_bn(create_model("resnet20"))
+    x = torch.randn(2, 3, 32, 32)
+    pruned = fxprune.compress(model, 0.5, example_inputs=x, verify=True)
+    assert pruned.meta["fxprune.verify"].status == "exact"
+    assert pruned.get_submodule("fc").in_features == 32
