@@ -560,9 +560,18 @@ def _build_groups(s: _State, unit: Tensor, group_of: Tensor, unit_index: Tensor,
     members: list[list[meta.ParamSlice]] = [[] for _ in range(n_groups)]
     for b in s.bindings:
         gids = group_of[b.ids]
-        for g in gids[gids >= 0].unique().tolist():
-            units = torch.where(gids == g, unit_index[b.ids], torch.full_like(b.ids, -1))
-            members[g].append(meta.ParamSlice(b.node, b.target, b.param, b.dim, b.role, units))
+        uniq, pos = torch.unique(gids, return_inverse=True)
+        if len(uniq) == 1:  # the common case: a binding inside one group
+            if int(uniq[0]) >= 0:
+                members[int(uniq[0])].append(meta.ParamSlice(
+                    b.node, b.target, b.param, b.dim, b.role, unit_index[b.ids]))
+            continue
+        # a consumer of a concatenation spans several groups: one row of units per group
+        rows = torch.full((len(uniq), len(gids)), -1, dtype=torch.long)
+        rows[pos, torch.arange(len(gids))] = unit_index[b.ids]
+        for row, g in zip(rows, uniq.tolist()):
+            if g >= 0:
+                members[g].append(meta.ParamSlice(b.node, b.target, b.param, b.dim, b.role, row))
     # producers / width / divisor per group, from the spaces each group owns
     space_group = group_of[starts.clamp(min=FIRST_ID)]
     producers: list[list[str]] = [[] for _ in range(n_groups)]
