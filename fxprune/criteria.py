@@ -97,9 +97,10 @@ def producer_scores(group: Group, ctx: CriterionCtx,
                     per_entry: Callable[[Tensor], Tensor]) -> Tensor:
     """Combine a per-filter statistic over the group's members into one score per unit.
 
-    ``per_entry`` maps a parameter slice viewed as ``[len, rest]`` to ``[len]``. The members used are the
-    producers' filters (role ``"out"``); a group without producers (e.g. a depthwise chain fed by
-    a frozen input) falls back to its per-channel parameters, then to its consumers' slices.
+    ``per_entry`` maps a parameter slice viewed as ``[len, rest]`` to ``[len]``. The members
+    used are the producers' filters (role ``"out"``); a group without producers (e.g. a
+    depthwise chain fed by a frozen input) falls back to its per-channel parameters, then to
+    its consumers' slices.
     Each member's unit scores are normalized by their mean before summing, so a residual group
     with several producers weighs each producer equally.
     """

@@ -43,7 +43,8 @@ def test_nothing_prunable():
 
 
 def test_wrong_input_shape_names_the_node():
-    with pytest.raises(fxprune.InputError, match=r"(?s)conv1.*resnet_cifar.py:\d+.*Hint: check that example_inputs"):
+    pattern = r"(?s)conv1.*resnet_cifar.py:\d+.*Hint: check that example_inputs"
+    with pytest.raises(fxprune.InputError, match=pattern):
         fxprune.compress(small(), 0.5, example_inputs=torch.randn(1, 4, 32, 32))
 
 

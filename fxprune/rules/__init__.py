@@ -51,7 +51,7 @@ class Rule:
         raise NotImplementedError
 
     def update_module(self, new: nn.Module, old: nn.Module) -> None:
-        """Fix a pruned module copy's attributes (``in_channels``...) after its params were sliced."""
+        """Fix a pruned module copy's attributes (``in_channels``...) after slicing its params."""
 
     def rewrite_node(self, node: fx.Node, ctx: RewriteCtx) -> None:
         """Patch literal arguments of the copied node (split sizes, slice bounds, shapes)."""

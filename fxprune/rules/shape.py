@@ -147,8 +147,8 @@ def _piece_ranges(sizes: list[int]) -> list[tuple[int, int]]:
     return out
 
 
-@register_rule(torch.split, "split", torch.chunk, "chunk", torch.unbind, "unbind", torch.split_with_sizes,
-               "split_with_sizes")
+@register_rule(torch.split, "split", torch.chunk, "chunk", torch.unbind, "unbind",
+               torch.split_with_sizes, "split_with_sizes")
 class Split(Rule):
     """split/chunk/unbind: each piece gets its range of ids; sizes are re-derived on rewrite."""
 
