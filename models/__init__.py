@@ -24,9 +24,9 @@ __all__ = [
 ]
 
 from . import mobilenetv2_cifar, resnet_cifar, vgg_cifar  # noqa: F401, TID251 (imported to register models)
-from ._registry import create_model, list_models, register_model  # noqa: TID251
-from .mobilenetv2_cifar import mobilenetv2  # noqa: TID251
-from .resnet_cifar import (  # noqa: TID251
+from ._registry import create_model, list_models, register_model
+from .mobilenetv2_cifar import mobilenetv2
+from .resnet_cifar import (
     resnet20,
     resnet20_b,
     resnet32,
@@ -36,4 +36,4 @@ from .resnet_cifar import (  # noqa: TID251
     resnet110,
     resnet110_b,
 )
-from .vgg_cifar import vgg16_bn, vgg19_bn  # noqa: TID251
+from .vgg_cifar import vgg16_bn, vgg19_bn

@@ -7,7 +7,6 @@ import torch
 import torch.fx
 from torch import nn
 
-# isort: split
 from fxprune.models import create_model, list_models
 
 # Parameter counts for num_classes=10 (He et al. 2016; network slimming / FPGM VGG;
