@@ -14,4 +14,5 @@ from fxprune.meta import Group
 @register_criterion("l1")
 def l1(group: Group, ctx: CriterionCtx) -> Tensor:
     """Sum of |w| of each output filter (Li et al. 2017); data-free. Higher = kept."""
-    return producer_scores(group, ctx, lambda w: torch.linalg.vector_norm(w, ord=1, dim=1, dtype=torch.float64))
+    return producer_scores(
+        group, ctx, lambda w: torch.linalg.vector_norm(w, ord=1, dim=1, dtype=torch.float64))

@@ -14,4 +14,5 @@ from fxprune.meta import Group
 @register_criterion("l2")
 def l2(group: Group, ctx: CriterionCtx) -> Tensor:
     """L2 norm of each output filter (SFP, He et al. 2018); data-free. Higher = kept."""
-    return producer_scores(group, ctx, lambda w: torch.linalg.vector_norm(w, ord=2, dim=1, dtype=torch.float64))
+    return producer_scores(
+        group, ctx, lambda w: torch.linalg.vector_norm(w, ord=2, dim=1, dtype=torch.float64))
