@@ -283,9 +283,25 @@ class Expand(nn.Module):
         return self.head(self.b(y + self.m(y).expand(-1, 16, -1, -1)))
 
 
+class FunctionalWeights(nn.Module):
+    """F.conv2d / F.linear on parameters (get_attr): sliced through their bindings."""
+
+    def __init__(self):
+        super().__init__()
+        self.w1 = nn.Parameter(torch.randn(16, 3, 3, 3))
+        self.b1 = nn.Parameter(torch.randn(16))
+        self.w2 = nn.Parameter(torch.randn(8, 16 * 4 * 4))
+        self.fc = nn.Linear(8, 5)
+
+    def forward(self, x):
+        y = F.relu(F.conv2d(x, self.w1, self.b1, padding=1))
+        y = F.adaptive_avg_pool2d(y, 4).flatten(1)
+        return self.fc(F.relu(F.linear(y, self.w2)))
+
+
 EXACT = [Residual, Concat, SplitChunk, Depthwise, Grouped, SEGate, SpatialGate, FlattenLinear,
          Transposed, Shuffle, PadShortcut, LayerScaleChannelsLast, SharedModule, ConstantCat,
-         IntIndex, Expand]
+         IntIndex, Expand, FunctionalWeights]
 
 
 @pytest.mark.parametrize("cls", EXACT, ids=[c.__name__ for c in EXACT])
