@@ -10,6 +10,9 @@ from __future__ import annotations
 
 __all__ = [
     "compress",
+    "inspect",
+    "measure_latency",
+    "allocate",
     "trace",
     "analyze",
     "score",
@@ -41,6 +44,7 @@ __all__ = [
 
 __version__ = "0.1.0"
 
+from .allocate import allocate
 from .analyze import Analysis, analyze
 from .api import compress, score
 from .count import count
@@ -53,6 +57,8 @@ from .errors import (
     UnsupportedOpError,
     VerificationError,
 )
+from .inspect import inspect
+from .latency import measure_latency
 from .meta import Group, KeepSet, ParamSlice
 from .rewrite import rewrite
 from .rules import Rule, list_rules, register_rule

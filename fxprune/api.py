@@ -1,10 +1,15 @@
-"""The one-call entry point, :func:`compress`, and the scoring step it shares with the CLI."""
+"""The one-call entry point, :func:`compress`, and the steps it shares with the CLI.
+
+:func:`prune_graph` runs analyze → score → allocate (:mod:`fxprune.allocate`) → select →
+rewrite on a traced graph; :func:`compress` traces first and optionally verifies.
+"""
 
 from __future__ import annotations
 
 __all__ = ["compress", "score", "prune_graph"]
 
 import math
+from collections.abc import Mapping
 from typing import Any
 
 import torch.fx as fx
@@ -12,6 +17,7 @@ import torch.nn as nn
 from torch import Tensor
 
 from . import meta
+from .allocate import ALLOCATION, Allocator, explicit_ratios, fit_target
 from .analyze import Analysis, Progress, analyze
 from .criteria import CriterionCtx, get_criterion
 from .errors import InputError, VerificationError
@@ -39,13 +45,46 @@ def _check_ratio(ratio: Any) -> float:
     return float(ratio)
 
 
-def prune_graph(gm: fx.GraphModule, ratio: float, *, criterion: Any = "l1", ignore: Any = None,
-                round_to: int | None = None, strict: bool = False, data: Any = None,
-                seed: int = 0, progress: Progress | None = None) -> tuple[fx.GraphModule,
-                                                                        Analysis]:
-    """Analyze, score, select and rewrite a traced graph; returns (pruned, analysis)."""
-    analysis = analyze(gm, ignore=ignore, strict=strict, progress=progress)
-    if ratio > 0 and not any(g.prunable > 0 and g.size > 1 for g in analysis.groups):
+def _check_target(name: str, value: Any) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value) \
+            or not 0.0 < float(value) <= 1.0:
+        raise InputError(
+            f"{name} must be the fraction of the original to KEEP, in (0, 1], got {value!r}. "
+            f"Hint: {name}=0.5 keeps half.")
+    return float(value)
+
+
+def prune_graph(gm: fx.GraphModule, ratio: float | None = None, *, criterion: Any = "l1",
+                ignore: Any = None, round_to: int | None = None, strict: bool = False,
+                data: Any = None, seed: int = 0, progress: Progress | None = None,
+                allocation: str = "uniform", max_ratio: float = 0.9,
+                ratios: Mapping[str, float] | None = None, target_flops: float | None = None,
+                target_params: float | None = None, clr_lambda: float = 1.0,
+                residual: str = "coupled") -> tuple[fx.GraphModule, Analysis]:
+    """Analyze, score, allocate, select and rewrite a traced graph; returns (pruned, analysis).
+
+    The arguments are those of :func:`compress`. The graph is analyzed and scored once; a
+    ``target_flops``/``target_params`` search then only re-runs select + rewrite per step.
+    """
+    target = _check_target("target_flops", target_flops)
+    t_params = _check_target("target_params", target_params)
+    if target is not None and t_params is not None:
+        raise InputError("give target_flops or target_params, not both")
+    metric = "macs" if target is not None else "params"
+    target = target if target is not None else t_params
+    if target is not None and ratio is not None:
+        raise InputError(f"give ratio or target_{'flops' if metric == 'macs' else 'params'}, "
+                         "not both: the target search chooses the ratio")
+    if ratio is None and target is None and not ratios:
+        raise InputError("nothing to do: give ratio=, ratios={...}, target_flops= or "
+                         "target_params=. Hint: compress(model, 0.5) removes half of the "
+                         "channels of every group.")
+    amount = 0.0 if ratio is None else _check_ratio(ratio)
+    analysis = analyze(gm, ignore=ignore, strict=strict, residual=residual, progress=progress)
+    wants = amount > 0 or bool(ratios) or (target is not None and target < 1.0)
+    if wants and not any(g.prunable > 0 and g.size > 1 for g in analysis.groups):
         reasons = sorted({g.frozen_reason for g in analysis.groups if g.frozen_reason})[:5]
         raise InputError(
             "nothing to prune: every channel of this model is frozen"
@@ -54,16 +93,30 @@ def prune_graph(gm: fx.GraphModule, ratio: float, *, criterion: Any = "l1", igno
             " other layers); a model whose every channel reaches the output or an unsupported "
             "op has none.")
     scores = score(analysis, criterion, data=data, seed=seed)
-    if progress is not None:
-        progress("select", 1, 1)
-    select(analysis, scores, ratio, round_to=round_to)
+    fixed = explicit_ratios(analysis, ratios) if ratios else {}
+    alloc = Allocator(analysis, scores, allocation, max_ratio=max_ratio, fixed=fixed,
+                      clr_lambda=clr_lambda)
+    info: dict[str, Any] = {"allocation": allocation}
+    if target is not None:
+        fit = fit_target(analysis, scores, alloc, target, metric=metric, round_to=round_to,
+                         progress=progress)
+        per_group = fit.ratios
+        info.update(amount=fit.amount, metric=metric, target=target, achieved=fit.achieved,
+                    steps=fit.steps)
+    else:
+        per_group = alloc.ratios(amount)
+        info.update(amount=amount)
+        if progress is not None:
+            progress("select", 1, 1)
+        select(analysis, scores, per_group, round_to=round_to)
     pruned = rewrite(gm)
+    pruned.meta[ALLOCATION] = {**info, "ratios": dict(per_group)}
     return pruned, analysis
 
 
 def compress(
     model: nn.Module,
-    ratio: float,
+    ratio: float | None = None,
     *,
     criterion: Any = "l1",
     example_inputs: Any = None,
@@ -74,12 +127,22 @@ def compress(
     data: Any = None,
     seed: int = 0,
     progress: Progress | None = None,
+    allocation: str = "uniform",
+    max_ratio: float = 0.9,
+    ratios: Mapping[str, float] | None = None,
+    target_flops: float | None = None,
+    target_params: float | None = None,
+    clr_lambda: float = 1.0,
+    residual: str = "coupled",
 ) -> fx.GraphModule:
     """Prune ``model`` and return a new, smaller, dense GraphModule.
 
     Args:
         model: any ``nn.Module`` (timm, torchvision, your own); it is never modified.
-        ratio: fraction of the channels of every coupled group to remove, in [0, 1).
+        ratio: the amount to prune, in [0, 1): with ``allocation="uniform"`` the fraction of
+            the channels of every coupled group, with ``"global"`` the fraction of all
+            prunable channels (ranked across groups), with ``"clr"`` the fraction of the
+            producer weights below CLR's global threshold. Leave it out with a target.
         criterion: a registered criterion name (``fxprune.list_criteria()``) or a function
             ``(group, ctx) -> scores``.
         example_inputs: inputs for tracing and checking (default: timm's input size, else
@@ -94,28 +157,48 @@ def compress(
         data: calibration batches for data-driven criteria.
         seed: seed for randomized criteria.
         progress: optional callback ``(stage, done, total)``.
+        allocation: ``"uniform"`` (default), ``"global"`` or ``"clr"``; see
+            :mod:`fxprune.allocate`.
+        max_ratio: no group loses more than this fraction of its units under ``"global"`` and
+            ``"clr"``, or during a target search.
+        ratios: explicit ratios ``{module name or glob: ratio}``; a group takes the ratio when
+            all of its producer modules match; the other groups follow ``allocation``.
+        target_flops: fraction of the original MACs to KEEP (e.g. 0.5); the amount is searched
+            so that the MACs of the rewritten model land within 1% of it.
+        target_params: the same for the parameter count.
+        clr_lambda: CLR's exponent on the per-layer cost (``|w| / c_l**clr_lambda``).
+        residual: ``"coupled"`` (default: one keep-set per residual group, the stream
+            narrows) or ``"scatter"`` (the SFP/FPGM convention: every residual-output conv
+            keeps its own channels and is ``index_add``-ed into a full-width stream, with the
+            BatchNorm constants of its removed channels folded in; exact).
 
     Returns:
         A ``torch.fx.GraphModule``: train/eval, state_dict, optimizers, ``torch.save``,
-        ``torch.jit.trace``, ``torch.export`` and ``torch.compile`` work on it.
+        ``torch.jit.trace``, ``torch.export`` and ``torch.compile`` work on it. The chosen
+        per-group ratios (and the achieved target) are in ``pruned.meta["fxprune.allocation"]``.
 
     Example::
 
         >>> import fxprune, timm
         >>> small = fxprune.compress(timm.create_model("resnet50"), 0.5, verify=True)
+        >>> half = fxprune.compress(timm.create_model("resnet50"), target_flops=0.5,
+        ...                         allocation="global", criterion="fpgm")
     """
-    ratio = _check_ratio(ratio)
     if round_to is not None and (not isinstance(round_to, int) or round_to < 1):
         raise InputError(f"round_to must be a positive int, got {round_to!r}")
+    if ratio is not None:
+        ratio = _check_ratio(ratio)
     gm = trace(model, example_inputs)
     _check_inputs(model, gm.meta[EXAMPLE_INPUTS])
-    pruned, analysis = prune_graph(gm, ratio, criterion=criterion, ignore=ignore,
-                                   round_to=round_to, strict=strict, data=data, seed=seed,
-                                   progress=progress)
+    pruned, analysis = prune_graph(
+        gm, ratio, criterion=criterion, ignore=ignore, round_to=round_to, strict=strict,
+        data=data, seed=seed, progress=progress, allocation=allocation, max_ratio=max_ratio,
+        ratios=ratios, target_flops=target_flops, target_params=target_params,
+        clr_lambda=clr_lambda, residual=residual)
     if verify:
         kept = kept_mask(analysis, gm.meta[meta.KEEPSETS])
         report = verify_analyzed(gm, analysis, kept, pruned, gm.meta[EXAMPLE_INPUTS])
-        pruned.meta["fxprune.verify"] = report
+        pruned.meta[meta.VERIFY] = report
         if not report.ok:
             raise VerificationError(
                 f"the pruned {type(model).__name__} does not match the zero-channel oracle: "

@@ -110,6 +110,9 @@ def producer_scores(group: Group, ctx: CriterionCtx,
             break
     else:
         return torch.zeros(group.size)
+    # a producer's bias is not a second producer: score filters by their weights only
+    weighted = {m.node for m in members if m.tensor(ctx.root).dim() > 1}
+    members = [m for m in members if m.node not in weighted or m.tensor(ctx.root).dim() > 1]
     total = torch.zeros(group.size, dtype=torch.float64)
     for m in members:
         w = m.tensor(ctx.root)

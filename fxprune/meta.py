@@ -10,6 +10,9 @@ __all__ = [
     "SHAPE",
     "IDS",
     "KEEPSETS",
+    "VERIFY",
+    "ALLOCATION",
+    "RESIDUAL",
     "KEEP",
     "GROUPS",
     "ANALYSIS",
@@ -35,6 +38,9 @@ IDS = "fxprune.ids"  # node.meta: channel-id tensor(s) of the node's value (anal
 KEEP = "fxprune.keep"  # node.meta: NodeKeep, kept positions of the node's value (selection)
 GROUPS = "fxprune.groups"  # gm.meta: tuple[Group, ...] (analysis)
 ANALYSIS = "fxprune.analysis"  # gm.meta: the Analysis object (analysis)
+VERIFY = "fxprune.verify"  # pruned gm.meta: VerifyReport (compress(verify=True))
+ALLOCATION = "fxprune.allocation"  # pruned gm.meta: {"allocation", "ratios", "target"...}
+RESIDUAL = "fxprune.residual"  # pruned gm.meta: the residual policy it was pruned with
 KEEPSETS = "fxprune.keepsets"  # gm.meta: {group id: KeepSet} (selection)
 MANIFEST = "fxprune.manifest"  # pruned gm.meta: {"param.path": {dim: kept indices}} (rewrite)
 
@@ -61,9 +67,8 @@ class ParamSlice:
         return f"{self.target}.{self.param}" if self.param else self.target
 
     def tensor(self, root: torch.nn.Module) -> Tensor:
-        """The parameter with ``dim`` moved first: shape ``[len, ...]`` (detached)."""
-        t = root.get_parameter(self.path) if self.param else _get_attr(root, self.target)
-        return t.detach().movedim(self.dim, 0)
+        """The parameter (or buffer) with ``dim`` moved first: shape ``[len, ...]`` (detached)."""
+        return _get_attr(root, self.path).detach().movedim(self.dim, 0)
 
 
 def _get_attr(root: torch.nn.Module, target: str) -> Any:

@@ -34,7 +34,7 @@ from .select import kept_mask
 from .trace import EXAMPLE_INPUTS
 
 VALUE = meta.VALUE
-RESIDUAL = "fxprune.residual"
+RESIDUAL = meta.RESIDUAL
 
 
 class RewriteCtx:

@@ -209,7 +209,7 @@ def save(pruned: fx.GraphModule, path: str | Path) -> None:
         "manifest": {k: {int(d): list(v) for d, v in dims.items()}
                      for k, dims in (pruned.meta.get(meta.MANIFEST) or {}).items()},
         "state_dict": pruned.state_dict(),
-        "residual": pruned.meta.get("fxprune.residual", "coupled"),
+        "residual": pruned.meta.get(meta.RESIDUAL, "coupled"),
         "example_input_shapes": [list(x.shape) for x in inputs if isinstance(x, Tensor)],
     }
     torch.save(payload, str(path))
@@ -269,7 +269,7 @@ def load(path: str | Path, model: nn.Module | None = None, *,
     gm = fx.GraphModule(root, graph, class_name=payload.get("class_name", "Pruned"))
     gm.train(bool(payload.get("training", False)))
     gm.meta[meta.MANIFEST] = payload["manifest"]
-    gm.meta["fxprune.residual"] = payload.get("residual", "coupled")
+    gm.meta[meta.RESIDUAL] = payload.get("residual", "coupled")
     return gm
 
 

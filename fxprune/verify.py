@@ -225,7 +225,7 @@ def verify(original: nn.Module, pruned: fx.GraphModule, example_inputs: Any = No
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        analysis = analyze(gm, residual=pruned.meta.get("fxprune.residual", "coupled"))
+        analysis = analyze(gm, residual=pruned.meta.get(meta.RESIDUAL, "coupled"))
     kept = kept_from_manifest(analysis, manifest)
     return verify_analyzed(gm, analysis, kept, pruned, inputs, rtol=rtol)
 

@@ -6,6 +6,6 @@ Installed as ``fxprune.passes``. Each module registers one scoring function with
 
 from __future__ import annotations
 
-__all__ = ["l1", "l2", "random"]
+__all__ = ["bn_scale", "fpgm", "l1", "l2", "random", "rnf", "taylor"]
 
-from . import l1, l2, random  # noqa: F401
+from . import bn_scale, fpgm, l1, l2, random, rnf, taylor  # noqa: F401

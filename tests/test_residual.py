@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import timm
 import torch
 import torch.nn as nn
@@ -68,3 +69,23 @@ def test_coupled_is_default_and_narrows_the_stream():
     pruned = fxprune.compress(model, 0.5, example_inputs=x, verify=True)
     assert pruned.meta["fxprune.verify"].status == "exact"
     assert pruned.get_submodule("fc").in_features == 32
+
+
+def test_compress_scatter_target_flops_resnet50_lands_within_one_percent():
+    model = timm.create_model("resnet50")
+    x = torch.randn(1, 3, 224, 224)
+    base = fxprune.count(model, x).macs
+    for residual in ("coupled", "scatter"):
+        pruned = fxprune.compress(model, criterion="fpgm", target_flops=0.5, residual=residual,
+                                  example_inputs=x)
+        assert abs(fxprune.count(pruned, x).macs / base - 0.5) <= 0.01, residual
+        assert pruned.meta["fxprune.residual"] == residual
+
+
+def test_compress_scatter_verifies():
+    model = randomize_bn(create_model("resnet32"))
+    pruned = fxprune.compress(model, 0.4, residual="scatter", verify=True,
+                              example_inputs=torch.randn(2, 3, 32, 32))
+    assert pruned.meta["fxprune.verify"].status == "exact"
+    with pytest.raises(fxprune.InputError, match="residual must be"):
+        fxprune.compress(model, 0.4, residual="sideways", example_inputs=torch.randn(1, 3, 32, 32))

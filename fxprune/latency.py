@@ -1,0 +1,220 @@
+"""Honest latency measurement of one model, or of two models against each other.
+
+:func:`measure_latency` runs warm-up iterations, then ``repeat`` timed iterations of each model
+*interleaved* in the same process (A, B, then B, A, ...: drifts in clock speed or cache state hit
+both equally), in eval mode under ``torch.no_grad()``, with the garbage collector paused and,
+on CUDA, ``torch.cuda.synchronize()`` around every timed call. It reports medians and
+inter-quartile ranges (robust to the occasional outlier), the speed-up ``median_a /
+median_b``, and the thread count and device it measured with. Thread count and training flags
+are restored afterwards.
+"""
+
+from __future__ import annotations
+
+__all__ = ["measure_latency", "LatencyReport"]
+
+import copy
+import gc
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn as nn
+from torch import Tensor
+
+from .errors import InputError
+from .trace import EXAMPLE_INPUTS, default_example_inputs
+
+
+@dataclass(frozen=True)
+class LatencyReport:
+    """Latencies in milliseconds per forward call (the whole batch).
+
+    Attributes:
+        median_a_ms: median latency of model A.
+        median_b_ms: median latency of model B (None when only A was measured).
+        iqr_a_ms: inter-quartile range of A's timings.
+        iqr_b_ms: inter-quartile range of B's timings (None without B).
+        speedup: ``median_a_ms / median_b_ms`` (> 1: B is faster; None without B).
+        threads: ``torch.get_num_threads()`` during the measurement.
+        device: the device the models ran on.
+        batch: the batch size of the first input tensor.
+        warmup: warm-up calls per model.
+        repeat: timed calls per model.
+        times_a_ms: every timed call of A.
+        times_b_ms: every timed call of B.
+    """
+
+    median_a_ms: float
+    median_b_ms: float | None
+    iqr_a_ms: float
+    iqr_b_ms: float | None
+    speedup: float | None
+    threads: int
+    device: str
+    batch: int
+    warmup: int
+    repeat: int
+    times_a_ms: tuple[float, ...] = field(default=(), repr=False)
+    times_b_ms: tuple[float, ...] = field(default=(), repr=False)
+
+    def to_json(self) -> dict[str, Any]:
+        """A ``json.dumps``-able dict of the report (without the raw timings)."""
+        return {k: getattr(self, k) for k in (
+            "median_a_ms", "median_b_ms", "iqr_a_ms", "iqr_b_ms", "speedup", "threads",
+            "device", "batch", "warmup", "repeat")}
+
+    def __str__(self) -> str:
+        s = f"A {self.median_a_ms:.3f} ms (IQR {self.iqr_a_ms:.3f})"
+        if self.median_b_ms is not None:
+            s += f", B {self.median_b_ms:.3f} ms (IQR {self.iqr_b_ms:.3f}), " \
+                 f"speed-up {self.speedup:.2f}x"
+        return (s + f" [batch {self.batch}, {self.threads} thread(s), {self.device}, "
+                f"median of {self.repeat}]")
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    for t in model.parameters():
+        return t.device
+    for t in model.buffers():
+        return t.device
+    return torch.device("cpu")
+
+
+def _to(x: Any, device: torch.device) -> Any:
+    if isinstance(x, Tensor):
+        return x.to(device)
+    if isinstance(x, (list, tuple)):
+        return type(x)(_to(v, device) for v in x)
+    if isinstance(x, dict):
+        return {k: _to(v, device) for k, v in x.items()}
+    return x
+
+
+def _batch(inputs: tuple) -> int:
+    for x in inputs:
+        if isinstance(x, Tensor) and x.dim() > 0:
+            return int(x.shape[0])
+    return 1
+
+
+def _iqr(ts: list[float]) -> float:
+    if len(ts) < 2:
+        return 0.0
+    q = statistics.quantiles(ts, n=4, method="inclusive")
+    return q[2] - q[0]
+
+
+def _check_int(name: str, v: Any, lo: int) -> int:
+    if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+        raise InputError(f"{name} must be an int >= {lo}, got {v!r}")
+    return v
+
+
+def measure_latency(
+    model_a: nn.Module,
+    model_b: nn.Module | None = None,
+    example_inputs: Any = None,
+    *,
+    warmup: int = 3,
+    repeat: int = 20,
+    threads: int | None = None,
+    device: str | torch.device | None = None,
+) -> LatencyReport:
+    """Time ``model_a`` (and ``model_b``) on the same inputs, interleaved, and compare.
+
+    Args:
+        model_a: the reference model (e.g. the original).
+        model_b: optional second model (e.g. the pruned one); ``speedup = A / B``.
+        example_inputs: a tensor or tuple of inputs; the batch size is taken from it. Default:
+            ``model_a.meta["fxprune.example_inputs"]`` if it is a fxprune GraphModule, else
+            timm's input size or ``(1, 3, 224, 224)``.
+        warmup: untimed calls per model first.
+        repeat: timed calls per model.
+        threads: set ``torch.set_num_threads`` for the measurement (restored afterwards).
+        device: run on this device; a model elsewhere is measured on a copy moved there
+            (the models passed in are never moved). Default: ``model_a``'s device.
+
+    Returns:
+        A :class:`LatencyReport`.
+
+    Example::
+
+        >>> r = fxprune.measure_latency(model, pruned, torch.randn(8, 3, 224, 224), threads=2)
+        >>> print(r.speedup)
+    """
+    warmup = _check_int("warmup", warmup, 0)
+    repeat = _check_int("repeat", repeat, 1)
+    if threads is not None:
+        threads = _check_int("threads", threads, 1)
+    for name, m in (("model_a", model_a), ("model_b", model_b)):
+        if m is not None and not isinstance(m, nn.Module):
+            raise InputError(f"{name} must be a torch.nn.Module, got {type(m).__name__}")
+    dev = torch.device(device) if device is not None else _device_of(model_a)
+    models = [m if _device_of(m) == dev else copy.deepcopy(m).to(dev)
+              for m in (model_a, model_b) if m is not None]
+    if example_inputs is None:
+        example_inputs = getattr(model_a, "meta", {}).get(EXAMPLE_INPUTS) or \
+            default_example_inputs(model_a)
+    if not isinstance(example_inputs, (tuple, list)):
+        example_inputs = (example_inputs,)
+    inputs = tuple(_to(x, dev) for x in example_inputs)
+    cuda = dev.type == "cuda"
+
+    def sync() -> None:
+        if cuda:
+            torch.cuda.synchronize(dev)
+
+    old_threads = torch.get_num_threads()
+    flags = [{mod: mod.training for mod in m.modules()} for m in models]
+    gc_was_enabled = gc.isenabled()
+    times: list[list[float]] = [[] for _ in models]
+    used_threads = old_threads
+    try:
+        if threads is not None:
+            torch.set_num_threads(threads)
+        used_threads = torch.get_num_threads()
+        for m in models:
+            m.eval()
+        with torch.no_grad():
+            for m in models:
+                for _ in range(warmup):
+                    m(*inputs)
+            sync()
+            gc.collect()
+            gc.disable()
+            calls: list[tuple[int, Callable[..., Any]]] = list(enumerate(models))
+            for i in range(repeat):
+                order = calls if i % 2 == 0 else calls[::-1]
+                for k, m in order:
+                    sync()
+                    t0 = time.perf_counter()
+                    m(*inputs)
+                    sync()
+                    times[k].append((time.perf_counter() - t0) * 1e3)
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+        torch.set_num_threads(old_threads)
+        for fl in flags:
+            for mod, t in fl.items():
+                mod.training = t
+    med = [statistics.median(ts) for ts in times]
+    has_b = len(models) == 2
+    return LatencyReport(
+        median_a_ms=med[0],
+        median_b_ms=med[1] if has_b else None,
+        iqr_a_ms=_iqr(times[0]),
+        iqr_b_ms=_iqr(times[1]) if has_b else None,
+        speedup=(med[0] / med[1] if med[1] > 0 else float("inf")) if has_b else None,
+        threads=used_threads,
+        device=str(dev),
+        batch=_batch(inputs),
+        warmup=warmup,
+        repeat=repeat,
+        times_a_ms=tuple(times[0]),
+        times_b_ms=tuple(times[1]) if has_b else (),
+    )
