@@ -313,6 +313,8 @@ def _cmd_compress(args: argparse.Namespace) -> int:
     if args.output:
         save(pruned, args.output)
         print(f"saved {args.output}")
+    else:
+        print("not saved (give -o PATH to save the pruned model)")
     return 0
 
 

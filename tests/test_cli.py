@@ -234,3 +234,14 @@ def test_main_other_failures_are_one_line(monkeypatch, capsys):
         "fxprune: error: RuntimeError: kaput (run with -v for details)"]
     assert cli.main(["-v", "compress", *CIFAR, "--ratio", "0.5"]) == 1
     assert "Traceback" in capsys.readouterr().err
+
+
+def test_main_inspect_text_and_markdown(capsys):
+    assert cli.main(["inspect", *CIFAR, "--format", "md"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("### ResNetCifar (input 1x3x32x32)") and "| layer1.0.conv1 " in out
+    assert cli.main(["inspect", *CIFAR, "--ratio", "0.25", "--round-to", "4"]) == 0
+    out = capsys.readouterr().out
+    assert "ratio 0.25, criterion l1" in out and "16 → 12" in out
+    assert cli.main(["graph", *CIFAR]) == 0  # DOT on stdout
+    assert capsys.readouterr().out.startswith('digraph "ResNetCifar"')
