@@ -28,7 +28,11 @@ class Counts:
 
 
 def count(model: nn.Module, example_inputs: Any = None) -> Counts:
-    """Count MACs (batch 1 of ``example_inputs``) and parameters of ``model``."""
+    """Count MACs (batch 1 of ``example_inputs``) and parameters of ``model``.
+
+    ``per_layer`` is keyed by ``model.named_modules()`` names (the root is ``""``); each entry
+    has ``macs`` (including its submodules) and ``params`` (its own).
+    """
     if example_inputs is None:
         example_inputs = getattr(model, "meta", {}).get("fxprune.example_inputs") or \
             default_example_inputs(model)
@@ -49,13 +53,18 @@ def count(model: nn.Module, example_inputs: Any = None) -> Counts:
     by_op = counter.get_flop_counts().get("Global", {})
     conv = sum(v for k, v in by_op.items() if "convolution" in str(k)) // 2
     per_layer: dict[str, dict[str, int]] = {}
+    root = type(model).__name__
     for name, ops in counter.get_flop_counts().items():
         if name == "Global":
             continue
-        per_layer[name] = {"macs": sum(ops.values()) // 2}
+        # FlopCounterMode names modules "<RootClass>.sub.mod": key them as named_modules() does
+        key = "" if name == root else name[len(root) + 1:] if name.startswith(root + ".") else name
+        per_layer[key] = {"macs": sum(ops.values()) // 2}
     for name, mod in model.named_modules():
         own = sum(p.numel() for p in mod.parameters(recurse=False))
         if own:
             per_layer.setdefault(name, {"macs": 0})["params"] = own
+    for entry in per_layer.values():
+        entry.setdefault("params", 0)
     params = sum(p.numel() for p in model.parameters())
     return Counts(macs=int(total), params=int(params), conv_macs=int(conv), per_layer=per_layer)

@@ -31,6 +31,7 @@ from torch import Tensor
 
 from . import meta
 from .errors import FxPruneError, InputError
+from .trace import EXAMPLE_INPUTS
 
 FORMAT = "fxprune/1"
 _TRUSTED = ("torch", "torchvision", "timm", "operator", "_operator", "math", "fxprune")
@@ -270,6 +271,10 @@ def load(path: str | Path, model: nn.Module | None = None, *,
     gm.train(bool(payload.get("training", False)))
     gm.meta[meta.MANIFEST] = payload["manifest"]
     gm.meta[meta.RESIDUAL] = payload.get("residual", "coupled")
+    shapes = payload.get("example_input_shapes") or []
+    if shapes:  # fresh random inputs of the saved shapes (for verify/count/re-saving)
+        gen = torch.Generator().manual_seed(0)
+        gm.meta[EXAMPLE_INPUTS] = tuple(torch.randn(s, generator=gen) for s in shapes)
     return gm
 
 
