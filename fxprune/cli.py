@@ -18,7 +18,6 @@ __all__ = ["main", "build_parser", "load_model", "parse_shape"]
 import argparse
 import difflib
 import importlib
-import inspect as _pyinspect
 import json
 import logging
 import os
@@ -32,6 +31,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from . import meta
 from .errors import InputError, UnsupportedOpError
 
 logger = logging.getLogger("fxprune.cli")
@@ -262,13 +262,11 @@ def _cmd_compress(args: argparse.Namespace) -> int:
     from .latency import measure_latency
     from .serialize import save
 
-    kwargs: dict[str, Any] = {}
+    kwargs: dict[str, Any] = {"allocation": args.allocation, "residual": args.residual}
     if args.target_flops is not None:
-        if "target_flops" not in _pyinspect.signature(compress).parameters:
-            print("fxprune: error: --target-flops needs fxprune.compress(target_flops=...), "
-                  "which this version does not have yet; use --ratio instead.", file=sys.stderr)
-            return 2
         kwargs["target_flops"] = args.target_flops
+    if args.target_params is not None:
+        kwargs["target_params"] = args.target_params
     if args.batch < 1:
         raise InputError(f"--batch must be >= 1, got {args.batch}")
     if args.threads is not None and args.threads < 1:
@@ -299,10 +297,13 @@ def _cmd_compress(args: argparse.Namespace) -> int:
                      f"{lat.median_a_ms:.2f} ms ±{lat.iqr_a_ms:.2f}",
                      f"{lat.median_b_ms:.2f} ms ±{lat.iqr_b_ms:.2f}",
                      f"{lat.speedup:.2f}x faster"])
-    alloc = pruned.meta.get("fxprune.allocation") or {}
-    how = f"ratio {args.ratio:g}" if args.ratio is not None else \
-        f"target FLOPs {args.target_flops:g} (achieved {alloc.get('achieved', float('nan')):.3f})"
-    print(f"{args.model}: {how}, criterion {args.criterion}, pruned in {t_prune:.1f} s")
+    alloc = pruned.meta.get(meta.ALLOCATION) or {}
+    achieved = f"(achieved {alloc.get('achieved', float('nan')):.3f})"
+    how = (f"ratio {args.ratio:g}" if args.ratio is not None else
+           f"target FLOPs {args.target_flops:g} {achieved}" if args.target_flops is not None
+           else f"target params {args.target_params:g} {achieved}")
+    done = "pruned and verified" if args.verify else "pruned"
+    print(f"{args.model}: {how}, criterion {args.criterion}, {done} in {t_prune:.1f} s")
     print(tabulate(rows, ["", "original", "pruned", "change"], tablefmt="simple",
                    disable_numparse=True))
     if not args.no_latency:
@@ -452,6 +453,32 @@ def _prune_args(p: argparse.ArgumentParser) -> None:
                    help="modules (qualified names or globs) whose output channels are kept")
 
 
+def _compress_parser(sub: Any, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser("compress", parents=[common], help="prune a model and save it")
+    _model_args(p)
+    how = p.add_mutually_exclusive_group(required=True)
+    how.add_argument("--ratio", type=float, help="fraction of channels to remove, in [0, 1)")
+    how.add_argument("--target-flops", type=float, metavar="F",
+                     help="fraction of the original MACs to keep, in (0, 1]")
+    how.add_argument("--target-params", type=float, metavar="P",
+                     help="fraction of the original parameters to keep, in (0, 1]")
+    _prune_args(p)
+    p.add_argument("--allocation", choices=("uniform", "global", "clr"), default="uniform",
+                   help="how the amount is spread over layers (default uniform)")
+    p.add_argument("--residual", choices=("coupled", "scatter"), default="coupled",
+                   help="residual policy (default coupled; scatter = SFP/FPGM index_add)")
+    p.add_argument("--strict", action="store_true",
+                   help="fail (exit 3) on ops without a channel rule")
+    p.add_argument("--verify", action="store_true", help="check against the oracle")
+    p.add_argument("--batch", type=int, default=8, help="batch size for latency (default 8)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads for latency")
+    p.add_argument("--repeat", type=int, default=20, help="timed runs per model (default 20)")
+    p.add_argument("--warmup", type=int, default=3, help="warm-up runs per model (default 3)")
+    p.add_argument("--no-latency", action="store_true", help="skip the latency measurement")
+    p.add_argument("-o", "--output", metavar="PATH", help="save the pruned model (fxprune.save)")
+    p.set_defaults(func=_cmd_compress)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``fxprune`` argument parser."""
     common = _common()
@@ -471,23 +498,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=("text", "md", "json"), default="text")
     p.set_defaults(func=_cmd_inspect)
 
-    p = sub.add_parser("compress", parents=[common], help="prune a model and save it")
-    _model_args(p)
-    how = p.add_mutually_exclusive_group(required=True)
-    how.add_argument("--ratio", type=float, help="fraction of channels to remove, in [0, 1)")
-    how.add_argument("--target-flops", type=float, metavar="F",
-                     help="fraction of the original MACs to keep, in (0, 1]")
-    _prune_args(p)
-    p.add_argument("--strict", action="store_true",
-                   help="fail (exit 3) on ops without a channel rule")
-    p.add_argument("--verify", action="store_true", help="check against the oracle")
-    p.add_argument("--batch", type=int, default=8, help="batch size for latency (default 8)")
-    p.add_argument("--threads", type=int, default=None, help="torch threads for latency")
-    p.add_argument("--repeat", type=int, default=20, help="timed runs per model (default 20)")
-    p.add_argument("--warmup", type=int, default=3, help="warm-up runs per model (default 3)")
-    p.add_argument("--no-latency", action="store_true", help="skip the latency measurement")
-    p.add_argument("-o", "--output", metavar="PATH", help="save the pruned model (fxprune.save)")
-    p.set_defaults(func=_cmd_compress)
+    _compress_parser(sub, common)
 
     p = sub.add_parser("verify", parents=[common], help="check a pruned model against the oracle")
     p.add_argument("original", metavar="ORIGINAL", help="the original MODEL")
