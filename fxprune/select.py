@@ -85,23 +85,26 @@ def kept_mask(analysis: Analysis, keep: dict[int, meta.KeepSet]) -> Tensor:
 
 
 def _axis_ids(gm: fx.GraphModule) -> list[Tensor]:
+    """Id tensors of every value that carries real channels (a 1-channel value included)."""
     out = []
     for n in gm.graph.nodes:
         ids = meta.get_ids(n)
         for t in ids if isinstance(ids, tuple) else (ids,):
-            if isinstance(t, Tensor) and t.numel() > 1:
+            if isinstance(t, Tensor) and bool((t >= FIRST_ID).any()):
                 out.append(t)
     return out
 
 
 def _no_empty_axes(analysis: Analysis, keep: dict[int, meta.KeepSet], mask: Tensor) -> Tensor:
-    """Slices and splits must keep at least one channel: re-admit one unit where they would not."""
+    """Every value keeps at least one channel (slices, split pieces, 1-channel convs coupled
+    into a larger group): re-admit one unit where it would not."""
     for _ in range(8):
         changed = False
         for t in _axis_ids(analysis.gm):
             if bool(mask[t].any()):
                 continue
-            first = int(t.reshape(-1)[0])
+            flat = t.reshape(-1)
+            first = int(flat[flat >= FIRST_ID][0])
             g, u = int(analysis.group_of[first]), int(analysis.unit_index[first])
             ks = keep[g]
             keep[g] = meta.KeepSet(g, ks.size, tuple(sorted({*ks.indices, u})))
