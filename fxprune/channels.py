@@ -28,6 +28,8 @@ __all__ = [
     "axis_ids",
     "frozen_like",
     "is_tensor_ids",
+    "kept_along",
+    "pruned_axes",
 ]
 
 import torch
@@ -98,3 +100,21 @@ def axis_ids(ids: Tensor, axis: int, size: int) -> Tensor | None:
         return None
     flat = ids.reshape(-1) if ids.shape[axis] > 1 else ids.reshape(-1)[:1]
     return flat.expand(size).clone() if flat.numel() == 1 else flat.clone()
+
+
+def kept_along(ids: Tensor, kept: Tensor, axis: int) -> Tensor:
+    """Bool per position along ``axis``: does any element there keep its channel?"""
+    k = kept[ids]
+    other = [d for d in range(ids.dim()) if d != axis]
+    return k.any(dim=other) if other else k
+
+
+def pruned_axes(ids: Tensor, kept: Tensor) -> list[tuple[int, Tensor]]:
+    """``(axis, kept positions)`` for every axis of a value that loses channels."""
+    out = []
+    for d in range(ids.dim()):
+        if ids.shape[d] > 1:
+            pos = kept_along(ids, kept, d)
+            if not bool(pos.all()):
+                out.append((d, torch.nonzero(pos).flatten()))
+    return out

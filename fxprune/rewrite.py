@@ -27,6 +27,7 @@ from torch import Tensor
 
 from . import meta
 from .analyze import Analysis
+from .channels import kept_along
 from .errors import FxPruneError, InputError, RewriteError, node_location, short_error
 from .rules import rule_for
 from .rules._util import new_shape_of
@@ -64,9 +65,7 @@ class RewriteCtx:
         ids = meta.get_ids(old)
         if not isinstance(ids, Tensor) or ids.dim() <= axis or ids.shape[axis] == 1:
             return None
-        k = self.kept[ids]
-        other = [d for d in range(ids.dim()) if d != axis]
-        pos = k.any(dim=other) if other else k
+        pos = kept_along(ids, self.kept, axis)
         return None if bool(pos.all()) else pos
 
     def patch_shape_args(self, node: fx.Node, first: int) -> None:

@@ -20,7 +20,7 @@ from torch import Tensor
 
 from . import meta
 from .analyze import Analysis
-from .channels import FIRST_ID
+from .channels import FIRST_ID, pruned_axes
 from .errors import InputError
 
 
@@ -122,15 +122,8 @@ def annotate(gm: fx.GraphModule, mask: Tensor) -> None:
         if not isinstance(ids, Tensor) or ids.numel() <= 1:
             n.meta.pop(meta.KEEP, None)
             continue
-        axes = []
-        k = mask[ids]
-        for d in range(ids.dim()):
-            if ids.shape[d] > 1:
-                other = [x for x in range(ids.dim()) if x != d]
-                pos = k.any(dim=other) if other else k
-                if not bool(pos.all()):
-                    axes.append((d, int(ids.shape[d]),
-                                 tuple(torch.nonzero(pos).flatten().tolist())))
+        axes = [(d, int(ids.shape[d]), tuple(pos.tolist()))
+                for d, pos in pruned_axes(ids, mask)]
         if axes:
             n.meta[meta.KEEP] = meta.NodeKeep(tuple(axes))
         else:

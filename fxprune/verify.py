@@ -22,7 +22,7 @@ from torch import Tensor
 
 from . import meta
 from .analyze import Analysis, analyze
-from .channels import FIRST_ID
+from .channels import FIRST_ID, pruned_axes
 from .errors import InputError
 from .trace import EXAMPLE_INPUTS, trace
 
@@ -41,19 +41,6 @@ class VerifyReport:
 
     def __str__(self) -> str:
         return f"{self.status} (max abs err {self.max_abs_err:.3g}, rel {self.max_rel_err:.3g})"
-
-
-def _kept_index(ids: Tensor, kept: Tensor) -> list[tuple[int, Tensor]]:
-    """(axis, kept positions) for every axis of an id tensor that loses channels."""
-    out = []
-    k = kept[ids]
-    for d in range(ids.dim()):
-        if ids.shape[d] > 1:
-            other = [x for x in range(ids.dim()) if x != d]
-            pos = k.any(dim=other) if other else k
-            if not bool(pos.all()):
-                out.append((d, torch.nonzero(pos).flatten()))
-    return out
 
 
 class _Masked(fx.Interpreter):
@@ -84,16 +71,16 @@ class _Masked(fx.Interpreter):
         rule = rule_for(n, dict(self.module.named_modules()))
         if rule is not None:
             rule.update_module(new, old)
-        for d, idx in _kept_index(align_ids(meta.get_ids(n.args[0]), x.dim()), self.kept):
+        for d, idx in pruned_axes(align_ids(meta.get_ids(n.args[0]), x.dim()), self.kept):
             x = x.index_select(d, idx)
         y = new(x)
         out_ids = align_ids(meta.get_ids(n), y.dim())
         full = list(y.shape)
-        for d, _idx in _kept_index(out_ids, self.kept):
+        for d, _idx in pruned_axes(out_ids, self.kept):
             full[d] = out_ids.shape[d]
         out = y.new_zeros(full)
         index = [slice(None)] * y.dim()
-        for d, idx in _kept_index(out_ids, self.kept):
+        for d, idx in pruned_axes(out_ids, self.kept):
             index[d] = idx
         # scatter one axis at a time (several pruned axes are rare)
         if sum(isinstance(i, Tensor) for i in index) <= 1:
@@ -105,7 +92,7 @@ class _Masked(fx.Interpreter):
     def run_node(self, n: fx.Node) -> Any:
         if n.name in self.approx_nodes and n.op == "call_module":
             args, _ = self.fetch_args_kwargs_from_env(n)
-            if isinstance(args[0], Tensor) and _kept_index(meta.get_ids(n.args[0]), self.kept):
+            if isinstance(args[0], Tensor) and pruned_axes(meta.get_ids(n.args[0]), self.kept):
                 return self._pruned_op(n, args[0])
         idx = self.analysis.consumers.get(n.name)
         if not idx:

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-__all__ = ["align", "norm_dim", "tensor_args", "const", "reshape_ids", "dims_arg"]
+__all__ = ["align", "norm_dim", "tensor_args", "const", "reshape_ids", "dims_arg", "new_shape_of"]
 
 from typing import Any
 
-import torch
 import torch.fx as fx
 from torch import Tensor
 
 from .. import meta
-from ..channels import compress
+from ..channels import compress, kept_along
 
 
 def align(ids: Tensor, ndim: int) -> Tensor:
@@ -64,13 +63,7 @@ def reshape_ids(ids: Tensor, in_shape: tuple[int, ...], out_shape: tuple[int, ..
 def new_shape_of(ids: Tensor, old_shape: tuple[int, ...], kept: Tensor) -> tuple[int, ...]:
     """Expected shape of a value after pruning, from its ids and the global kept mask."""
     shape = list(old_shape)
-    k = kept[ids]
     for d in range(ids.dim()):
         if ids.shape[d] > 1:
-            other = [x for x in range(ids.dim()) if x != d]
-            shape[d] = int(k.any(dim=other).sum()) if other else int(k.sum())
+            shape[d] = int(kept_along(ids, kept, d).sum())
     return tuple(shape)
-
-
-__all__.append("new_shape_of")
-_ = torch  # keep the import for type checkers
