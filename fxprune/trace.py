@@ -3,11 +3,15 @@
 Reads:  the user's model (never modified)
 Writes: a GraphModule sharing the model's submodules; ``gm.meta["fxprune.example_inputs"]``
 
-Leaf modules (kept opaque as ``call_module`` nodes): torch.nn's own modules, every module type
-that has a channel rule (so timm's ``BatchNormAct2d`` is one node with one rule), and timm's
-registered no-trace modules. timm's no-trace functions stay ``call_function`` nodes. A submodule
-whose forward cannot be traced is retried as a leaf (it then needs a rule, or its channels are
-frozen); a failure in the top-level forward is reported with the user's source line.
+Leaf modules (kept opaque as ``call_module`` nodes): torch.nn's own modules and every module
+type that has a channel rule (so timm's ``BatchNormAct2d`` is one node with one rule). timm's
+registered no-trace modules without a rule are first traced *through*, so that their channels
+can be pruned; any submodule whose forward cannot be traced (timm's no-trace modules that need
+it, data-dependent control flow) is retried as an opaque leaf: it then needs a rule, or its
+channels are frozen. timm's no-trace functions stay ``call_function`` nodes. A failure in the
+top-level forward is reported with the user's source line. Values that tracing leaves in the
+model's own caches (timm caches attention biases per device) are removed afterwards, so the
+user's model is not changed.
 """
 
 from __future__ import annotations
@@ -50,8 +54,10 @@ class FxPruneTracer(fx.Tracer):
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
         t = type(m)
-        if t in RULES or t in self._notrace or module_qualified_name in self.extra_leaves:
+        if t in RULES or module_qualified_name in self.extra_leaves:
             return True
+        if t in self._notrace:
+            return False  # try tracing through; a failure makes it a leaf (see trace())
         if isinstance(m, (nn.Sequential, nn.ModuleList, nn.ModuleDict)):
             return False
         return super().is_leaf_module(m, module_qualified_name)
@@ -98,6 +104,18 @@ def _user_frame(exc: BaseException) -> str:
     return ""
 
 
+def _scrub_proxies(model: nn.Module) -> None:
+    """Remove fx Proxies that tracing left in module attributes or caches (e.g. timm's
+    ``attention_bias_cache``): tracing must not change the user's model."""
+    for m in model.modules():
+        for k, v in list(m.__dict__.items()):
+            if isinstance(v, fx.Proxy):
+                del m.__dict__[k]
+            elif isinstance(v, dict) and not k.startswith("_"):
+                for kk in [kk for kk, vv in v.items() if isinstance(vv, fx.Proxy)]:
+                    del v[kk]
+
+
 def trace(
     model: nn.Module,
     example_inputs: tuple[Any, ...] | Any | None = None,
@@ -142,6 +160,7 @@ def trace(
             graph = tracer.trace(model)
             break
         except Exception as e:  # noqa: BLE001 - re-raised below with context
+            _scrub_proxies(model)
             failing = tracer.failed_path or ""
             if failing and failing not in leaves:
                 leaves.add(failing)  # retry with the failing submodule opaque
@@ -157,6 +176,7 @@ def trace(
     else:  # pragma: no cover - pathological models
         raise TraceFailure(f"gave up tracing {type(model).__name__} after {len(leaves)} retries")
 
+    _scrub_proxies(model)
     name = type(model).__name__
     gm = fx.GraphModule(model, graph, class_name=name)
     gm.meta[EXAMPLE_INPUTS] = example_inputs

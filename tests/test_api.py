@@ -173,3 +173,31 @@ def test_count_macs_and_params():
     assert c.conv_macs <= c.macs
     pruned = fxprune.compress(model, 0.5, example_inputs=X)
     assert fxprune.count(pruned, X).macs < 0.5 * c.macs
+
+
+class CachingModel(nn.Module):
+    """Caches a tensor in a dict on first use in eval mode (as timm's attention-bias cache)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(3, 8, 3, padding=1)
+        self.b = nn.Conv2d(8, 4, 3, padding=1)
+        self.bias = nn.Parameter(torch.randn(8, 1, 1))
+        self.cache = {}
+
+    def forward(self, x):
+        if not self.training:
+            if "bias" not in self.cache:
+                self.cache["bias"] = self.bias * 2
+            bias = self.cache["bias"]
+        else:
+            bias = self.bias * 2
+        return self.b(torch.relu(self.a(x) + bias))
+
+
+def test_tracing_leaves_no_proxies_in_model_caches():
+    model = CachingModel().eval()
+    x = torch.randn(1, 3, 8, 8)
+    pruned = fxprune.compress(model, 0.5, example_inputs=x)
+    assert not any(isinstance(v, torch.fx.Proxy) for v in model.cache.values())
+    assert fxprune.verify(model, pruned, x).status == "exact"  # traces the model again
