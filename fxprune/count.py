@@ -44,7 +44,9 @@ def count(model: nn.Module, example_inputs: Any = None) -> Counts:
     counter = FlopCounterMode(display=False, depth=None)
     try:
         model.eval()
-        with torch.no_grad(), counter:
+        # not under no_grad: FlopCounterMode's module tracker hooks the inputs that require
+        # grad, and a view of a parameter made under no_grad (timm's latent.expand) has none
+        with counter:
             model(*inputs)
     finally:
         for m, t in flags.items():
