@@ -22,12 +22,9 @@ __all__ = [
     "FIRST_ID",
     "at_axis",
     "fit",
-    "expand_full",
     "compress",
     "varying_axes",
     "axis_ids",
-    "frozen_like",
-    "is_tensor_ids",
     "kept_along",
     "pruned_axes",
 ]
@@ -38,19 +35,6 @@ from torch import Tensor
 FROZEN = 0
 FREE = 1
 FIRST_ID = 2
-
-
-def is_tensor_ids(x: object) -> bool:
-    return isinstance(x, Tensor)
-
-
-def frozen_like(shape: torch.Size | tuple[int, ...]) -> Tensor:
-    """An id tensor marking every element of a value of this shape as frozen."""
-    return torch.full((1,) * len(shape), FROZEN, dtype=torch.long)
-
-
-def free_like(shape: torch.Size | tuple[int, ...]) -> Tensor:
-    return torch.full((1,) * len(shape), FREE, dtype=torch.long)
 
 
 def at_axis(ids1d: Tensor, axis: int, ndim: int) -> Tensor:
@@ -68,11 +52,6 @@ def fit(ids: Tensor, shape: torch.Size | tuple[int, ...]) -> Tensor | None:
         if i != 1 and i != s:
             return None
     return ids
-
-
-def expand_full(ids: Tensor, shape: torch.Size | tuple[int, ...]) -> Tensor:
-    """Materialize the id of every element of a value of ``shape``."""
-    return ids.expand(tuple(shape))
 
 
 def compress(full: Tensor) -> Tensor:

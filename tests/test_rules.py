@@ -299,9 +299,21 @@ class FunctionalWeights(nn.Module):
         return self.fc(F.relu(F.linear(y, self.w2)))
 
 
+class SpatialCat(nn.Module):
+    """cat along width: both inputs must keep the same channels."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.c = cbr(3, 16), cbr(3, 16), cbr(16, 8)
+        self.head = Head(8)
+
+    def forward(self, x):
+        return self.head(self.c(torch.cat([self.a(x), self.b(x)], dim=3)))
+
+
 EXACT = [Residual, Concat, SplitChunk, Depthwise, Grouped, SEGate, SpatialGate, FlattenLinear,
          Transposed, Shuffle, PadShortcut, LayerScaleChannelsLast, SharedModule, ConstantCat,
-         IntIndex, Expand, FunctionalWeights]
+         IntIndex, Expand, FunctionalWeights, SpatialCat]
 
 
 @pytest.mark.parametrize("cls", EXACT, ids=[c.__name__ for c in EXACT])

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["align", "norm_dim", "tensor_args", "const", "reshape_ids", "dims_arg", "new_shape_of"]
+__all__ = ["align", "norm_dim", "tensor_args", "reshape_ids", "dims_arg", "new_shape_of"]
 
 from typing import Any
 
@@ -42,10 +42,6 @@ def tensor_args(node: fx.Node, args: tuple, kwargs: dict) -> list[tuple[Tensor, 
             if isinstance(ids, Tensor):
                 out.append((ids, v))
     return out
-
-
-def const(ids: Tensor) -> bool:
-    return ids.numel() == 1
 
 
 def reshape_ids(ids: Tensor, in_shape: tuple[int, ...], out_shape: tuple[int, ...]) -> Tensor:

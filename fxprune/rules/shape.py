@@ -100,9 +100,11 @@ class Cat(Rule):
         if any(not isinstance(i, Tensor) for i in ids):
             raise _unsupported("cat of a value without ids")
         ids = [align(i, ctx.out.dim()) for i in ids]
-        if all(i.shape[dim] == 1 for i in ids) and dim == 0:
-            base = ids[0]
-            for other in ids[1:]:
+        if all(i.shape[dim] == 1 for i in ids):
+            # concatenated along an axis without channels (batch, spatial): the inputs share
+            # their channel axes, so they must keep the same channels
+            base = max(ids, key=lambda t: t.numel())
+            for other in ids:
                 ctx.union(base, other)
             return base
         shape = [1] * ctx.out.dim()
