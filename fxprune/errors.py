@@ -71,9 +71,25 @@ def node_location(node: fx.Node) -> str:
     return where
 
 
+def _stack_trace(node: fx.Node) -> str | None:
+    """The node's stack trace, recorded on first use for the whole graph (see trace.py)."""
+    if "stack_trace" not in node.meta:
+        owner = node.graph.owning_module
+        tracer = owner.meta.pop("fxprune.stack_tracer", None) if owner is not None else None
+        if tracer is not None:
+            try:
+                traces = tracer()
+            except Exception:  # noqa: BLE001 - a message without a source line is still useful
+                traces = {}
+            for n in node.graph.nodes:
+                if n.name in traces:
+                    n.meta["stack_trace"] = traces[n.name]
+    return node.meta.get("stack_trace")
+
+
 def user_source_line(node: fx.Node) -> str:
     """The innermost frame of the node's recorded stack trace outside torch: the user's line."""
-    trace = node.meta.get("stack_trace")
+    trace = _stack_trace(node)
     if not trace:
         return ""
     lines = [ln.strip() for ln in trace.strip().splitlines() if ln.strip().startswith("File ")]

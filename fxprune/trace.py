@@ -43,10 +43,12 @@ def _timm_notrace() -> tuple[set[type], list[Any]]:
 class FxPruneTracer(fx.Tracer):
     """A tracer that keeps rule-carrying and timm no-trace modules as leaves."""
 
-    def __init__(self, extra_leaves: set[str] | None = None):
+    def __init__(self, extra_leaves: set[str] | None = None, record_stack_traces: bool = False):
         mods, fns = _timm_notrace()
         super().__init__(autowrap_functions=tuple(fns))
-        self.record_stack_traces = True
+        # Stack traces cost a third of the tracing time; they are recorded lazily, only when
+        # a message needs a source line (see STACK_TRACER and fxprune.errors.node_location).
+        self.record_stack_traces = record_stack_traces
         self._notrace = mods
         self.extra_leaves = set(extra_leaves or ())
         self.current_path: list[str] = []
@@ -102,6 +104,16 @@ def _user_frame(exc: BaseException) -> str:
             continue
         return f"{fr.filename}:{fr.lineno} ({fr.name}): {fr.line}"
     return ""
+
+
+STACK_TRACER = "fxprune.stack_tracer"  # gm.meta: () -> {node name: stack trace}, on demand
+
+
+def _stack_traces(model: nn.Module, leaves: set[str]) -> dict[str, str]:
+    """Trace again, recording stack traces: node names are the same as in the first trace."""
+    graph = FxPruneTracer(leaves, record_stack_traces=True).trace(model)
+    _scrub_proxies(model)
+    return {n.name: n.meta["stack_trace"] for n in graph.nodes if n.meta.get("stack_trace")}
 
 
 def _scrub_proxies(model: nn.Module) -> None:
@@ -181,4 +193,5 @@ def trace(
     gm = fx.GraphModule(model, graph, class_name=name)
     gm.meta[EXAMPLE_INPUTS] = example_inputs
     gm.meta["fxprune.leaf_fallbacks"] = tuple(sorted(leaves))
+    gm.meta[STACK_TRACER] = lambda: _stack_traces(model, leaves)
     return gm
