@@ -28,8 +28,16 @@ import torch.nn as nn
 from torch import Tensor
 
 from . import meta
+from ._perf import gc_paused
 from .channels import FIRST_ID, FREE, FROZEN, at_axis, axis_ids, fit
-from .errors import FxPruneError, InputError, UnsupportedOpError, node_location, short_error
+from .errors import (
+    FxPruneError,
+    InputError,
+    Located,
+    UnsupportedOpError,
+    node_location,
+    short_error,
+)
 from .groups import resolve_tables
 from .rules import op_name, rule_for
 from .trace import EXAMPLE_INPUTS
@@ -100,7 +108,7 @@ class _State:
         self.space_size: list[int] = [1, 1]
         self.space_node: list[str] = ["<frozen>", "<free>"]
         self.edges: list[Tensor] = []
-        self.frozen: list[tuple[Tensor, str]] = []
+        self.frozen: list[tuple[Tensor, str | Located]] = []
         self.bindings: list[Binding] = []
         self.bound: dict[tuple[str, str, int], Tensor] = {}
         self.keyed: dict[Any, Tensor] = {}
@@ -134,7 +142,7 @@ class _State:
         if a.numel():
             self.edges.append(torch.stack([a, b]))
 
-    def freeze(self, ids: Tensor, reason: str) -> None:
+    def freeze(self, ids: Tensor, reason: str | Located) -> None:
         flat = ids.reshape(-1)
         flat = flat[flat >= FIRST_ID]
         if flat.numel():
@@ -225,7 +233,7 @@ class PropCtx:
         self._s.union(a, b)
 
     def freeze(self, ids: Tensor, reason: str) -> None:
-        self._s.freeze(ids, f"{reason} ({node_location(self.node)})")
+        self._s.freeze(ids, Located(reason, self.node))
 
     def channel_ids(self, ids: Tensor, axis: int, size: int, what: str) -> Tensor:
         """1-D ids along ``axis``; freezes and returns fresh frozen ids if they vary elsewhere."""
@@ -528,6 +536,7 @@ def resolve_ignore(gm: fx.GraphModule, ignore: Any) -> set[str]:
     return out
 
 
+@gc_paused
 def analyze(
     gm: fx.GraphModule,
     *,

@@ -71,6 +71,32 @@ def node_location(node: fx.Node) -> str:
     return where
 
 
+class Located:
+    """A reason tied to a node, formatted with :func:`node_location` only when shown.
+
+    Building a node's location may re-trace the model for stack traces (see trace.py), so
+    analysis records ``Located`` objects and pays for the message only if it is displayed.
+    """
+
+    __slots__ = ("reason", "node")
+
+    def __init__(self, reason: str, node: fx.Node):
+        self.reason = reason
+        self.node = node
+
+    def __str__(self) -> str:
+        return f"{self.reason} ({node_location(self.node)})"
+
+    __repr__ = __str__
+
+    def __eq__(self, other: object) -> bool:
+        return (isinstance(other, Located) and other.reason == self.reason
+                and other.node is self.node)
+
+    def __hash__(self) -> int:
+        return hash((self.reason, id(self.node)))
+
+
 def _stack_trace(node: fx.Node) -> str | None:
     """The node's stack trace, recorded on first use for the whole graph (see trace.py)."""
     if "stack_trace" not in node.meta:

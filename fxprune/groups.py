@@ -47,7 +47,7 @@ def resolve_tables(s: Any) -> dict[str, Any]:
     unit = components(n, edges)
 
     frozen = torch.zeros(n, dtype=torch.bool)
-    reason_of_unit: dict[int, str] = {}
+    reason_of_unit: dict[int, Any] = {}
     for ids, reason in s.frozen:
         roots = unit[ids]
         frozen[roots] = True
@@ -88,7 +88,7 @@ def resolve_tables(s: Any) -> dict[str, Any]:
 
 
 def _build_groups(s: Any, unit: Tensor, group_of: Tensor, unit_index: Tensor, frozen: Tensor,
-                  counts: Tensor, reason_of_unit: dict[int, str], space_of: Tensor,
+                  counts: Tensor, reason_of_unit: dict[int, Any], space_of: Tensor,
                   starts: Tensor, sizes: Tensor) -> tuple[meta.Group, ...]:
     n_groups = len(counts)
     members: list[list[meta.ParamSlice]] = [[] for _ in range(n_groups)]
@@ -117,7 +117,7 @@ def _build_groups(s: Any, unit: Tensor, group_of: Tensor, unit_index: Tensor, fr
         producers[g].append(s.space_node[sp])
         width[g] = max(width[g], int(sizes[sp]))
     frozen_units: list[set[int]] = [set() for _ in range(n_groups)]
-    reasons: list[dict[str, None]] = [{} for _ in range(n_groups)]
+    reasons: list[dict[Any, None]] = [{} for _ in range(n_groups)]
     fz = torch.nonzero(frozen).flatten()
     fz = fz[fz >= FIRST_ID]
     for g, u, r in zip(group_of[fz].tolist(), unit_index[fz].tolist(), unit[fz].tolist()):
@@ -138,6 +138,6 @@ def _build_groups(s: Any, unit: Tensor, group_of: Tensor, unit_index: Tensor, fr
             id=g, size=size, width=width[g], divisor=div, members=tuple(members[g]),
             producers=tuple(dict.fromkeys(producers[g])),
             frozen_units=tuple(sorted(frozen_units[g])),
-            frozen_reason="; ".join(list(reasons[g])[:3]) or None,
+            frozen_why=tuple(reasons[g])[:3],
             approx="; ".join(list(approx_of[g])[:3]) or None))
     return tuple(out)

@@ -94,8 +94,13 @@ class Group:
     members: tuple[ParamSlice, ...]
     producers: tuple[str, ...]
     frozen_units: tuple[int, ...]
-    frozen_reason: str | None
+    frozen_why: tuple[Any, ...] = ()  # reasons; str() formats them (lazily: see errors.Located)
     approx: str | None = None
+
+    @property
+    def frozen_reason(self) -> str | None:
+        """Why units are frozen (up to three reasons, with where), or None."""
+        return "; ".join(str(r) for r in self.frozen_why[:3]) or None
 
     @property
     def prunable(self) -> int:

@@ -25,6 +25,7 @@ import torch
 import torch.fx as fx
 import torch.nn as nn
 
+from ._perf import gc_paused
 from .errors import InputError, TraceFailure, short_error
 from .rules import RULES
 
@@ -128,6 +129,7 @@ def _scrub_proxies(model: nn.Module) -> None:
                     del v[kk]
 
 
+@gc_paused
 def trace(
     model: nn.Module,
     example_inputs: tuple[Any, ...] | Any | None = None,
