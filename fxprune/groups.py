@@ -47,12 +47,8 @@ def resolve_tables(s: Any) -> dict[str, Any]:
     unit = components(n, edges)
 
     frozen = torch.zeros(n, dtype=torch.bool)
-    reason_of_unit: dict[int, Any] = {}
-    for ids, reason in s.frozen:
-        roots = unit[ids]
-        frozen[roots] = True
-        for r in roots.unique().tolist():
-            reason_of_unit.setdefault(r, reason)
+    for ids, _reason in s.frozen:
+        frozen[unit[ids]] = True
     frozen = frozen[unit]
 
     # Second level: spaces that share a unit form one group.
@@ -81,25 +77,37 @@ def resolve_tables(s: Any) -> dict[str, Any]:
     root_rank[root_ids] = rank
     unit_index[FIRST_ID:] = root_rank[unit[FIRST_ID:]]
 
-    groups = _build_groups(s, unit, group_of, unit_index, frozen, counts, reason_of_unit,
-                           space_of, starts, sizes)
+    groups = _build_groups(s, unit, group_of, unit_index, frozen, counts, space_of, starts,
+                           sizes)
     return {"n_ids": n, "unit": unit, "group_of": group_of, "unit_index": unit_index,
             "frozen": frozen, "groups": groups}
 
 
 def _build_groups(s: Any, unit: Tensor, group_of: Tensor, unit_index: Tensor, frozen: Tensor,
-                  counts: Tensor, reason_of_unit: dict[int, Any], space_of: Tensor,
-                  starts: Tensor, sizes: Tensor) -> tuple[meta.Group, ...]:
+                  counts: Tensor, space_of: Tensor, starts: Tensor, sizes: Tensor
+                  ) -> tuple[meta.Group, ...]:
     n_groups = len(counts)
     members: list[list[meta.ParamSlice]] = [[] for _ in range(n_groups)]
-    for b in s.bindings:
-        gids = group_of[b.ids]
-        uniq, pos = torch.unique(gids, return_inverse=True)
-        if len(uniq) == 1:  # the common case: a binding inside one group
-            if int(uniq[0]) >= 0:
-                members[int(uniq[0])].append(meta.ParamSlice(
-                    b.node, b.target, b.param, b.dim, b.role, unit_index[b.ids]))
+    # all bindings at once: their ids concatenated, per-binding min/max group by segment
+    bindings = s.bindings
+    lens = [len(b.ids) for b in bindings]
+    all_ids = torch.cat([b.ids for b in bindings]) if bindings else torch.zeros(0, dtype=torch.long)
+    all_groups = group_of[all_ids]
+    seg = torch.repeat_interleave(torch.arange(len(lens)), torch.tensor(lens, dtype=torch.long))
+    lo = torch.zeros(len(lens), dtype=torch.long).scatter_reduce_(
+        0, seg, all_groups, "amin", include_self=False).tolist()
+    hi = torch.zeros(len(lens), dtype=torch.long).scatter_reduce_(
+        0, seg, all_groups, "amax", include_self=False).tolist()
+    units_of = torch.split(unit_index[all_ids], lens)
+    groups_of = torch.split(all_groups, lens)
+    for k, b in enumerate(bindings):
+        if lo[k] == hi[k]:  # the common case: a binding inside one group
+            if lo[k] >= 0:
+                members[lo[k]].append(meta.ParamSlice(
+                    b.node, b.target, b.param, b.dim, b.role, units_of[k]))
             continue
+        gids = groups_of[k]
+        uniq, pos = torch.unique(gids, return_inverse=True)
         # a consumer of a concatenation spans several groups: one row of units per group
         rows = torch.full((len(uniq), len(gids)), -1, dtype=torch.long)
         rows[pos, torch.arange(len(gids))] = unit_index[b.ids]
@@ -107,23 +115,29 @@ def _build_groups(s: Any, unit: Tensor, group_of: Tensor, unit_index: Tensor, fr
             if g >= 0:
                 members[g].append(meta.ParamSlice(b.node, b.target, b.param, b.dim, b.role, row))
     # producers / width / divisor per group, from the spaces each group owns
-    space_group = group_of[starts.clamp(min=FIRST_ID)]
+    space_group = group_of[starts.clamp(min=FIRST_ID)].tolist()
+    size_list = sizes.tolist()
     producers: list[list[str]] = [[] for _ in range(n_groups)]
     width = [0] * n_groups
-    for sp in range(2, len(starts)):
-        g = int(space_group[sp])
+    for sp in range(2, len(space_group)):
+        g = space_group[sp]
         if g < 0:
             continue
         producers[g].append(s.space_node[sp])
-        width[g] = max(width[g], int(sizes[sp]))
-    frozen_units: list[set[int]] = [set() for _ in range(n_groups)]
-    reasons: list[dict[Any, None]] = [{} for _ in range(n_groups)]
+        width[g] = max(width[g], size_list[sp])
+    # frozen units per group: unique (group, unit) pairs, sorted, split by group
     fz = torch.nonzero(frozen).flatten()
     fz = fz[fz >= FIRST_ID]
-    for g, u, r in zip(group_of[fz].tolist(), unit_index[fz].tolist(), unit[fz].tolist()):
-        frozen_units[g].add(u)
-        if r in reason_of_unit:
-            reasons[g][reason_of_unit[r]] = None
+    n = len(unit)
+    pairs = torch.unique(group_of[fz] * n + unit_index[fz])
+    per_group = torch.bincount(pairs // n, minlength=n_groups).tolist()
+    frozen_units = [tuple(x.tolist()) for x in torch.split(pairs % n, per_group)]
+    # reasons per group, in the order they were recorded (one lookup per freeze() call)
+    reasons: list[dict[Any, None]] = [{} for _ in range(n_groups)]
+    for ids, reason in s.frozen:
+        for g in group_of[ids.reshape(-1)].unique().tolist():
+            if g >= 0:
+                reasons[g].setdefault(reason)
     approx_of: list[dict[str, None]] = [{} for _ in range(n_groups)]
     for _node, ids, why in s.approx:
         flat = ids.reshape(-1)
@@ -131,13 +145,14 @@ def _build_groups(s: Any, unit: Tensor, group_of: Tensor, unit_index: Tensor, fr
         for g in group_of[flat].unique().tolist():
             approx_of[g][why] = None
     out = []
+    count_list = counts.tolist()
     for g in range(n_groups):
-        size = int(counts[g])
+        size = count_list[g]
         div = max(1, width[g] // size) if size else 1
         out.append(meta.Group(
             id=g, size=size, width=width[g], divisor=div, members=tuple(members[g]),
             producers=tuple(dict.fromkeys(producers[g])),
-            frozen_units=tuple(sorted(frozen_units[g])),
+            frozen_units=frozen_units[g],
             frozen_why=tuple(reasons[g])[:3],
             approx="; ".join(list(approx_of[g])[:3]) or None))
     return tuple(out)
