@@ -294,8 +294,14 @@ class _Propagator(fx.Interpreter):
         self.i = 0
 
     def run_node(self, n: fx.Node) -> Any:
-        out = super().run_node(n)
-        ids = self._ids_for(n, out)
+        # Interpreter.run_node, with the arguments fetched once for the op and its rule
+        with self._set_current_node(n):
+            args, kwargs = self.fetch_args_kwargs_from_env(n)
+            if n.op == "call_module":
+                out = self.module_map[str(n.target)](*args, **kwargs)
+            else:
+                out = getattr(self, n.op)(n.target, args, kwargs)
+        ids = self._ids_for(n, out, args, kwargs)
         meta.set_ids(n, ids)
         n.meta[meta.SHAPE] = _shape_of(out)
         if isinstance(out, (int, float, bool, slice, torch.Size)) or (
@@ -306,7 +312,7 @@ class _Propagator(fx.Interpreter):
             self.progress("analyze", self.i, self.n_nodes)
         return out
 
-    def _ids_for(self, n: fx.Node, out: Any) -> Any:
+    def _ids_for(self, n: fx.Node, out: Any, args: tuple, kwargs: dict) -> Any:
         if n.op == "placeholder":
             return _structure(out, lambda t: PropCtx(self.s, n, None, (), {}, t).frozen_ids(
                 t.shape, "graph input"))
@@ -317,8 +323,7 @@ class _Propagator(fx.Interpreter):
             return None
         if n.op == "get_attr":
             return _attr_ids(self.s, n, out)
-        mod = self.fetch_attr(str(n.target)) if n.op == "call_module" else None
-        args, kwargs = self.fetch_args_kwargs_from_env(n)
+        mod = self.module_map[str(n.target)] if n.op == "call_module" else None
         ctx = PropCtx(self.s, n, mod, args, kwargs, out)
         if not _has_tensor(out) and n.op != "call_module":
             # x.size(), x.shape and arithmetic on them: recomputed after pruning, but remember

@@ -132,3 +132,39 @@ def test_load_rejects_other_files(tmp_path):
     torch.save({"a": torch.ones(1)}, path)
     with pytest.raises(fxprune.InputError, match="not an fxprune file"):
         fxprune.load(path)
+
+
+class _ViewNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.head = nn.Conv1d(8, 4, 1)
+
+    def forward(self, x):
+        y = self.conv(x).relu()
+        return self.head(y.view(y.shape[0], 8, -1))  # literal 8: the Reshape rule patches it
+
+
+@pytest.mark.parametrize("check", [True, "nodes"])
+def test_broken_rule_is_caught_by_the_rewrite_check(monkeypatch, check):
+    """The postcondition names the node whose rule did not rewrite its arguments."""
+    from fxprune.rules.shape import Reshape
+
+    monkeypatch.setattr(Reshape, "rewrite_node", lambda self, node, ctx: None)
+    model = _ViewNet()
+    gm = fxprune.trace(model, torch.randn(1, 3, 8, 8))
+    analysis = fxprune.analyze(gm)
+    fxprune.select(analysis, fxprune.score(analysis, "l1"), 0.5)
+    with pytest.raises(fxprune.RewriteError, match="node 'view'"):
+        fxprune.rewrite(gm, check=check)
+    monkeypatch.undo()  # the real rule: the same keep-sets rewrite to an exact model
+    pruned = fxprune.rewrite(gm, check=check)
+    assert fxprune.verify(model, pruned).status == "exact"
+
+
+def test_rewrite_check_argument():
+    gm = fxprune.trace(_ViewNet(), torch.randn(1, 3, 8, 8))
+    analysis = fxprune.analyze(gm)
+    fxprune.select(analysis, fxprune.score(analysis, "l1"), 0.5)
+    with pytest.raises(fxprune.InputError, match="check must be"):
+        fxprune.rewrite(gm, check="everything")
