@@ -114,8 +114,9 @@ def slices_of(analysis: Analysis, kept: Tensor) -> dict[tuple[str, str], list[tu
 def _slice(t: Tensor, cuts: list[tuple[int, Tensor]]) -> Tensor:
     new = t.detach()
     for dim, idx in cuts:
-        new = new.index_select(dim, idx.to(new.device))
-    new = new.clone()
+        new = new.index_select(dim, idx.to(new.device))  # a new tensor: shares nothing with t
+    if not cuts:
+        new = new.clone()
     if isinstance(t, nn.Parameter):
         return nn.Parameter(new, requires_grad=t.requires_grad)
     return new
