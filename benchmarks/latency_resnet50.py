@@ -1,11 +1,12 @@
 """Is the pruned model really faster? timm resnet50, MACs cut to 50%, CPU latency side by side.
 
 Prunes a randomly initialised timm resnet50 to 50% of its MACs with fxprune
-(``target_flops=0.5``, and again with ``round_to=8``) and, if installed, with Torch-Pruning
-at the same MACs (MetaPruner, magnitude p=1, the classifier ignored; its ratio is bisected to
-the same MACs), then times the original and the pruned models in ONE process, interleaved,
-after warm-up: median of ``--repeat`` runs at batch 8, 224x224, ``--threads`` threads. Also
-reports pruning time.
+(``target_flops=0.5``, plain and with each ``--round-to`` width multiple) and, if installed,
+with Torch-Pruning at the same MACs (MetaPruner, magnitude p=1, the classifier ignored; its
+ratio is bisected to the same MACs, plain and with ``round_to`` = the largest ``--round-to``),
+then times every model in ONE process, interleaved (the order alternates every round), after
+warm-up: median and interquartile range of ``--repeat`` runs at batch 8, 224x224,
+``--threads`` threads. Also reports pruning time (fxprune and Torch-Pruning at ratio 0.3).
 
     python benchmarks/latency_resnet50.py --threads 2 --repeat 15
 """
@@ -28,25 +29,30 @@ def fresh() -> torch.nn.Module:
     return timm.create_model("resnet50").eval()
 
 
-def tp_prune(ratio: float, x: torch.Tensor) -> tuple[torch.nn.Module, float]:
+def tp_prune(ratio: float, x: torch.Tensor, round_to: int | None = None
+             ) -> tuple[torch.nn.Module, float]:
     import torch_pruning as tp
 
     m = fresh()
     t = time.perf_counter()
     pruner = tp.pruner.MetaPruner(m, x, importance=tp.importance.MagnitudeImportance(p=1),
-                                  pruning_ratio=ratio, ignored_layers=[m.get_classifier()])
+                                  pruning_ratio=ratio, ignored_layers=[m.get_classifier()],
+                                  round_to=round_to)
     pruner.step()
     return m, time.perf_counter() - t
 
 
-def tp_at_macs(target: float, x: torch.Tensor, base: int) -> tuple[torch.nn.Module, float, float]:
+def tp_at_macs(target: float, x: torch.Tensor, base: int, round_to: int | None = None
+               ) -> tuple[torch.nn.Module, float]:
+    """Bisect Torch-Pruning's ratio until its MACs are within 0.5% of ``target``."""
     lo, hi = 0.0, 0.6
-    best = None
-    for _ in range(12):
+    best: tuple[torch.nn.Module, float] | None = None
+    for _ in range(14):
         mid = (lo + hi) / 2
-        m, dt = tp_prune(mid, x)
+        m, _ = tp_prune(mid, x, round_to)
         frac = fxprune.count(m, x).macs / base
-        best = (m, dt, frac)
+        if best is None or abs(frac - target) < abs(best[1] - target):
+            best = (m, frac)
         if abs(frac - target) < 0.005:
             break
         lo, hi = (mid, hi) if frac > target else (lo, mid)
@@ -54,48 +60,54 @@ def tp_at_macs(target: float, x: torch.Tensor, base: int) -> tuple[torch.nn.Modu
     return best
 
 
+def quartiles(v: list[float]) -> tuple[float, float]:
+    q = statistics.quantiles(v, n=4)
+    return q[0], q[2]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--repeat", type=int, default=15)
+    ap.add_argument("--round-to", default="8,16",
+                    help="comma-separated width multiples to measure besides no rounding")
     ap.add_argument("--no-tp", action="store_true", help="skip Torch-Pruning")
     args = ap.parse_args()
     warnings.simplefilter("ignore")
     torch.set_num_threads(args.threads)
+    roundings = [int(r) for r in args.round_to.split(",") if r.strip()]
     x1 = torch.randn(1, 3, 224, 224)
     base = fxprune.count(fresh(), x1).macs
 
-    times = []
-    for _ in range(3):
-        m = fresh()
-        t = time.perf_counter()
-        fx_model = fxprune.compress(m, target_flops=0.5, example_inputs=x1)
-        times.append(time.perf_counter() - t)
-    models = {"original": fresh(), "fxprune": fx_model.eval()}
-    rounded = fxprune.compress(fresh(), target_flops=0.5, round_to=8, example_inputs=x1)
-    models["fxprune round_to=8"] = rounded.eval()
-    print(f"fxprune: MACs {fxprune.count(fx_model, x1).macs / base:.3f} of the original "
-          f"({fxprune.count(rounded, x1).macs / base:.3f} with round_to=8), pruning (target "
-          f"search included) {statistics.median(times):.2f} s")
-    t_fx_ratio = []
+    models: dict[str, torch.nn.Module] = {"original": fresh()}
+    macs: dict[str, float] = {"original": 1.0}
+    for rt in [None, *roundings]:
+        name = "fxprune" if rt is None else f"fxprune round_to={rt}"
+        models[name] = fxprune.compress(fresh(), target_flops=0.5, round_to=rt,
+                                        example_inputs=x1).eval()
+        macs[name] = fxprune.count(models[name], x1).macs / base
+    t_fx = []
     for _ in range(3):
         m = fresh()
         t = time.perf_counter()
         fxprune.compress(m, 0.3, example_inputs=x1)
-        t_fx_ratio.append(time.perf_counter() - t)
-    print(f"fxprune: pruning at a fixed ratio 0.3 (trace+analyze+rewrite) "
-          f"{statistics.median(t_fx_ratio):.3f} s")
+        t_fx.append(time.perf_counter() - t)
+    print(f"pruning time at ratio 0.3 (median of 3): fxprune {statistics.median(t_fx):.3f} s",
+          end="")
     if not args.no_tp:
         try:
-            tp_model, _, frac = tp_at_macs(0.5, x1, base)
             t_tp = statistics.median(tp_prune(0.3, x1)[1] for _ in range(3))
-            models["torch-pruning"] = tp_model.eval()
-            print(f"torch-pruning: MACs {frac:.3f} of the original; pruning at ratio 0.3 "
-                  f"{t_tp:.3f} s (fxprune/torch-pruning time ratio "
-                  f"{statistics.median(t_fx_ratio) / t_tp:.2f})")
+            print(f", Torch-Pruning {t_tp:.3f} s (Torch-Pruning/fxprune "
+                  f"{t_tp / statistics.median(t_fx):.2f}x)")
+            for rt in [None, max(roundings)] if roundings else [None]:
+                name = "torch-pruning" if rt is None else f"torch-pruning round_to={rt}"
+                models[name], macs[name] = tp_at_macs(0.5, x1, base, rt)
+                models[name].eval()
         except ImportError:
-            print("torch-pruning not installed (pip install fxprune[bench]); skipped")
+            print("\ntorch-pruning not installed (pip install fxprune[bench]); skipped")
+    else:
+        print()
 
     x = torch.randn(args.batch, 3, 224, 224)
     runs: dict[str, list[float]] = {k: [] for k in models}
@@ -111,9 +123,11 @@ def main() -> None:
                 runs[k].append(time.perf_counter() - t)
     med = {k: statistics.median(v) for k, v in runs.items()}
     print(f"latency, batch {args.batch}, 224x224, {torch.get_num_threads()} threads, "
-          f"median of {args.repeat} interleaved runs:")
+          f"median [IQR] of {args.repeat} interleaved runs:")
     for k, v in med.items():
-        print(f"  {k:20s} {v * 1000:8.1f} ms   speed-up x{med['original'] / v:.2f}")
+        q1, q3 = quartiles(runs[k])
+        print(f"  {k:28s} MACs {macs[k]:.3f}  {v * 1000:7.1f} ms [{q1 * 1000:.0f}-"
+              f"{q3 * 1000:.0f}]  speed-up x{med['original'] / v:.2f}")
 
 
 if __name__ == "__main__":

@@ -62,7 +62,8 @@ def prune_graph(gm: fx.GraphModule, ratio: float | None = None, *, criterion: An
                 allocation: str = "uniform", max_ratio: float = 0.9,
                 ratios: Mapping[str, float] | None = None, target_flops: float | None = None,
                 target_params: float | None = None, clr_lambda: float = 1.0,
-                residual: str = "coupled") -> tuple[fx.GraphModule, Analysis]:
+                residual: str = "coupled", check: bool | str = True
+                ) -> tuple[fx.GraphModule, Analysis]:
     """Analyze, score, allocate, select and rewrite a traced graph; returns (pruned, analysis).
 
     The arguments are those of :func:`compress`. The graph is analyzed and scored once; a
@@ -109,7 +110,7 @@ def prune_graph(gm: fx.GraphModule, ratio: float | None = None, *, criterion: An
         if progress is not None:
             progress("select", 1, 1)
         select(analysis, scores, per_group, round_to=round_to)
-    pruned = rewrite(gm)
+    pruned = rewrite(gm, check=check)
     pruned.meta[ALLOCATION] = {**info, "ratios": dict(per_group)}
     return pruned, analysis
 
@@ -134,6 +135,7 @@ def compress(
     target_params: float | None = None,
     clr_lambda: float = 1.0,
     residual: str = "coupled",
+    check: bool | str = True,
 ) -> fx.GraphModule:
     """Prune ``model`` and return a new, smaller, dense GraphModule.
 
@@ -171,6 +173,9 @@ def compress(
             narrows) or ``"scatter"`` (the SFP/FPGM convention: every residual-output conv
             keeps its own channels and is ``index_add``-ed into a full-width stream, with the
             BatchNorm constants of its removed channels folded in; exact).
+        check: the rewrite's postcondition (see :func:`fxprune.rewrite`): ``True`` runs the
+            pruned module once and checks its output shapes, ``"nodes"`` checks every node's
+            shape, ``False`` skips it.
 
     Returns:
         A ``torch.fx.GraphModule``: train/eval, state_dict, optimizers, ``torch.save``,
@@ -194,7 +199,7 @@ def compress(
         gm, ratio, criterion=criterion, ignore=ignore, round_to=round_to, strict=strict,
         data=data, seed=seed, progress=progress, allocation=allocation, max_ratio=max_ratio,
         ratios=ratios, target_flops=target_flops, target_params=target_params,
-        clr_lambda=clr_lambda, residual=residual)
+        clr_lambda=clr_lambda, residual=residual, check=check)
     if verify:
         kept = kept_mask(analysis, gm.meta[meta.KEEPSETS])
         report = verify_analyzed(gm, analysis, kept, pruned, gm.meta[EXAMPLE_INPUTS])

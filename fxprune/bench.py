@@ -239,22 +239,42 @@ def _roundtrip(pruned: Any, inputs: tuple[Any, ...], out: Any) -> None:
         raise AssertionError("save/load changed the outputs")
 
 
+def _setup(rec: _Recorder, name: str) -> tuple[Any, tuple[Any, ...], Any, Any]:
+    """Create the model and its input, run it once and count it: (model, inputs, out, count)."""
+    import torch
+
+    rec.stage("create")
+    model, inputs = _make_model(name)
+    rec.data["input_shape"] = list(inputs[0].shape)
+    with torch.no_grad():
+        ref = model(*inputs)
+    rec.stage("count")
+    return model, inputs, ref, _count(rec.data, model, inputs, "before")
+
+
+def _run_and_count(rec: _Recorder, pruned: Any, inputs: tuple[Any, ...], ref: Any, before: Any
+                   ) -> tuple[Any, Any]:
+    """Run the pruned model, count it, and require the original's output shape."""
+    import torch
+
+    rec.stage("run")
+    with torch.no_grad():
+        out = pruned(*inputs)
+    after = _count(rec.data, pruned, inputs, "after", before)
+    rec.stage("shape")
+    if _shape(out) != _shape(ref):
+        raise AssertionError(f"output shape changed {_shape(ref)} -> {_shape(out)}")
+    return out, after
+
+
 def _child_fxprune(rec: _Recorder, name: str, ratio: float) -> None:
     import warnings
-
-    import torch
 
     import fxprune
     from fxprune.fuzz import _stage_of
 
     d = rec.data
-    rec.stage("create")
-    model, inputs = _make_model(name)
-    d["input_shape"] = list(inputs[0].shape)
-    with torch.no_grad():
-        ref = model(*inputs)
-    rec.stage("count")
-    before = _count(d, model, inputs, "before")
+    model, inputs, ref, before = _setup(rec, name)
     rec.stage("trace")
 
     def progress(stage: str, done: int, total: int) -> None:  # where a timeout hits
@@ -275,13 +295,7 @@ def _child_fxprune(rec: _Recorder, name: str, ratio: float) -> None:
              str(w.message).lower()]
     d["warning"] = notes[0][:300] if notes else ""
     d["leaf_fallbacks"] = len(pruned.meta.get("fxprune.leaf_fallbacks", ()) or ())
-    rec.stage("run")
-    with torch.no_grad():
-        out = pruned(*inputs)
-    _count(d, pruned, inputs, "after", before)
-    rec.stage("shape")
-    if _shape(out) != _shape(ref):
-        raise AssertionError(f"output shape changed {_shape(ref)} -> {_shape(out)}")
+    out, _ = _run_and_count(rec, pruned, inputs, ref, before)
     rec.stage("oracle")
     report = fxprune.verify(model, pruned, inputs)
     d.update(oracle=report.status, max_abs_err=report.max_abs_err,
@@ -307,19 +321,12 @@ def _classifiers(model: Any) -> list[Any]:
 
 
 def _child_torch_pruning(rec: _Recorder, name: str, ratio: float) -> None:
-    import torch
     import torch_pruning as tp
 
 
     d = rec.data
     d["version"] = getattr(tp, "__version__", "?")
-    rec.stage("create")
-    model, inputs = _make_model(name)
-    d["input_shape"] = list(inputs[0].shape)
-    with torch.no_grad():
-        ref = model(*inputs)
-    rec.stage("count")
-    before = _count(d, model, inputs, "before")
+    model, inputs, ref, before = _setup(rec, name)
     rec.stage("trace")  # building Torch-Pruning's dependency graph
     t0 = time.perf_counter()
     pruner = tp.pruner.MetaPruner(model, inputs[0],
@@ -328,13 +335,7 @@ def _child_torch_pruning(rec: _Recorder, name: str, ratio: float) -> None:
     rec.stage("rewrite")  # pruner.step(): the in-place surgery
     pruner.step()
     d["seconds"] = time.perf_counter() - t0
-    rec.stage("run")
-    with torch.no_grad():
-        out = model(*inputs)
-    after = _count(d, model, inputs, "after", before)
-    rec.stage("shape")
-    if _shape(out) != _shape(ref):
-        raise AssertionError(f"output shape changed {_shape(ref)} -> {_shape(out)}")
+    _, after = _run_and_count(rec, model, inputs, ref, before)
     macs_fell = after is not None and before is not None and after.macs < before.macs
     if not macs_fell and d.get("params_after", 0) >= d.get("params_before", 0):
         d["stage"] = "macs"

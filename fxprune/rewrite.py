@@ -4,11 +4,13 @@ Reads:  ``gm.meta["fxprune.analysis"]``, ``gm.meta["fxprune.keepsets"]``
 Writes: a NEW GraphModule (the input graph, its modules and the user's model are untouched);
         ``pruned.meta["fxprune.manifest"]``: ``{param path: {dim: kept indices}}``
 
-Every bound parameter axis is sliced to its kept channels; each leaf module is copied with
-``copy.deepcopy`` (sliced tensors pre-seeded in the memo, so full-size weights are never copied
-twice) and its rule fixes its attributes. Rules patch literal arguments of function nodes
-(split sizes, slice bounds, reshape sizes). Postcondition: the new module runs on the example
-inputs and every node has exactly the shape the analysis predicts.
+Every bound parameter axis is sliced to its kept channels; each leaf module is deep-copied
+(sliced tensors pre-seeded in the memo, so full-size weights are never copied) and its rule
+fixes its attributes. Rules patch literal arguments of function nodes (split sizes, slice
+bounds, reshape sizes). Postcondition: the new module runs on the example inputs and its
+outputs have the shapes the analysis predicts (``check="nodes"``: every node has; the test
+harness :func:`fxprune.testing.prune_and_check` uses that); a failure is localized by a
+node-by-node run and raised as :class:`RewriteError` naming the node.
 """
 
 from __future__ import annotations

@@ -56,10 +56,12 @@ def prune_and_check(
         expect: ``"exact"`` or ``"approximate"`` (the oracle's status prefix).
         smaller: require fewer parameters than the original.
         roundtrip: check ``fxprune.save``/``fxprune.load`` gives identical outputs.
-        kwargs: passed to :func:`fxprune.compress` (criterion, ignore, round_to...).
+        kwargs: passed to :func:`fxprune.compress` (criterion, ignore, round_to...); the
+            rewrite checks every node's shape (``check="nodes"``) unless ``check`` is given.
     """
     if not isinstance(example_inputs, tuple):
         example_inputs = (example_inputs,)
+    kwargs.setdefault("check", "nodes")
     model.eval()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     with warnings.catch_warnings():
