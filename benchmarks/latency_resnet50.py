@@ -1,12 +1,22 @@
 """Is the pruned model really faster? timm resnet50, MACs cut to 50%, CPU latency side by side.
 
 Prunes a randomly initialised timm resnet50 to 50% of its MACs with fxprune
-(``target_flops=0.5``, plain and with each ``--round-to`` width multiple) and, if installed,
+(``target_flops=0.5``: plain, with each ``--round-to`` width multiple, and with
+``allocation="global"`` and the last ``--round-to``) and, if installed,
 with Torch-Pruning at the same MACs (MetaPruner, magnitude p=1, the classifier ignored; its
 ratio is bisected to the same MACs, plain and with ``round_to`` = the largest ``--round-to``),
 then times every model in ONE process, interleaved (the order alternates every round), after
 warm-up: median and interquartile range of ``--repeat`` runs at batch 8, 224x224,
-``--threads`` threads. Also reports pruning time (fxprune and Torch-Pruning at ratio 0.3).
+``--threads`` threads, with the minor page faults per run. Also reports pruning time
+(fxprune and Torch-Pruning at ratio 0.3).
+
+glibc's malloc hands large activation buffers back to the OS after every forward pass, and the
+kernel zeroes fresh pages on the next one (~60k page faults, a quarter of resnet50's time here):
+a cost per activation byte, not per MAC. Run it twice, as is and with the allocator keeping its
+memory, to see both::
+
+    MALLOC_MMAP_THRESHOLD_=33554432 MALLOC_TRIM_THRESHOLD_=17179869184 \
+        python benchmarks/latency_resnet50.py --threads 2 --repeat 15
 
     python benchmarks/latency_resnet50.py --threads 2 --repeat 15
 """
@@ -14,6 +24,8 @@ warm-up: median and interquartile range of ``--repeat`` runs at batch 8, 224x224
 from __future__ import annotations
 
 import argparse
+import os
+import resource
 import statistics
 import time
 import warnings
@@ -65,12 +77,32 @@ def quartiles(v: list[float]) -> tuple[float, float]:
     return q[0], q[2]
 
 
+def time_models(models: dict[str, torch.nn.Module], x: torch.Tensor, repeat: int
+                ) -> tuple[dict[str, list[float]], dict[str, int]]:
+    """Two warm-up calls each, then ``repeat`` interleaved rounds: seconds and page faults."""
+    runs: dict[str, list[float]] = {k: [] for k in models}
+    faults = dict.fromkeys(models, 0)
+    with torch.no_grad():
+        for m in models.values():
+            for _ in range(2):
+                m(x)
+        for i in range(repeat):
+            order = list(models) if i % 2 == 0 else list(reversed(models))
+            for k in order:
+                f = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+                t = time.perf_counter()
+                models[k](x)
+                runs[k].append(time.perf_counter() - t)
+                faults[k] += resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f
+    return runs, faults
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--repeat", type=int, default=15)
-    ap.add_argument("--round-to", default="8,16",
+    ap.add_argument("--round-to", default="16",
                     help="comma-separated width multiples to measure besides no rounding")
     ap.add_argument("--no-tp", action="store_true", help="skip Torch-Pruning")
     args = ap.parse_args()
@@ -82,10 +114,13 @@ def main() -> None:
 
     models: dict[str, torch.nn.Module] = {"original": fresh()}
     macs: dict[str, float] = {"original": 1.0}
-    for rt in [None, *roundings]:
-        name = "fxprune" if rt is None else f"fxprune round_to={rt}"
+    configs = [("uniform", None), *(("uniform", rt) for rt in roundings),
+               *(("global", rt) for rt in roundings[-1:])]
+    for alloc, rt in configs:
+        name = "fxprune" + (f" {alloc}" if alloc != "uniform" else "") + (
+            f" round_to={rt}" if rt else "")
         models[name] = fxprune.compress(fresh(), target_flops=0.5, round_to=rt,
-                                        example_inputs=x1).eval()
+                                        allocation=alloc, example_inputs=x1).eval()
         macs[name] = fxprune.count(models[name], x1).macs / base
     t_fx = []
     for _ in range(3):
@@ -110,24 +145,17 @@ def main() -> None:
         print()
 
     x = torch.randn(args.batch, 3, 224, 224)
-    runs: dict[str, list[float]] = {k: [] for k in models}
-    with torch.no_grad():
-        for m in models.values():
-            for _ in range(2):
-                m(x)
-        for i in range(args.repeat):
-            order = list(models) if i % 2 == 0 else list(reversed(models))
-            for k in order:
-                t = time.perf_counter()
-                models[k](x)
-                runs[k].append(time.perf_counter() - t)
+    runs, faults = time_models(models, x, args.repeat)
     med = {k: statistics.median(v) for k, v in runs.items()}
+    malloc = {k: os.environ.get(k, "-") for k in ("MALLOC_MMAP_THRESHOLD_",
+                                                  "MALLOC_TRIM_THRESHOLD_", "LD_PRELOAD")}
     print(f"latency, batch {args.batch}, 224x224, {torch.get_num_threads()} threads, "
-          f"median [IQR] of {args.repeat} interleaved runs:")
+          f"median [IQR] of {args.repeat} interleaved runs; allocator settings {malloc}:")
     for k, v in med.items():
         q1, q3 = quartiles(runs[k])
         print(f"  {k:28s} MACs {macs[k]:.3f}  {v * 1000:7.1f} ms [{q1 * 1000:.0f}-"
-              f"{q3 * 1000:.0f}]  speed-up x{med['original'] / v:.2f}")
+              f"{q3 * 1000:.0f}]  speed-up x{med['original'] / v:.2f}  "
+              f"page faults/run {faults[k] / args.repeat:.0f}")
 
 
 if __name__ == "__main__":

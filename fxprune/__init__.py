@@ -12,6 +12,7 @@ __all__ = [
     "compress",
     "inspect",
     "measure_latency",
+    "auto_round_to",
     "allocate",
     "trace",
     "analyze",
@@ -58,7 +59,7 @@ from .errors import (
     VerificationError,
 )
 from .inspect import inspect
-from .latency import measure_latency
+from .latency import auto_round_to, measure_latency
 from .meta import Group, KeepSet, ParamSlice
 from .rewrite import rewrite
 from .rules import Rule, list_rules, register_rule

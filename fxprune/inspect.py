@@ -24,7 +24,6 @@ from torch import Tensor
 from . import meta
 from .analyze import Analysis, analyze
 from .count import Counts, count
-from .errors import InputError
 from .trace import EXAMPLE_INPUTS, trace
 
 _LAYER_TYPES: tuple[type, ...] = (
@@ -390,7 +389,7 @@ def inspect(
     ratio: float | None = None,
     criterion: Any = "l1",
     ignore: Any = None,
-    round_to: int | None = None,
+    round_to: int | str | None = None,
 ) -> InspectReport:
     """Analyze ``model`` (and optionally prune a copy) and report groups, layers and totals.
 
@@ -404,7 +403,7 @@ def inspect(
             does with its default uniform allocation) and report kept units and after-values.
         criterion: criterion name or function, used with ``ratio``.
         ignore: modules whose output channels are kept (as in :func:`fxprune.compress`).
-        round_to: make every pruned group's kept width a multiple of this.
+        round_to: make every pruned group's kept width a multiple of this (or ``"auto"``).
 
     Returns:
         An :class:`InspectReport`.
@@ -416,12 +415,11 @@ def inspect(
     """
     from .api import _check_ratio, score
     from .rewrite import rewrite
-    from .select import select
+    from .select import resolve_round_to, select
 
     if ratio is not None:
         ratio = _check_ratio(ratio)
-    if round_to is not None and (not isinstance(round_to, int) or round_to < 1):
-        raise InputError(f"round_to must be a positive int, got {round_to!r}")
+    round_to = resolve_round_to(round_to, model)
     gm = trace(model, example_inputs)
     inputs = gm.meta[EXAMPLE_INPUTS]
     pruned: fx.GraphModule | None = None

@@ -11,7 +11,7 @@ are restored afterwards.
 
 from __future__ import annotations
 
-__all__ = ["measure_latency", "LatencyReport"]
+__all__ = ["measure_latency", "LatencyReport", "auto_round_to"]
 
 import copy
 import gc
@@ -46,6 +46,12 @@ class LatencyReport:
         repeat: timed calls per model.
         times_a_ms: every timed call of A.
         times_b_ms: every timed call of B.
+        page_faults_a: minor page faults per timed call of A (None where the platform does
+            not report them). Thousands per call mean the allocator hands activation memory
+            back to the OS after every call and the kernel zeroes it again on the next one: a
+            cost per activation byte, not per MAC, that dilutes any speed-up (see the README,
+            "Is the pruned model faster?").
+        page_faults_b: the same for B.
     """
 
     median_a_ms: float
@@ -60,20 +66,74 @@ class LatencyReport:
     repeat: int
     times_a_ms: tuple[float, ...] = field(default=(), repr=False)
     times_b_ms: tuple[float, ...] = field(default=(), repr=False)
+    page_faults_a: float | None = None
+    page_faults_b: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         """A ``json.dumps``-able dict of the report (without the raw timings)."""
         return {k: getattr(self, k) for k in (
             "median_a_ms", "median_b_ms", "iqr_a_ms", "iqr_b_ms", "speedup", "threads",
-            "device", "batch", "warmup", "repeat")}
+            "device", "batch", "warmup", "repeat", "page_faults_a", "page_faults_b")}
 
     def __str__(self) -> str:
         s = f"A {self.median_a_ms:.3f} ms (IQR {self.iqr_a_ms:.3f})"
         if self.median_b_ms is not None:
             s += f", B {self.median_b_ms:.3f} ms (IQR {self.iqr_b_ms:.3f}), " \
                  f"speed-up {self.speedup:.2f}x"
-        return (s + f" [batch {self.batch}, {self.threads} thread(s), {self.device}, "
-                f"median of {self.repeat}]")
+        s += (f" [batch {self.batch}, {self.threads} thread(s), {self.device}, "
+              f"median of {self.repeat}]")
+        faults = max(self.page_faults_a or 0.0, self.page_faults_b or 0.0)
+        if faults >= PAGE_FAULT_WARN:
+            s += (f"; {faults:.0f} page faults per call: the memory allocator returns "
+                  "activation buffers to the OS after every call (timings include the kernel "
+                  "zeroing them again)")
+        return s
+
+
+PAGE_FAULT_WARN = 1000  # minor faults per call (about 4 MiB of fresh pages) worth a note
+
+
+def _minor_faults() -> int | None:
+    try:
+        import resource
+    except ImportError:  # not on Windows
+        return None
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_minflt)
+
+
+def _interleaved(models: list[nn.Module], inputs: tuple, repeat: int, sync: Callable[[], None]
+                 ) -> tuple[list[list[float]], list[int]]:
+    """Timed calls in alternating order: milliseconds per call and minor page faults, per model."""
+    times: list[list[float]] = [[] for _ in models]
+    faults = [0] * len(models)
+    calls: list[tuple[int, Callable[..., Any]]] = list(enumerate(models))
+    for i in range(repeat):
+        order = calls if i % 2 == 0 else calls[::-1]
+        for k, m in order:
+            sync()
+            f0 = _minor_faults()
+            t0 = time.perf_counter()
+            m(*inputs)
+            sync()
+            times[k].append((time.perf_counter() - t0) * 1e3)
+            f1 = _minor_faults()
+            if f0 is not None and f1 is not None:
+                faults[k] += f1 - f0
+    return times, faults
+
+
+def auto_round_to(device: str | torch.device = "cpu") -> int:
+    """The channel multiple that the device's kernels handle without padding.
+
+    16 on CPUs whose PyTorch kernels use AVX-512 (oneDNN's blocked layouts then hold 16
+    float32 channels), 8 on other CPUs (AVX2: 8 lanes) and on CUDA (tensor cores want
+    multiples of 8). ``compress(..., round_to="auto")`` uses it.
+    """
+    dev = torch.device(device)
+    if dev.type == "cpu":
+        cap = str(torch.backends.cpu.get_cpu_capability()).upper()
+        return 16 if cap.startswith("AVX512") else 8
+    return 8
 
 
 def _device_of(model: nn.Module) -> torch.device:
@@ -172,6 +232,7 @@ def measure_latency(
     flags = [{mod: mod.training for mod in m.modules()} for m in models]
     gc_was_enabled = gc.isenabled()
     times: list[list[float]] = [[] for _ in models]
+    faults = [0] * len(models)
     used_threads = old_threads
     try:
         if threads is not None:
@@ -186,15 +247,7 @@ def measure_latency(
             sync()
             gc.collect()
             gc.disable()
-            calls: list[tuple[int, Callable[..., Any]]] = list(enumerate(models))
-            for i in range(repeat):
-                order = calls if i % 2 == 0 else calls[::-1]
-                for k, m in order:
-                    sync()
-                    t0 = time.perf_counter()
-                    m(*inputs)
-                    sync()
-                    times[k].append((time.perf_counter() - t0) * 1e3)
+            times, faults = _interleaved(models, inputs, repeat, sync)
     finally:
         if gc_was_enabled:
             gc.enable()
@@ -217,4 +270,7 @@ def measure_latency(
         repeat=repeat,
         times_a_ms=tuple(times[0]),
         times_b_ms=tuple(times[1]) if has_b else (),
+        page_faults_a=faults[0] / repeat if _minor_faults() is not None else None,
+        page_faults_b=(faults[1] / repeat if _minor_faults() is not None else None)
+        if has_b else None,
     )

@@ -13,6 +13,7 @@ from __future__ import annotations
 __all__ = ["select", "kept_mask", "keep_count"]
 
 import math
+from typing import Any
 
 import torch
 import torch.fx as fx
@@ -22,6 +23,20 @@ from . import meta
 from .analyze import Analysis
 from .channels import FIRST_ID, pruned_axes
 from .errors import InputError
+
+
+def resolve_round_to(round_to: Any, model: Any = None) -> int | None:
+    """Validate ``round_to``; ``"auto"`` becomes :func:`fxprune.latency.auto_round_to` of the
+    model's device."""
+    if round_to == "auto":
+        from .latency import auto_round_to
+
+        params = model.parameters() if isinstance(model, torch.nn.Module) else iter(())
+        return auto_round_to(next((t.device for t in params), torch.device("cpu")))
+    if round_to is not None and (isinstance(round_to, bool) or not isinstance(round_to, int)
+                                 or round_to < 1):
+        raise InputError(f"round_to must be a positive int or 'auto', got {round_to!r}")
+    return round_to
 
 
 def keep_count(group: meta.Group, ratio: float, round_to: int | None = None) -> int:

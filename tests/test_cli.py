@@ -56,6 +56,8 @@ COMMANDS: dict[str, list[str]] = {
     "compress": ["compress", *CIFAR, "--ratio", "0.5", "--verify", "--batch", "2",
                  "--threads", "1", "--repeat", "3", "--warmup", "1", "-o", "pruned.pt"],
     "verify": ["verify", "cifar:resnet20", "ref.pt"],
+    "auto": ["-q", "compress", *CIFAR, "--ratio", "0.5", "--round-to", "auto", "--no-latency",
+             "-o", "auto.pt"],
     "graph": ["graph", *CIFAR, "-o", "graph.dot"],
     "plot": ["plot", *CIFAR, "--ratio", "0.5", "-o", "widths.png"],
     "criteria": ["list-criteria"],
@@ -112,6 +114,14 @@ def test_compress_prints_table_and_saves(runs):
     pruned = fxprune.load(runs[1] / "pruned.pt")
     assert pruned(torch.randn(2, 3, 32, 32)).shape == (2, 10)
     assert fxprune.count(pruned, X).params < fxprune.count(create_model("resnet20"), X).params
+
+
+def test_compress_round_to_auto(runs):
+    _ok(runs, "auto")
+    rt = fxprune.auto_round_to("cpu")
+    pruned = fxprune.load(runs[1] / "auto.pt")
+    widths = [m.out_channels for m in pruned.modules() if isinstance(m, nn.Conv2d)]
+    assert widths and all(w % rt == 0 for w in widths), (rt, widths)
 
 
 def test_verify(runs):

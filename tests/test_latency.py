@@ -9,6 +9,7 @@ import torch
 import torch.nn as nn
 
 import fxprune
+from fxprune.latency import LatencyReport
 
 X = torch.randn(1, 3, 32, 32)
 
@@ -61,3 +62,39 @@ def test_bad_arguments(kw):
 def test_not_a_module():
     with pytest.raises(fxprune.InputError):
         fxprune.measure_latency(_net(4), "model", X)
+
+
+def test_page_faults_are_counted_and_explained():
+    r = fxprune.measure_latency(_net(8), _net(8), X, warmup=1, repeat=3, threads=1)
+    assert r.page_faults_a is not None and r.page_faults_a >= 0  # Linux: getrusage
+    assert "page_faults_a" in r.to_json()
+    noisy = LatencyReport(10.0, 5.0, 1.0, 1.0, 2.0, 2, "cpu", 8, 1, 3,
+                          page_faults_a=60000.0, page_faults_b=30000.0)
+    assert "60000 page faults per call" in str(noisy)
+    quiet = LatencyReport(10.0, 5.0, 1.0, 1.0, 2.0, 2, "cpu", 8, 1, 3,
+                          page_faults_a=0.0, page_faults_b=0.0)
+    assert "page faults" not in str(quiet)
+
+
+@pytest.mark.parametrize(("cap", "device", "want"), [
+    ("AVX512", "cpu", 16), ("AVX512_BF16", "cpu", 16), ("AVX2", "cpu", 8), ("DEFAULT", "cpu", 8),
+    ("AVX512", "cuda", 8)])
+def test_auto_round_to(monkeypatch, cap, device, want):
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: cap)
+    assert fxprune.auto_round_to(device) == want
+
+
+def test_compress_round_to_auto_and_bad_values():
+    import timm
+
+    model = timm.create_model("resnet18")
+    x = torch.randn(1, 3, 64, 64)
+    pruned = fxprune.compress(model, target_flops=0.5, round_to="auto", example_inputs=x,
+                              verify=True)
+    rt = fxprune.auto_round_to("cpu")
+    widths = [m.out_channels for m in pruned.modules() if isinstance(m, nn.Conv2d)]
+    assert all(w % rt == 0 for w in widths), widths
+    assert pruned.meta["fxprune.verify"].status == "exact"
+    for bad in ("fast", 0, True, 2.0):
+        with pytest.raises(fxprune.InputError, match="round_to must be"):
+            fxprune.compress(model, 0.5, round_to=bad, example_inputs=x)
