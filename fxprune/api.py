@@ -153,9 +153,10 @@ def compress(
             allowed) or types. Channels reaching the graph output are always kept.
         round_to: make every pruned group's kept width a multiple of this; ``"auto"``: the
             multiple the model's device runs fastest (16 on AVX-512 CPUs, else 8; see
-            :func:`fxprune.latency.auto_round_to`). Recommended when latency matters: on this
-            project's CPU, resnet50 at 50% MACs runs ~1.56x faster without it and ~1.8-2.0x
-            with 16 (README, "Is the pruned model faster?").
+            :func:`fxprune.latency.auto_round_to`). Recommended when latency matters: on an
+            AVX-512 CPU, resnet50 at 50% MACs ran 1.57-1.59x faster without it, 1.76-1.83x
+            with 16 and 1.85-1.89x with 16 and ``allocation="global"`` (README, "Is the
+            pruned model faster?").
         strict: raise :class:`UnsupportedOpError` listing every op without a channel rule,
             instead of keeping their channels with a warning.
         verify: check the result against the zero-channel oracle; raises

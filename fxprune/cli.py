@@ -312,8 +312,9 @@ def _cmd_compress(args: argparse.Namespace) -> int:
         faults = max(lat.page_faults_a or 0.0, lat.page_faults_b or 0.0)
         if faults >= PAGE_FAULT_WARN:
             print(f"note: {faults:.0f} page faults per run: the allocator returns activation "
-                  "memory to the OS after every run, a cost per activation byte that dilutes "
-                  "the speed-up; MALLOC_MMAP_THRESHOLD_=33554432 MALLOC_TRIM_THRESHOLD_="
+                  "memory to the OS after every run; that cost follows activation bytes, not "
+                  "MACs, and the allocator's state, so these timings are noisy and can favour "
+                  "either model. MALLOC_MMAP_THRESHOLD_=33554432 MALLOC_TRIM_THRESHOLD_="
                   "17179869184 (or jemalloc/tcmalloc) avoids it")
     if args.verify:
         print(f"oracle: {pruned.meta.get('fxprune.verify', '-')}")

@@ -49,8 +49,8 @@ class LatencyReport:
         page_faults_a: minor page faults per timed call of A (None where the platform does
             not report them). Thousands per call mean the allocator hands activation memory
             back to the OS after every call and the kernel zeroes it again on the next one: a
-            cost per activation byte, not per MAC, that dilutes any speed-up (see the README,
-            "Is the pruned model faster?").
+            cost per activation byte, not per MAC, that depends on the allocator's state and
+            makes speed-ups noisy (see the README, "Is the pruned model faster?").
         page_faults_b: the same for B.
     """
 
