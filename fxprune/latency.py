@@ -231,8 +231,6 @@ def measure_latency(
     old_threads = torch.get_num_threads()
     flags = [{mod: mod.training for mod in m.modules()} for m in models]
     gc_was_enabled = gc.isenabled()
-    times: list[list[float]] = [[] for _ in models]
-    faults = [0] * len(models)
     used_threads = old_threads
     try:
         if threads is not None:
