@@ -107,6 +107,11 @@ def _user_frame(exc: BaseException) -> str:
     return ""
 
 
+try:  # generates and compiles forward() on first use: the pipeline only interprets the graph
+    from torch.fx._lazy_graph_module import _LazyGraphModule as _GraphModule
+except ImportError:  # pragma: no cover - older torch
+    _GraphModule = fx.GraphModule
+
 STACK_TRACER = "fxprune.stack_tracer"  # gm.meta: () -> {node name: stack trace}, on demand
 
 
@@ -192,7 +197,7 @@ def trace(
 
     _scrub_proxies(model)
     name = type(model).__name__
-    gm = fx.GraphModule(model, graph, class_name=name)
+    gm = _GraphModule(model, graph, class_name=name)
     gm.meta[EXAMPLE_INPUTS] = example_inputs
     gm.meta["fxprune.leaf_fallbacks"] = tuple(sorted(leaves))
     gm.meta[STACK_TRACER] = lambda: _stack_traces(model, leaves)
