@@ -30,9 +30,11 @@ def resolve_round_to(round_to: Any, model: Any = None) -> int | None:
     model's device."""
     if round_to == "auto":
         from .latency import auto_round_to
+        from .trace import _model_device_dtype
 
-        params = model.parameters() if isinstance(model, torch.nn.Module) else iter(())
-        return auto_round_to(next((t.device for t in params), torch.device("cpu")))
+        device = (_model_device_dtype(model)[0] if isinstance(model, torch.nn.Module)
+                  else torch.device("cpu"))
+        return auto_round_to(device)
     if round_to is not None and (isinstance(round_to, bool) or not isinstance(round_to, int)
                                  or round_to < 1):
         raise InputError(f"round_to must be a positive int or 'auto', got {round_to!r}")
