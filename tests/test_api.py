@@ -134,9 +134,10 @@ def test_ignore_keeps_module_outputs():
 def test_grouping_is_fast_on_densenet201():
     model = torchvision.models.densenet201()
     gm = fxprune.trace(model, torch.randn(1, 3, 64, 64))
-    t = time.perf_counter()
+    # CPU time of this process, not wall time: the bound must hold on a loaded machine too
+    t = time.process_time()
     analysis = fxprune.analyze(gm)
-    dt = time.perf_counter() - t
+    dt = time.process_time() - t
     assert len(analysis.groups) > 100
     assert dt < 3.0, f"grouping DenseNet-201 took {dt:.2f}s"
 
@@ -158,9 +159,9 @@ def test_deep_slice_add_residual_groups_fast():
     model = SliceAdd()
     x = torch.randn(1, 3, 8, 8)
     gm = fxprune.trace(model, x)
-    t = time.perf_counter()
+    t = time.process_time()
     fxprune.analyze(gm)
-    assert time.perf_counter() - t < 3.0
+    assert time.process_time() - t < 3.0
     pruned = fxprune.compress(model, 0.5, example_inputs=x, verify=True)
     assert pruned.meta["fxprune.verify"].status == "exact"
 
