@@ -19,6 +19,7 @@ import torch
 import torch.fx as fx
 import torch.nn as nn
 
+from ._state import untouched
 from .api import compress
 from .serialize import load, save
 from .verify import verify
@@ -29,14 +30,8 @@ def n_params(m: nn.Module) -> int:
 
 
 def _outputs(m: nn.Module, inputs: tuple) -> Any:
-    flags = {x: x.training for x in m.modules()}
-    try:
-        m.eval()
-        with torch.no_grad():
-            return m(*inputs)
-    finally:
-        for x, t in flags.items():
-            x.training = t
+    with untouched(m, eval_mode=True), torch.no_grad():
+        return m(*inputs)
 
 
 def prune_and_check(
@@ -62,6 +57,7 @@ def prune_and_check(
     if not isinstance(example_inputs, tuple):
         example_inputs = (example_inputs,)
     kwargs.setdefault("check", "nodes")
+    kwargs.setdefault("verify", False)  # verified below, independently (a fresh trace)
     model.eval()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     with warnings.catch_warnings():
