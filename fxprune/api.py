@@ -183,8 +183,9 @@ def compress(
             keeps its own channels and is ``index_add``-ed into a full-width stream, with the
             BatchNorm constants of its removed channels folded in; exact).
         check: the rewrite's postcondition (see :func:`fxprune.rewrite`): ``True`` runs the
-            pruned module once and checks its output shapes, ``"nodes"`` checks every node's
-            shape, ``False`` skips it.
+            pruned module once and checks its output shapes (with ``verify=True`` the oracle's
+            run of the pruned model does that; the node-by-node check then runs only to name
+            a failing node), ``"nodes"`` checks every node's shape, ``False`` skips it.
 
     Returns:
         A ``torch.fx.GraphModule``: train/eval, state_dict, optimizers, ``torch.save``,
@@ -201,6 +202,10 @@ def compress(
     round_to = resolve_round_to(round_to, model)
     if ratio is not None:
         ratio = _check_ratio(ratio)
+    # The oracle runs the pruned model and compares its output shapes too: with verify=True,
+    # check=True's forward pass is left to it, and the rewrite's check runs only to name the
+    # failing node when the pruned model fails or has other output shapes.
+    fold = bool(verify) and check is True
     with untouched(model):  # whatever the model's forward does, the user's model is restored
         gm = trace(model, example_inputs)
         _check_inputs(model, gm.meta[EXAMPLE_INPUTS])
@@ -209,10 +214,17 @@ def compress(
             data=data, seed=seed, progress=progress, allocation=allocation,
             max_ratio=max_ratio, ratios=ratios, target_flops=target_flops,
             target_params=target_params, clr_lambda=clr_lambda, residual=residual,
-            check=check)
+            check=False if fold else check)
         if verify:
             kept = kept_mask(analysis, gm.meta[meta.KEEPSETS])
-            report = verify_analyzed(gm, analysis, kept, pruned, gm.meta[EXAMPLE_INPUTS])
+            try:
+                report = verify_analyzed(gm, analysis, kept, pruned, gm.meta[EXAMPLE_INPUTS])
+            except Exception:
+                if fold:
+                    rewrite(gm, check=True)  # raises a RewriteError naming the node
+                raise
+            if fold and report.kind == "shape_mismatch":
+                rewrite(gm, check=True)
             pruned.meta[meta.VERIFY] = report
             if not report.ok:
                 raise VerificationError(
