@@ -60,10 +60,12 @@ def prune_and_check(
     kwargs.setdefault("verify", False)  # verified below, independently (a fresh trace)
     model.eval()
     before = {k: v.clone() for k, v in model.state_dict().items()}
+    flags = [m.training for m in model.modules()]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         pruned = compress(model, ratio, example_inputs=example_inputs, **kwargs)
     after = model.state_dict()
+    assert [m.training for m in model.modules()] == flags, "compress() changed training flags"
     assert before.keys() == after.keys(), "compress() changed the model's state_dict keys"
     for k, v in before.items():
         assert torch.equal(v, after[k]), f"compress() modified the user's model: {k}"
