@@ -43,7 +43,6 @@ ALLOCATION = "fxprune.allocation"  # pruned gm.meta: {"allocation", "ratios", "t
 RESIDUAL = "fxprune.residual"  # pruned gm.meta: the residual policy it was pruned with
 KEEPSETS = "fxprune.keepsets"  # gm.meta: {group id: KeepSet} (selection)
 MANIFEST = "fxprune.manifest"  # pruned gm.meta: {"param.path": {dim: kept indices}} (rewrite)
-TRAINING = "fxprune.training"  # gm.meta: {module name: training flag} of the user's model (trace)
 
 
 @dataclass(frozen=True, eq=False)

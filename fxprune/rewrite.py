@@ -291,12 +291,12 @@ def rewrite(gm: fx.GraphModule, *, check: bool | str = True) -> fx.GraphModule:
 
 def _copy_training_flags(gm: fx.GraphModule, pruned: fx.GraphModule) -> None:
     """Every module of the result gets the training flag of the module of the same name in
-    the user's model (recorded by :func:`fxprune.trace`; leaf modules carry their own)."""
-    flags = gm.meta.get(meta.TRAINING) or {}
+    ``gm`` (whose containers :func:`fxprune.trace` set from the user's model; its leaf modules
+    are the user's own), not one flag for all."""
+    flags = {name: m.training for name, m in gm.named_modules()}
     for name, m in pruned.named_modules():
         if name in flags:
-            m.training = bool(flags[name])
-    pruned.training = bool(flags.get("", gm.training))
+            m.training = flags[name]
 
 
 def _emit_scatter(graph: fx.Graph, root: dict[str, Any], gm: fx.GraphModule, sc: Any, k: int,

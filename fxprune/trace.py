@@ -25,7 +25,6 @@ import torch
 import torch.fx as fx
 import torch.nn as nn
 
-from . import meta
 from ._perf import gc_paused
 from ._state import untouched
 from .errors import InputError, TraceFailure, is_library_file, short_error
@@ -180,9 +179,9 @@ def trace(
     name = type(model).__name__
     gm = _GraphModule(model, graph, class_name=name)
     gm.meta[EXAMPLE_INPUTS] = example_inputs
-    # per-module training flags (GraphModule makes fresh containers): the result keeps them
+    # GraphModule makes fresh containers (training=True): give them the model's flags, which
+    # the rewrite copies to the result module by module
     flags = {name: m.training for name, m in model.named_modules()}
-    gm.meta[meta.TRAINING] = flags
     for name, m in gm.named_modules():
         if name in flags and m.training != flags[name]:
             m.training = flags[name]
