@@ -5,7 +5,10 @@ convs and linears), must compute what the pruned model computes. Zeroing at the 
 op-agnostic: it covers residual adds, concatenation offsets, depthwise chains and flatten→linear
 alike. Where a weightless op mixes channels (LayerNorm/GroupNorm over C, weight
 standardization), removing a channel is not the same as zeroing it; the report then says
-``approximate: <why>`` instead of ``exact``.
+``approximate: <why>`` instead of ``exact``, after checking the rewrite exactly against a
+statistics-aware reference. Every verdict is listed in :data:`VERDICTS`; ``VerifyReport.ok``
+is that explicit allow-list (``exact`` and ``approximate`` only). The original and the pruned
+model are run under :func:`fxprune._state.untouched`: neither is changed by the check.
 """
 
 from __future__ import annotations
