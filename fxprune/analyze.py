@@ -29,6 +29,7 @@ from torch import Tensor
 
 from . import meta
 from ._perf import gc_paused
+from ._state import untouched
 from .channels import FIRST_ID, FREE, FROZEN, at_axis, axis_ids, fit
 from .errors import (
     FxPruneError,
@@ -118,6 +119,7 @@ class _State:
         self.residual = "coupled"
         self.scatters: list[ScatterAdd] = []
         self.modules: dict[str, nn.Module] = {}
+        self.tied: dict[tuple[int, int], Tensor] = {}  # (id(tensor), dim) -> ids of that axis
 
     def new_ids(self, n: int, owner: str) -> Tensor:
         start = self.n_ids
@@ -141,6 +143,26 @@ class _State:
             a, b = a[keep], b[keep]
         if a.numel():
             self.edges.append(torch.stack([a, b]))
+
+    def tensor_of(self, target: str, param: str) -> Tensor | None:
+        """The tensor bound as ``target.param`` (``param=""``: the attribute ``target``)."""
+        path = f"{target}.{param}" if param else target
+        owner, _, attr = path.rpartition(".")
+        mod = self.modules.get(owner)
+        t = getattr(mod, attr, None) if mod is not None else None
+        return t if isinstance(t, Tensor) else None
+
+    def tie(self, target: str, param: str, dim: int, ids1d: Tensor) -> None:
+        """A tensor shared by several modules (a tied Parameter) is one tensor: every use of
+        its axis ``dim`` is bound to the same channels."""
+        t = self.tensor_of(target, param)
+        if t is None:
+            return
+        prev = self.tied.get((id(t), dim))
+        if prev is None:
+            self.tied[(id(t), dim)] = ids1d
+        elif prev is not ids1d:
+            self.union(prev, ids1d)
 
     def freeze(self, ids: Tensor, reason: str | Located) -> None:
         flat = ids.reshape(-1)
@@ -248,6 +270,7 @@ class PropCtx:
              ) -> None:
         """Declare that entries of ``target.param`` along ``dim`` belong to channels ``ids1d``."""
         tgt = str(self.node.target) if target is None else target
+        self._s.tie(tgt, param, dim, ids1d)
         key = (tgt, param, dim)
         prev = self._s.bound.get(key)
         if prev is not None:  # shared module called twice: its slices must agree
@@ -576,10 +599,9 @@ def analyze(
     state.residual = residual
     state.modules = dict(gm.named_modules())
     prop = _Propagator(gm, state, ignored, strict, progress)
-    flags = {m: m.training for m in gm.modules()}
     try:
-        gm.eval()
-        with torch.no_grad():
+        # the run must not change the user's modules (gm shares them): flags, buffers, ties
+        with untouched(gm, eval_mode=True), torch.no_grad():
             prop.run(*inputs)
     except FxPruneError:
         raise
@@ -590,9 +612,7 @@ def analyze(
             "Hint: check that example_inputs have the shape, dtype and device the model expects "
             "(e.g. example_inputs=torch.randn(1, 3, 224, 224))."
         ) from e
-    finally:
-        for m, t in flags.items():
-            m.training = t
+    _freeze_partial_ties(gm, state)
     if state.unsupported:
         lines = "\n".join(f"  {op}  at {', '.join(locs[:3])}" + (" ..." if len(locs) > 3 else "")
                           for op, locs in sorted(state.unsupported.items()))
@@ -611,6 +631,36 @@ def analyze(
     logger.info("analyzed %d nodes: %d channels in %d groups", len(gm.graph.nodes),
                 state.n_ids - FIRST_ID, len(analysis.groups))
     return analysis
+
+
+def _freeze_partial_ties(gm: fx.GraphModule, state: _State) -> None:
+    """A tensor shared by several users of the graph can be cut only if every user binds the
+    cut axis (conv and conv, norm and norm). When one user cannot slice it (a module without a
+    rule, a multi-axis attribute), the tensor's bound channels are kept."""
+    users: dict[int, list[str]] = {}
+    for n in gm.graph.nodes:
+        if n.op == "call_module":
+            mod = state.modules.get(str(n.target))
+            if mod is None:
+                continue
+            named = [*mod.named_parameters(remove_duplicate=False),
+                     *mod.named_buffers(remove_duplicate=False)]
+            for rel, t in named:
+                users.setdefault(id(t), []).append(f"{n.target}.{rel}")
+        elif n.op == "get_attr":
+            t = state.tensor_of(str(n.target), "")
+            if t is not None:
+                users.setdefault(id(t), []).append(str(n.target))
+    shared = {k: sorted(set(v)) for k, v in users.items() if len(set(v)) > 1}
+    if not shared:
+        return
+    bound = {(f"{b.target}.{b.param}" if b.param else b.target, b.dim) for b in state.bindings}
+    for b in state.bindings:
+        t = state.tensor_of(b.target, b.param)
+        paths = shared.get(id(t)) if t is not None else None
+        missing = [p for p in paths or () if (p, b.dim) not in bound]
+        if missing:
+            state.freeze(b.ids, f"tensor shared with '{missing[0]}', which cannot slice it")
 
 
 def _current_node(prop: _Propagator) -> str:

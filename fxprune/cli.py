@@ -336,7 +336,11 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     x = _inputs(original, args, saved_shape or default)
     report = verify(original, pruned, x)
     print(f"oracle: {report}")
-    return 0 if report.ok else 1
+    if not report.ok:  # only exact and approximate (structure verified exactly) pass
+        print(f"fxprune: error: the pruned model does not pass the oracle ({report.kind})",
+              file=sys.stderr)
+        return 1
+    return 0
 
 
 def _cmd_graph(args: argparse.Namespace) -> int:
@@ -486,7 +490,9 @@ def _compress_parser(sub: Any, common: argparse.ArgumentParser) -> None:
                    help="residual policy (default coupled; scatter = SFP/FPGM index_add)")
     p.add_argument("--strict", action="store_true",
                    help="fail (exit 3) on ops without a channel rule")
-    p.add_argument("--verify", action="store_true", help="check against the oracle")
+    p.add_argument("--verify", action=argparse.BooleanOptionalAction, default=True,
+                   help="check against the oracle (default; exit 1 unless exact or "
+                        "approximate with its structure verified exactly)")
     p.add_argument("--batch", type=int, default=8, help="batch size for latency (default 8)")
     p.add_argument("--threads", type=int, default=None, help="torch threads for latency")
     p.add_argument("--repeat", type=int, default=20, help="timed runs per model (default 20)")

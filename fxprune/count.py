@@ -16,6 +16,7 @@ import torch
 import torch.nn as nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from ._state import untouched
 from .trace import default_example_inputs
 
 
@@ -40,17 +41,12 @@ def count(model: nn.Module, example_inputs: Any = None) -> Counts:
         example_inputs = (example_inputs,)
     inputs = tuple(x[:1] if isinstance(x, torch.Tensor) and x.dim() > 0 else x
                    for x in example_inputs)
-    flags = {m: m.training for m in model.modules()}
     counter = FlopCounterMode(display=False, depth=None)
-    try:
-        model.eval()
-        # not under no_grad: FlopCounterMode's module tracker hooks the inputs that require
-        # grad, and a view of a parameter made under no_grad (timm's latent.expand) has none
-        with counter:
-            model(*inputs)
-    finally:
-        for m, t in flags.items():
-            m.training = t
+    # flags and buffers are restored (a forward may update them). Not under no_grad:
+    # FlopCounterMode's module tracker hooks the inputs that require grad, and a view of a
+    # parameter made under no_grad (timm's latent.expand) has none
+    with untouched(model, eval_mode=True), counter:
+        model(*inputs)
     total = counter.get_total_flops() // 2
     by_op = counter.get_flop_counts().get("Global", {})
     conv = sum(v for k, v in by_op.items() if "convolution" in str(k)) // 2

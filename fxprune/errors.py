@@ -12,7 +12,12 @@ __all__ = [
     "InputError",
     "node_location",
     "short_error",
+    "is_library_file",
 ]
+
+import functools
+import importlib.util
+import os
 
 import torch.fx as fx
 
@@ -113,14 +118,58 @@ def _stack_trace(node: fx.Node) -> str | None:
     return node.meta.get("stack_trace")
 
 
+@functools.lru_cache(maxsize=1)
+def _library_dirs() -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(library folders, model folders inside them): real paths of the installed packages.
+
+    torch's package folder and fxprune's (``fxprune``, ``fxprune.rules``, and
+    ``fxprune.passes``, which an editable install maps to the top-level ``passes/``) hold
+    library code; ``fxprune.models`` holds model code, whose frames are the user's.
+    """
+    import torch
+
+    def folder(name: str) -> str | None:
+        try:
+            spec = importlib.util.find_spec(name)
+        except (ImportError, ValueError):
+            return None
+        if spec is None or not spec.origin:
+            return None
+        return os.path.realpath(os.path.dirname(spec.origin))
+
+    libs = [os.path.realpath(os.path.dirname(torch.__file__))]
+    libs += [d for d in map(folder, ("fxprune", "fxprune.rules", "fxprune.passes")) if d]
+    models = [d for d in (folder("fxprune.models"),) if d]
+    return tuple(dict.fromkeys(libs)), tuple(models)
+
+
+def _under(path: str, folder: str) -> bool:
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+@functools.lru_cache(maxsize=4096)
+def is_library_file(filename: str) -> bool:
+    """True for a file of torch or of fxprune's own code (not ``fxprune.models``), and for
+    generated code (``<eval_with_key>``...). Compares real paths with the installed packages'
+    folders, so a user's project under a folder named ``torch`` or ``fxprune`` is still the
+    user's."""
+    if filename.startswith("<"):
+        return True
+    path = os.path.realpath(filename)
+    libs, models = _library_dirs()
+    if any(_under(path, m) for m in models):
+        return False
+    return any(_under(path, d) for d in libs)
+
+
 def user_source_line(node: fx.Node) -> str:
-    """The innermost frame of the node's recorded stack trace outside torch: the user's line."""
+    """The innermost frame of the node's recorded stack trace outside torch and fxprune's own
+    code (see :func:`is_library_file`): the user's line."""
     trace = _stack_trace(node)
     if not trace:
         return ""
     lines = [ln.strip() for ln in trace.strip().splitlines() if ln.strip().startswith("File ")]
-    lines = [ln for ln in lines
-             if not any(p in ln.replace("\\", "/") for p in ("/torch/", "/fxprune/"))] or lines
+    lines = [ln for ln in lines if not is_library_file(_frame_file(ln))] or lines
     if not lines:
         return ""
     last = lines[-1]
@@ -132,3 +181,9 @@ def user_source_line(node: fx.Node) -> str:
         return f"{path}:{lineno} ({func})"
     except IndexError:
         return last
+
+
+def _frame_file(line: str) -> str:
+    """``'File "/path/x.py", line 41, in forward'`` -> ``'/path/x.py'``."""
+    parts = line.split('"')
+    return parts[1] if len(parts) > 2 else line

@@ -25,6 +25,7 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
+from ._state import untouched
 from .errors import InputError
 from .trace import EXAMPLE_INPUTS, default_example_inputs
 
@@ -229,16 +230,14 @@ def measure_latency(
             torch.cuda.synchronize(dev)
 
     old_threads = torch.get_num_threads()
-    flags = [{mod: mod.training for mod in m.modules()} for m in models]
     gc_was_enabled = gc.isenabled()
     used_threads = old_threads
     try:
         if threads is not None:
             torch.set_num_threads(threads)
         used_threads = torch.get_num_threads()
-        for m in models:
-            m.eval()
-        with torch.no_grad():
+        # flags and buffers are restored afterwards (a forward may update them)
+        with untouched(*models, eval_mode=True), torch.no_grad():
             for m in models:
                 for _ in range(warmup):
                     m(*inputs)
@@ -250,9 +249,6 @@ def measure_latency(
         if gc_was_enabled:
             gc.enable()
         torch.set_num_threads(old_threads)
-        for fl in flags:
-            for mod, t in fl.items():
-                mod.training = t
     med = [statistics.median(ts) for ts in times]
     has_b = len(models) == 2
     return LatencyReport(

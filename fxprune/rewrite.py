@@ -30,6 +30,7 @@ from torch.utils._pytree import tree_flatten
 
 from . import meta
 from ._perf import gc_paused
+from ._state import untouched
 from .analyze import Analysis
 from .channels import kept_along
 from .errors import FxPruneError, InputError, RewriteError, node_location, short_error
@@ -124,13 +125,36 @@ def _slice(t: Tensor, cuts: list[tuple[int, Tensor]]) -> Tensor:
     return new
 
 
-def _clone_module(mod: nn.Module, cuts: dict[str, list[tuple[int, Tensor]]]) -> nn.Module:
-    memo: dict[int, Any] = {}
+def _clone_module(mod: nn.Module, cuts: dict[str, list[tuple[int, Tensor]]],
+                  memo: dict[int, Any] | None = None) -> nn.Module:
+    """Deep-copy ``mod`` with the tensors in ``cuts`` sliced.
+
+    One ``memo`` shared by all the modules of a rewrite keeps what the original shares
+    shared: a Parameter tied between two modules becomes ONE sliced Parameter in the result
+    (the analysis couples the axes of every use of a tensor, so all uses cut it alike).
+    """
+    memo = {} if memo is None else memo
     for name, c in cuts.items():
         t = _get(mod, name)
         if isinstance(t, Tensor):
-            memo[id(t)] = _slice(t, c)
+            _seed(memo, t, c, name)
     return _deepcopy(mod, memo)
+
+
+_CUTS = "fxprune.cuts"  # memo key: {id(tensor): its cuts}, to check that tied uses agree
+
+
+def _seed(memo: dict[Any, Any], t: Tensor, cuts: list[tuple[int, Tensor]], name: str) -> None:
+    seen = memo.setdefault(_CUTS, {})
+    prev = seen.get(id(t))
+    if prev is not None:
+        if [(d, i.tolist()) for d, i in prev] != [(d, i.tolist()) for d, i in cuts]:
+            raise RewriteError(
+                f"the tensor '{name}' is shared by several modules that cut it differently. This "
+                "is a bug in fxprune (tied tensors are coupled); please report it with the model.")
+        return
+    seen[id(t)] = cuts
+    memo[id(t)] = _slice(t, cuts)
 
 
 _ATOMIC = frozenset({int, float, bool, str, bytes, type(None), torch.dtype, torch.device,
@@ -219,6 +243,7 @@ def rewrite(gm: fx.GraphModule, *, check: bool | str = True) -> fx.GraphModule:
         by_target[target][param] = c
 
     modules = dict(gm.named_modules())
+    memo: dict[Any, Any] = {}  # shared by every copy: ties and shared tensors stay shared
     graph = fx.Graph()
     env: dict[fx.Node, fx.Node] = {}
     old_of: dict[fx.Node, fx.Node] = {}
@@ -230,7 +255,7 @@ def rewrite(gm: fx.GraphModule, *, check: bool | str = True) -> fx.GraphModule:
         new.meta = {k: v for k, v in node.meta.items() if k not in (meta.IDS,)}
         if node.op == "call_module" and node.target not in root:
             old_mod = modules[str(node.target)]
-            new_mod = _clone_module(old_mod, by_target.get(str(node.target), {}))
+            new_mod = _clone_module(old_mod, by_target.get(str(node.target), {}), memo)
             rule = rule_for(node, modules)
             if rule is not None and str(node.target) in by_target:
                 rule.update_module(new_mod, old_mod)
@@ -238,9 +263,9 @@ def rewrite(gm: fx.GraphModule, *, check: bool | str = True) -> fx.GraphModule:
         elif node.op == "get_attr" and node.target not in root:
             value = _get(gm, str(node.target))
             c = by_target.get(str(node.target), {}).get("")
-            root[str(node.target)] = (_slice(value, c) if c else
-                                      copy.deepcopy(value)) if isinstance(value, Tensor) else (
-                copy.deepcopy(value))
+            if c and isinstance(value, Tensor):
+                _seed(memo, value, c, str(node.target))
+            root[str(node.target)] = _deepcopy(value, memo)
     ctx = RewriteCtx(old_of, kept)
     for new in list(graph.nodes):
         if new.op in ("call_function", "call_method", "call_module"):
@@ -254,7 +279,7 @@ def rewrite(gm: fx.GraphModule, *, check: bool | str = True) -> fx.GraphModule:
     graph.lint()
     pruned = fx.GraphModule(root, graph, class_name=f"Pruned{type(gm).__name__}")
     pruned.meta[RESIDUAL] = analysis.residual
-    pruned.train(gm.training)
+    _copy_training_flags(gm, pruned)
     pruned.meta[EXAMPLE_INPUTS] = gm.meta.get(EXAMPLE_INPUTS)
     pruned.meta[meta.MANIFEST] = {
         (f"{t}.{p}" if p else t): {d: idx.tolist() for d, idx in c}
@@ -262,6 +287,16 @@ def rewrite(gm: fx.GraphModule, *, check: bool | str = True) -> fx.GraphModule:
     if check:
         check_shapes(pruned, old_of, ctx, nodes=check == "nodes")
     return pruned
+
+
+def _copy_training_flags(gm: fx.GraphModule, pruned: fx.GraphModule) -> None:
+    """Every module of the result gets the training flag of the module of the same name in
+    ``gm`` (whose containers :func:`fxprune.trace` set from the user's model; its leaf modules
+    are the user's own), not one flag for all."""
+    flags = {name: m.training for name, m in gm.named_modules()}
+    for name, m in pruned.named_modules():
+        if name in flags:
+            m.training = flags[name]
 
 
 def _emit_scatter(graph: fx.Graph, root: dict[str, Any], gm: fx.GraphModule, sc: Any, k: int,
@@ -351,19 +386,12 @@ def check_shapes(pruned: fx.GraphModule, old_of: dict[fx.Node, fx.Node], ctx: Re
         return
     old_by_new = {n: old_of[n] for n in pruned.graph.nodes if n in old_of}
     if not nodes:
-        flags = {m: m.training for m in pruned.modules()}
-        try:
-            pruned.eval()
+        with untouched(pruned, eval_mode=True):  # the check leaves the result as built
             if _output_ok(pruned, old_by_new, ctx, inputs):
                 return
-        finally:
-            for m, t in flags.items():
-                m.training = t
     checker = _ShapeCheck(pruned, old_by_new, ctx)
-    flags = {m: m.training for m in pruned.modules()}
     try:
-        pruned.eval()
-        with torch.no_grad():
+        with untouched(pruned, eval_mode=True), torch.no_grad():
             checker.run(*inputs)
     except FxPruneError:
         raise
@@ -372,9 +400,6 @@ def check_shapes(pruned: fx.GraphModule, old_of: dict[fx.Node, fx.Node], ctx: Re
         raise RewriteError(
             f"the pruned model fails at {where}: {short_error(e)}. This is a bug in the "
             "rule of this op or of one before it; please report it with the model.") from e
-    finally:
-        for m, t in flags.items():
-            m.training = t
     if not nodes:  # every node had its shape, yet the compiled module failed or differed
         raise RewriteError(
             "the pruned model's output does not have the shapes the analysis predicts, although "

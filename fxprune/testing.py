@@ -19,6 +19,7 @@ import torch
 import torch.fx as fx
 import torch.nn as nn
 
+from ._state import untouched
 from .api import compress
 from .serialize import load, save
 from .verify import verify
@@ -29,14 +30,8 @@ def n_params(m: nn.Module) -> int:
 
 
 def _outputs(m: nn.Module, inputs: tuple) -> Any:
-    flags = {x: x.training for x in m.modules()}
-    try:
-        m.eval()
-        with torch.no_grad():
-            return m(*inputs)
-    finally:
-        for x, t in flags.items():
-            x.training = t
+    with untouched(m, eval_mode=True), torch.no_grad():
+        return m(*inputs)
 
 
 def prune_and_check(
@@ -62,12 +57,15 @@ def prune_and_check(
     if not isinstance(example_inputs, tuple):
         example_inputs = (example_inputs,)
     kwargs.setdefault("check", "nodes")
+    kwargs.setdefault("verify", False)  # verified below, independently (a fresh trace)
     model.eval()
     before = {k: v.clone() for k, v in model.state_dict().items()}
+    flags = [m.training for m in model.modules()]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         pruned = compress(model, ratio, example_inputs=example_inputs, **kwargs)
     after = model.state_dict()
+    assert [m.training for m in model.modules()] == flags, "compress() changed training flags"
     assert before.keys() == after.keys(), "compress() changed the model's state_dict keys"
     for k, v in before.items():
         assert torch.equal(v, after[k]), f"compress() modified the user's model: {k}"

@@ -26,7 +26,8 @@ import torch.fx as fx
 import torch.nn as nn
 
 from ._perf import gc_paused
-from .errors import InputError, TraceFailure, short_error
+from ._state import untouched
+from .errors import InputError, TraceFailure, is_library_file, short_error
 from .rules import RULES
 
 EXAMPLE_INPUTS = "fxprune.example_inputs"
@@ -97,11 +98,11 @@ def default_example_inputs(model: nn.Module) -> tuple[torch.Tensor, ...]:
 
 
 def _user_frame(exc: BaseException) -> str:
-    """The innermost traceback frame outside torch and fxprune: the user's line."""
+    """The innermost traceback frame outside torch and fxprune's own code: the user's line
+    (see :func:`fxprune.errors.is_library_file`)."""
     frames = traceback.extract_tb(exc.__traceback__)
     for fr in reversed(frames):
-        f = fr.filename.replace("\\", "/")
-        if "/torch/" in f or "/fxprune/" in f or f.startswith("<"):
+        if is_library_file(fr.filename):
             continue
         return f"{fr.filename}:{fr.lineno} ({fr.name}): {fr.line}"
     return ""
@@ -117,8 +118,9 @@ STACK_TRACER = "fxprune.stack_tracer"  # gm.meta: () -> {node name: stack trace}
 
 def _stack_traces(model: nn.Module, leaves: set[str]) -> dict[str, str]:
     """Trace again, recording stack traces: node names are the same as in the first trace."""
-    graph = FxPruneTracer(leaves, record_stack_traces=True).trace(model)
-    _scrub_proxies(model)
+    with untouched(model):  # tracing runs Python code on real buffers (self.n.add_(1))
+        graph = FxPruneTracer(leaves, record_stack_traces=True).trace(model)
+        _scrub_proxies(model)
     return {n.name: n.meta["stack_trace"] for n in graph.nodes if n.meta.get("stack_trace")}
 
 
@@ -172,6 +174,24 @@ def trace(
         example_inputs = (example_inputs,)
     example_inputs = tuple(example_inputs)
 
+    with untouched(model):  # tracing runs Python code on real buffers (self.n.add_(1))
+        graph, leaves = _trace_graph(model)
+    name = type(model).__name__
+    gm = _GraphModule(model, graph, class_name=name)
+    gm.meta[EXAMPLE_INPUTS] = example_inputs
+    # GraphModule makes fresh containers (training=True): give them the model's flags, which
+    # the rewrite copies to the result module by module
+    flags = {name: m.training for name, m in model.named_modules()}
+    for name, m in gm.named_modules():
+        if name in flags and m.training != flags[name]:
+            m.training = flags[name]
+    gm.meta["fxprune.leaf_fallbacks"] = tuple(sorted(leaves))
+    gm.meta[STACK_TRACER] = lambda: _stack_traces(model, leaves)
+    return gm
+
+
+def _trace_graph(model: nn.Module) -> tuple[fx.Graph, set[str]]:
+    """Trace, retrying with each failing submodule as an opaque leaf."""
     leaves: set[str] = set()
     for _ in range(_MAX_LEAF_RETRIES):
         tracer = FxPruneTracer(leaves)
@@ -196,9 +216,4 @@ def trace(
         raise TraceFailure(f"gave up tracing {type(model).__name__} after {len(leaves)} retries")
 
     _scrub_proxies(model)
-    name = type(model).__name__
-    gm = _GraphModule(model, graph, class_name=name)
-    gm.meta[EXAMPLE_INPUTS] = example_inputs
-    gm.meta["fxprune.leaf_fallbacks"] = tuple(sorted(leaves))
-    gm.meta[STACK_TRACER] = lambda: _stack_traces(model, leaves)
-    return gm
+    return graph, leaves

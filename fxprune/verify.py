@@ -5,12 +5,16 @@ convs and linears), must compute what the pruned model computes. Zeroing at the 
 op-agnostic: it covers residual adds, concatenation offsets, depthwise chains and flatten→linear
 alike. Where a weightless op mixes channels (LayerNorm/GroupNorm over C, weight
 standardization), removing a channel is not the same as zeroing it; the report then says
-``approximate: <why>`` instead of ``exact``.
+``approximate: <why>`` instead of ``exact``, after checking the rewrite exactly against a
+statistics-aware reference. Every verdict is listed in :data:`VERDICTS`; ``VerifyReport.ok``
+is that explicit allow-list (``exact`` and ``approximate`` only). The original and the pruned
+model are run under :func:`fxprune._state.untouched`: neither is changed by the check.
 """
 
 from __future__ import annotations
 
-__all__ = ["verify", "VerifyReport", "masked_outputs", "kept_from_manifest"]
+__all__ = ["verify", "VerifyReport", "VERDICTS", "masked_outputs", "kept_from_manifest",
+           "incompatibility"]
 
 from dataclasses import dataclass
 from typing import Any
@@ -21,23 +25,48 @@ import torch.nn as nn
 from torch import Tensor
 
 from . import meta
+from ._state import untouched
 from .analyze import Analysis, analyze
 from .channels import FIRST_ID, pruned_axes
 from .errors import InputError
 from .trace import EXAMPLE_INPUTS, trace
 
+#: Every kind of verdict :func:`verify` gives, and whether it means the pruned model is right.
+#: ``ok`` is this explicit allow-list: a new kind is not ok until it is added here as ok.
+VERDICTS: dict[str, bool] = {
+    "exact": True,                # equal to the zero-channel oracle (within rtol)
+    "approximate": True,          # differs only where a weightless op mixes channels, and equal
+                                  # to the statistics-aware oracle (structure verified exactly)
+    "mismatch": False,            # differs from the zero-channel oracle
+    "structural_mismatch": False,  # approximate ops, and differs even from the exact reference
+    "shape_mismatch": False,      # outputs differ in number or shape
+    "incompatible": False,        # the pruned model was not made from this original
+}
+OK_KINDS = frozenset(k for k, ok in VERDICTS.items() if ok)
+
 
 @dataclass(frozen=True)
 class VerifyReport:
-    """``status`` is ``exact``, ``approximate: <why>`` or ``mismatch``."""
+    """The oracle's verdict.
+
+    ``kind`` is one of :data:`VERDICTS` (``exact``, ``approximate``, ``mismatch``,
+    ``structural_mismatch``, ``shape_mismatch``, ``incompatible``); ``status`` is the
+    human-readable line (``exact``, ``approximate: <why> (structure verified exactly)``,
+    ``mismatch...``). ``ok`` is True for ``exact`` and ``approximate`` only.
+    """
 
     status: str
     max_abs_err: float
     max_rel_err: float
+    kind: str = "mismatch"
+
+    def __post_init__(self) -> None:
+        if self.kind not in VERDICTS:
+            raise ValueError(f"unknown verdict kind {self.kind!r}; one of {sorted(VERDICTS)}")
 
     @property
     def ok(self) -> bool:
-        return self.status != "mismatch"
+        return self.kind in OK_KINDS
 
     def __str__(self) -> str:
         return f"{self.status} (max abs err {self.max_abs_err:.3g}, rel {self.max_rel_err:.3g})"
@@ -116,14 +145,8 @@ def align_ids(ids: Tensor, ndim: int) -> Tensor:
 def masked_outputs(gm: fx.GraphModule, analysis: Analysis, kept: Tensor, inputs: tuple,
                    structural: bool = False) -> Any:
     """Run the original graph with pruned channels zeroed at their consumers."""
-    flags = {m: m.training for m in gm.modules()}
-    try:
-        gm.eval()
-        with torch.no_grad():
-            return _Masked(gm, analysis, kept, structural).run(*inputs)
-    finally:
-        for m, t in flags.items():
-            m.training = t
+    with untouched(gm, eval_mode=True), torch.no_grad():
+        return _Masked(gm, analysis, kept, structural).run(*inputs)
 
 
 def kept_from_manifest(analysis: Analysis, manifest: dict[str, dict[int, list[int]]]) -> Tensor:
@@ -158,13 +181,14 @@ def compare(pruned_out: Any, oracle_out: Any, analysis: Analysis, kept: Tensor,
     if len(a) != len(b) or any(x.shape != y.shape for x, y in zip(a, b)):
         shapes = [tuple(x.shape) for x in a], [tuple(y.shape) for y in b]
         return VerifyReport(f"mismatch: output shapes differ {shapes[0]} vs {shapes[1]}",
-                            float("inf"), float("inf"))
+                            float("inf"), float("inf"), "shape_mismatch")
     abs_err = max((float((x.double() - y.double()).abs().max()) for x, y in zip(a, b)
                    if x.numel()), default=0.0)
     scale = max((float(y.double().abs().max()) for y in b if y.numel()), default=0.0)
     rel_err = abs_err / scale if scale > 0 else abs_err
     ok = _close(a, b, rtol)
-    return VerifyReport("exact" if ok else "mismatch", abs_err, rel_err)
+    return VerifyReport("exact" if ok else "mismatch", abs_err, rel_err,
+                        "exact" if ok else "mismatch")
 
 
 def _close(a: list[Tensor], b: list[Tensor], rtol: float) -> bool:
@@ -205,16 +229,67 @@ def verify(original: nn.Module, pruned: fx.GraphModule, example_inputs: Any = No
         raise InputError("verify() needs a pruned GraphModule made by fxprune (no manifest found)")
     if example_inputs is None:
         example_inputs = pruned.meta.get(EXAMPLE_INPUTS)
-    gm = trace(original, example_inputs)
-    inputs = gm.meta[EXAMPLE_INPUTS]
-    _check_inputs(original, inputs)
-    import warnings
+    with untouched(original):
+        gm = trace(original, example_inputs)
+        inputs = gm.meta[EXAMPLE_INPUTS]
+        _check_inputs(original, inputs)
+        import warnings
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        analysis = analyze(gm, residual=pruned.meta.get(meta.RESIDUAL, "coupled"))
-    kept = kept_from_manifest(analysis, manifest)
-    return verify_analyzed(gm, analysis, kept, pruned, inputs, rtol=rtol)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            analysis = analyze(gm, residual=pruned.meta.get(meta.RESIDUAL, "coupled"))
+        why = incompatibility(gm, analysis, pruned, manifest)
+        if why is not None:
+            return VerifyReport(f"mismatch: the pruned model was not made from this original "
+                                f"({why})", float("inf"), float("inf"), "incompatible")
+        kept = kept_from_manifest(analysis, manifest)
+        return verify_analyzed(gm, analysis, kept, pruned, inputs, rtol=rtol)
+
+
+def incompatibility(gm: fx.GraphModule, analysis: Analysis, pruned: nn.Module,
+                    manifest: Any) -> str | None:
+    """Why ``pruned`` cannot come from the analyzed original ``gm``, or None.
+
+    Every manifest entry must name a channel axis the original binds, with kept indices in
+    range, and every tensor of the pruned model must have the original's shape with the
+    manifest's axes cut to their kept counts (the rewrite's own constants excepted).
+    """
+    if not isinstance(manifest, dict):
+        return "its manifest is not a mapping"
+    sizes: dict[tuple[str, int], int] = {}
+    for b in analysis.bindings:
+        sizes[(f"{b.target}.{b.param}" if b.param else b.target, b.dim)] = b.ids.numel()
+    for path, dims in manifest.items():
+        if not isinstance(dims, dict):
+            return f"manifest entry {path!r} is not a mapping"
+        for d, idx in dims.items():
+            n = sizes.get((path, d))
+            if n is None:
+                return f"the original has no prunable axis {d} of '{path}'"
+            if not isinstance(idx, (list, tuple)) or not all(
+                    isinstance(i, int) and 0 <= i < n for i in idx) or len(set(idx)) != len(idx):
+                return f"the kept indices of '{path}' axis {d} do not fit its {n} channels"
+    original = dict(gm.state_dict(keep_vars=True))
+    mine = pruned.state_dict(keep_vars=True)
+    missing = [k for k in original if k not in mine]
+    if missing:
+        return f"it has no tensor '{missing[0]}'" + (
+            f" (and {len(missing) - 1} more)" if len(missing) > 1 else "")
+    for name, t in mine.items():
+        if name.rsplit(".", 1)[-1].startswith("fxprune_"):
+            continue  # residual="scatter" constants
+        o = original.get(name)
+        if not isinstance(t, Tensor):
+            continue
+        if o is None:
+            return f"the original has no tensor '{name}'"
+        want = list(o.shape)
+        for d, idx in (manifest.get(name) or {}).items():
+            if isinstance(d, int) and 0 <= d < len(want):
+                want[d] = len(idx)
+        if list(t.shape) != want:
+            return f"'{name}' has shape {tuple(t.shape)}, expected {tuple(want)}"
+    return None
 
 
 def verify_analyzed(gm: fx.GraphModule, analysis: Analysis, kept: Tensor,
@@ -222,24 +297,18 @@ def verify_analyzed(gm: fx.GraphModule, analysis: Analysis, kept: Tensor,
     """Oracle check. Where the zero-channel oracle is only approximate, the rewrite is still
     checked exactly against a statistics-aware oracle (the approximate ops run on the kept
     channels only); a mismatch there is reported as ``mismatch``."""
-    flags = {m: m.training for m in pruned.modules()}
-    try:
-        pruned.eval()
-        with torch.no_grad():
-            out = pruned(*inputs)
-    finally:
-        for m, t in flags.items():
-            m.training = t
+    with untouched(pruned, eval_mode=True), torch.no_grad():
+        out = pruned(*inputs)
     oracle = masked_outputs(gm, analysis, kept, inputs)
     report = compare(out, oracle, analysis, kept, rtol)
     reasons = approx_reasons(analysis, kept)
-    if not reasons or report.status.startswith("mismatch: output shapes"):
+    if not reasons or report.kind == "shape_mismatch":
         return report
     structural = masked_outputs(gm, analysis, kept, inputs, structural=True)
     s_report = compare(out, structural, analysis, kept, rtol)
-    if s_report.status != "exact":
+    if s_report.kind != "exact":
         return VerifyReport(f"mismatch (even against the statistics-aware oracle, max abs err "
                             f"{s_report.max_abs_err:.3g})", report.max_abs_err,
-                            report.max_rel_err)
+                            report.max_rel_err, "structural_mismatch")
     return VerifyReport(f"approximate: {'; '.join(reasons[:3])} (structure verified exactly)",
-                        report.max_abs_err, report.max_rel_err)
+                        report.max_abs_err, report.max_rel_err, "approximate")
