@@ -16,7 +16,6 @@ from __future__ import annotations
 __all__ = ["analyze", "Analysis", "PropCtx", "Unsupported"]
 
 import logging
-import operator
 import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -30,6 +29,7 @@ from torch import Tensor
 from . import meta
 from ._perf import gc_paused
 from .channels import FIRST_ID, FREE, FROZEN, at_axis, axis_ids, fit
+from .counts import SIZE_DEPS, size_deps, size_uses
 from .errors import (
     FxPruneError,
     InputError,
@@ -94,6 +94,7 @@ class Analysis:
     space_owner: list[tuple[int, int, str]] = field(default_factory=list)  # (start, n, node)
     scatters: list[ScatterAdd] = field(default_factory=list)
     residual: str = "coupled"
+    pins: dict[str, tuple[int | str, ...]] = field(default_factory=dict)  # see fxprune.counts
 
     def ids(self, node: fx.Node) -> Any:
         return meta.get_ids(node)
@@ -118,6 +119,7 @@ class _State:
         self.residual = "coupled"
         self.scatters: list[ScatterAdd] = []
         self.modules: dict[str, nn.Module] = {}
+        self.pins: dict[str, tuple[int | str, ...]] = {}
 
     def new_ids(self, n: int, owner: str) -> Tensor:
         start = self.n_ids
@@ -318,6 +320,9 @@ class _Propagator(fx.Interpreter):
                 t.shape, "graph input"))
         if n.op == "output":
             ctx = PropCtx(self.s, n, None, (), {}, None)
+            pins, _sizes = size_uses(n, None)  # a count returned by forward is a number
+            if pins:
+                self.s.pins[n.name] = pins
             for ids in ctx.tensor_input_ids():
                 ctx.freeze(ids, "reaches the graph output")
             return None
@@ -328,10 +333,10 @@ class _Propagator(fx.Interpreter):
         if not _has_tensor(out) and n.op != "call_module":
             # x.size(), x.shape and arithmetic on them: recomputed after pruning, but remember
             # which channel axes the value depends on
-            n.meta[SIZE_DEPS] = _size_deps(n, out)
+            n.meta[SIZE_DEPS] = size_deps(n)
             return None
-        self._check_size_args(ctx, n)
         rule = rule_for(n, self.module_map)
+        self._check_size_args(ctx, n, rule)
         ids = None
         if rule is not None:
             try:
@@ -346,13 +351,16 @@ class _Propagator(fx.Interpreter):
             _structure_apply(ids, lambda t: ctx.freeze(t, f"ignored module '{n.target}'"))
         return ids
 
-    def _check_size_args(self, ctx: PropCtx, n: fx.Node) -> None:
-        """A channel count read from one tensor and used to shape another couples nothing we
-        can track: keep both widths (e.g. ``y.reshape(B, N, C)`` with ``C = x.shape[-1]``)."""
-        deps: set[tuple[str, int]] = set()
-        for a in n.all_input_nodes:
-            if meta.get_ids(a) is None:
-                deps |= _flat_deps(a.meta.get(SIZE_DEPS))
+    def _check_size_args(self, ctx: PropCtx, n: fx.Node, rule: Any) -> None:
+        """Channel counts passed to a tensor op (see :mod:`fxprune.counts`).
+
+        A count used as a number is pinned by the rewrite. A count read from one tensor and
+        used as a size of another couples nothing we can track: keep both widths (e.g.
+        ``y.reshape(B, N, C)`` with ``C = x.shape[-1]``).
+        """
+        pins, deps = size_uses(n, None if rule is None else rule.is_size_arg)
+        if pins:
+            self.s.pins[n.name] = pins
         if not deps:
             return
         inputs = {a.name for a in n.all_input_nodes if isinstance(meta.get_ids(a), Tensor)}
@@ -384,52 +392,6 @@ class _Propagator(fx.Interpreter):
             ctx.freeze(ids, f"input of unsupported op {name}")
         return _structure(ctx.out, lambda t: ctx.frozen_ids(t.shape, f"output of unsupported op "
                                                                      f"{name}"))
-
-
-SIZE_DEPS = "fxprune.size_deps"
-
-
-def _size_deps(n: fx.Node, out: Any) -> Any:
-    """Which (tensor node, axis) pairs with prunable channels a Python value depends on.
-
-    ``x.shape`` / ``x.size()`` give one set per axis (a tuple), ``x.size(d)`` / ``x.shape[d]``
-    one set; arithmetic unions its arguments' sets.
-    """
-    def varying(src: fx.Node, axis: int) -> frozenset[tuple[str, int]]:
-        ids = meta.get_ids(src)
-        if isinstance(ids, Tensor) and axis < ids.dim() and ids.shape[axis] > 1:
-            return frozenset({(src.name, axis)})
-        return frozenset()
-
-    args = n.args
-    src = args[0] if args and isinstance(args[0], fx.Node) else None
-    if src is not None and isinstance(meta.get_ids(src), Tensor):
-        nd = meta.get_ids(src).dim()
-        if (n.target is getattr and len(args) > 1 and args[1] == "shape") or (
-                n.target == "size" and len(args) == 1 and not n.kwargs):
-            return tuple(varying(src, d) for d in range(nd))
-        if n.target == "size":
-            d = args[1] if len(args) > 1 else n.kwargs.get("dim")
-            return varying(src, d % nd) if isinstance(d, int) else frozenset()
-        return frozenset()
-    if n.target is operator.getitem and src is not None:
-        deps = src.meta.get(SIZE_DEPS)
-        if isinstance(deps, tuple) and isinstance(args[1], int):
-            return deps[args[1]]
-        if isinstance(deps, tuple) and isinstance(args[1], slice):
-            return deps[args[1]]
-    out_deps: set[tuple[str, int]] = set()
-    for a in n.all_input_nodes:
-        out_deps |= _flat_deps(a.meta.get(SIZE_DEPS))
-    return frozenset(out_deps)
-
-
-def _flat_deps(deps: Any) -> set[tuple[str, int]]:
-    if deps is None:
-        return set()
-    if isinstance(deps, frozenset):
-        return set(deps)
-    return set().union(*[_flat_deps(d) for d in deps]) if deps else set()
 
 
 def _shape_of(x: Any) -> Any:
@@ -499,6 +461,7 @@ def _resolve(gm: fx.GraphModule, s: _State) -> Analysis:
     t = resolve_tables(s)
     return Analysis(gm=gm, **t, bindings=s.bindings, consumers=s.consumers, approx=s.approx,
                     unsupported=s.unsupported, scatters=s.scatters, residual=s.residual,
+                    pins=s.pins,
                     space_owner=list(zip(s.space_start, s.space_size, s.space_node)))
 
 

@@ -32,6 +32,7 @@ from . import meta
 from ._perf import gc_paused
 from .analyze import Analysis
 from .channels import kept_along
+from .counts import pin_args
 from .errors import FxPruneError, InputError, RewriteError, node_location, short_error
 from .rules import rule_for
 from .rules._util import new_shape_of
@@ -248,6 +249,7 @@ def rewrite(gm: fx.GraphModule, *, check: bool | str = True) -> fx.GraphModule:
             rule = rule_for(old, modules)
             if rule is not None and isinstance(meta.get_ids(old), (Tensor, tuple)):
                 rule.rewrite_node(new, ctx)
+    pin_args(graph, analysis.pins, old_of, kept)
     new_of = {old.name: new for new, old in old_of.items()}
     for k, sc in enumerate(analysis.scatters):
         _emit_scatter(graph, root, gm, sc, k, kept, new_of, old_of)
