@@ -89,7 +89,7 @@ class InstanceNormRule(ChannelParams):
         x = align(ctx.ids(0, "input"), ctx.out.dim())
         nd = x.dim()
         stats = [d for d in range(max(nd - self.k, 0), nd) if x.shape[d] > 1]
-        if stats and not (m.track_running_stats and m.running_mean is not None):
+        if stats and not (m.track_running_stats and getattr(m, "running_mean", None) is not None):
             name = type(m).__name__
             ctx.freeze(x, f"{name} normalizes axes {last_axes(nd, self.k)} of a {nd}-D input over "
                           f"instance statistics, and axes {stats} carry channels")
