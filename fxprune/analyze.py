@@ -13,7 +13,7 @@ near-linear in the number of channels.
 
 from __future__ import annotations
 
-__all__ = ["analyze", "Analysis", "PropCtx", "Unsupported"]
+__all__ = ["analyze", "Analysis", "PropCtx", "Unsupported", "check_flags"]
 
 import logging
 import warnings
@@ -25,6 +25,7 @@ import torch
 import torch.fx as fx
 import torch.nn as nn
 from torch import Tensor
+from torch.utils._pytree import tree_flatten
 
 from . import meta
 from ._perf import gc_paused
@@ -39,6 +40,7 @@ from .errors import (
     short_error,
 )
 from .groups import resolve_tables
+from .hooks import opaque_reason
 from .rules import op_name, rule_for
 from .trace import EXAMPLE_INPUTS
 
@@ -299,6 +301,7 @@ class _Propagator(fx.Interpreter):
         # Interpreter.run_node, with the arguments fetched once for the op and its rule
         with self._set_current_node(n):
             args, kwargs = self.fetch_args_kwargs_from_env(n)
+            self.current_args = args
             if n.op == "call_module":
                 out = self.module_map[str(n.target)](*args, **kwargs)
             else:
@@ -349,7 +352,20 @@ class _Propagator(fx.Interpreter):
             ids = self._unsupported(ctx, n, None)
         if n.op == "call_module" and self._is_ignored(str(n.target)):
             _structure_apply(ids, lambda t: ctx.freeze(t, f"ignored module '{n.target}'"))
+        if n.op == "call_module" and rule is not None:
+            self._check_opaque(ctx, n, ids)
         return ids
+
+    def _check_opaque(self, ctx: PropCtx, n: fx.Node, ids: Any) -> None:
+        """Keep the channels of a module with hooks or parametrizations fxprune cannot slice."""
+        target = str(n.target)
+        bound = {param for (t, param, _dim) in self.s.bound if t == target}
+        why = opaque_reason(self.module_map[target], target, bound)
+        if why is None:
+            return
+        for t in ctx.tensor_input_ids():
+            ctx.freeze(t, why)
+        _structure_apply(ids, lambda t: ctx.freeze(t, why))
 
     def _check_size_args(self, ctx: PropCtx, n: fx.Node, rule: Any) -> None:
         """Channel counts passed to a tensor op (see :mod:`fxprune.counts`).
@@ -532,6 +548,7 @@ def analyze(
     inputs = gm.meta.get(EXAMPLE_INPUTS)
     if inputs is None:
         raise InputError("analyze() needs a GraphModule made by fxprune.trace (no example inputs)")
+    check_flags(strict=strict)
     ignored = resolve_ignore(gm, ignore)
     if residual not in ("coupled", "scatter"):
         raise InputError(f"residual must be 'coupled' or 'scatter', got {residual!r}")
@@ -539,6 +556,7 @@ def analyze(
     state.residual = residual
     state.modules = dict(gm.named_modules())
     prop = _Propagator(gm, state, ignored, strict, progress)
+    _check_example_inputs(gm, inputs)
     flags = {m: m.training for m in gm.modules()}
     try:
         gm.eval()
@@ -548,10 +566,14 @@ def analyze(
         raise
     except Exception as e:
         node = _current_node(prop)
+        why = _input_error(prop)
+        shapes = ", ".join(str(tuple(x.shape)) if isinstance(x, Tensor) else type(x).__name__
+                           for x in inputs)
         raise InputError(
-            f"running the model on the example inputs failed at {node}: {short_error(e)}\n"
-            "Hint: check that example_inputs have the shape, dtype and device the model expects "
-            "(e.g. example_inputs=torch.randn(1, 3, 224, 224))."
+            f"running the model on the example inputs failed at {node}: "
+            f"{why or short_error(e)}\n"
+            f"Hint: check that example_inputs have the shape, dtype and device the model expects "
+            f"(given: {shapes}; e.g. example_inputs=torch.randn(1, 3, 224, 224))."
         ) from e
     finally:
         for m, t in flags.items():
@@ -574,6 +596,51 @@ def analyze(
     logger.info("analyzed %d nodes: %d channels in %d groups", len(gm.graph.nodes),
                 state.n_ids - FIRST_ID, len(analysis.groups))
     return analysis
+
+
+def check_flags(**flags: Any) -> None:
+    """Boolean switches must be bools (a string such as "no" is truthy)."""
+    for name, value in flags.items():
+        if not isinstance(value, bool):
+            raise InputError(f"{name} must be True or False, got {value!r} "
+                             f"({type(value).__name__}). Hint: pass {name}=True or {name}=False.")
+
+
+def _check_example_inputs(gm: fx.GraphModule, inputs: tuple) -> None:
+    """As many example inputs as ``forward`` takes, and none of them empty."""
+    holders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    names = [str(n.target) for n in holders]
+    star = any(name.startswith("*") for name in names)
+    required = [name for n, name in zip(holders, names) if not n.args and not name.startswith("*")]
+    sig = f"{gm.__class__.__name__}.forward({', '.join(names)})"
+    if (len(inputs) > len(holders) and not star) or len(inputs) < len(required):
+        raise InputError(
+            f"{len(inputs)} example input(s) given, but {sig} takes "
+            f"{len(required)}{'' if len(required) == len(holders) else f' to {len(holders)}'}. "
+            "Hint: example_inputs is the tuple of forward's positional arguments; to pass one "
+            "argument that is itself a tuple or list, wrap it: example_inputs=((a, b),).")
+    for i, x in enumerate(tree_flatten(list(inputs))[0]):
+        if isinstance(x, Tensor) and x.numel() == 0:
+            raise InputError(
+                f"example input {i} has shape {tuple(x.shape)}, which holds no values: the "
+                "analysis follows channels through real values. Hint: give every axis, the "
+                "batch included, a size of at least 1 (e.g. torch.randn(1, 3, 224, 224)).")
+
+
+def _input_error(prop: _Propagator) -> str | None:
+    """The failing op's own explanation of why it rejects its inputs (see Rule.input_error)."""
+    nodes = list(prop.module.graph.nodes)
+    if prop.i >= len(nodes):
+        return None
+    n = nodes[prop.i]
+    rule = rule_for(n, prop.module_map)
+    if rule is None:
+        return None
+    mod = prop.module_map.get(str(n.target)) if n.op == "call_module" else None
+    try:
+        return rule.input_error(mod, getattr(prop, "current_args", ()))
+    except Exception:  # noqa: BLE001 - the original error is reported instead
+        return None
 
 
 def _current_node(prop: _Propagator) -> str:

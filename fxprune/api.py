@@ -18,7 +18,7 @@ from torch import Tensor
 
 from . import meta
 from .allocate import ALLOCATION, Allocator, explicit_ratios, fit_target
-from .analyze import Analysis, Progress, analyze
+from .analyze import Analysis, Progress, analyze, check_flags
 from .criteria import CriterionCtx, get_criterion
 from .errors import InputError, VerificationError
 from .rewrite import rewrite
@@ -194,6 +194,7 @@ def compress(
         >>> half = fxprune.compress(timm.create_model("resnet50"), target_flops=0.5,
         ...                         allocation="global", criterion="fpgm")
     """
+    check_flags(strict=strict, verify=verify)
     round_to = resolve_round_to(round_to, model)
     if ratio is not None:
         ratio = _check_ratio(ratio)

@@ -34,6 +34,7 @@ from .analyze import Analysis
 from .channels import kept_along
 from .counts import pin_args
 from .errors import FxPruneError, InputError, RewriteError, node_location, short_error
+from .hooks import normalized_weight, restore_weight_norm, weight_norms
 from .rules import rule_for
 from .rules._util import new_shape_of
 from .select import kept_mask
@@ -127,11 +128,16 @@ def _slice(t: Tensor, cuts: list[tuple[int, Tensor]]) -> Tensor:
 
 def _clone_module(mod: nn.Module, cuts: dict[str, list[tuple[int, Tensor]]]) -> nn.Module:
     memo: dict[int, Any] = {}
+    normed = weight_norms(mod)
     for name, c in cuts.items():
-        t = _get(mod, name)
+        t = _get(mod, name) if name not in normed else None
         if isinstance(t, Tensor):
             memo[id(t)] = _slice(t, c)
-    return _deepcopy(mod, memo)
+    new = _deepcopy(mod, memo)
+    for name, c in cuts.items():
+        if name in normed:  # re-derive g and v from the sliced weight (fxprune.hooks)
+            restore_weight_norm(new, mod, name, _slice(normalized_weight(mod, name), c))
+    return new
 
 
 _ATOMIC = frozenset({int, float, bool, str, bytes, type(None), torch.dtype, torch.device,

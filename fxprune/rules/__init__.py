@@ -65,6 +65,14 @@ class Rule:
         """
         return False
 
+    def input_error(self, module: nn.Module | None, args: tuple) -> str | None:
+        """Why this op rejects these inputs, in the user's terms (None: nothing to add).
+
+        Called when running the example inputs fails at this op (e.g. a conv given a tensor
+        of the wrong rank or channel count).
+        """
+        return None
+
     def describe(self) -> str:
         doc = (type(self).__doc__ or "").strip().splitlines()
         return doc[0] if doc else type(self).__name__
