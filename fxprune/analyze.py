@@ -337,6 +337,10 @@ class _Propagator(fx.Interpreter):
             # x.size(), x.shape and arithmetic on them: recomputed after pruning, but remember
             # which channel axes the value depends on
             n.meta[SIZE_DEPS] = size_deps(n)
+            if n.target is torch._assert:  # it held on the original counts: check those
+                pins, _sizes = size_uses(n, None)
+                if pins:
+                    self.s.pins[n.name] = pins
             return None
         rule = rule_for(n, self.module_map)
         self._check_size_args(ctx, n, rule)

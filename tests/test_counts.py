@@ -80,6 +80,25 @@ class Returned(nn.Module):
         return self.head(y), y.shape[1]
 
 
+class Asserts(nn.Module):
+    """``torch._assert`` on a count held on the original: it is checked on the original count."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = cbr(3, 16)
+        self.head = nn.Conv2d(16, 4, 1)
+
+    def forward(self, x):
+        y = self.a(x)
+        torch._assert(y.shape[1] == 16, "expects 16 channels")
+        torch._assert(y.shape[1] % 4 == 0, "expects a multiple of 4")
+        return self.head(y)
+
+
+def test_assert_on_a_count_is_pinned():
+    prune_and_check(Asserts().eval(), torch.randn(1, 3, 8, 8), ratio=0.3)
+
+
 def test_returned_count_is_pinned():
     pruned = prune_and_check(Returned().eval(), torch.randn(1, 3, 8, 8))
     assert pruned(torch.randn(3, 3, 8, 8))[1] == 16
