@@ -18,9 +18,10 @@ from torch import Tensor
 
 from . import meta
 from .allocate import ALLOCATION, Allocator, explicit_ratios, fit_target
-from .analyze import Analysis, Progress, analyze, check_flags
+from .analyze import Analysis, Progress, analyze
 from .criteria import CriterionCtx, get_criterion
 from .errors import InputError, VerificationError
+from .inputs import check_flags
 from .rewrite import rewrite
 from .select import kept_mask, resolve_round_to, select
 from .trace import EXAMPLE_INPUTS, trace
