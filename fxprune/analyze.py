@@ -16,7 +16,6 @@ from __future__ import annotations
 __all__ = ["analyze", "Analysis", "PropCtx", "Unsupported"]
 
 import logging
-import operator
 import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -31,6 +30,7 @@ from . import meta
 from ._perf import gc_paused
 from ._state import untouched
 from .channels import FIRST_ID, FREE, FROZEN, at_axis, axis_ids, fit
+from .counts import SIZE_DEPS, size_deps, size_uses
 from .errors import (
     FxPruneError,
     InputError,
@@ -40,6 +40,8 @@ from .errors import (
     short_error,
 )
 from .groups import resolve_tables
+from .hooks import opaque_reason
+from .inputs import check_example_inputs, check_flags, resolve_ignore
 from .rules import op_name, rule_for
 from .trace import EXAMPLE_INPUTS
 
@@ -95,6 +97,7 @@ class Analysis:
     space_owner: list[tuple[int, int, str]] = field(default_factory=list)  # (start, n, node)
     scatters: list[ScatterAdd] = field(default_factory=list)
     residual: str = "coupled"
+    pins: dict[str, tuple[int | str, ...]] = field(default_factory=dict)  # see fxprune.counts
 
     def ids(self, node: fx.Node) -> Any:
         return meta.get_ids(node)
@@ -120,6 +123,7 @@ class _State:
         self.scatters: list[ScatterAdd] = []
         self.modules: dict[str, nn.Module] = {}
         self.tied: dict[tuple[int, int], Tensor] = {}  # (id(tensor), dim) -> ids of that axis
+        self.pins: dict[str, tuple[int | str, ...]] = {}
 
     def new_ids(self, n: int, owner: str) -> Tensor:
         start = self.n_ids
@@ -320,6 +324,7 @@ class _Propagator(fx.Interpreter):
         # Interpreter.run_node, with the arguments fetched once for the op and its rule
         with self._set_current_node(n):
             args, kwargs = self.fetch_args_kwargs_from_env(n)
+            self.current_args = args
             if n.op == "call_module":
                 out = self.module_map[str(n.target)](*args, **kwargs)
             else:
@@ -341,6 +346,9 @@ class _Propagator(fx.Interpreter):
                 t.shape, "graph input"))
         if n.op == "output":
             ctx = PropCtx(self.s, n, None, (), {}, None)
+            pins, _sizes = size_uses(n, None)  # a count returned by forward is a number
+            if pins:
+                self.s.pins[n.name] = pins
             for ids in ctx.tensor_input_ids():
                 ctx.freeze(ids, "reaches the graph output")
             return None
@@ -351,10 +359,14 @@ class _Propagator(fx.Interpreter):
         if not _has_tensor(out) and n.op != "call_module":
             # x.size(), x.shape and arithmetic on them: recomputed after pruning, but remember
             # which channel axes the value depends on
-            n.meta[SIZE_DEPS] = _size_deps(n, out)
+            n.meta[SIZE_DEPS] = size_deps(n)
+            if n.target is torch._assert:  # it held on the original counts: check those
+                pins, _sizes = size_uses(n, None)
+                if pins:
+                    self.s.pins[n.name] = pins
             return None
-        self._check_size_args(ctx, n)
         rule = rule_for(n, self.module_map)
+        self._check_size_args(ctx, n, rule)
         ids = None
         if rule is not None:
             try:
@@ -367,15 +379,31 @@ class _Propagator(fx.Interpreter):
             ids = self._unsupported(ctx, n, None)
         if n.op == "call_module" and self._is_ignored(str(n.target)):
             _structure_apply(ids, lambda t: ctx.freeze(t, f"ignored module '{n.target}'"))
+        if n.op == "call_module" and rule is not None:
+            self._check_opaque(ctx, n, ids)
         return ids
 
-    def _check_size_args(self, ctx: PropCtx, n: fx.Node) -> None:
-        """A channel count read from one tensor and used to shape another couples nothing we
-        can track: keep both widths (e.g. ``y.reshape(B, N, C)`` with ``C = x.shape[-1]``)."""
-        deps: set[tuple[str, int]] = set()
-        for a in n.all_input_nodes:
-            if meta.get_ids(a) is None:
-                deps |= _flat_deps(a.meta.get(SIZE_DEPS))
+    def _check_opaque(self, ctx: PropCtx, n: fx.Node, ids: Any) -> None:
+        """Keep the channels of a module with hooks or parametrizations fxprune cannot slice."""
+        target = str(n.target)
+        bound = {param for (t, param, _dim) in self.s.bound if t == target}
+        why = opaque_reason(self.module_map[target], target, bound)
+        if why is None:
+            return
+        for t in ctx.tensor_input_ids():
+            ctx.freeze(t, why)
+        _structure_apply(ids, lambda t: ctx.freeze(t, why))
+
+    def _check_size_args(self, ctx: PropCtx, n: fx.Node, rule: Any) -> None:
+        """Channel counts passed to a tensor op (see :mod:`fxprune.counts`).
+
+        A count used as a number is pinned by the rewrite. A count read from one tensor and
+        used as a size of another couples nothing we can track: keep both widths (e.g.
+        ``y.reshape(B, N, C)`` with ``C = x.shape[-1]``).
+        """
+        pins, deps = size_uses(n, None if rule is None else rule.is_size_arg)
+        if pins:
+            self.s.pins[n.name] = pins
         if not deps:
             return
         inputs = {a.name for a in n.all_input_nodes if isinstance(meta.get_ids(a), Tensor)}
@@ -407,52 +435,6 @@ class _Propagator(fx.Interpreter):
             ctx.freeze(ids, f"input of unsupported op {name}")
         return _structure(ctx.out, lambda t: ctx.frozen_ids(t.shape, f"output of unsupported op "
                                                                      f"{name}"))
-
-
-SIZE_DEPS = "fxprune.size_deps"
-
-
-def _size_deps(n: fx.Node, out: Any) -> Any:
-    """Which (tensor node, axis) pairs with prunable channels a Python value depends on.
-
-    ``x.shape`` / ``x.size()`` give one set per axis (a tuple), ``x.size(d)`` / ``x.shape[d]``
-    one set; arithmetic unions its arguments' sets.
-    """
-    def varying(src: fx.Node, axis: int) -> frozenset[tuple[str, int]]:
-        ids = meta.get_ids(src)
-        if isinstance(ids, Tensor) and axis < ids.dim() and ids.shape[axis] > 1:
-            return frozenset({(src.name, axis)})
-        return frozenset()
-
-    args = n.args
-    src = args[0] if args and isinstance(args[0], fx.Node) else None
-    if src is not None and isinstance(meta.get_ids(src), Tensor):
-        nd = meta.get_ids(src).dim()
-        if (n.target is getattr and len(args) > 1 and args[1] == "shape") or (
-                n.target == "size" and len(args) == 1 and not n.kwargs):
-            return tuple(varying(src, d) for d in range(nd))
-        if n.target == "size":
-            d = args[1] if len(args) > 1 else n.kwargs.get("dim")
-            return varying(src, d % nd) if isinstance(d, int) else frozenset()
-        return frozenset()
-    if n.target is operator.getitem and src is not None:
-        deps = src.meta.get(SIZE_DEPS)
-        if isinstance(deps, tuple) and isinstance(args[1], int):
-            return deps[args[1]]
-        if isinstance(deps, tuple) and isinstance(args[1], slice):
-            return deps[args[1]]
-    out_deps: set[tuple[str, int]] = set()
-    for a in n.all_input_nodes:
-        out_deps |= _flat_deps(a.meta.get(SIZE_DEPS))
-    return frozenset(out_deps)
-
-
-def _flat_deps(deps: Any) -> set[tuple[str, int]]:
-    if deps is None:
-        return set()
-    if isinstance(deps, frozenset):
-        return set(deps)
-    return set().union(*[_flat_deps(d) for d in deps]) if deps else set()
 
 
 def _shape_of(x: Any) -> Any:
@@ -522,47 +504,11 @@ def _resolve(gm: fx.GraphModule, s: _State) -> Analysis:
     t = resolve_tables(s)
     return Analysis(gm=gm, **t, bindings=s.bindings, consumers=s.consumers, approx=s.approx,
                     unsupported=s.unsupported, scatters=s.scatters, residual=s.residual,
+                    pins=s.pins,
                     space_owner=list(zip(s.space_start, s.space_size, s.space_node)))
 
 
 # --- entry point ------------------------------------------------------------------------------
-
-def resolve_ignore(gm: fx.GraphModule, ignore: Any) -> set[str]:
-    """Turn module instances, names (glob patterns allowed) and types into qualified names."""
-    import fnmatch
-
-    if ignore is None:
-        return set()
-    if isinstance(ignore, (nn.Module, str, type)):
-        ignore = [ignore]
-    named = list(gm.named_modules())
-    by_id = {id(m): name for name, m in named}
-    out: set[str] = set()
-    for item in ignore:
-        if isinstance(item, nn.Module):
-            if id(item) not in by_id:
-                raise InputError(
-                    f"ignore: module {type(item).__name__} is not part of the traced model. "
-                    "Hint: pass a submodule of the model you prune (or its name).")
-            out.add(by_id[id(item)])
-        elif isinstance(item, type) and issubclass(item, nn.Module):
-            hits = [name for name, m in named if isinstance(m, item) and name]
-            if not hits:
-                raise InputError(f"ignore: no module of type {item.__name__} in the model.")
-            out.update(hits)
-        elif isinstance(item, str):
-            hits = [name for name, _ in named if name and fnmatch.fnmatchcase(name, item)]
-            if not hits:
-                raise InputError(
-                    f"ignore: no module named '{item}' in the model. Hint: names are qualified "
-                    "as in model.named_modules(), e.g. 'layer4.1.conv2' or 'layer4.*'.")
-            out.update(hits)
-        else:
-            raise InputError(
-                f"ignore: cannot interpret {item!r} ({type(item).__name__}); expected module "
-                "instances, qualified names or nn.Module types.")
-    return out
-
 
 @gc_paused
 def analyze(
@@ -592,6 +538,7 @@ def analyze(
     inputs = gm.meta.get(EXAMPLE_INPUTS)
     if inputs is None:
         raise InputError("analyze() needs a GraphModule made by fxprune.trace (no example inputs)")
+    check_flags(strict=strict)
     ignored = resolve_ignore(gm, ignore)
     if residual not in ("coupled", "scatter"):
         raise InputError(f"residual must be 'coupled' or 'scatter', got {residual!r}")
@@ -599,6 +546,7 @@ def analyze(
     state.residual = residual
     state.modules = dict(gm.named_modules())
     prop = _Propagator(gm, state, ignored, strict, progress)
+    check_example_inputs(gm, inputs)
     try:
         # the run must not change the user's modules (gm shares them): flags, buffers, ties
         with untouched(gm, eval_mode=True), torch.no_grad():
@@ -607,10 +555,14 @@ def analyze(
         raise
     except Exception as e:
         node = _current_node(prop)
+        why = _input_error(prop)
+        shapes = ", ".join(str(tuple(x.shape)) if isinstance(x, Tensor) else type(x).__name__
+                           for x in inputs)
         raise InputError(
-            f"running the model on the example inputs failed at {node}: {short_error(e)}\n"
-            "Hint: check that example_inputs have the shape, dtype and device the model expects "
-            "(e.g. example_inputs=torch.randn(1, 3, 224, 224))."
+            f"running the model on the example inputs failed at {node}: "
+            f"{why or short_error(e)}\n"
+            f"Hint: check that example_inputs have the shape, dtype and device the model expects "
+            f"(given: {shapes}; e.g. example_inputs=torch.randn(1, 3, 224, 224))."
         ) from e
     _freeze_partial_ties(gm, state)
     if state.unsupported:
@@ -661,6 +613,22 @@ def _freeze_partial_ties(gm: fx.GraphModule, state: _State) -> None:
         missing = [p for p in paths or () if (p, b.dim) not in bound]
         if missing:
             state.freeze(b.ids, f"tensor shared with '{missing[0]}', which cannot slice it")
+
+
+def _input_error(prop: _Propagator) -> str | None:
+    """The failing op's own explanation of why it rejects its inputs (see Rule.input_error)."""
+    nodes = list(prop.module.graph.nodes)
+    if prop.i >= len(nodes):
+        return None
+    n = nodes[prop.i]
+    rule = rule_for(n, prop.module_map)
+    if rule is None:
+        return None
+    mod = prop.module_map.get(str(n.target)) if n.op == "call_module" else None
+    try:
+        return rule.input_error(mod, getattr(prop, "current_args", ()))
+    except Exception:  # noqa: BLE001 - the original error is reported instead
+        return None
 
 
 def _current_node(prop: _Propagator) -> str:

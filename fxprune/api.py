@@ -22,6 +22,7 @@ from .allocate import ALLOCATION, Allocator, explicit_ratios, fit_target
 from .analyze import Analysis, Progress, analyze
 from .criteria import CriterionCtx, get_criterion
 from .errors import InputError, VerificationError
+from .inputs import check_flags
 from .rewrite import rewrite
 from .select import kept_mask, resolve_round_to, select
 from .trace import EXAMPLE_INPUTS, trace
@@ -199,6 +200,7 @@ def compress(
         >>> half = fxprune.compress(timm.create_model("resnet50"), target_flops=0.5,
         ...                         allocation="global", criterion="fpgm")
     """
+    check_flags(strict=strict, verify=verify)
     round_to = resolve_round_to(round_to, model)
     if ratio is not None:
         ratio = _check_ratio(ratio)

@@ -10,7 +10,7 @@ Criteria live in ``fxprune.passes`` (one file each) and register with
 from __future__ import annotations
 
 __all__ = ["CriterionCtx", "Criterion", "register_criterion", "get_criterion",
-           "list_criteria", "producer_scores", "CRITERIA"]
+           "list_criteria", "producer_scores", "checked_scores", "CRITERIA"]
 
 import importlib
 from collections.abc import Callable
@@ -49,10 +49,45 @@ class Criterion:
             raise InputError(
                 f"criterion '{self.name}' needs calibration data. Hint: pass data=<an iterable "
                 "of input batches>, or choose a data-free criterion such as 'l1'.")
-        return self.fn(group, ctx)
+        return checked_scores(self.name, group, self.fn(group, ctx))
 
 
 CRITERIA: dict[str, Criterion] = {}
+
+
+def checked_scores(name: str, group: Group, out: Any) -> Tensor:
+    """A criterion's result as float64 scores on the CPU, or an InputError naming the criterion.
+
+    It must be a real-valued (floating or integer) tensor of shape ``[group.size]`` with finite
+    values: a wrong result would otherwise prune arbitrary (e.g. the lowest-index) units.
+    """
+    want = (f"a 1-D tensor of {group.size} finite real scores (one per unit of group "
+            f"{group.id}; higher = more important)")
+    what = f"criterion '{name}' returned"
+    if not isinstance(out, Tensor):
+        raise InputError(f"{what} {_describe(out)}; expected {want}. Hint: return a tensor, e.g. "
+                         "torch.as_tensor(scores, dtype=torch.float64).")
+    if out.dtype == torch.bool or out.is_complex():
+        raise InputError(f"{what} a tensor of dtype {out.dtype}; expected {want}.")
+    if tuple(out.shape) != (group.size,):
+        raise InputError(f"{what} a tensor of shape {tuple(out.shape)}; expected {want}. Hint: "
+                         "score the group's units (group.size), not its channels or filters; "
+                         "fxprune.criteria.producer_scores does the bookkeeping.")
+    scores = out.detach().to("cpu", torch.float64)
+    bad = ~torch.isfinite(scores)
+    if bool(bad.any()):
+        idx = torch.nonzero(bad).flatten()[:5].tolist()
+        raise InputError(f"{what} {int(bad.sum())} non-finite score(s) (NaN or inf) for group "
+                         f"{group.id}, at units {idx}{' ...' if int(bad.sum()) > 5 else ''}; "
+                         f"expected {want}.")
+    return scores
+
+
+def _describe(v: Any) -> str:
+    if v is None:
+        return "None"
+    n = f" of length {len(v)}" if hasattr(v, "__len__") else ""
+    return f"a {type(v).__module__}.{type(v).__qualname__}{n}".replace("builtins.", "")
 
 
 def register_criterion(name: str, *, needs_data: bool = False) -> Callable[[CriterionFn],

@@ -17,6 +17,7 @@ __all__ = [
     "GROUPS",
     "ANALYSIS",
     "MANIFEST",
+    "SIZE_DEPS",
     "ParamSlice",
     "Group",
     "KeepSet",
@@ -42,6 +43,7 @@ VERIFY = "fxprune.verify"  # pruned gm.meta: VerifyReport (compress(verify=True)
 ALLOCATION = "fxprune.allocation"  # pruned gm.meta: {"allocation", "ratios", "target"...}
 RESIDUAL = "fxprune.residual"  # pruned gm.meta: the residual policy it was pruned with
 KEEPSETS = "fxprune.keepsets"  # gm.meta: {group id: KeepSet} (selection)
+SIZE_DEPS = "fxprune.size_deps"  # node.meta: channel axes a Python value is read from (analysis)
 MANIFEST = "fxprune.manifest"  # pruned gm.meta: {"param.path": {dim: kept indices}} (rewrite)
 
 

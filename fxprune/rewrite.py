@@ -33,7 +33,9 @@ from ._perf import gc_paused
 from ._state import untouched
 from .analyze import Analysis
 from .channels import kept_along
+from .counts import pin_args
 from .errors import FxPruneError, InputError, RewriteError, node_location, short_error
+from .hooks import normalized_weight, restore_weight_norm, weight_norms
 from .rules import rule_for
 from .rules._util import new_shape_of
 from .select import kept_mask
@@ -134,11 +136,16 @@ def _clone_module(mod: nn.Module, cuts: dict[str, list[tuple[int, Tensor]]],
     (the analysis couples the axes of every use of a tensor, so all uses cut it alike).
     """
     memo = {} if memo is None else memo
+    normed = weight_norms(mod)
     for name, c in cuts.items():
-        t = _get(mod, name)
+        t = _get(mod, name) if name not in normed else None
         if isinstance(t, Tensor):
             _seed(memo, t, c, name)
-    return _deepcopy(mod, memo)
+    new = _deepcopy(mod, memo)
+    for name, c in cuts.items():
+        if name in normed:  # re-derive g and v from the sliced weight (fxprune.hooks)
+            restore_weight_norm(new, mod, name, _slice(normalized_weight(mod, name), c))
+    return new
 
 
 _CUTS = "fxprune.cuts"  # memo key: {id(tensor): its cuts}, to check that tied uses agree
@@ -243,6 +250,37 @@ def rewrite(gm: fx.GraphModule, *, check: bool | str = True) -> fx.GraphModule:
         by_target[target][param] = c
 
     modules = dict(gm.named_modules())
+    graph, old_of, root = _copy_graph(gm, modules, by_target)
+    ctx = RewriteCtx(old_of, kept)
+    for new in list(graph.nodes):
+        if new.op in ("call_function", "call_method", "call_module"):
+            old = old_of[new]
+            rule = rule_for(old, modules)
+            if rule is not None and isinstance(meta.get_ids(old), (Tensor, tuple)):
+                rule.rewrite_node(new, ctx)
+    pin_args(graph, analysis.pins, old_of, kept)
+    new_of = {old.name: new for new, old in old_of.items()}
+    for k, sc in enumerate(analysis.scatters):
+        _emit_scatter(graph, root, gm, sc, k, kept, new_of, old_of)
+    graph.lint()
+    pruned = fx.GraphModule(root, graph, class_name=f"Pruned{type(gm).__name__}")
+    pruned.meta[RESIDUAL] = analysis.residual
+    _copy_training_flags(gm, pruned)
+    pruned.meta[EXAMPLE_INPUTS] = gm.meta.get(EXAMPLE_INPUTS)
+    pruned.meta[meta.MANIFEST] = {
+        (f"{t}.{p}" if p else t): {d: idx.tolist() for d, idx in c}
+        for (t, p), c in cuts.items()}
+    if check:
+        check_shapes(pruned, old_of, ctx, nodes=check == "nodes")
+    return pruned
+
+
+def _copy_graph(gm: fx.GraphModule, modules: dict[str, nn.Module],
+                by_target: dict[str, dict[str, list[tuple[int, Tensor]]]]
+                ) -> tuple[fx.Graph, dict[fx.Node, fx.Node], dict[str, Any]]:
+    """Copy every node of ``gm`` into a new graph and every module/attribute it uses, with
+    the tensors in ``by_target`` sliced; returns the graph, new node -> old node, and the
+    new root's attributes."""
     memo: dict[Any, Any] = {}  # shared by every copy: ties and shared tensors stay shared
     graph = fx.Graph()
     env: dict[fx.Node, fx.Node] = {}
@@ -266,27 +304,7 @@ def rewrite(gm: fx.GraphModule, *, check: bool | str = True) -> fx.GraphModule:
             if c and isinstance(value, Tensor):
                 _seed(memo, value, c, str(node.target))
             root[str(node.target)] = _deepcopy(value, memo)
-    ctx = RewriteCtx(old_of, kept)
-    for new in list(graph.nodes):
-        if new.op in ("call_function", "call_method", "call_module"):
-            old = old_of[new]
-            rule = rule_for(old, modules)
-            if rule is not None and isinstance(meta.get_ids(old), (Tensor, tuple)):
-                rule.rewrite_node(new, ctx)
-    new_of = {old.name: new for new, old in old_of.items()}
-    for k, sc in enumerate(analysis.scatters):
-        _emit_scatter(graph, root, gm, sc, k, kept, new_of, old_of)
-    graph.lint()
-    pruned = fx.GraphModule(root, graph, class_name=f"Pruned{type(gm).__name__}")
-    pruned.meta[RESIDUAL] = analysis.residual
-    _copy_training_flags(gm, pruned)
-    pruned.meta[EXAMPLE_INPUTS] = gm.meta.get(EXAMPLE_INPUTS)
-    pruned.meta[meta.MANIFEST] = {
-        (f"{t}.{p}" if p else t): {d: idx.tolist() for d, idx in c}
-        for (t, p), c in cuts.items()}
-    if check:
-        check_shapes(pruned, old_of, ctx, nodes=check == "nodes")
-    return pruned
+    return graph, old_of, root
 
 
 def _copy_training_flags(gm: fx.GraphModule, pruned: fx.GraphModule) -> None:

@@ -155,6 +155,7 @@ def _module_spec(m: nn.Module) -> dict[str, Any]:
         "buffers": {k: b for k, b in m._buffers.items() if b is not None},
         "non_persistent": sorted(m._non_persistent_buffers_set),
         "none": sorted([k for k, p in m._parameters.items() if p is None]),
+        "none_buffers": sorted([k for k, b in m._buffers.items() if b is None]),
         "children": {k: _module_spec(c) for k, c in m._modules.items() if c is not None},
     }
 
@@ -173,6 +174,8 @@ def _build_module(spec: dict[str, Any], trusted: tuple[str, ...]) -> nn.Module:
         m._parameters[k] = None
     for k, t in spec["buffers"].items():
         m._buffers[k] = t
+    for k in spec.get("none_buffers", []):  # e.g. InstanceNorm's running_mean without stats
+        m._buffers[k] = None
     m._non_persistent_buffers_set = set(spec["non_persistent"])
     for k, c in spec["children"].items():
         m._modules[k] = _build_module(c, trusted)

@@ -28,6 +28,7 @@ import torch.nn as nn
 from ._perf import gc_paused
 from ._state import untouched
 from .errors import InputError, TraceFailure, is_library_file, short_error
+from .hooks import check_root
 from .rules import RULES
 
 EXAMPLE_INPUTS = "fxprune.example_inputs"
@@ -168,6 +169,7 @@ def trace(
             "Hint: pass the model object itself (e.g. timm.create_model('resnet18')), "
             "not its state_dict or class."
         )
+    check_root(model)  # hooks on the model itself are not traced
     if example_inputs is None:
         example_inputs = default_example_inputs(model)
     elif not isinstance(example_inputs, (tuple, list)):

@@ -56,6 +56,23 @@ class Rule:
     def rewrite_node(self, node: fx.Node, ctx: RewriteCtx) -> None:
         """Patch literal arguments of the copied node (split sizes, slice bounds, shapes)."""
 
+    def is_size_arg(self, node: fx.Node, key: int | str) -> bool:
+        """Is argument ``key`` (a position or keyword) a size, index or amount?
+
+        A channel count (``x.shape[1]``...) passed as a size is recomputed after pruning (or
+        patched by :meth:`rewrite_node`); passed anywhere else it is a plain number, and the
+        rewrite pins it to its original value (see :mod:`fxprune.counts`). Default: a number.
+        """
+        return False
+
+    def input_error(self, module: nn.Module | None, args: tuple) -> str | None:
+        """Why this op rejects these inputs, in the user's terms (None: nothing to add).
+
+        Called when running the example inputs fails at this op (e.g. a conv given a tensor
+        of the wrong rank or channel count).
+        """
+        return None
+
     def describe(self) -> str:
         doc = (type(self).__doc__ or "").strip().splitlines()
         return doc[0] if doc else type(self).__name__

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-__all__ = ["align", "norm_dim", "tensor_args", "reshape_ids", "dims_arg", "new_shape_of"]
+__all__ = ["align", "norm_dim", "tensor_args", "reshape_ids", "dims_arg", "new_shape_of",
+           "last_axes"]
 
 from typing import Any
 
@@ -63,3 +64,8 @@ def new_shape_of(ids: Tensor, old_shape: tuple[int, ...], kept: Tensor) -> tuple
         if ids.shape[d] > 1:
             shape[d] = int(kept_along(ids, kept, d).sum())
     return tuple(shape)
+
+
+def last_axes(nd: int, k: int) -> str:
+    """The last ``k`` of ``nd`` axes, for messages: ``"2..3"``, or ``"3"`` for one axis."""
+    return f"{nd - k}..{nd - 1}" if k > 1 else str(nd - 1)

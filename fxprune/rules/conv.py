@@ -9,13 +9,33 @@
 
 from __future__ import annotations
 
-__all__ = ["ConvRule", "ConvTransposeRule"]
+__all__ = ["ConvRule", "ConvTransposeRule", "conv_input_error"]
 
 import torch.nn as nn
 from torch import Tensor
 
 from ..channels import at_axis
 from . import Rule, register_rule
+
+
+def conv_input_error(m: nn.Module, args: tuple) -> str | None:
+    """A conv's complaint about its input, with the shape it expects."""
+    x = args[0] if args else None
+    if not isinstance(x, Tensor):
+        return None
+    k = m.weight.dim() - 2
+    name = f"{type(m).__name__}({m.in_channels}, {m.out_channels})"
+    spatial = {1: "L", 2: "H, W", 3: "D, H, W"}.get(k, "...")
+    want = (f"a batched {k + 2}-D input [N, {m.in_channels}, {spatial}] (or an unbatched "
+            f"{k + 1}-D one)")
+    if x.dim() not in (k + 1, k + 2):
+        return f"{name} expects {want}, got a {x.dim()}-D input of shape {tuple(x.shape)}"
+    c = x.shape[0 if x.dim() == k + 1 else 1]
+    if c != m.in_channels:
+        how = (f" (torch reads a {k + 1}-D input as one unbatched sample, channels first)"
+               if x.dim() == k + 1 else "")
+        return (f"{name} expects {want}, got shape {tuple(x.shape)}: {c} channels{how}")
+    return None
 
 
 def _couple_groups(ctx, ids1d: Tensor, g: int) -> Tensor:  # type: ignore[no-untyped-def]
@@ -53,6 +73,9 @@ class ConvRule(Rule):
         if m.bias is not None:
             ctx.bind("bias", 0, out1d, role)
         return at_axis(out1d, 1, ctx.out.dim())
+
+    def input_error(self, module: nn.Module | None, args: tuple) -> str | None:
+        return conv_input_error(module, args) if module is not None else None
 
     def update_module(self, new: nn.Module, old: nn.Module) -> None:
         w = new.weight
@@ -93,6 +116,9 @@ class ConvTransposeRule(Rule):
         if m.bias is not None:
             ctx.bind("bias", 0, out1d, "out" if cin != g else "channel")
         return at_axis(out1d, 1, ctx.out.dim())
+
+    def input_error(self, module: nn.Module | None, args: tuple) -> str | None:
+        return conv_input_error(module, args) if module is not None else None
 
     def update_module(self, new: nn.Module, old: nn.Module) -> None:
         w = new.weight

@@ -27,7 +27,7 @@ from torch import Tensor
 
 from ..channels import FREE, at_axis, fit
 from . import Rule, register_rule
-from ._util import align, dims_arg, norm_dim, tensor_args
+from ._util import align, dims_arg, last_axes, norm_dim, tensor_args
 
 
 class Broadcast(Rule):
@@ -121,7 +121,14 @@ class Passthrough(Rule):
 
 
 class Spatial(Rule):
-    """Pools or resamples the trailing spatial dims; channel ids pass through."""
+    """Pools, pads or resamples its last ``k`` axes; channel ids on the other axes pass through.
+
+    ``k`` comes from the op's definition: a ``Kd`` pool or pad works on the last ``K`` axes of
+    a batched (``K+2``-D) or unbatched (``K+1``-D) input alike; ``interpolate``/``Upsample``
+    on every axis after the first two (``k=None``). Channels on a worked axis are mixed (or
+    padded) there: they are frozen, e.g. ``max_pool3d`` on a 4-D ``[B, C, H, W]`` tensor pools
+    over ``C``, ``avg_pool2d`` on ``y.flatten(2)`` too.
+    """
 
     def __init__(self, k: int | None = None):
         self.k = k
@@ -132,16 +139,22 @@ class Spatial(Rule):
         return max(1, ctx.out.dim() - 2)
 
     def propagate(self, ctx):  # type: ignore[no-untyped-def]
-        from ..analyze import Unsupported
-
         ids = ctx.ids(0, "input")
-        k = self._k(ctx)
-        if any(s > 1 for s in ids.shape[ids.dim() - k:]):
-            raise Unsupported("pools over an axis that carries channels")
-        out = fit(ids, ctx.out.shape)
-        if out is None:
+        out = ctx.out[0] if isinstance(ctx.out, tuple) else ctx.out  # (values, indices)
+        k = min(self._k(ctx), ids.dim())
+        worked = [d for d in range(ids.dim() - k, ids.dim()) if ids.shape[d] > 1]
+        result = fit(ids, out.shape)
+        if worked:
+            name = type(ctx.module).__name__ if ctx.module is not None else _name(ctx.node)
+            ctx.freeze(ids, f"{name} works on axes {last_axes(ids.dim(), k)} of a {ids.dim()}-D "
+                            f"input, and axes {worked} carry channels")
+            if result is None:  # fresh (frozen) channels of the resized axes
+                result = ctx.frozen_ids(out.shape, f"output of {name} over channels")
+        elif result is None:
+            from ..analyze import Unsupported
+
             raise Unsupported("changes the size of a channel axis")
-        return out
+        return tuple(result for _ in ctx.out) if isinstance(ctx.out, tuple) else result
 
 
 class AlongDim(Rule):
@@ -189,6 +202,10 @@ class Constant(Rule):
             return torch.tensor(1)
         axis = 1 if out.dim() > 1 else 0
         return at_axis(ctx.new_ids(out.shape[axis]), axis, out.dim())
+
+    def is_size_arg(self, node: fx.Node, key: int | str) -> bool:
+        fill = {torch.full: 1, "new_full": 2}.get(node.target)  # type: ignore[call-overload]
+        return key != "fill_value" and key != fill
 
     def rewrite_node(self, node: fx.Node, ctx) -> None:  # type: ignore[no-untyped-def]
         ctx.patch_shape_args(node, first=1 if node.op == "call_method" else 0)
@@ -253,24 +270,35 @@ _PASS = [
     torch.clone, torch.detach, torch.zeros_like, torch.ones_like, torch.empty_like,
     torch.full_like, torch.rand_like, torch.randn_like, torch.randint_like,
 ]
-_SPATIAL = [
-    nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
-    nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d, nn.AdaptiveMaxPool1d,
-    nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d, nn.LPPool1d, nn.LPPool2d, nn.Upsample,
-    nn.UpsamplingNearest2d, nn.UpsamplingBilinear2d, nn.ZeroPad2d, nn.ReflectionPad2d,
-    nn.ReplicationPad2d, nn.ConstantPad2d, nn.ZeroPad1d, nn.ReflectionPad1d, nn.ConstantPad1d,
-    F.max_pool1d, F.max_pool2d, F.max_pool3d, F.avg_pool1d, F.avg_pool2d, F.avg_pool3d,
-    F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_avg_pool3d, F.adaptive_max_pool1d,
-    F.adaptive_max_pool2d, F.adaptive_max_pool3d, F.lp_pool2d, F.interpolate, F.upsample,
-    F.upsample_nearest, F.upsample_bilinear, torch.max_pool2d, torch.avg_pool1d,
-    torch.adaptive_avg_pool1d,
+_SPATIAL_1D = [
+    nn.MaxPool1d, nn.AvgPool1d, nn.AdaptiveAvgPool1d, nn.AdaptiveMaxPool1d, nn.LPPool1d,
+    nn.ZeroPad1d, nn.ReflectionPad1d, nn.ReplicationPad1d, nn.ConstantPad1d, nn.CircularPad1d,
+    F.max_pool1d, F.avg_pool1d, F.adaptive_avg_pool1d, F.adaptive_max_pool1d, F.lp_pool1d,
+    torch.avg_pool1d, torch.adaptive_avg_pool1d, torch.max_pool1d,
 ]
+_SPATIAL_2D = [
+    nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.LPPool2d,
+    nn.ZeroPad2d, nn.ReflectionPad2d, nn.ReplicationPad2d, nn.ConstantPad2d, nn.CircularPad2d,
+    nn.UpsamplingNearest2d, nn.UpsamplingBilinear2d, F.max_pool2d, F.avg_pool2d,
+    F.adaptive_avg_pool2d, F.adaptive_max_pool2d, F.lp_pool2d, torch.max_pool2d,
+    F.upsample_nearest, F.upsample_bilinear,
+]
+_SPATIAL_3D = [
+    nn.MaxPool3d, nn.AvgPool3d, nn.AdaptiveAvgPool3d, nn.AdaptiveMaxPool3d, nn.ZeroPad3d,
+    nn.ReflectionPad3d, nn.ReplicationPad3d, nn.ConstantPad3d, nn.CircularPad3d,
+    F.max_pool3d, F.avg_pool3d, F.adaptive_avg_pool3d, F.adaptive_max_pool3d, torch.max_pool3d,
+    *[f for f in (getattr(nn, "LPPool3d", None), getattr(F, "lp_pool3d", None)) if f],
+]
+_RESAMPLE = [nn.Upsample, F.interpolate, F.upsample]  # every axis after batch and channels
 
 _register(Broadcast(), *_ACT_MODULES, *_ACT_FUNCS, *_ACT_METHODS, *_BINARY)
 _register(Passthrough(), *_PASS)
 _register(ResidualAdd(), operator.add, operator.iadd, torch.add, "add", "add_", "__add__",
           "__radd__", "__iadd__")
-_register(Spatial(), *_SPATIAL)
+_register(Spatial(1), *_SPATIAL_1D)
+_register(Spatial(2), *_SPATIAL_2D)
+_register(Spatial(3), *_SPATIAL_3D)
+_register(Spatial(), *_RESAMPLE)
 _register(AlongDim(), nn.Softmax, F.softmax, F.log_softmax, torch.softmax, torch.log_softmax,
           torch.cumsum, torch.cumprod, "softmax", "log_softmax", "cumsum", "cumprod",
           nn.LogSoftmax, nn.Softmin, F.softmin)

@@ -39,6 +39,16 @@ class LinearRule(Rule):
             ctx.bind("bias", 0, out1d, "out")
         return at_axis(out1d, nd - 1, nd)
 
+    def input_error(self, module: nn.Module | None, args: tuple) -> str | None:
+        x = args[0] if args else None
+        if module is None or not isinstance(x, torch.Tensor):
+            return None
+        if x.dim() == 0 or x.shape[-1] != module.in_features:
+            return (f"{type(module).__name__}({module.in_features}, {module.out_features}) "
+                    f"expects inputs whose last axis has {module.in_features} features, got "
+                    f"shape {tuple(x.shape)}")
+        return None
+
     def update_module(self, new: nn.Module, old: nn.Module) -> None:
         new.out_features, new.in_features = new.weight.shape
 

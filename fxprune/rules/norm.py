@@ -16,7 +16,7 @@ __all__ = ["ChannelParams", "GroupNormRule", "LayerNormRule"]
 import torch.nn as nn
 
 from . import Rule, register_rule
-from ._util import align
+from ._util import align, last_axes
 
 _PER_CHANNEL_ATTRS = ("num_features", "num_channels", "num_parameters", "channels")
 
@@ -68,7 +68,47 @@ class ChannelParams(Rule):
 
 
 register_rule(nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm,
-              nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d, nn.PReLU)(ChannelParams())
+              nn.PReLU)(ChannelParams())
+
+
+class InstanceNormRule(ChannelParams):
+    """InstanceNormKd: per-channel parameters; statistics over the last K axes.
+
+    As torch defines it, a ``K+1``-D input is unbatched (channels on axis 0) and a ``K+2``-D
+    one batched (axis 1). Without running statistics (the default) it normalizes every
+    channel over its last K axes: channels found on those axes (``InstanceNorm2d`` on
+    ``y.flatten(2)``, ``InstanceNorm3d`` on a 4-D tensor) are mixed there, and frozen.
+    """
+
+    def __init__(self, k: int):
+        super().__init__(axis=1)
+        self.k = k
+
+    def propagate(self, ctx):  # type: ignore[no-untyped-def]
+        m = ctx.module
+        x = align(ctx.ids(0, "input"), ctx.out.dim())
+        nd = x.dim()
+        stats = [d for d in range(max(nd - self.k, 0), nd) if x.shape[d] > 1]
+        if stats and not (m.track_running_stats and getattr(m, "running_mean", None) is not None):
+            name = type(m).__name__
+            ctx.freeze(x, f"{name} normalizes axes {last_axes(nd, self.k)} of a {nd}-D input over "
+                          f"instance statistics, and axes {stats} carry channels")
+            return x
+        axis = 0 if nd == self.k + 1 else 1
+        c = self.channels(m)
+        if x.shape[axis] == 1 and ctx.out.shape[axis] != c:  # no parameters apply: pass
+            return x
+        ids = ctx.channel_ids(x, axis, c, type(m).__name__)
+        for name, t in list(m.named_parameters(recurse=False)) + list(
+                m.named_buffers(recurse=False)):
+            if t is not None and t.dim() >= 1 and t.shape[0] == c:
+                ctx.bind(name, 0, ids, "channel")
+        return x
+
+
+register_rule(nn.InstanceNorm1d)(InstanceNormRule(1))
+register_rule(nn.InstanceNorm2d)(InstanceNormRule(2))
+register_rule(nn.InstanceNorm3d)(InstanceNormRule(3))
 
 
 @register_rule(nn.GroupNorm)

@@ -25,6 +25,13 @@ from . import Rule, register_rule
 from ._util import align, norm_dim, reshape_ids
 
 
+class _Sizes(Rule):
+    """Base of shape ops: their non-tensor arguments are sizes, indices or amounts."""
+
+    def is_size_arg(self, node: fx.Node, key: int | str) -> bool:
+        return True
+
+
 def _unsupported(msg: str) -> Exception:
     from ..analyze import Unsupported
 
@@ -35,7 +42,7 @@ def _unsupported(msg: str) -> Exception:
                "view", "reshape", "flatten", "squeeze", "unsqueeze", "view_as", "reshape_as",
                "unflatten", "ravel", torch.unflatten, nn.Flatten, nn.Unflatten, "squeeze_",
                "unsqueeze_")
-class Reshape(Rule):
+class Reshape(_Sizes):
     """view/reshape/flatten/squeeze: ids follow elements; literal sizes are patched."""
 
     def propagate(self, ctx):  # type: ignore[no-untyped-def]
@@ -151,7 +158,7 @@ def _piece_ranges(sizes: list[int]) -> list[tuple[int, int]]:
 
 @register_rule(torch.split, "split", torch.chunk, "chunk", torch.unbind, "unbind",
                torch.split_with_sizes, "split_with_sizes")
-class Split(Rule):
+class Split(_Sizes):
     """split/chunk/unbind: each piece gets its range of ids; sizes are re-derived on rewrite."""
 
     def propagate(self, ctx):  # type: ignore[no-untyped-def]
@@ -216,7 +223,7 @@ def _expand_index(idx: object, ndim: int) -> list[object]:
 
 
 @register_rule(operator.getitem)
-class GetItem(Rule):
+class GetItem(_Sizes):
     """Indexing: tuples pick ids; tensor slices slice ids (bounds translated on rewrite)."""
 
     def propagate(self, ctx):  # type: ignore[no-untyped-def]
@@ -284,7 +291,7 @@ class GetItem(Rule):
 
 
 @register_rule(torch.narrow, "narrow")
-class Narrow(Rule):
+class Narrow(_Sizes):
     """narrow(dim, start, length): a slice along one axis."""
 
     def propagate(self, ctx):  # type: ignore[no-untyped-def]
@@ -309,7 +316,7 @@ class Narrow(Rule):
 
 
 @register_rule("expand", "expand_as", torch.broadcast_to, "broadcast_to")
-class Expand(Rule):
+class Expand(_Sizes):
     """expand: a size-1 axis broadcast to n copies gets a fresh, prunable space."""
 
     def propagate(self, ctx):  # type: ignore[no-untyped-def]
@@ -328,7 +335,7 @@ class Expand(Rule):
 
 
 @register_rule("repeat", "tile", torch.tile)
-class Repeat(Rule):
+class Repeat(_Sizes):
     """repeat/tile: ids are tiled the same way."""
 
     def propagate(self, ctx):  # type: ignore[no-untyped-def]
@@ -341,7 +348,7 @@ class Repeat(Rule):
 
 
 @register_rule(F.pad, torch.constant_pad_nd)
-class Pad(Rule):
+class Pad(_Sizes):
     """F.pad: padding a channel axis adds fresh (constant) channels; amounts are patched."""
 
     def propagate(self, ctx):  # type: ignore[no-untyped-def]
