@@ -83,9 +83,9 @@ def _load_file(path: Path, trust_pickle: bool = False
     except NotAnFxpruneFile as e:
         if not trust_pickle:
             raise InputError(
-                f"{e}\nfxprune opens only fxprune.save files unless told otherwise: loading "
-                "any other .pt file means unpickling it, and a pickle can run any code. If you "
-                "trust this file, add --trust-pickle.") from e
+                f"{e.reason}. Opening it would mean unpickling it, and unpickling can run any "
+                "code the file holds; fxprune does that only with --trust-pickle (use it for "
+                "files you trust).") from e
         return _unpickle(path), None
     model = from_payload(payload, path)
     shapes = filecheck.example_shapes(payload)

@@ -22,6 +22,8 @@ __all__ = ["save", "load", "read", "from_payload", "apply_manifest", "NotAnFxpru
 
 import builtins
 import importlib
+import pickle
+import re
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +41,14 @@ _MODULE_INTERNALS = set(nn.Module().__dict__) - {"training"}
 
 
 class NotAnFxpruneFile(InputError):
-    """The file is not an :func:`save` file (it may be a pickle: never unpickled here)."""
+    """The file is not an :func:`save` file (it may be a pickle: never unpickled here).
+
+    ``reason`` is the first sentence of the message, without the hint.
+    """
+
+    def __init__(self, reason: str, hint: str = ""):
+        super().__init__(f"{reason}. {hint}".strip())
+        self.reason = reason
 
 
 # --- encoding ---------------------------------------------------------------------------------
@@ -179,16 +188,19 @@ def read(path: str | Path) -> dict[str, Any]:
         NotAnFxpruneFile: the file is not plain data with fxprune's format tag (a pickled
             module, a state_dict, a truncated file, ...). It is never unpickled.
     """
+    hint = ("Files written by torch.save(model) load with torch.load(path, "
+            "weights_only=False), which runs code stored in the file: only for files you trust.")
     try:
         payload = torch.load(str(path), weights_only=True, map_location="cpu")
     except FileNotFoundError:
         raise
+    except pickle.UnpicklingError as e:
+        raise NotAnFxpruneFile(f"{path} is not an fxprune file: it holds pickled Python "
+                               "objects, not plain data", hint) from e
     except Exception as e:  # noqa: BLE001 - whatever torch.load raises, the file is unreadable
-        raise NotAnFxpruneFile(
-            f"{path} is not an fxprune file: it does not load as plain data "
-            f"({short_error(e).splitlines()[0][:200]}). Files written by torch.save(model) "
-            "need torch.load(path, weights_only=False), which runs code stored in the file: "
-            "do that only for files you trust.") from e
+        first = re.sub(r"\x1b\[[0-9;]*m", "", short_error(e)).splitlines()[0][:160]
+        raise NotAnFxpruneFile(f"{path} is not an fxprune file: it cannot be read as plain "
+                               f"data ({first})", hint) from e
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         what = (f"a dict with keys {sorted(map(str, payload))[:5]}"
                 if isinstance(payload, dict) else f"a {type(payload).__name__}")

@@ -189,7 +189,7 @@ def _allowed_function(obj: Any, path: str) -> bool:
         return True
     name = path.rsplit(".", 1)[1]
     if path == f"torch.nn.functional.{name}" and not name.startswith("_") and \
-            _is_function(obj) and _top(own) == "torch":
+            _is_function(obj) and own in ("torch.nn.functional", "torch._C._nn", "torch"):
         return True
     return id(obj) in _leaf_functions()
 
