@@ -161,14 +161,17 @@ def check_node_spec(i: int, spec: Any, n_nodes: int
     where = f"node '{name}' ({where})"
     args = _wrapped(spec.get("args"), "__tuple__", list, f"{where}: args")
     kwargs = _wrapped(spec.get("kwargs"), "__dict__", dict, f"{where}: kwargs")
-    target = spec.get("target")
+    if "target" not in spec:
+        raise InputError(f"{where}: no 'target'")
+    target = spec["target"]
     if op == "output":
         if i != n_nodes - 1 or len(args) != 1 or kwargs:
             raise InputError(f"{where}: the output node must be the last node, with one arg")
     elif op == "placeholder":
         if not isinstance(target, str):
             raise InputError(f"{where}: placeholder target must be a str")
-        trust.check_name(target.removeprefix("**").removeprefix("*"), f"{where} (target)")
+        stars = 2 if target.startswith("**") else 1 if target.startswith("*") else 0
+        trust.check_name(target[stars:], f"{where} (target)")
         if kwargs or len(args) > 1 or (args and not isinstance(
                 args[0], (type(None), bool, int, float, str))):
             raise InputError(f"{where}: a placeholder takes at most one constant default")
@@ -225,7 +228,9 @@ def check_module(m: nn.Module, where: str) -> None:
     """Parameter and buffer shapes against the attributes that define them."""
     if isinstance(m, nn.modules.conv._ConvNd):
         _ints(m, ("in_channels", "out_channels", "groups"), where)
-        k = m.kernel_size
+        if not isinstance(getattr(m, "transposed", None), bool):
+            raise InputError(f"{where}: attribute 'transposed' must be a bool")
+        k = getattr(m, "kernel_size", None)
         if not (isinstance(k, tuple) and all(isinstance(x, int) and x > 0 for x in k)):
             raise InputError(f"{where}: kernel_size {k!r} is not a tuple of positive ints")
         for a in ("stride", "dilation"):
@@ -256,7 +261,7 @@ def check_module(m: nn.Module, where: str) -> None:
         for name in ("weight", "bias"):
             _shape(m, name, (m.num_channels,), where)
     elif isinstance(m, nn.LayerNorm):
-        s = m.normalized_shape
+        s = getattr(m, "normalized_shape", None)
         if not (isinstance(s, tuple) and all(isinstance(x, int) and x > 0 for x in s)):
             raise InputError(f"{where}: normalized_shape {s!r} is not a tuple of positive ints")
         for name in ("weight", "bias"):

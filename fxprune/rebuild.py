@@ -114,7 +114,10 @@ def _short(v: Any) -> str:
     return r if len(r) <= 80 else r[:77] + "..."
 
 
-def _build_module(spec: Any, where: str, extra: tuple[str, ...]) -> nn.Module:
+def _build_module(spec: Any, where: str, extra: tuple[str, ...], depth: int = 0
+                  ) -> nn.Module:
+    if depth > _MAX_DEPTH:
+        raise InputError(f"{where}: modules nested deeper than {_MAX_DEPTH} levels")
     filecheck.check_module_spec(spec, where)
     cls = trust.resolve(spec["class"], "class", f"{where}: class", extra)
     if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
@@ -142,7 +145,7 @@ def _build_module(spec: Any, where: str, extra: tuple[str, ...]) -> nn.Module:
         m._buffers[k] = t
     m._non_persistent_buffers_set = set(spec["non_persistent"])
     for k, c in spec["children"].items():
-        m._modules[k] = _build_module(c, f"{where}.{k}", extra)
+        m._modules[k] = _build_module(c, f"{where}.{k}", extra, depth + 1)
     filecheck.check_module(m, where)
     return m
 

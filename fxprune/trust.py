@@ -138,8 +138,8 @@ def _member_problem(cls: type, name: str) -> str:
 def _tensor_ops() -> frozenset[int]:
     ops = [f for fs in torch.overrides.get_overridable_functions().values() for f in fs]
     ops += [getattr(torch, n) for n in TORCH_FACTORIES if hasattr(torch, n)]
-    return frozenset(id(f) for f in ops
-                     if not getattr(f, "__name__", "_").startswith("_") or f is torch._assert)
+    return frozenset(id(f) for f in ops if f is torch._assert or (
+        not getattr(f, "__name__", "_").startswith("_") and f.__name__ not in REFUSED_METHODS))
 
 
 @functools.lru_cache(maxsize=1)

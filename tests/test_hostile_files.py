@@ -274,6 +274,16 @@ def _paths(obj, prefix=()):
 
 
 def _mutate(rng: random.Random, p: dict, marker: pathlib.Path) -> str:
+    """One random mutation of ``p`` (in place); a description of it."""
+    try:
+        return _mutate_once(rng, p, marker)
+    except (KeyError, IndexError, TypeError, AttributeError, ValueError):  # an earlier
+        key = rng.choice(sorted(p)) if p else "format"  # mutation removed what it needs
+        p[key] = None
+        return f"set {key} None"
+
+
+def _mutate_once(rng: random.Random, p: dict, marker: pathlib.Path) -> str:
     code = _code(marker)
     values = [None, -1, 0, 2, 10**12, 2**62, 1.5, float("nan"), "", "x", True, [], {},
               [[[[[]]]]] * 3, code, f"x={code}", "torch.os.system", "builtins.eval",
@@ -420,3 +430,45 @@ def test_cli_input_shape_is_a_usage_error(capsys):
         assert "--input" in capsys.readouterr().err
     assert cli.parse_shape("1x3x8x8") == (1, 3, 8, 8)
     assert cli.parse_shape(" 1, 3, 8, 8 ") == (1, 3, 8, 8)
+
+
+# --- the policy itself ----------------------------------------------------------------------------
+
+def test_trust_policy_table():
+    from fxprune import trust
+
+    for path in ("torch.cat", "torch.nn.functional.relu", "torch._C._nn.gelu", "torch.zeros",
+                 "torch.functional.split", "torch.Tensor.add", "torch._assert", "math.sqrt",
+                 "_operator.add", "operator.getitem", "builtins.getattr", "torch.index_add",
+                 "timm.layers.pos_embed.resample_abs_pos_embed"):
+        assert callable(trust.resolve(path, "function", "t")), path
+    for path in ("torch.os.system", "torch.load", "torch.save", "torch.from_file",
+                 "torch.hub.load", "torch.compile", "torch.utils.collect_env.run",
+                 "torch.Tensor.register_hook", "torch.Tensor.map_", "builtins.eval",
+                 "operator.call", "operator.methodcaller", "operator.attrgetter", "os.system",
+                 "torch.nn.functional.handle_torch_function", "torch.nn", "math",
+                 "torch.nn.Conv2d", "torch.Tensor.__reduce_ex__", "torch.Tensor._make_subclass",
+                 "timm.models.load_checkpoint", "torch.nn.functional.torch.load"):
+        with pytest.raises(InputError):
+            trust.resolve(path, "function", "t")
+    assert trust.resolve("torch.nn.modules.conv.Conv2d", "class", "t") is nn.Conv2d
+    assert trust.resolve("fxprune.models.resnet_cifar.ResNetCifar", "class", "t") is ResNetCifar
+    for path in ("torch.fx.graph_module.GraphModule", "torch.nn.parallel.DataParallel",
+                 "torch.jit.ScriptModule", "torch.cat", "collections.OrderedDict"):
+        with pytest.raises(InputError):
+            trust.resolve(path, "class", "t")
+    assert trust.tensor_method("view", "t") == "view"
+    for name in ("__class__", "_make_subclass", "register_hook", "shape", "nope", "a.b"):
+        with pytest.raises(InputError):
+            trust.tensor_method(name, "t")
+    for name in ("x", "layer_1", "_tensor_constant0"):
+        assert trust.check_name(name, "t") == name
+    for name in ("1x", "for", "__init__", "x y", "ｘ", "", None, "x=1"):
+        with pytest.raises(InputError):
+            trust.check_name(name, "t")
+    assert trust.check_path("layer1.0.conv1", "t")
+    with pytest.raises(InputError, match="forward"):
+        trust.check_member(nn.Conv2d, "forward", "t")
+    with pytest.raises(InputError, match="internal"):
+        trust.check_member(nn.Conv2d, "_forward_hooks", "t")
+    assert trust.check_member(nn.Conv2d, "in_channels", "t") == "in_channels"
