@@ -3,8 +3,10 @@
 Subcommands: ``inspect``, ``compress``, ``verify``, ``graph``, ``plot``, ``list-criteria``,
 ``list-rules`` and ``bench``. A MODEL is a timm model name (``resnet50``), ``tv:NAME`` or a
 torchvision model name, ``cifar:NAME`` or a name from :mod:`fxprune.models`,
-``package.module:factory`` (called without arguments), or a path to a saved ``.pt`` file
-(:func:`fxprune.save` format first, else a whole pickled module). Models are created with
+``package.module:factory`` (called without arguments), or a path to a file saved with
+:func:`fxprune.save` (opened as plain data: no code from the file runs). Any other ``.pt``
+file (a whole pickled module) is unpickled only with ``--trust-pickle``: unpickling can run
+any code the file holds. Models are created with
 random weights from a fixed seed (``--seed``), so the same MODEL gives the same weights in
 ``compress`` and ``verify``.
 
@@ -21,6 +23,7 @@ import importlib
 import json
 import logging
 import os
+import re
 import sys
 import time
 import traceback
@@ -42,43 +45,55 @@ _CIFAR_INPUT = (1, 3, 32, 32)
 
 # --- models and inputs ------------------------------------------------------------------------
 
+_SHAPE = re.compile(r"^\d+(?:[,x]\d+)*$")
+
+
 def parse_shape(text: str) -> tuple[int, ...]:
     """Parse ``"1,3,224,224"`` (or ``1x3x224x224``) into a shape tuple.
 
     Raises:
         InputError: the text is not a list of positive integers.
     """
-    parts = [p for p in text.replace("x", ",").replace(" ", "").split(",") if p]
-    try:
-        shape = tuple(int(p) for p in parts)
-    except ValueError:
-        shape = ()
+    compact = text.replace(" ", "") if isinstance(text, str) else ""
+    shape = tuple(int(p) for p in re.split("[,x]", compact)) if _SHAPE.match(compact) else ()
     if not shape or any(d < 1 for d in shape):
-        raise InputError(f"--input must be a comma-separated shape such as 1,3,224,224, got "
-                         f"{text!r}")
+        raise InputError(f"--input must be a comma-separated shape of positive integers such "
+                         f"as 1,3,224,224, got {text!r}")
     return shape
 
 
-def _saved_input_shapes(path: Path) -> list[list[int]] | None:
-    """The example input shapes stored in a fxprune.save file ([] if none; None: not one)."""
+def _shape_arg(text: str) -> str:
+    """argparse type of --input: a usage error (exit 2) for a malformed shape."""
     try:
-        payload = torch.load(str(path), weights_only=True, map_location="cpu")
-    except Exception:  # noqa: BLE001 - not an fxprune file
-        return None
-    if isinstance(payload, dict) and str(payload.get("format", "")).startswith("fxprune/"):
-        return list(payload.get("example_input_shapes") or [])
-    return None
+        parse_shape(text)
+    except InputError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text
 
 
-def _load_file(path: Path) -> tuple[nn.Module, tuple[int, ...] | None]:
-    from .serialize import load
+def _load_file(path: Path, trust_pickle: bool = False
+               ) -> tuple[nn.Module, tuple[int, ...] | None]:
+    from . import filecheck
+    from .serialize import NotAnFxpruneFile, from_payload, read
 
     if not path.is_file():
         raise InputError(f"no such model file: {path}")
-    shapes = _saved_input_shapes(path)
-    if shapes is not None:
-        return load(path), tuple(shapes[0]) if shapes else None
-    logger.info("%s is not an fxprune.save file; unpickling it (weights_only=False)", path)
+    try:
+        payload = read(path)
+    except NotAnFxpruneFile as e:
+        if not trust_pickle:
+            raise InputError(
+                f"{e.reason}. Opening it would mean unpickling it, and unpickling can run any "
+                "code the file holds; fxprune does that only with --trust-pickle (use it for "
+                "files you trust).") from e
+        return _unpickle(path), None
+    model = from_payload(payload, path)
+    shapes = filecheck.example_shapes(payload)
+    return model, (shapes[0][0] if shapes else None)
+
+
+def _unpickle(path: Path) -> nn.Module:
+    logger.info("%s is not an fxprune.save file; unpickling it (--trust-pickle)", path)
     try:
         obj = torch.load(str(path), weights_only=False, map_location="cpu")
     except Exception as e:  # noqa: BLE001 - reported as bad input
@@ -88,7 +103,7 @@ def _load_file(path: Path) -> tuple[nn.Module, tuple[int, ...] | None]:
             f"{path} holds a {type(obj).__name__}, not a model. Hint: save whole modules "
             "(torch.save(model, path)) or pruned models with fxprune.save(pruned, path); a "
             "state_dict alone cannot be pruned.")
-    return obj, None
+    return obj
 
 
 def _factory(spec: str) -> nn.Module:
@@ -128,18 +143,20 @@ def _cifar(name: str) -> nn.Module:
     return models.create_model(name)
 
 
-def load_model(spec: str) -> tuple[nn.Module, tuple[int, ...] | None]:
+def load_model(spec: str, trust_pickle: bool = False
+               ) -> tuple[nn.Module, tuple[int, ...] | None]:
     """Build the model a MODEL argument names; returns ``(model, default input shape)``.
 
     The default input shape is None when the model's own default applies (timm's input size,
-    else 1x3x224x224).
+    else 1x3x224x224). A file is opened with :func:`fxprune.serialize.read` (plain data, no
+    code runs); any other file is unpickled only with ``trust_pickle=True`` (``--trust-pickle``).
 
     Raises:
         InputError: the name or file cannot be resolved.
     """
     path = Path(spec)
     if spec.lower().endswith(_FILE_SUFFIXES) or path.is_file():
-        return _load_file(path)
+        return _load_file(path, trust_pickle)
     if spec.startswith("tv:"):
         return _torchvision(spec[3:]), None
     if spec.startswith("cifar:"):
@@ -184,7 +201,7 @@ def _inputs(model: nn.Module, args: argparse.Namespace, default: tuple[int, ...]
 def _model_and_inputs(args: argparse.Namespace, spec: str
                       ) -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
     torch.manual_seed(args.seed)
-    model, default = load_model(spec)
+    model, default = load_model(spec, getattr(args, "trust_pickle", False))
     return model, _inputs(model, args, default)
 
 
@@ -330,9 +347,9 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     from .verify import verify
 
     torch.manual_seed(args.seed)
-    original, default = load_model(args.original)
+    original, default = load_model(args.original, args.trust_pickle)
     torch.manual_seed(args.seed)
-    pruned, saved_shape = load_model(args.pruned)
+    pruned, saved_shape = load_model(args.pruned, args.trust_pickle)
     x = _inputs(original, args, saved_shape or default)
     report = verify(original, pruned, x)
     print(f"oracle: {report}")
@@ -453,7 +470,15 @@ def _common() -> argparse.ArgumentParser:
 def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", metavar="MODEL",
                    help="timm name, tv:NAME, cifar:NAME, package.module:factory or a .pt file")
-    p.add_argument("--input", metavar="SHAPE", help="example input shape, e.g. 1,3,224,224")
+    p.add_argument("--input", metavar="SHAPE", type=_shape_arg,
+                   help="example input shape, e.g. 1,3,224,224")
+    _trust_arg(p)
+
+
+def _trust_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--trust-pickle", action="store_true",
+                   help="a .pt file that is not an fxprune.save file is unpickled (this runs "
+                        "any code the file holds: only for files you trust)")
 
 
 def _round_to(text: str) -> int | str:
@@ -526,7 +551,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("verify", parents=[common], help="check a pruned model against the oracle")
     p.add_argument("original", metavar="ORIGINAL", help="the original MODEL")
     p.add_argument("pruned", metavar="PRUNED", help="the pruned model file")
-    p.add_argument("--input", metavar="SHAPE", help="input shape (default: the saved one)")
+    p.add_argument("--input", metavar="SHAPE", type=_shape_arg,
+                   help="input shape (default: the saved one)")
+    _trust_arg(p)
     p.set_defaults(func=_cmd_verify)
 
     p = sub.add_parser("graph", parents=[common], help="draw the channel-dependency graph")

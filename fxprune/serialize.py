@@ -8,19 +8,22 @@ opens with ``torch.load(path, weights_only=True)``:
 * ``attrs``: tensors read by ``get_attr`` nodes;
 * ``manifest``: the kept indices of every pruned parameter axis.
 
-:func:`load` rebuilds the GraphModule, importing classes and functions only from trusted
-packages (torch, torchvision, timm, operator, math, fxprune, plus ``trusted_modules``).
-``load(path, model=fresh)`` instead re-applies the manifest to a freshly created original model
-(:func:`apply_manifest`) and loads the saved weights into it.
+:func:`load` rebuilds the GraphModule without running code from the file: every name and
+target is checked by :mod:`fxprune.trust` (identifiers only; tensor ops, operators and
+nn.Module classes of torch, torchvision, timm and fxprune, plus ``trusted_modules``), the file
+is checked against itself by :mod:`fxprune.filecheck`, and any corrupt file raises
+:class:`~fxprune.errors.InputError`. ``load(path, model=fresh)`` instead re-applies the manifest
+to a freshly created original model (:func:`apply_manifest`) and loads the saved weights into it.
 """
 
 from __future__ import annotations
 
-__all__ = ["save", "load", "apply_manifest"]
+__all__ = ["save", "load", "read", "from_payload", "apply_manifest", "NotAnFxpruneFile"]
 
 import builtins
 import importlib
-import operator
+import pickle
+import re
 from pathlib import Path
 from typing import Any
 
@@ -29,13 +32,23 @@ import torch.fx as fx
 import torch.nn as nn
 from torch import Tensor
 
-from . import meta
-from .errors import FxPruneError, InputError
-from .trace import EXAMPLE_INPUTS
+from . import filecheck, meta, trust
+from .errors import FxPruneError, InputError, short_error
+from .rebuild import build
 
 FORMAT = "fxprune/1"
-_TRUSTED = ("torch", "torchvision", "timm", "operator", "_operator", "math", "fxprune")
 _MODULE_INTERNALS = set(nn.Module().__dict__) - {"training"}
+
+
+class NotAnFxpruneFile(InputError):
+    """The file is not an :func:`save` file (it may be a pickle: never unpickled here).
+
+    ``reason`` is the first sentence of the message, without the hint.
+    """
+
+    def __init__(self, reason: str, hint: str = ""):
+        super().__init__(f"{reason}. {hint}".strip())
+        self.reason = reason
 
 
 # --- encoding ---------------------------------------------------------------------------------
@@ -55,7 +68,7 @@ def _qualname(obj: Any) -> str:
                        f"torch.Tensor.{short}", f"math.{short}"]
     for c in candidates:
         try:
-            if _resolve(c, trusted=None) is obj:
+            if _import_path(c) is obj:
                 return c
         except Exception:  # noqa: BLE001 - try the next candidate
             continue
@@ -65,14 +78,8 @@ def _qualname(obj: Any) -> str:
         "it with fxprune.apply_manifest().")
 
 
-def _resolve(path: str, trusted: tuple[str, ...] | None) -> Any:
-    top = path.split(".")[0]
-    if path == "builtins.getattr":
-        return builtins.getattr
-    if trusted is not None and top not in trusted:
-        raise InputError(
-            f"the saved model refers to '{path}', outside the trusted packages {trusted}. "
-            f"Hint: if you trust this file, pass trusted_modules=['{top}'] to fxprune.load().")
+def _import_path(path: str) -> Any:
+    """Resolve a dotted name of the user's own model at save time (load uses fxprune.trust)."""
     parts = path.split(".")
     for i in range(len(parts), 0, -1):
         try:
@@ -82,7 +89,7 @@ def _resolve(path: str, trusted: tuple[str, ...] | None) -> Any:
         for p in parts[i:]:
             obj = getattr(obj, p)
         return obj
-    raise InputError(f"cannot import '{path}'")
+    raise ImportError(path)
 
 
 def _enc(v: Any) -> Any:
@@ -115,34 +122,6 @@ def _enc(v: Any) -> Any:
     raise FxPruneError(f"cannot save a value of type {type(v).__name__}: {v!r}")
 
 
-def _dec(v: Any, nodes: dict[str, fx.Node], trusted: tuple[str, ...]) -> Any:
-    if isinstance(v, list):
-        return [_dec(x, nodes, trusted) for x in v]
-    if not isinstance(v, dict):
-        return v
-    if "__node__" in v:
-        return nodes[v["__node__"]]
-    if "__tuple__" in v:
-        return tuple(_dec(x, nodes, trusted) for x in v["__tuple__"])
-    if "__dict__" in v:
-        return {k: _dec(x, nodes, trusted) for k, x in v["__dict__"].items()}
-    if "__slice__" in v:
-        return slice(*(_dec(x, nodes, trusted) for x in v["__slice__"]))
-    if "__ellipsis__" in v:
-        return Ellipsis
-    if "__dtype__" in v:
-        return getattr(torch, v["__dtype__"])
-    if "__device__" in v:
-        return torch.device(v["__device__"])
-    if "__memfmt__" in v:
-        return getattr(torch, v["__memfmt__"])
-    if "__set__" in v:
-        return set(_dec(x, nodes, trusted) for x in v["__set__"])
-    if "__ref__" in v:
-        return _resolve(v["__ref__"], trusted)
-    raise InputError(f"corrupt fxprune file: unknown value {v!r}")
-
-
 def _module_spec(m: nn.Module) -> dict[str, Any]:
     cls = type(m)
     attrs = {k: _enc(v) for k, v in m.__dict__.items() if k not in _MODULE_INTERNALS}
@@ -158,28 +137,6 @@ def _module_spec(m: nn.Module) -> dict[str, Any]:
         "none_buffers": sorted([k for k, b in m._buffers.items() if b is None]),
         "children": {k: _module_spec(c) for k, c in m._modules.items() if c is not None},
     }
-
-
-def _build_module(spec: dict[str, Any], trusted: tuple[str, ...]) -> nn.Module:
-    cls = _resolve(spec["class"], trusted)
-    if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
-        raise InputError(f"corrupt fxprune file: {spec['class']} is not an nn.Module class")
-    m = cls.__new__(cls)
-    nn.Module.__init__(m)
-    for k, v in spec["attrs"].items():
-        m.__dict__[k] = _dec(v, {}, trusted)
-    for k, t in spec["params"].items():
-        m._parameters[k] = nn.Parameter(t, requires_grad=spec["requires_grad"].get(k, True))
-    for k in spec.get("none", []):
-        m._parameters[k] = None
-    for k, t in spec["buffers"].items():
-        m._buffers[k] = t
-    for k in spec.get("none_buffers", []):  # e.g. InstanceNorm's running_mean without stats
-        m._buffers[k] = None
-    m._non_persistent_buffers_set = set(spec["non_persistent"])
-    for k, c in spec["children"].items():
-        m._modules[k] = _build_module(c, trusted)
-    return m
 
 
 # --- public API -------------------------------------------------------------------------------
@@ -202,7 +159,8 @@ def save(pruned: fx.GraphModule, path: str | Path) -> None:
                 obj = getattr(obj, part)
             attrs[n.target] = {"value": obj.detach() if isinstance(obj, Tensor) else _enc(obj),
                                "parameter": isinstance(obj, nn.Parameter)}
-    inputs = pruned.meta.get("fxprune.example_inputs") or ()
+    inputs = [x for x in pruned.meta.get("fxprune.example_inputs") or ()
+              if isinstance(x, Tensor)]
     payload = {
         "format": FORMAT,
         "class_name": type(pruned).__name__,
@@ -214,71 +172,100 @@ def save(pruned: fx.GraphModule, path: str | Path) -> None:
                      for k, dims in (pruned.meta.get(meta.MANIFEST) or {}).items()},
         "state_dict": pruned.state_dict(),
         "residual": pruned.meta.get(meta.RESIDUAL, "coupled"),
-        "example_input_shapes": [list(x.shape) for x in inputs if isinstance(x, Tensor)],
+        "example_input_shapes": [list(x.shape) for x in inputs],
+        "example_input_dtypes": [str(x.dtype).replace("torch.", "") for x in inputs
+                                 if x.is_floating_point()],
     }
+    if len(payload["example_input_dtypes"]) != len(inputs):
+        del payload["example_input_dtypes"]  # non-float inputs: float32 is used at load
     torch.save(payload, str(path))
 
 
-def _read(path: str | Path) -> dict[str, Any]:
+def read(path: str | Path) -> dict[str, Any]:
+    """The plain-data payload of a :func:`save` file, read with ``weights_only=True``.
+
+    Raises:
+        FileNotFoundError: no such file.
+        NotAnFxpruneFile: the file is not plain data with fxprune's format tag (a pickled
+            module, a state_dict, a truncated file, ...). It is never unpickled.
+    """
+    hint = ("Files written by torch.save(model) load with torch.load(path, "
+            "weights_only=False), which runs code stored in the file: only for files you trust.")
     try:
         payload = torch.load(str(path), weights_only=True, map_location="cpu")
     except FileNotFoundError:
         raise
-    except Exception as e:
-        raise InputError(f"{path} is not an fxprune file ({type(e).__name__}: {e}). Hint: "
-                         "files written by torch.save(pruned) load with "
-                         "torch.load(path, weights_only=False).") from e
+    except pickle.UnpicklingError as e:
+        raise NotAnFxpruneFile(f"{path} is not an fxprune file: it holds pickled Python "
+                               "objects, not plain data", hint) from e
+    except Exception as e:  # noqa: BLE001 - whatever torch.load raises, the file is unreadable
+        first = re.sub(r"\x1b\[[0-9;]*m", "", short_error(e)).splitlines()[0][:160]
+        raise NotAnFxpruneFile(f"{path} is not an fxprune file: it cannot be read as plain "
+                               f"data ({first})", hint) from e
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise InputError(f"{path} is not an fxprune file (expected format {FORMAT})")
+        what = (f"a dict with keys {sorted(map(str, payload))[:5]}"
+                if isinstance(payload, dict) else f"a {type(payload).__name__}")
+        raise NotAnFxpruneFile(f"{path} is not an fxprune file (expected format {FORMAT}, it "
+                               f"holds {what})")
     return payload
 
 
 def load(path: str | Path, model: nn.Module | None = None, *,
-         trusted_modules: list[str] | tuple[str, ...] = ()) -> fx.GraphModule:
-    """Load a model saved with :func:`save`.
+         trusted_modules: list[str] | tuple[str, ...] = (), check: bool = True
+         ) -> fx.GraphModule:
+    """Load a model saved with :func:`save`, without running code from the file.
 
     Args:
         path: the file.
         model: optional freshly created *original* model (same architecture): the saved
             manifest is re-applied to it and the saved weights loaded, without using the saved
-            graph code.
-        trusted_modules: extra top-level packages whose classes/functions may be imported.
+            graph.
+        trusted_modules: extra top-level packages whose functions and classes the file may
+            name (the default is the policy of :mod:`fxprune.trust`).
+        check: run the loaded module once, in eval mode and without gradients, on random
+            inputs of the saved example-input shapes, so that a file inconsistent with itself
+            fails here (naming the node) instead of at its first use.
+
+    Raises:
+        InputError: the file is not an fxprune file, is corrupt, or names code outside the
+            trust policy; the message says what and where.
     """
-    payload = _read(path)
-    if model is not None:
-        shapes = payload.get("example_input_shapes") or None
-        inputs = tuple(torch.randn(s) for s in shapes) if shapes else None
-        pruned = apply_manifest(model, payload["manifest"], example_inputs=inputs,
-                                residual=payload.get("residual", "coupled"))
+    return from_payload(read(path), path, model=model, trusted_modules=trusted_modules,
+                        check=check)
+
+
+def from_payload(payload: dict[str, Any], source: str | Path = "<payload>",
+                 model: nn.Module | None = None, *,
+                 trusted_modules: list[str] | tuple[str, ...] = (), check: bool = True
+                 ) -> fx.GraphModule:
+    """:func:`load` for a payload already returned by :func:`read`."""
+    if not isinstance(check, bool):
+        raise InputError(f"check must be a bool, got {type(check).__name__}")
+    extra = tuple(trusted_modules)
+    for t in extra:
+        trust.check_name(t, "trusted_modules")
+    try:
+        filecheck.check_payload(payload)
+        if model is not None:
+            return _reapply(payload, model)
+        return build(payload, extra, check)
+    except InputError as e:
+        raise InputError(f"{source}: {e}") from e
+    except Exception as e:  # noqa: BLE001 - a corrupt file is bad input, never a deep trace
+        raise InputError(f"{source}: corrupt fxprune file ({short_error(e)[:300]})") from e
+
+
+def _reapply(payload: dict[str, Any], model: nn.Module) -> fx.GraphModule:
+    shapes = filecheck.example_shapes(payload)
+    inputs = tuple(torch.randn(s, dtype=d) for s, d in shapes) or None
+    pruned = apply_manifest(model, payload["manifest"], example_inputs=inputs,
+                            residual=payload.get("residual", "coupled"))
+    try:
         pruned.load_state_dict(payload["state_dict"])
-        return pruned
-    trusted = tuple(_TRUSTED) + tuple(trusted_modules)
-    root: dict[str, Any] = {k: _build_module(s, trusted) for k, s in payload["modules"].items()}
-    for k, a in payload["attrs"].items():
-        v = a["value"]
-        root[k] = nn.Parameter(v) if a["parameter"] else (
-            v if isinstance(v, Tensor) else _dec(v, {}, trusted))
-    graph = fx.Graph()
-    nodes: dict[str, fx.Node] = {}
-    for spec in payload["graph"]:
-        target = spec["target"]
-        target = _dec(target, nodes, trusted) if isinstance(target, dict) else target
-        args = _dec(spec["args"], nodes, trusted)
-        kwargs = _dec(spec["kwargs"], nodes, trusted)
-        if spec["op"] == "output":
-            nodes[spec["name"]] = graph.output(args[0])
-        else:
-            nodes[spec["name"]] = graph.create_node(spec["op"], target, tuple(args), kwargs,
-                                                    name=spec["name"])
-    gm = fx.GraphModule(root, graph, class_name=payload.get("class_name", "Pruned"))
-    gm.train(bool(payload.get("training", False)))
-    gm.meta[meta.MANIFEST] = payload["manifest"]
-    gm.meta[meta.RESIDUAL] = payload.get("residual", "coupled")
-    shapes = payload.get("example_input_shapes") or []
-    if shapes:  # fresh random inputs of the saved shapes (for verify/count/re-saving)
-        gen = torch.Generator().manual_seed(0)
-        gm.meta[EXAMPLE_INPUTS] = tuple(torch.randn(s, generator=gen) for s in shapes)
-    return gm
+    except RuntimeError as e:
+        raise InputError(f"the saved weights do not fit the re-pruned model (is `model` the "
+                         f"original architecture?): {short_error(e)[:400]}") from e
+    return pruned
 
 
 def apply_manifest(model: nn.Module, manifest: dict[str, dict[int, list[int]]],
@@ -311,5 +298,3 @@ def apply_manifest(model: nn.Module, manifest: dict[str, dict[int, list[int]]],
     gm.meta[meta.KEEPSETS] = keep
     return rewrite(gm)
 
-
-_ = operator

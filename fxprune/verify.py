@@ -158,6 +158,10 @@ def kept_from_manifest(analysis: Analysis, manifest: dict[str, dict[int, list[in
         if kept_idx is None:
             continue
         k = torch.zeros(b.ids.numel(), dtype=torch.bool)
+        if any(not isinstance(i, int) or not 0 <= i < k.numel() for i in kept_idx):
+            raise InputError(f"manifest['{path}'][{b.dim}]: kept indices must be ints in "
+                             f"[0, {k.numel()}) for this original model (is it the model that "
+                             "was pruned?)")
         k[torch.tensor(kept_idx, dtype=torch.long)] = True
         pruned_unit[analysis.unit[b.ids[~k]]] = True
     kept = ~pruned_unit[analysis.unit]

@@ -195,7 +195,10 @@ def test_load_model_sources(tmp_path):
     model, shape = cli.load_model("resnet20")  # not a timm/torchvision name: fxprune.models
     assert shape == (1, 3, 32, 32) and type(model).__name__ == "ResNetCifar"
     torch.save(model, tmp_path / "whole.pt")
-    assert type(cli.load_model(str(tmp_path / "whole.pt"))[0]).__name__ == "ResNetCifar"
+    with pytest.raises(fxprune.InputError, match="--trust-pickle"):  # never unpickled unasked
+        cli.load_model(str(tmp_path / "whole.pt"))
+    whole = cli.load_model(str(tmp_path / "whole.pt"), trust_pickle=True)[0]
+    assert type(whole).__name__ == "ResNetCifar"
     _reference(tmp_path / "p.pt")
     loaded, shape = cli.load_model(str(tmp_path / "p.pt"))
     assert isinstance(loaded, torch.fx.GraphModule) and shape == (1, 3, 32, 32)
