@@ -198,7 +198,7 @@ class ClrPool:
                  cost: Any = "authors"):
         _check_cost(cost)
         self.authors = cost != "macs"
-        # (group, sorted float64 scores, units the layer's rounding counts)
+        # (group, its scores, units the layer's rounding counts)
         self.parts: list[tuple[meta.Group, Tensor, int]] = []
         if self.authors:
             ranked = ranked_groups(analysis, groups)
@@ -211,7 +211,7 @@ class ClrPool:
                 if c is None or c <= 0:
                     continue
                 vals = (w / math.pow(c, lam)).abs().reshape(-1)  # their dtype and arithmetic
-                self.parts.append((g, torch.sort(vals.double()).values, w.shape[0]))
+                self.parts.append((g, vals.double(), w.shape[0]))
         else:
             costs_m = layer_costs(analysis)
             for g in groups:
@@ -226,21 +226,15 @@ class ClrPool:
                     ok = (m.units >= 0) & ~frozen[m.units]
                     vals.append(w[ok].abs().reshape(-1).double() / c ** lam)
                 if vals:
-                    self.parts.append((g, torch.sort(torch.cat(vals)).values, g.prunable))
+                    self.parts.append((g, torch.cat(vals), g.prunable))
         self.size = sum(v.numel() for _, v, _ in self.parts)
+        self._pool: Tensor | None = None
 
     def _kth(self, k: int) -> Tensor:
-        """The k-th smallest pooled score (1-based), by bisection over float64 bit patterns
-        (they order non-negative floats), without sorting the whole pool."""
-        lo, hi = 0, int(torch.stack([v[-1] for _, v, _ in self.parts]).max().view(torch.int64))
-        while lo < hi:
-            mid = (lo + hi) // 2
-            x = torch.tensor(mid, dtype=torch.int64).view(torch.float64)
-            if sum(int(torch.searchsorted(v, x, right=True)) for _, v, _ in self.parts) >= k:
-                hi = mid
-            else:
-                lo = mid + 1
-        return torch.tensor(lo, dtype=torch.int64).view(torch.float64)
+        """The k-th smallest pooled score (1-based); selection, not a sort of the pool."""
+        if self._pool is None:
+            self._pool = torch.cat([v for _, v, _ in self.parts])
+        return torch.kthvalue(self._pool, k).values
 
     def removed(self, amount: float) -> dict[int, int]:
         """Units each ranked group loses when ``amount`` of the pooled weights are pruned."""
@@ -253,13 +247,13 @@ class ClrPool:
                 return out
             tau = self._kth(self.size - preserve + 1) if preserve > 0 else None
             for g, v, n in self.parts:
-                below = v.numel() if tau is None else int(torch.searchsorted(v, tau))
+                below = v.numel() if tau is None else int((v < tau).sum())
                 out[g.id] = n - int(n * (1 - below / v.numel()))
             return out
         k = min(self.size, math.floor(amount * self.size + 1e-9))
         if k > 0:
             tau = self._kth(k)
             for g, v, n in self.parts:
-                below = int(torch.searchsorted(v, tau, right=True)) / v.numel()
+                below = int((v <= tau).sum()) / v.numel()
                 out[g.id] = math.floor(n * below + 1e-9)
         return out
