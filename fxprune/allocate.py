@@ -187,7 +187,7 @@ class Allocator:
         out = dict(self.fixed)
         if self.allocation == "uniform" and self.count_rule is not None:
             rule = self.count_rule
-            out.update({g.id: min(g.size, max(0, rule(g.size, amount))) / g.size
+            out.update({g.id: min(g.size - 1, max(0, rule(g.size, amount))) / g.size
                         for g in self.free})
         elif self.allocation == "uniform":
             out.update({g.id: amount for g in self.free})
