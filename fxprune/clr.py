@@ -110,7 +110,11 @@ def ranked_groups(analysis: Analysis, groups: Sequence[meta.Group]
         filters = _filters(analysis, g)
         if len(filters) != 1 or g.id in scattered:
             continue
-        if isinstance(analysis.gm.get_submodule(filters[0].target), _CONV):
+        try:  # a functional conv's weight is an attribute, not a module: not ranked
+            mod = analysis.gm.get_submodule(filters[0].target)
+        except AttributeError:
+            continue
+        if isinstance(mod, _CONV):
             found.append((g, filters[0]))
     return sorted(found, key=lambda p: order.get(p[1].node, len(order)))
 
