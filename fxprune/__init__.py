@@ -21,6 +21,8 @@ __all__ = [
     "rewrite",
     "verify",
     "count",
+    "paper_flops",
+    "paper_flops_cut",
     "save",
     "load",
     "apply_manifest",
@@ -61,6 +63,7 @@ from .errors import (
 from .inspect import inspect
 from .latency import auto_round_to, measure_latency
 from .meta import Group, KeepSet, ParamSlice
+from .paper_flops import paper_flops, paper_flops_cut
 from .rewrite import rewrite
 from .rules import Rule, list_rules, register_rule
 from .select import select

@@ -13,27 +13,27 @@ Policies map one amount ``a`` in [0, 1) to per-group ratios, monotonically:
   Scores are made comparable by dividing each group's scores (over its prunable units) by their
   mean, after shifting them so their minimum is 0 when a criterion returns negative values.
   The lowest normalized units go first, but no group loses more than ``max_ratio`` of its units.
-- ``"clr"``: cross-layer ranking (CLR-RNF §8.1): every weight of the producer filters scores
-  ``|w| / c_l^lambda``, where ``c_l`` is the layer's MACs per output filter divided by that of
-  the first layer; ``a`` is the fraction of all these weights below the global threshold, and a
-  group's ratio is the fraction of its own weights below it (a residual group pools the weights
-  of all its producers: one ratio per coupled stage, like the paper's concatenated conv3s),
-  capped at ``max_ratio``. ``c_l`` is derived from shapes [INF]: weights per filter times the
-  output's elements per channel (batch included; the normalization cancels it). Only filters
-  (``"out"`` members of >= 2 dims) enter the pool; biases do not.
+- ``"clr"``: cross-layer ranking (CLR-RNF §8.1, :mod:`fxprune.clr`): every weight of the
+  ranked layers scores ``|w| / c_l^lambda``; ``a`` is the fraction of all these weights below
+  one global threshold, and a layer's ratio is the fraction of its own weights below it.
+  ``clr_cost="authors"`` (default) is the authors' method: inner convs only, their cost
+  factors and their ``int(N (1 - r))`` rounding; ``clr_cost="macs"`` is fxprune's (MACs per
+  filter, every group, residual streams pooled). No cap unless ``max_ratio`` is given.
 - explicit ``ratios={"layer4.*": 0.7}``: a group whose producer modules (the owners of its
   ``"out"`` members) *all* match a name or glob takes that ratio (the smallest one if several
   match; an exact name wins over globs, otherwise the first matching glob in order). Such groups
   are fixed; the policy allocates the others. A coupled group that also has unmatched producers
   (e.g. a residual stream shared with the stem) keeps the policy's ratio.
 
-``max_ratio`` is applied before ``round_to`` rounding; select keeps frozen units and >= 1 unit.
+``max_ratio`` (default 0.9 for ``"global"`` and target searches, none for ``"clr"``) is applied
+before ``round_to`` rounding; select keeps frozen units and >= 1 unit. Under ``"uniform"``, a
+criterion with a ``count_rule`` (FPGM-mix) sets how many units a group of ``n`` loses.
 """
 
 from __future__ import annotations
 
 __all__ = ["ALLOCATIONS", "ALLOCATION", "allocate", "explicit_ratios", "layer_costs",
-           "Allocator", "Fit", "fit_target"]
+           "Allocator", "Fit", "fit_target", "DEFAULT_MAX_RATIO"]
 
 import fnmatch
 import logging
@@ -41,6 +41,7 @@ import math
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.fx as fx
@@ -48,7 +49,9 @@ from torch import Tensor
 
 from . import meta
 from .analyze import Analysis, Progress
+from .clr import ClrPool, layer_costs
 from .count import count
+from .criteria import CountRule
 from .errors import InputError
 from .rewrite import rewrite
 from .select import keep_count, select
@@ -57,6 +60,7 @@ from .trace import EXAMPLE_INPUTS
 logger = logging.getLogger(__name__)
 
 ALLOCATIONS = ("uniform", "global", "clr")
+DEFAULT_MAX_RATIO = 0.9  # "global" and target searches; "clr" has no cap unless given
 ALLOCATION = meta.ALLOCATION
 
 
@@ -120,61 +124,38 @@ def _normalized(g: meta.Group, s: Tensor) -> Tensor:
     return s / mean if mean > 0 else torch.zeros_like(s)
 
 
-def layer_costs(analysis: Analysis) -> dict[tuple[str, str], float]:
-    """CLR's ``c_l`` per producer parameter: MACs per output filter / those of the first layer."""
-    nodes = {n.name: (i, n) for i, n in enumerate(analysis.gm.graph.nodes)}
-    raw: dict[tuple[str, str], tuple[int, float]] = {}
-    for g in analysis.groups:
-        for m in g.members:
-            if m.role != "out" or (m.target, m.param) in raw:
-                continue
-            w = _tensor(analysis.gm, m)
-            if w is None or w.dim() < 2 or w.shape[0] == 0:  # biases are not filters
-                continue
-            idx, node = nodes.get(m.node, (len(nodes), None))
-            shape = node.meta.get(meta.SHAPE) if node is not None else None
-            spatial = (math.prod(shape) / w.shape[0] if isinstance(shape, (tuple, list))
-                       and all(isinstance(d, int) for d in shape) else 1.0)
-            raw[(m.target, m.param)] = (idx, w[0].numel() * max(spatial, 1.0))
-    if not raw:
-        return {}
-    first = min(raw.values())[1]
-    return {k: c / first for k, (_, c) in raw.items()}
-
-
-def _tensor(root: torch.nn.Module, m: meta.ParamSlice) -> Tensor | None:
-    try:
-        return m.tensor(root)
-    except AttributeError:
-        return None
-
-
 class Allocator:
     """Maps an amount in [0, 1) to per-group ratios, monotonically, for one policy."""
 
     def __init__(self, analysis: Analysis, scores: Mapping[int, Tensor],
-                 allocation: str = "uniform", *, max_ratio: float = 0.9,
-                 fixed: Mapping[int, float] | None = None, clr_lambda: float = 1.0):
+                 allocation: str = "uniform", *, max_ratio: float | None = None,
+                 fixed: Mapping[int, float] | None = None, clr_lambda: float = 1.0,
+                 clr_cost: Any = "authors", count_rule: CountRule | None = None):
         if allocation not in ALLOCATIONS:
             raise InputError(f"allocation must be one of {', '.join(ALLOCATIONS)}, got "
                              f"{allocation!r}")
-        if isinstance(max_ratio, bool) or not isinstance(max_ratio, (int, float)) or \
-                not 0.0 < float(max_ratio) < 1.0:
+        if max_ratio is not None and (isinstance(max_ratio, bool) or not isinstance(
+                max_ratio, (int, float)) or not 0.0 < float(max_ratio) < 1.0):
             raise InputError(f"max_ratio must be in (0, 1), got {max_ratio!r}")
+        self.capped = max_ratio is not None or allocation != "clr"
+        if max_ratio is None:
+            max_ratio = DEFAULT_MAX_RATIO if allocation != "clr" else 1.0 - 1e-9
         if isinstance(clr_lambda, bool) or not isinstance(clr_lambda, (int, float)) or \
                 not math.isfinite(clr_lambda):
             raise InputError(f"clr_lambda must be a finite number, got {clr_lambda!r}")
         self.allocation = allocation
+        self.count_rule = count_rule
         self.max_ratio = float(max_ratio)
         self.fixed = dict(fixed or {})
         self.free = [g for g in _scored(analysis) if g.id not in self.fixed]
-        self.caps = {g.id: min(g.prunable, math.floor(g.size * self.max_ratio + 1e-9))
-                     for g in self.free}
+        self.size = {g.id: g.size for g in self.free}
+        self.caps = {g.id: (min(g.prunable, math.floor(g.size * self.max_ratio + 1e-9))
+                            if self.capped else min(g.prunable, g.size - 1)) for g in self.free}
         self.upper, self.resolution = self.max_ratio, 1e-6
         if allocation == "global":
             self._init_global(scores)
         elif allocation == "clr":
-            self._init_clr(analysis, float(clr_lambda))
+            self._init_clr(analysis, float(clr_lambda), clr_cost)
 
     def _init_global(self, scores: Mapping[int, Tensor]) -> None:
         parts = [(_normalized(g, scores[g.id]) if g.id in scores else
@@ -196,45 +177,19 @@ class Allocator:
         self.upper = min(self.max_ratio, self._order_gids.numel() / self._total)
         self.resolution = 0.5 / self._total
 
-    def _init_clr(self, analysis: Analysis, lam: float) -> None:
-        costs = layer_costs(analysis)
-        self._clr: list[tuple[meta.Group, Tensor]] = []
-        for g in self.free:
-            frozen = torch.zeros(g.size + 1, dtype=torch.bool)
-            frozen[list(g.frozen_units)] = True
-            vals = []
-            for m in g.members:
-                w = _tensor(analysis.gm, m) if m.role == "out" else None
-                c = costs.get((m.target, m.param))
-                if w is None or c is None:
-                    continue
-                ok = (m.units >= 0) & ~frozen[m.units]
-                vals.append(w[ok].abs().reshape(-1).double() / c ** lam)
-            if vals:
-                self._clr.append((g, torch.sort(torch.cat(vals)).values))
-        self._n_pool = sum(v.numel() for _, v in self._clr)
+    def _init_clr(self, analysis: Analysis, lam: float, cost: Any) -> None:
+        self._clr = ClrPool(analysis, self.free, lam, cost)
         self.upper = 1.0 - 1e-9
-        self.resolution = 0.5 / max(1, self._n_pool)
-
-    def _clr_threshold(self, n: int) -> Tensor:
-        """The n-th smallest pooled CLR score (1-based), without sorting the whole pool.
-
-        Bisection over the bit patterns of float64, which order non-negative floats.
-        """
-        lo, hi = 0, int(torch.stack([v[-1] for _, v in self._clr]).max().view(torch.int64))
-        while lo < hi:
-            mid = (lo + hi) // 2
-            x = torch.tensor(mid, dtype=torch.int64).view(torch.float64)
-            if sum(int(torch.searchsorted(v, x, right=True)) for _, v in self._clr) >= n:
-                hi = mid
-            else:
-                lo = mid + 1
-        return torch.tensor(lo, dtype=torch.int64).view(torch.float64)
+        self.resolution = 0.5 / max(1, self._clr.size)
 
     def ratios(self, amount: float) -> dict[int, float]:
         """Per-group ratios (fixed groups included) for ``amount`` of the policy."""
         out = dict(self.fixed)
-        if self.allocation == "uniform":
+        if self.allocation == "uniform" and self.count_rule is not None:
+            rule = self.count_rule
+            out.update({g.id: min(g.size - 1, max(0, rule(g.size, amount))) / g.size
+                        for g in self.free})
+        elif self.allocation == "uniform":
             out.update({g.id: amount for g in self.free})
         elif self.allocation == "global":
             k = min(self._order_gids.numel(), math.floor(amount * self._total + 1e-9))
@@ -242,19 +197,15 @@ class Allocator:
             out.update({g.id: int(r) / g.size for g, r in zip(self.free, removed)})
         else:
             out.update({g.id: 0.0 for g in self.free})
-            n = min(self._n_pool, math.floor(amount * self._n_pool + 1e-9))
-            if n > 0:
-                tau = self._clr_threshold(n)
-                for g, vals in self._clr:
-                    below = int(torch.searchsorted(vals, tau, right=True)) / vals.numel()
-                    removed = min(self.caps[g.id], math.floor(g.prunable * below + 1e-9))
-                    out[g.id] = removed / g.size
+            for gid, removed in self._clr.removed(amount).items():
+                out[gid] = min(self.caps[gid], removed) / self.size[gid]
         return out
 
 
 def allocate(analysis: Analysis, scores: Mapping[int, Tensor], amount: float = 0.0, *,
-             allocation: str = "uniform", max_ratio: float = 0.9,
-             ratios: Mapping[str, float] | None = None, clr_lambda: float = 1.0
+             allocation: str = "uniform", max_ratio: float | None = None,
+             ratios: Mapping[str, float] | None = None, clr_lambda: float = 1.0,
+             clr_cost: Any = "authors", count_rule: CountRule | None = None
              ) -> dict[int, float]:
     """Per-group ratios for :func:`fxprune.select` (see the module docstring for the policies).
 
@@ -266,7 +217,7 @@ def allocate(analysis: Analysis, scores: Mapping[int, Tensor], amount: float = 0
     """
     fixed = explicit_ratios(analysis, ratios) if ratios else {}
     alloc = Allocator(analysis, scores, allocation, max_ratio=max_ratio, fixed=fixed,
-                      clr_lambda=clr_lambda)
+                      clr_lambda=clr_lambda, clr_cost=clr_cost, count_rule=count_rule)
     return alloc.ratios(amount)
 
 
@@ -328,7 +279,10 @@ def fit_target(analysis: Analysis, scores: Mapping[int, Tensor], alloc: Allocato
     ``tol / 2`` (relative). Where one step of the policy is too coarse (uniform pruning of
     many same-size groups changes them all at once), the groups that differ between the two
     bracketing allocations are then moved one at a time, in graph order (bisection over how
-    many): the result is uniform up to one unit (or one ``round_to`` step) per group. The best
+    many): the result is uniform up to one unit (or one ``round_to`` step) per group. If one
+    group's own step is still too coarse (an option-A ResNet's stream, whose channels run
+    through every stage), it is fixed at either side of its step and the others are searched
+    again. The best
     step is returned, with a warning if it is not within ``tol``; its keep-sets are left
     selected on ``analysis.gm``.
     """
@@ -341,22 +295,11 @@ def fit_target(analysis: Analysis, scores: Mapping[int, Tensor], alloc: Allocato
             f"target_{'flops' if metric == 'macs' else metric}={target:g} is out of reach: the "
             f"most this allocation removes (max_ratio={alloc.max_ratio:g}) keeps {fhi:.4f} of "
             f"the {metric}. Hint: raise max_ratio, or free frozen/ignored layers.")
-    last = 0
-    while flo > target and len(f.evals) < max_steps and hi - lo > alloc.resolution and \
-            f.error(target) > tol / 2:
-        a, b, y = math.sqrt(flo), math.sqrt(fhi), math.sqrt(target)
-        t = lo + (hi - lo) * (a - y) / (a - b) if a > b else (lo + hi) / 2
-        width = hi - lo
-        t = min(max(t, lo + 0.02 * width), hi - 0.02 * width)
-        if abs(last) >= 2:  # the same end moved twice: bisect to guarantee progress
-            t = (lo + hi) / 2
-        ft = f(t, alloc.ratios(t))
-        if ft > target:
-            lo, flo, last = t, ft, (last + 1 if last > 0 else 1)
-        else:
-            hi, fhi, last = t, ft, (last - 1 if last < 0 else -1)
+    lo, hi, flo = _narrow(f, alloc, target, tol, max_steps, {}, lo, hi, flo, fhi)
     if flo > target and f.error(target) > tol / 2:
         _refine(f, analysis, alloc.ratios(lo), alloc.ratios(hi), lo, target, tol)
+    if f.error(target) > tol / 2:
+        _coarse_group(f, analysis, alloc, target, tol, max_steps, lo, hi)
     t, achieved, ratios = min(f.evals, key=lambda e: (abs(e[1] - target), e[0]))
     if abs(achieved - target) > tol * target:
         why = "channel granularity" + (" and round_to" if round_to else "")
@@ -366,16 +309,64 @@ def fit_target(analysis: Analysis, scores: Mapping[int, Tensor], alloc: Allocato
     return Fit(ratios, t, achieved, target, len(f.seen))
 
 
+def _narrow(f: _Search, alloc: Allocator, target: float, tol: float, max_steps: int,
+            override: dict[int, float], lo: float, hi: float, flo: float, fhi: float
+            ) -> tuple[float, float, float]:
+    """Safeguarded interpolation on ``sqrt`` of the kept fraction; returns (lo, hi, f(lo))."""
+    last, start = 0, len(f.evals)
+    while flo > target and len(f.evals) < start + max_steps and \
+            hi - lo > alloc.resolution and f.error(target) > tol / 2:
+        a, b, y = math.sqrt(flo), math.sqrt(fhi), math.sqrt(target)
+        t = lo + (hi - lo) * (a - y) / (a - b) if a > b else (lo + hi) / 2
+        width = hi - lo
+        t = min(max(t, lo + 0.02 * width), hi - 0.02 * width)
+        if abs(last) >= 2:  # the same end moved twice: bisect to guarantee progress
+            t = (lo + hi) / 2
+        ft = f(t, {**alloc.ratios(t), **override})
+        if ft > target:
+            lo, flo, last = t, ft, (last + 1 if last > 0 else 1)
+        else:
+            hi, fhi, last = t, ft, (last - 1 if last < 0 else -1)
+    return lo, hi, flo
+
+
+def _coarse_group(f: _Search, analysis: Analysis, alloc: Allocator, target: float, tol: float,
+                  max_steps: int, lo: float, hi: float) -> None:
+    """One group's step is larger than the tolerance (a residual stream whose channels run
+    through every stage): fix it at either side of its step and search the others again."""
+    r_lo, r_hi = alloc.ratios(lo), alloc.ratios(hi)
+    k_lo, k_hi = f.key(r_lo), f.key(r_hi)
+    moved = [g for g, a, b in zip(analysis.groups, k_lo, k_hi) if a != b]
+    if not moved:
+        return
+    coarse = max(moved, key=lambda g: (len(g.producers), g.size)).id
+    for r in (r_hi[coarse], r_lo[coarse]):
+        if f.error(target) <= tol / 2:
+            return
+        ov = {coarse: r}
+        a, b = 0.0, alloc.upper
+        fa, fb = f(a, {**alloc.ratios(a), **ov}), f(b, {**alloc.ratios(b), **ov})
+        if not fa > target > fb:
+            continue
+        a, b, fa = _narrow(f, alloc, target, tol, max_steps, ov, a, b, fa, fb)
+        if fa > target and f.error(target) > tol / 2:
+            _refine(f, analysis, {**alloc.ratios(a), **ov}, {**alloc.ratios(b), **ov}, a,
+                    target, tol)
+
+
 def _refine(f: _Search, analysis: Analysis, r_lo: dict[int, float], r_hi: dict[int, float],
             amount: float, target: float, tol: float) -> None:
-    """Bisect over how many of the groups that differ take their ``r_hi`` ratio."""
+    """Bisect over how many of the groups that differ take their ``r_hi`` ratio: in graph order,
+    then, if that misses, in reverse order (a coarse group, e.g. a residual stream whose channels
+    run through every stage, decides the first step of one order and the last of the other)."""
     k_lo, k_hi = f.key(r_lo), f.key(r_hi)
     moved = [g.id for g, a, b in zip(analysis.groups, k_lo, k_hi) if a != b]
-    lo, hi = 0, len(moved)
-    while hi - lo > 1 and f.error(target) > tol / 2:
-        mid = (lo + hi) // 2
-        ratios = {**r_lo, **{gid: r_hi[gid] for gid in moved[:mid]}}
-        if f(amount, ratios) > target:
-            lo = mid
-        else:
-            hi = mid
+    for order in (moved, moved[::-1]):
+        lo, hi = 0, len(order)
+        while hi - lo > 1 and f.error(target) > tol / 2:
+            mid = (lo + hi) // 2
+            ratios = {**r_lo, **{gid: r_hi[gid] for gid in order[:mid]}}
+            if f(amount, ratios) > target:
+                lo = mid
+            else:
+                hi = mid

@@ -71,12 +71,20 @@ class ScatterAdd:
     The rewrite emits ``index_add(stream + const, 1, kept, branch)``; ``const`` holds what the
     removed channels of ``norm`` emit for a zero input (BatchNorm folded), so the result is
     exact against the oracle that zeroes the pruned filters' outputs.
+
+    ``role="stream"``: the *other* operand is a conv's own channels too (the stem's
+    ``conv -> BN -> ReLU [-> max-pool]`` feeding the first block): ``chain`` names the
+    per-channel ops between that conv and the add; the rewrite scatters the operand into a
+    full-width tensor holding what ``chain`` makes of the removed channels' zeros
+    (:func:`fxprune.rewrite.scatter_channels`), and the add's output is a new full-width stream.
     """
 
     node: str
     branch_arg: int
     branch_ids: Tensor
     norm: str | None
+    role: str = "branch"
+    chain: tuple[str, ...] = ()
 
 
 @dataclass
@@ -303,6 +311,16 @@ class PropCtx:
             self.consume(branch_arg)
         else:
             self._s.consumers.setdefault(norm, []).append(0)
+
+    def scatter_stream(self, arg: int, ids: Tensor, chain: tuple[str, ...]) -> None:
+        """Record a residual add's stream operand that is a conv's own channels, reached through
+        the per-channel ops ``chain`` (see ScatterAdd); the oracle zeroes the conv's removed
+        channels where ``chain`` starts."""
+        self._s.scatters.append(ScatterAdd(self.node.name, arg, ids, None, "stream", chain))
+        if chain:
+            self._s.consumers.setdefault(chain[0], []).append(0)
+        else:
+            self.consume(arg)
 
     def approximate(self, ids: Tensor, reason: str) -> None:
         """Pruning these channels changes this op's statistics (e.g. LayerNorm over C)."""

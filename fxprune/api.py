@@ -61,10 +61,10 @@ def _check_target(name: str, value: Any) -> float | None:
 def prune_graph(gm: fx.GraphModule, ratio: float | None = None, *, criterion: Any = "l1",
                 ignore: Any = None, round_to: int | None = None, strict: bool = False,
                 data: Any = None, seed: int = 0, progress: Progress | None = None,
-                allocation: str = "uniform", max_ratio: float = 0.9,
+                allocation: str = "uniform", max_ratio: float | None = None,
                 ratios: Mapping[str, float] | None = None, target_flops: float | None = None,
                 target_params: float | None = None, clr_lambda: float = 1.0,
-                residual: str = "coupled", check: bool | str = True
+                residual: str = "coupled", check: bool | str = True, clr_cost: Any = "authors"
                 ) -> tuple[fx.GraphModule, Analysis]:
     """Analyze, score, allocate, select and rewrite a traced graph; returns (pruned, analysis).
 
@@ -98,8 +98,11 @@ def prune_graph(gm: fx.GraphModule, ratio: float | None = None, *, criterion: An
     scores = score(analysis, criterion, data=data, seed=seed)
     fixed = explicit_ratios(analysis, ratios) if ratios else {}
     alloc = Allocator(analysis, scores, allocation, max_ratio=max_ratio, fixed=fixed,
-                      clr_lambda=clr_lambda)
+                      clr_lambda=clr_lambda, clr_cost=clr_cost,
+                      count_rule=get_criterion(criterion).count_rule)
     info: dict[str, Any] = {"allocation": allocation}
+    if allocation == "clr":
+        info["clr_cost"] = clr_cost if isinstance(clr_cost, str) else "given"
     if target is not None:
         fit = fit_target(analysis, scores, alloc, target, metric=metric, round_to=round_to,
                          progress=progress)
@@ -131,13 +134,14 @@ def compress(
     seed: int = 0,
     progress: Progress | None = None,
     allocation: str = "uniform",
-    max_ratio: float = 0.9,
+    max_ratio: float | None = None,
     ratios: Mapping[str, float] | None = None,
     target_flops: float | None = None,
     target_params: float | None = None,
     clr_lambda: float = 1.0,
     residual: str = "coupled",
     check: bool | str = True,
+    clr_cost: Any = "authors",
 ) -> fx.GraphModule:
     """Prune ``model`` and return a new, smaller, dense GraphModule.
 
@@ -146,7 +150,9 @@ def compress(
         ratio: the amount to prune, in [0, 1): with ``allocation="uniform"`` the fraction of
             the channels of every coupled group, with ``"global"`` the fraction of all
             prunable channels (ranked across groups), with ``"clr"`` the fraction of the
-            producer weights below CLR's global threshold. Leave it out with a target.
+            ranked layers' weights below CLR's global threshold (the authors' ``pr_target``).
+            A criterion with its own rounding (``fpgm_mix``) sets the per-layer counts under
+            ``"uniform"``. Leave it out with a target.
         criterion: a registered criterion name (``fxprune.list_criteria()``) or a function
             ``(group, ctx) -> scores``.
         example_inputs: inputs for tracing and checking (default: timm's input size, else
@@ -171,14 +177,19 @@ def compress(
         progress: optional callback ``(stage, done, total)``.
         allocation: ``"uniform"`` (default), ``"global"`` or ``"clr"``; see
             :mod:`fxprune.allocate`.
-        max_ratio: no group loses more than this fraction of its units under ``"global"`` and
-            ``"clr"``, or during a target search.
+        max_ratio: no group loses more than this fraction of its units. Default: 0.9 under
+            ``"global"`` and during a target search, no cap under ``"clr"`` (as the authors).
         ratios: explicit ratios ``{module name or glob: ratio}``; a group takes the ratio when
             all of its producer modules match; the other groups follow ``allocation``.
         target_flops: fraction of the original MACs to KEEP (e.g. 0.5); the amount is searched
             so that the MACs of the rewritten model land within 1% of it.
         target_params: the same for the parameter count.
-        clr_lambda: CLR's exponent on the per-layer cost (``|w| / c_l**clr_lambda``).
+        clr_lambda: CLR's exponent on the per-layer cost (``|w| / c_l**clr_lambda``); the
+            authors used 0.5 (VGG-16), 10 (ResNet-56), 5 (ResNet-110), 0.4 (ResNet-50).
+        clr_cost: ``"authors"`` (default: CLR-RNF's code — inner convs only, their cost
+            factors, ``int(N(1-r))`` rounding), ``"macs"`` (fxprune's: MACs per filter, every
+            group), or the authors' table itself: a sequence of costs in the ranked convs'
+            graph order, or ``{module name or glob: cost}``. See :mod:`fxprune.clr`.
         residual: ``"coupled"`` (default: one keep-set per residual group, the stream
             narrows) or ``"scatter"`` (the SFP/FPGM convention: every residual-output conv
             keeps its own channels and is ``index_add``-ed into a full-width stream, with the
@@ -216,7 +227,7 @@ def compress(
             data=data, seed=seed, progress=progress, allocation=allocation,
             max_ratio=max_ratio, ratios=ratios, target_flops=target_flops,
             target_params=target_params, clr_lambda=clr_lambda, residual=residual,
-            check=False if fold else check)
+            check=False if fold else check, clr_cost=clr_cost)
         if verify:
             kept = kept_mask(analysis, gm.meta[meta.KEEPSETS])
             try:

@@ -260,15 +260,55 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     from .inspect import inspect
 
     model, x = _model_and_inputs(args, args.model)
+    paper = _paper_flops(args, model, x) if args.paper_flops else None
     report = inspect(model, x, ratio=args.ratio, criterion=args.criterion,
                      ignore=args.ignore or None, round_to=args.round_to)
     if args.format == "json":
-        print(json.dumps(report.to_json(), indent=2))
+        out = report.to_json()
+        if paper is not None:
+            out["paper_flops"] = {"keep": paper.keep, "conv_macs": paper.base,
+                                  "conv_macs_pruned": paper.pruned, "cut": paper.cut}
+        print(json.dumps(out, indent=2))
     elif args.format == "md":
         print(report.to_markdown(), end="")
+        if paper is not None:
+            print(f"\n{_paper_line(paper)}")
     else:
         print(report.to_text(), end="")
+        if paper is not None:
+            print(f"\n{_paper_line(paper)}")
     return 0
+
+
+def _paper_flops(args: argparse.Namespace, model: Any, x: Any) -> Any:
+    """The SFP/FPGM FLOPs convention at the uniform keep rate 1 - ratio (--paper-flops)."""
+    from .paper_flops import paper_flops
+
+    if args.ratio is None or getattr(args, "allocation", "uniform") != "uniform":
+        raise InputError("--paper-flops needs --ratio with the uniform allocation: the papers' "
+                         "FLOPs convention is defined for one rate applied to every layer")
+    return paper_flops(model, 1.0 - args.ratio, example_inputs=x, ignore=args.ignore or None)
+
+
+def _paper_line(paper: Any) -> str:
+    return (f"papers' FLOPs convention (SFP/FPGM: conv MACs only, every conv at keep "
+            f"{paper.keep:g}, residual-output convs scattered): {_human(paper.base)} -> "
+            f"{_human(paper.pruned)} conv MACs, {paper.cut:.2%} cut; measured MACs count "
+            "N - floor(N x ratio) kept filters and every layer")
+
+
+def _count_rows(before: Any, after: Any, paper: Any) -> list[list[Any]]:
+    rows: list[list[Any]] = [
+        ["params", _human(before.params), _human(after.params),
+         _change(before.params, after.params)],
+        ["MACs", _human(before.macs), _human(after.macs), _change(before.macs, after.macs)],
+    ]
+    if paper is not None:
+        rows += [["conv MACs (measured)", _human(before.conv_macs), _human(after.conv_macs),
+                  _change(before.conv_macs, after.conv_macs)],
+                 [f"conv MACs, papers' convention (keep {paper.keep:g})", _human(paper.base),
+                  _human(paper.pruned), _change(paper.base, paper.pruned)]]
+    return rows
 
 
 def _cmd_compress(args: argparse.Namespace) -> int:
@@ -279,7 +319,8 @@ def _cmd_compress(args: argparse.Namespace) -> int:
     from .latency import PAGE_FAULT_WARN, measure_latency
     from .serialize import save
 
-    kwargs: dict[str, Any] = {"allocation": args.allocation, "residual": args.residual}
+    kwargs: dict[str, Any] = {"allocation": args.allocation, "residual": args.residual,
+                              "clr_lambda": args.clr_lambda, "clr_cost": args.clr_cost}
     if args.target_flops is not None:
         kwargs["target_flops"] = args.target_flops
     if args.target_params is not None:
@@ -289,6 +330,7 @@ def _cmd_compress(args: argparse.Namespace) -> int:
     if args.threads is not None and args.threads < 1:
         raise InputError(f"--threads must be >= 1, got {args.threads}")
     model, x = _model_and_inputs(args, args.model)
+    paper = _paper_flops(args, model, x) if args.paper_flops else None
     bar = _Progress(not args.quiet)
     t0 = time.perf_counter()
     try:
@@ -298,12 +340,7 @@ def _cmd_compress(args: argparse.Namespace) -> int:
     finally:
         bar.close()
     t_prune = time.perf_counter() - t0
-    before, after = count(model, x), count(pruned, x)
-    rows: list[list[Any]] = [
-        ["params", _human(before.params), _human(after.params),
-         _change(before.params, after.params)],
-        ["MACs", _human(before.macs), _human(after.macs), _change(before.macs, after.macs)],
-    ]
+    rows = _count_rows(count(model, x), count(pruned, x), paper)
     if not args.no_latency:
         xb = torch.randn((args.batch, *x[0].shape[1:]), generator=torch.Generator().manual_seed(
             args.seed)).to(x[0])
@@ -333,6 +370,10 @@ def _cmd_compress(args: argparse.Namespace) -> int:
                   "MACs, and the allocator's state, so these timings are noisy and can favour "
                   "either model. MALLOC_MMAP_THRESHOLD_=33554432 MALLOC_TRIM_THRESHOLD_="
                   "17179869184 (or jemalloc/tcmalloc) avoids it")
+    if paper is not None:
+        print("papers' convention: SFP/FPGM FLOPs↓ (conv MACs only, every conv at the keep "
+              "rate, residual-output convs scattered; fxprune.paper_flops); the measured rows "
+              "count this model")
     if args.verify:
         print(f"oracle: {pruned.meta.get('fxprune.verify', '-')}")
     if args.output:
@@ -513,6 +554,12 @@ def _compress_parser(sub: Any, common: argparse.ArgumentParser) -> None:
                    help="how the amount is spread over layers (default uniform)")
     p.add_argument("--residual", choices=("coupled", "scatter"), default="coupled",
                    help="residual policy (default coupled; scatter = SFP/FPGM index_add)")
+    p.add_argument("--clr-lambda", type=float, default=1.0, metavar="L",
+                   help="CLR exponent on the layer cost (authors: VGG-16 0.5, ResNet-56 10)")
+    p.add_argument("--clr-cost", choices=("authors", "macs"), default="authors",
+                   help="CLR cost convention (default authors: CLR-RNF's code)")
+    p.add_argument("--paper-flops", action="store_true",
+                   help="also show the SFP/FPGM papers' FLOPs convention (needs --ratio)")
     p.add_argument("--strict", action="store_true",
                    help="fail (exit 3) on ops without a channel rule")
     p.add_argument("--verify", action=argparse.BooleanOptionalAction, default=True,
@@ -543,6 +590,8 @@ def build_parser() -> argparse.ArgumentParser:
     _model_args(p)
     p.add_argument("--ratio", type=float, default=None, help="also prune at this ratio")
     _prune_args(p)
+    p.add_argument("--paper-flops", action="store_true",
+                   help="also show the SFP/FPGM papers' FLOPs convention (needs --ratio)")
     p.add_argument("--format", choices=("text", "md", "json"), default="text")
     p.set_defaults(func=_cmd_inspect)
 

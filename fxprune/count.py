@@ -2,7 +2,9 @@
 
 MACs come from running the model under ``torch.utils.flop_counter.FlopCounterMode`` (FLOPs / 2
 of the aten ops: conv, matmul, addmm, bmm...), so any graph is counted, not just known layers.
-``conv_macs`` is the papers' convention (SFP/FPGM tables): convolution multiply-accumulates only.
+``conv_macs`` is the measured convolution multiply-accumulates only (no linear/matmul). It is
+*not* the papers' "FLOPs↓" convention, which is computed for a uniform keep rate rather than
+measured on a pruned model: see :func:`fxprune.paper_flops_cut`.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from .trace import default_example_inputs
 
 @dataclass(frozen=True)
 class Counts:
+    """Measured totals: ``macs`` (all ops), ``params`` and ``conv_macs`` (convolutions only)."""
+
     macs: int
     params: int
     conv_macs: int

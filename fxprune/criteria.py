@@ -10,10 +10,11 @@ Criteria live in ``fxprune.passes`` (one file each) and register with
 from __future__ import annotations
 
 __all__ = ["CriterionCtx", "Criterion", "register_criterion", "get_criterion",
-           "list_criteria", "producer_scores", "checked_scores", "CRITERIA"]
+           "list_criteria", "producer_scores", "checked_scores", "average_members", "CRITERIA",
+           "CountRule"]
 
 import importlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,6 +36,9 @@ class CriterionCtx:
 
 
 CriterionFn = Callable[[Group, CriterionCtx], Tensor]
+# (units n, ratio r) -> units removed: a method's own rounding under a uniform rate (the default
+# is floor(n * r)); e.g. FPGM-mix's int(n(1 - rate_norm)) + int(n rate_dist), see passes/fpgm.py
+CountRule = Callable[[int, float], int]
 
 
 @dataclass(frozen=True)
@@ -43,6 +47,7 @@ class Criterion:
     fn: CriterionFn
     needs_data: bool
     summary: str
+    count_rule: CountRule | None = None
 
     def __call__(self, group: Group, ctx: CriterionCtx) -> Tensor:
         if self.needs_data and ctx.data is None:
@@ -90,16 +95,20 @@ def _describe(v: Any) -> str:
     return f"a {type(v).__module__}.{type(v).__qualname__}{n}".replace("builtins.", "")
 
 
-def register_criterion(name: str, *, needs_data: bool = False) -> Callable[[CriterionFn],
-                                                                            CriterionFn]:
+def register_criterion(name: str, *, needs_data: bool = False,
+                       count_rule: CountRule | None = None
+                       ) -> Callable[[CriterionFn], CriterionFn]:
     """Register a scoring function under ``name`` (the value of ``criterion=`` / ``--criterion``).
 
-    The first line of the function's docstring is its one-line help text.
+    The first line of the function's docstring is its one-line help text. ``count_rule`` (also
+    read from a ``count_rule`` attribute of the function) is the method's own number of units
+    removed at a uniform rate, when it is not ``floor(n * ratio)``.
     """
 
     def deco(fn: CriterionFn) -> CriterionFn:
         doc = (fn.__doc__ or "").strip().splitlines()
-        CRITERIA[name] = Criterion(name, fn, needs_data, doc[0] if doc else name)
+        CRITERIA[name] = Criterion(name, fn, needs_data, doc[0] if doc else name,
+                                   count_rule or getattr(fn, "count_rule", None))
         return fn
 
     return deco
@@ -114,7 +123,8 @@ def get_criterion(name: str | Criterion | CriterionFn) -> Criterion:
     if isinstance(name, Criterion):
         return name
     if callable(name):
-        return Criterion(getattr(name, "__name__", "custom"), name, False, "custom criterion")
+        return Criterion(getattr(name, "__name__", "custom"), name, False, "custom criterion",
+                         getattr(name, "count_rule", None))
     _load_builtin()
     if name not in CRITERIA:
         raise InputError(
@@ -136,8 +146,11 @@ def producer_scores(group: Group, ctx: CriterionCtx,
     used are the producers' filters (role ``"out"``); a group without producers (e.g. a
     depthwise chain fed by a frozen input) falls back to its per-channel parameters, then to
     its consumers' slices.
-    Each member's unit scores are normalized by their mean before summing, so a residual group
-    with several producers weighs each producer equally.
+    Each member's unit scores are normalized by their mean (over the units it feeds), and a
+    unit's score is the *average* over the members that feed it. A residual group whose units
+    are fed by different numbers of producers (option-A CIFAR ResNets: channels 0-15 of the
+    stream by every stage, 32-63 by stage 3 only) is then ranked without a bias towards the
+    units with more producers; a sum would prune only the units with the fewest.
     """
     for roles in (("out",), ("channel",), ("in",)):
         members = [m for m in group.members if m.role in roles]
@@ -148,16 +161,27 @@ def producer_scores(group: Group, ctx: CriterionCtx,
     # a producer's bias is not a second producer: score filters by their weights only
     weighted = {m.node for m in members if m.tensor(ctx.root).dim() > 1}
     members = [m for m in members if m.node not in weighted or m.tensor(ctx.root).dim() > 1]
+    tensors = [(m, m.tensor(ctx.root)) for m in members]
+    return average_members(group, ((m, per_entry(w.reshape(w.shape[0], -1)).double())
+                                   for m, w in tensors))
+
+
+def average_members(group: Group, parts: Iterable[tuple[ParamSlice, Tensor]]) -> Tensor:
+    """Per-unit scores from per-entry scores of several members: each member's scores divided by
+    their mean over the units it feeds, then averaged over the members that feed each unit."""
     total = torch.zeros(group.size, dtype=torch.float64)
-    for m in members:
-        w = m.tensor(ctx.root)
-        total += _normalized(group, m, per_entry(w.reshape(w.shape[0], -1)).double())
-    return total
+    feeds = torch.zeros(group.size, dtype=torch.float64)
+    for m, entry_scores in parts:
+        s, present = _normalized(group, m, entry_scores.double())
+        total += s
+        feeds += present
+    return total / feeds.clamp_min(1.0)
 
 
-def _normalized(group: Group, m: ParamSlice, entry_scores: Tensor) -> Tensor:
+def _normalized(group: Group, m: ParamSlice, entry_scores: Tensor) -> tuple[Tensor, Tensor]:
+    """The member's per-unit scores divided by their mean, and the units it feeds."""
     s = group.reduce(m, entry_scores)
     present = torch.zeros(group.size, dtype=torch.bool)
     present[m.units[m.units >= 0]] = True
     mean = s[present].mean() if bool(present.any()) else s.new_tensor(0.0)
-    return s / mean if float(mean) > 0 else s
+    return (s / mean if float(mean) > 0 else s), present

@@ -261,7 +261,10 @@ def rewrite(gm: fx.GraphModule, *, check: bool | str = True) -> fx.GraphModule:
     pin_args(graph, analysis.pins, old_of, kept)
     new_of = {old.name: new for new, old in old_of.items()}
     for k, sc in enumerate(analysis.scatters):
-        _emit_scatter(graph, root, gm, sc, k, kept, new_of, old_of)
+        if sc.role == "stream":
+            _emit_stream_scatter(graph, root, gm, sc, k, kept, new_of, old_of)
+        else:
+            _emit_scatter(graph, root, gm, sc, k, kept, new_of, old_of)
     graph.lint()
     pruned = fx.GraphModule(root, graph, class_name=f"Pruned{type(gm).__name__}")
     pruned.meta[RESIDUAL] = analysis.residual
@@ -344,6 +347,64 @@ def _emit_scatter(graph: fx.Graph, root: dict[str, Any], gm: fx.GraphModule, sc:
     add.replace_all_uses_with(out)
     old_of[out] = old_of.pop(add)
     graph.erase_node(add)
+
+
+def scatter_channels(x: Tensor, index: Tensor, const: Tensor) -> Tensor:
+    """``x``'s channels placed at ``index`` of a full-width tensor holding ``const`` elsewhere
+    (``residual="scatter"``: a pruned conv's output joining the full-width stream)."""
+    full = const.expand((x.shape[0], const.shape[1]) + tuple(x.shape[2:])).contiguous()
+    return torch.index_add(full, 1, index, x)
+
+
+def _chain_const(gm: fx.GraphModule, chain: tuple[str, ...], keep: Tensor, nd: int) -> Tensor:
+    """What the per-channel ops ``chain`` make of zero channels: one value per channel, zero at
+    the kept ones (BatchNorm with its running statistics, activations, max-pooling)."""
+    from .rules.elementwise import CHAIN_POOLS
+
+    nodes = {n.name: n for n in gm.graph.nodes}
+    ref = next(iter(gm.parameters()), torch.zeros(()))
+    z = torch.zeros((1, keep.numel()) + (1,) * (nd - 2), dtype=ref.dtype, device=ref.device)
+    with torch.no_grad():
+        for name in chain:
+            n = nodes[name]
+            if n.op == "call_module":
+                m = gm.get_submodule(str(n.target))
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    shape = (1, -1) + (1,) * (nd - 2)
+                    z = (z - m.running_mean.reshape(shape)) / torch.sqrt(
+                        m.running_var.reshape(shape) + m.eps)
+                    if m.affine:
+                        z = z * m.weight.reshape(shape) + m.bias.reshape(shape)
+                elif not isinstance(m, CHAIN_POOLS):  # max of a constant is the constant
+                    z = m(z.clone())
+            elif n.op == "call_function":
+                z = n.target(z.clone())
+            else:
+                z = z.relu()
+    keep = keep.to(z.device).reshape(z.shape)
+    return torch.where(keep, torch.zeros_like(z), z).detach().clone()
+
+
+def _emit_stream_scatter(graph: fx.Graph, root: dict[str, Any], gm: fx.GraphModule, sc: Any,
+                         k: int, kept: Tensor, new_of: dict[str, fx.Node],
+                         old_of: dict[fx.Node, fx.Node]) -> None:
+    """Replace the add's operand (a pruned conv's channels) by its full-width scatter."""
+    keep = kept[sc.branch_ids]
+    if bool(keep.all()):
+        return
+    add = new_of[sc.node]
+    nd = len(old_of[add].meta[meta.SHAPE])
+    ref = next(iter(gm.parameters()), torch.zeros(()))
+    idx_name, const_name = f"fxprune_scatter_{k}_index", f"fxprune_scatter_{k}_const"
+    root[idx_name] = torch.nonzero(keep).flatten().to(ref.device)
+    root[const_name] = _chain_const(gm, sc.chain, keep, nd)
+    with graph.inserting_before(add):
+        full = graph.call_function(scatter_channels, (add.args[sc.branch_arg],
+                                                      graph.get_attr(idx_name),
+                                                      graph.get_attr(const_name)))
+    args = list(add.args)
+    args[sc.branch_arg] = full
+    add.args = tuple(args)
 
 
 class _ShapeCheck(fx.Interpreter):

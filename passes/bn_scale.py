@@ -8,19 +8,19 @@ with affine parameters and excludes depthwise filters (not 1-D), layer-scale ``g
 vectors (not named ``weight``) and PReLU slopes (no ``bias``).
 
 A unit's score is ``|gamma|``; with several norms in a group (a residual add) each norm's
-scores are divided by their mean and summed, as :func:`fxprune.criteria.producer_scores`
-does for filters. A group without a norm scale falls back to the ``l1`` criterion.
+scores are divided by their mean and averaged over the norms that cover the unit, as
+:func:`fxprune.criteria.producer_scores` does for filters. A group without a norm scale
+falls back to the ``l1`` criterion.
 """
 
 from __future__ import annotations
 
 __all__ = ["bn_scale", "norm_scales"]
 
-import torch
 import torch.nn as nn
 from torch import Tensor
 
-from fxprune.criteria import CriterionCtx, register_criterion
+from fxprune.criteria import CriterionCtx, average_members, register_criterion
 from fxprune.meta import Group, ParamSlice
 
 from .l1 import l1
@@ -50,11 +50,4 @@ def bn_scale(group: Group, ctx: CriterionCtx) -> Tensor:
     members = norm_scales(group, ctx.root)
     if not members:
         return l1(group, ctx)
-    total = torch.zeros(group.size, dtype=torch.float64)
-    for m in members:
-        s = group.reduce(m, m.tensor(ctx.root).abs().double())
-        present = torch.zeros(group.size, dtype=torch.bool)
-        present[m.units[m.units >= 0]] = True
-        mean = s[present].mean() if bool(present.any()) else s.new_tensor(0.0)
-        total += s / mean if float(mean) > 0 else s
-    return total
+    return average_members(group, ((m, m.tensor(ctx.root).abs()) for m in members))

@@ -17,8 +17,13 @@ Details:
   scores positive), higher = kept.
 - The "layer" is one producer member of the group (all filters of that parameter). Groups with
   several producers (residual adds) combine members like
-  :func:`fxprune.criteria.producer_scores` (per-member mean-normalized sum): one keep-set per
-  residual group, the deviation from the authors' per-block sets that §8.3 recommends [INF].
+  :func:`fxprune.criteria.producer_scores` (per-member mean-normalized, averaged over the
+  producers feeding each unit): one keep-set per residual group, the deviation from the
+  authors' per-block sets that §8.3 recommends [INF]. CLR-RNF's CIFAR code never prunes the
+  residual stream: with ``allocation="clr"`` (``clr_cost="authors"``) it is not ranked either.
+- Deliberate deviation: the authors rank by the similarity ``exp(-D)`` of squared distances
+  ``D``, which underflows to 0 in float32 once ``D`` exceeds ~100 (unit-scale filters of wide
+  layers), leaving arbitrary ties; ranking by ``D`` itself gives their order without it.
 """
 
 from __future__ import annotations

@@ -253,3 +253,23 @@ def test_main_inspect_text_and_markdown(capsys):
     assert "ratio 0.25, criterion l1" in out and "16 → 12" in out
     assert cli.main(["graph", *CIFAR]) == 0  # DOT on stdout
     assert capsys.readouterr().out.startswith('digraph "ResNetCifar"')
+
+
+def test_main_paper_flops(capsys):
+    args = ["-q", "compress", "cifar:resnet56", "--input", "1,3,32,32", "--ratio", "0.4",
+            "--residual", "scatter", "--paper-flops", "--no-latency"]
+    assert cli.main(args) == 0
+    out = capsys.readouterr().out
+    assert "conv MACs (measured)" in out
+    assert "conv MACs, papers' convention (keep 0.6)" in out and "-52.6%" in out
+    assert cli.main(["inspect", "cifar:resnet56", "--input", "1,3,32,32", "--ratio", "0.4",
+                     "--paper-flops", "--format", "json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert round(data["paper_flops"]["cut"], 4) == 0.5263 and data["paper_flops"]["keep"] == 0.6
+    assert cli.main(["inspect", *CIFAR, "--ratio", "0.4", "--paper-flops"]) == 0
+    assert "53.96% cut" in capsys.readouterr().out
+    assert cli.main(["-q", "compress", *CIFAR, "--target-flops", "0.5", "--paper-flops",
+                     "--no-latency"]) == 2
+    assert "--paper-flops needs --ratio" in capsys.readouterr().err
+    assert cli.main(["-q", "compress", *CIFAR, "--ratio", "0.5", "--allocation", "clr",
+                     "--clr-lambda", "10", "--clr-cost", "macs", "--no-latency"]) == 0

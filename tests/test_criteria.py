@@ -80,8 +80,9 @@ def test_fpgm_distance_parameter_is_real():
 
 def test_fpgm_mix_norm_stage_then_distances_among_survivors():
     model = Tiny(CENTRAL)
-    assert pruned_filters(model, 0.4, fpgm.make("l2", mix=0.2)) == {1, 4}  # norm, then central
-    s = fpgm.distance_sums(CENTRAL, "l2", mix=0.2)
+    # 5 filters, mix 0.25: int(5 * 0.25) = 1 by norm, then int(5 * 0.2) = 1 by distance
+    assert pruned_filters(model, 0.45, fpgm.make("l2", mix=0.25)) == {1, 4}
+    s = fpgm.distance_sums(CENTRAL, "l2", mix=0.25)
     assert s[1] < s[[0, 2, 3, 4]].min()  # the norm stage ranks below every survivor
     survivors = CENTRAL[[0, 2, 3, 4]]
     ref = torch.cdist(survivors.double(), survivors.double()).sum(1)

@@ -33,11 +33,13 @@ def test_scatter_resnet56_exact_with_folded_bn_constants():
     model = randomize_bn(create_model("resnet56"))
     x = torch.randn(2, 3, 32, 32)
     analysis, pruned = scatter_prune(model, x)
-    assert len(analysis.scatters) == 27  # one per residual block
+    assert len(analysis.scatters) == 28  # one per residual block, plus the stem
     assert fxprune.verify(model, pruned, x).status == "exact"
     # the stream stays full width, the residual-output conv of every block shrinks
     assert pruned.get_submodule("layer1.0.conv2").out_channels == 8
-    assert pruned.get_submodule("layer1.0.conv1").in_channels == 16
+    assert pruned.get_submodule("conv1").out_channels == 8  # the stem too (the papers' way)
+    assert pruned.get_submodule("layer1.0.conv1").in_channels == 8  # fed by the pruned stem
+    assert pruned.get_submodule("layer1.1.conv1").in_channels == 16  # fed by the stream
     assert pruned.get_submodule("fc").in_features == 64
     assert "index_add" in pruned.code
     macs = fxprune.count(pruned, x).macs / fxprune.count(model, x).macs
@@ -89,3 +91,47 @@ def test_compress_scatter_verifies():
     assert pruned.meta["fxprune.verify"].status == "exact"
     with pytest.raises(fxprune.InputError, match="residual must be"):
         fxprune.compress(model, 0.4, residual="sideways", example_inputs=torch.randn(1, 3, 32, 32))
+
+
+PAPER_MODELS = {
+    "resnet20": (lambda: create_model("resnet20"), (2, 3, 32, 32)),
+    "resnet56_b": (lambda: create_model("resnet56_b"), (2, 3, 32, 32)),
+    "timm_resnet18": (lambda: timm.create_model("resnet18"), (1, 3, 64, 64)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(PAPER_MODELS))
+def test_scatter_is_the_papers_structure(name):
+    """Every conv whose output joins the stream keeps its own channels and is scattered into it,
+    the stem (conv -> BN -> ReLU [-> max-pool]) included; projection convs keep their outputs
+    (SFP/FPGM: "we do not prune the projection shortcuts")."""
+    make, shape = PAPER_MODELS[name]
+    model, x = randomize_bn(make()), torch.randn(*shape)
+    analysis, pruned = scatter_prune(model, x, 0.4)
+    assert fxprune.verify(model, pruned, x).status == "exact"
+    stem = model.get_submodule("conv1").out_channels
+    assert pruned.get_submodule("conv1").out_channels == stem - int(stem * 0.4)
+    assert [sc.role for sc in analysis.scatters].count("stream") == 1  # the stem
+    convs = {n: m for n, m in model.named_modules() if isinstance(m, nn.Conv2d)}
+    new = dict(pruned.named_modules())
+    for n, m in convs.items():
+        if "shortcut" in n or "downsample" in n:
+            assert new[n].out_channels == m.out_channels, n  # projections: outputs kept
+        else:
+            assert new[n].out_channels < m.out_channels, n  # every other conv is pruned
+    assert pruned.get_submodule("fc").in_features == model.get_submodule("fc").in_features
+    # the result survives a save/load round trip and a re-application to a fresh model
+    fresh = fxprune.serialize.apply_manifest(make(), pruned.meta["fxprune.manifest"], (x,),
+                                             residual="scatter")
+    fresh.load_state_dict(pruned.state_dict())
+    torch.testing.assert_close(fresh.eval()(x), pruned.eval()(x), rtol=0, atol=0)
+
+
+def test_scatter_stem_save_load(tmp_path):
+    model = randomize_bn(create_model("resnet20"))
+    x = torch.randn(2, 3, 32, 32)
+    _, pruned = scatter_prune(model, x)
+    assert "scatter_channels" in pruned.code
+    fxprune.save(pruned, tmp_path / "s.pt")
+    torch.testing.assert_close(fxprune.load(tmp_path / "s.pt").eval()(x), pruned.eval()(x),
+                               rtol=0, atol=0)

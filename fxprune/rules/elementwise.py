@@ -25,6 +25,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
+from .. import meta
 from ..channels import FREE, at_axis, fit
 from . import Rule, register_rule
 from ._util import align, dims_arg, last_axes, norm_dim, tensor_args
@@ -82,16 +83,63 @@ class ResidualAdd(Broadcast):
             if norm is False:
                 continue
             branch, stream = ctx.ids(i), ctx.ids(1 - i)
-            if any(s > 1 for d, s in enumerate(branch.shape) if d != 1) or branch.shape[1] == 1:
+            if not _per_channel(branch):
                 continue
-            ctx.freeze(stream, "residual stream (residual='scatter' keeps it full width)")
+            why = "residual stream (residual='scatter' keeps it full width)"
+            chain = stream_source(node.args[1 - i], ctx.modules)
+            if chain is not None and _per_channel(stream) and torch.equal(
+                    stream.reshape(-1), meta.get_ids(chain[0]).reshape(-1)):
+                # the stem (or a block output that is a conv's own channels) joins the stream
+                ctx.scatter_stream(1 - i, stream.reshape(-1), tuple(n.name for n in chain[1:]))
+                out = ctx.frozen_ids(ctx.out.shape, why)
+            else:
+                ctx.freeze(stream, why)
+                out = stream
             ctx.scatter(i, branch.reshape(-1), norm)
-            return stream
+            return out
         return None
 
 
 _BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+# per-channel ops that map a channel that is constant over space to a constant (the stem chain)
+CHAIN_ACTS = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.SiLU, nn.GELU, nn.Hardswish, nn.ELU, nn.Mish,
+              nn.Identity)
+CHAIN_POOLS = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d)
+CHAIN_FUNCS = (F.relu, torch.relu, F.relu6, F.silu, F.gelu, F.hardswish)
+
+
+def _per_channel(ids: Tensor) -> bool:
+    return ids.dim() >= 2 and ids.shape[1] > 1 and all(
+        s == 1 for d, s in enumerate(ids.shape) if d != 1)
+
+
+def stream_source(n: fx.Node, modules: dict) -> list[fx.Node] | None:  # type: ignore[type-arg]
+    """For a residual add's stream operand ``n``: ``[conv, op, ..., n]`` when ``n`` is a conv's
+    output through per-channel ops (BatchNorm, activations, max-pooling) and also feeds other
+    ops (it is a block's input, e.g. the stem's ``relu(bn(conv(x)))``); else None. A
+    projection shortcut (``conv -> BN`` used only by the add) is not a source: the papers keep
+    its outputs."""
+    if len(n.users) < 2:
+        return None
+    chain = [n]
+    cur = n
+    while True:
+        if cur.op == "call_module":
+            m = modules[str(cur.target)]
+            if type(m) in _CONV and m.groups == 1:
+                return chain[::-1] if (cur is n or len(cur.users) == 1) else None
+            ok = (type(m) in _BN and m.track_running_stats) or isinstance(
+                m, CHAIN_ACTS + CHAIN_POOLS)
+        elif cur.op == "call_function":
+            ok = cur.target in CHAIN_FUNCS
+        else:
+            ok = cur.op == "call_method" and cur.target == "relu"
+        if not ok or not cur.args or not isinstance(cur.args[0], fx.Node) or (
+                cur is not n and len(cur.users) != 1):
+            return None
+        cur = cur.args[0]
+        chain.append(cur)
 
 
 def _conv_branch(n: fx.Node, modules: dict) -> str | None | bool:  # type: ignore[type-arg]
