@@ -44,6 +44,7 @@ import importlib
 import inspect
 import keyword
 import operator
+import sys
 import types
 from typing import Any
 
@@ -164,6 +165,13 @@ def _leaf_functions() -> frozenset[int]:
                      and _top(f.__module__) in MODEL_PACKAGES)
 
 
+def _emitted_functions() -> frozenset[int]:
+    """Functions that fxprune's own rewrites put into a graph."""
+    from .rewrite import scatter_channels
+
+    return frozenset({id(scatter_channels)})
+
+
 def _top(module: Any) -> str:
     return str(module or "").split(".")[0]
 
@@ -191,7 +199,7 @@ def _allowed_function(obj: Any, path: str) -> bool:
     if path == f"torch.nn.functional.{name}" and not name.startswith("_") and \
             _is_function(obj) and own in ("torch.nn.functional", "torch._C._nn", "torch"):
         return True
-    return id(obj) in _leaf_functions()
+    return id(obj) in _leaf_functions() or id(obj) in _emitted_functions()
 
 
 def _allowed_class(cls: Any) -> bool:
@@ -226,7 +234,9 @@ def _walk(path: str, extra: tuple[str, ...], where: str) -> Any:
             if parent.__name__ != ".".join(parts[:i]):
                 raise InputError(f"{where}: '{path}' reaches '{'.'.join(parts[:i])}' through a "
                                  f"re-exported module ({parent.__name__}); refused")
-            obj = getattr(parent, part, None)
+            sub = sys.modules.get(prefix)  # a submodule wins over a same-named attribute
+            obj = sub if isinstance(sub, types.ModuleType) and sub.__name__ == prefix else \
+                getattr(parent, part, None)  # (fxprune.rewrite: the module, not the function)
             if obj is None and not part.startswith("_"):
                 try:  # a submodule not imported yet (fxprune.models, ...)
                     obj = importlib.import_module(prefix)
