@@ -87,10 +87,13 @@ class SoftPruner:
             (never the test set), for methods that evaluate masks (mfp, fppmo) and data-driven
             criteria (taylor). It must be re-iterable (a list or a DataLoader).
         seed: seeds the randomized methods and criteria (identical on every rank).
-        bn: ``"zero"`` (default): pruned channels' BatchNorm beta/mean (and conv biases) are
-            zeroed too, so a pruned channel is exactly 0; ``"keep"``: BatchNorm is left alone
-            as the SFP/FPGM authors do, the pruned channel emits ``relu(BN(0))`` and
-            ``finalize`` folds that constant (exact at the example inputs' resolution). See
+        bn: ``"keep"`` (default, the SFP/FPGM authors' code): BatchNorm is left alone, a
+            pruned channel emits ``relu(BN(0))`` and ``finalize`` folds that constant into the
+            next layers (exact; where zero padding makes it vary spatially, the compact model
+            is tied to the example inputs' resolution). ``"zero"``: the pruned channels'
+            BatchNorm beta and running mean are zeroed too, so a pruned channel is exactly 0
+            and the compact model has no folded constants (any resolution); but a channel
+            that is 0 before a ReLU gets no gradient, so its filter cannot come back. See
             :mod:`fxprune.train.masks` and :mod:`fxprune.train.fold`.
         hold: ``"step"``: masks are re-applied after every optimizer step; ``"epoch"``: at
             construction and at every due :meth:`epoch_end` only, so pruned filters train in
@@ -105,7 +108,7 @@ class SoftPruner:
                  ratios: Mapping[str, float] | None = None, allocation: str = "uniform",
                  max_ratio: float = 0.9, clr_lambda: float = 1.0, round_to: Any = None,
                  ignore: Any = None, residual: str = "coupled", interval: int = 1,
-                 data: Any = None, seed: int = 0, bn: str = "zero", hold: str | None = None,
+                 data: Any = None, seed: int = 0, bn: str = "keep", hold: str | None = None,
                  **method_options: Any):
         if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
             raise InputError("SoftPruner needs the unwrapped model: pass ddp_model.module, or "

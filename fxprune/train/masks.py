@@ -10,14 +10,17 @@ producer's filter (conv/linear weight rows and their bias), ``"channel"`` a per-
 (norm affine and statistics, depthwise filters, layer scales), ``"in"`` a consumer's input slice.
 Soft pruning never touches ``"in"`` entries (SFP and FPGM zero filters, i.e. dim 0 only).
 
-``bn="keep"`` (the authors' code): only ``"out"`` entries are zeroed. A pruned channel then
-emits the constant ``BN(0) = beta - gamma * mean / sqrt(var + eps)`` (``relu`` of it after the
-activation); :mod:`fxprune.train.fold` folds it into the compact model.
-``bn="zero"`` (default): the additive per-channel entries of pruned channels are zeroed too
-(``bias`` and ``running_mean`` of ``"channel"`` members: BatchNorm's beta and mean, a depthwise
-conv's bias), so a pruned conv -> BN -> activation channel is exactly 0 in train and eval mode.
-Multiplicative entries (``gamma``, ``running_var``, depthwise filters) are left alone, so
-gradients still reach a pruned filter through its BatchNorm and SFP's filters can come back.
+``bn="keep"`` (default; the authors' code): only ``"out"`` entries are zeroed. A pruned
+channel then emits the constant ``BN(0) = beta - gamma * mean / sqrt(var + eps)`` (``relu`` of
+it after the activation); :mod:`fxprune.train.fold` folds it into the compact model. Its
+gradient is that of ``relu(beta)``: where ``beta > 0`` the zeroed filter receives gradients and
+can come back (SFP).
+``bn="zero"``: the additive per-channel entries of pruned channels are zeroed too (``bias`` and
+``running_mean`` of ``"channel"`` members: BatchNorm's beta and mean, a depthwise conv's bias),
+so a pruned conv -> BN -> activation channel is exactly 0 in train and eval mode and nothing
+needs folding. Multiplicative entries (``gamma``, ``running_var``, depthwise filters) are left
+alone. A channel that is exactly 0 before a ReLU gets no gradient (``relu'(0) = 0``), so under
+``"zero"`` such a filter cannot come back; filters feeding a residual add directly still can.
 """
 
 from __future__ import annotations
