@@ -289,3 +289,56 @@ def test_example_inputs_default_to_first_data_batch():
     model = H.make_model("vgg")
     pruner = SoftPruner(model, 0.5, method="fppmo", data=H.batches(1))
     assert tuple(pruner.inputs[0].shape) == (1, 3, 8, 8)
+
+
+# --- DDP: masks identical on every rank -----------------------------------------------------
+
+_DDP_SCRIPT = r'''
+import sys
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+
+def worker(rank, store, out):
+    import fxprune
+    from fxprune.models import create_model
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
+    torch.manual_seed(0)
+    model = create_model("resnet20", num_classes=4)
+    pruner = fxprune.SoftPruner(model, 0.5, example_inputs=torch.randn(1, 3, 8, 8))
+    if rank == 1:  # this rank's weights differ (pruned filters too): its re-selection differs
+        torch.manual_seed(1)
+        with torch.no_grad():
+            for p in model.parameters():
+                p.copy_(torch.randn_like(p))
+    pruner.epoch_end()
+    before = pruner.state_dict()["keep"]
+    pruner.broadcast(0)
+    torch.save({"before": before, "after": pruner.state_dict(), "hold": pruner.masks_hold(),
+                "tensors": [t.detach().clone() for t in pruner.masks.tensors()]},
+               f"{out}/{rank}.pt")
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    mp.spawn(worker, args=(sys.argv[1], sys.argv[2]), nprocs=2)
+'''
+
+
+def test_broadcast_makes_masks_and_masked_weights_identical(tmp_path):
+    import subprocess
+    import sys
+
+    script = tmp_path / "ddp.py"
+    script.write_text(_DDP_SCRIPT)
+    subprocess.run([sys.executable, "-P", str(script), str(tmp_path / "store"), str(tmp_path)],
+                   check=True, timeout=240, env={**__import__("os").environ,
+                                                 "OMP_NUM_THREADS": "1"})
+    r0, r1 = (torch.load(tmp_path / f"{r}.pt", weights_only=True) for r in (0, 1))
+    assert r0["before"] != r1["before"]  # the ranks disagreed before the broadcast
+    assert r0["after"] == r1["after"] and r1["hold"]
+    for a, b in zip(r0["tensors"], r1["tensors"]):
+        assert torch.equal(a, b)

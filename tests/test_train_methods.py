@@ -224,3 +224,45 @@ def test_fppmo_norm_init_and_seeded_sampling():
                        example_inputs=H.X8)
     assert other.method.history[0]["values"] != a.method.history[0]["values"] or \
         other.keep != a.keep
+
+
+# --- a method that is not a channel selection plugs in (the SWP hook points) ----------------
+
+def test_custom_method_with_own_hooks_and_finalize():
+    from fxprune.train import Method, register_method
+
+    @register_method("_test_regularizer")
+    class Regularizer(Method):
+        """Adds an L1 gradient term to every BN gamma before each step; prunes no channel."""
+
+        name = "_test_regularizer"
+        default_criterion = None
+        channel_selection = False
+        options = {"alpha": 1e-3}
+
+        def initial(self, pruner):
+            return pruner.full_keep()
+
+        def attach(self, pruner, optimizer):
+            def pre(opt, args, kwargs):
+                for m in pruner.model.modules():
+                    if isinstance(m, nn.BatchNorm2d) and m.weight.grad is not None:
+                        m.weight.grad.add_(self.opts["alpha"] * m.weight.detach().sign())
+                self.calls = getattr(self, "calls", 0) + 1
+            return [optimizer.register_step_pre_hook(pre)]
+
+        def finalize(self, pruner, compact):
+            compact.meta["test_regularizer"] = self.calls
+            return compact
+
+    model = H.make_model("vgg")
+    pruner = SoftPruner(model, method="_test_regularizer", alpha=0.01, example_inputs=H.X8)
+    assert pruner.kept_macs == pytest.approx(1.0)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    handle = pruner.attach(opt)
+    H.train_epoch(model, opt, H.batches(2), pruner)
+    small = pruner.finalize()
+    assert small.meta["test_regularizer"] == 2
+    handle.remove()
+    with pytest.raises(fxprune.InputError, match="no option"):
+        SoftPruner(model, method="_test_regularizer", beta=1, example_inputs=H.X8)

@@ -33,7 +33,7 @@ from ..criteria import get_criterion
 from ..errors import InputError
 from ..rewrite import rewrite
 from ..select import resolve_round_to, select, set_keepsets
-from ..trace import EXAMPLE_INPUTS, trace
+from ..trace import EXAMPLE_INPUTS, _model_device_dtype, trace
 from ..verify import _check_inputs
 from .fold import compile_compact
 from .masks import BN_MODES, Masks, Snapshot
@@ -57,13 +57,16 @@ class _Handles:
         self.handles = []
 
 
-def _first_inputs(data: Any) -> tuple | None:
+def _first_inputs(data: Any, model: nn.Module) -> tuple | None:
+    """The first sample of the first batch of ``data``, on the model's device."""
     try:
         batch = next(iter(data))
     except (TypeError, StopIteration):
         return None
     x = batch[0] if isinstance(batch, (tuple, list)) else batch
-    return (x[:1],) if isinstance(x, torch.Tensor) and x.dim() > 0 else None
+    if not isinstance(x, torch.Tensor) or x.dim() == 0:
+        return None
+    return (x[:1].to(_model_device_dtype(model)[0]),)
 
 
 class SoftPruner:
@@ -133,24 +136,26 @@ class SoftPruner:
         self.round_to = resolve_round_to(round_to, model)
         self.residual = residual
         if example_inputs is None and data is not None:
-            example_inputs = _first_inputs(data)
+            example_inputs = _first_inputs(data, model)
         gm = trace(model, example_inputs)
         self.inputs: tuple = gm.meta[EXAMPLE_INPUTS]
         _check_inputs(model, self.inputs)
         self.analysis = analyze(gm, ignore=ignore, residual=residual)
         self.epoch = 0
-        self.stats = {"mask_s": 0.0, "select_s": 0.0, "steps": 0, "selections": 0}
-        self._macs: dict[tuple[int, ...], float] = {}
+        # time spent inside the pruner (wall and process CPU seconds): masks in the optimizer
+        # hooks and apply_masks, selection in the constructor and epoch_end
+        self.stats = {"mask_s": 0.0, "mask_cpu_s": 0.0, "select_s": 0.0, "select_cpu_s": 0.0,
+                      "steps": 0, "selections": 0}
+        self._macs: dict[tuple[tuple[int, ...], ...], float] = {}
         self._base_macs = max(1, count(gm, self.inputs).macs)
         self.method.prepare(self)
-        t0 = time.perf_counter()
-        self.ratios, self.allocation = self._allocate(
-            ratio, target_flops, target_params, ratios, allocation, max_ratio, clr_lambda)
-        self.counts = {g: len(k.indices) for g, k in self.select(self._alloc_scores).items()}
         self.keep: Keep = {}
         self.masks: Masks | None = None
-        self._set_keep(self.method.initial(self))
-        self.stats["select_s"] += time.perf_counter() - t0
+        with self._timed("select"):
+            self.ratios, self.allocation = self._allocate(
+                ratio, target_flops, target_params, ratios, allocation, max_ratio, clr_lambda)
+            self.counts = {g: len(k.indices) for g, k in self.select(self._alloc_scores).items()}
+            self._set_keep(self.method.initial(self))
         self.apply_masks()
 
     # --- selection --------------------------------------------------------------------------
@@ -166,6 +171,9 @@ class SoftPruner:
             raise InputError("give ratio or a target, not both: the target search chooses "
                              "the ratio")
         if ratio is None and target is None and not ratios:
+            if not self.method.channel_selection:
+                self._alloc_scores = {}
+                return {g.id: 0.0 for g in self.analysis.groups}, {"allocation": "none"}
             raise InputError("nothing to prune: give ratio=, target_flops=, target_params= or "
                              "ratios={...}. Hint: SoftPruner(model, 0.4) soft-prunes 40% of the "
                              "channels of every group.")
@@ -196,6 +204,11 @@ class SoftPruner:
         """Keep-sets for these scores at the allocated per-group ratios."""
         return select(self.analysis, dict(scores), self.ratios, round_to=self.round_to)
 
+    def full_keep(self) -> Keep:
+        """Every group keeps all of its units (nothing pruned)."""
+        return {g.id: meta.KeepSet(g.id, g.size, tuple(range(g.size)))
+                for g in self.analysis.groups}
+
     def normalize(self, keep: Keep) -> Keep:
         """Complete ``keep`` as :func:`fxprune.select` does (>= 1 channel per value)."""
         return set_keepsets(self.analysis, dict(keep))
@@ -220,12 +233,20 @@ class SoftPruner:
             return run_eval(self.model, attribute)
 
     # --- training hooks ---------------------------------------------------------------------
+    @contextmanager
+    def _timed(self, kind: str) -> Iterator[None]:
+        t0, c0 = time.perf_counter(), time.process_time()
+        try:
+            yield
+        finally:
+            self.stats[f"{kind}_s"] += time.perf_counter() - t0
+            self.stats[f"{kind}_cpu_s"] += time.process_time() - c0
+
     def apply_masks(self) -> None:
         """Zero the pruned entries now."""
-        t0 = time.perf_counter()
         if self.masks is not None:
-            self.masks.apply()
-        self.stats["mask_s"] += time.perf_counter() - t0
+            with self._timed("mask"):
+                self.masks.apply()
 
     def masks_hold(self) -> bool:
         """True when every pruned entry of the model is exactly zero."""
@@ -233,9 +254,8 @@ class SoftPruner:
 
     def _pre_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
         if self.method.mask_grads and self.masks is not None:
-            t0 = time.perf_counter()
-            self.masks.mask_grads()
-            self.stats["mask_s"] += time.perf_counter() - t0
+            with self._timed("mask"):
+                self.masks.mask_grads()
 
     def _post_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
         self.stats["steps"] += 1
@@ -269,18 +289,19 @@ class SoftPruner:
         self.epoch += 1
         if not due:
             return
-        t0 = time.perf_counter()
-        keep = self.method.update(self)
-        if keep is not None:
-            self._set_keep(keep)
-        self.stats["select_s"] += time.perf_counter() - t0
+        with self._timed("select"):
+            keep = self.method.update(self)
+            if keep is not None:
+                self._set_keep(keep)
         self.apply_masks()
 
     # --- results ----------------------------------------------------------------------------
     @property
     def kept_macs(self) -> float:
-        """MACs of the compact model of the current selection / the dense model's (cached)."""
-        key = tuple(len(self.keep[g.id].indices) for g in self.analysis.groups)
+        """MACs of the compact model of the current selection / the dense model's (measured on
+        the rewrite, cached per selection: where a group spans layers of different resolutions,
+        e.g. option-A shortcuts, the MACs depend on which units are kept, not only how many)."""
+        key = tuple(self.keep[g.id].indices for g in self.analysis.groups)
         if key not in self._macs:
             set_keepsets(self.analysis, dict(self.keep))
             small = rewrite(self.analysis.gm, check=False)

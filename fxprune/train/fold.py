@@ -78,7 +78,7 @@ class _Capture(fx.Interpreter):
             if not (isinstance(ids, Tensor) and isinstance(x, Tensor)):
                 continue
             m = self.kept[align_ids(ids, x.dim())]
-            x_p = x * (~m).to(x.dtype)
+            x_p = x * (~m).to(device=x.device, dtype=x.dtype)
             if bool(x_p.any()):
                 found = True
             pruned_args[i], zero_args[i] = x_p, torch.zeros_like(x)

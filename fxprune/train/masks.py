@@ -93,27 +93,27 @@ class Masks:
                                  f"analysis bound {k.numel()}: was the model changed after the "
                                  "SoftPruner was created?")
             self.entries.append(_Entry(path, t, b.dim, k.clone()))
-        self.params = [e for e in self.entries if isinstance(e.tensor, nn.Parameter)]
+        self.active = [e for e in self.entries if not bool(e.keep.all())]  # something pruned
+        self.params = [e for e in self.active if isinstance(e.tensor, nn.Parameter)]
         self.pruned_entries = sum(int((~e.keep).sum()) for e in self.entries)
 
     @torch.no_grad()
     def apply(self) -> None:
         """Zero the pruned entries of every masked parameter and buffer (in place)."""
-        for e in self.entries:
-            if not bool(e.keep.all()):
-                e.tensor.masked_fill_(e.pruned_view(), 0.0)
+        for e in self.active:
+            e.tensor.masked_fill_(e.pruned_view(), 0.0)
 
     @torch.no_grad()
     def mask_grads(self) -> None:
         """Zero the gradients of the pruned entries (FPGM's ``do_grad_mask``)."""
         for e in self.params:
             g = e.tensor.grad
-            if g is not None and not bool(e.keep.all()):
+            if g is not None:
                 g.masked_fill_(e.pruned_view(), 0.0)
 
     def holds(self) -> bool:
         """True when every pruned entry is exactly zero."""
-        return all(not bool(e.tensor.detach()[_index(e)].any()) for e in self.entries)
+        return all(not bool(e.tensor.detach()[_index(e)].any()) for e in self.active)
 
     def tensors(self) -> list[Tensor]:
         """Every tensor a selection of this kind may zero (for snapshots and broadcasts)."""

@@ -44,6 +44,11 @@ class Method:
             at construction and at every due :meth:`SoftPruner.epoch_end`); ``hold=`` overrides.
         mask_grads: zero the pruned entries' gradients before every optimizer step.
         needs_data: ``data=`` is required.
+        channel_selection: the method prunes channels at the allocated ratios (a ratio or
+            target is required). A method that is not a channel selection (SWP's stripes) sets
+            it False: ``ratio`` may then be omitted, every group keeps all its units unless the
+            method says otherwise (:meth:`SoftPruner.full_keep`), and the method's
+            :meth:`finalize` builds the compact model.
         options: the method's keyword options and their defaults (``**method_options``).
     """
 
@@ -52,6 +57,7 @@ class Method:
     hold: ClassVar[str] = "epoch"
     mask_grads: ClassVar[bool] = False
     needs_data: ClassVar[bool] = False
+    channel_selection: ClassVar[bool] = True
     options: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, **options: Any):
