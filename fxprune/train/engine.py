@@ -69,6 +69,12 @@ def _first_inputs(data: Any, model: nn.Module) -> tuple | None:
     return (x[:1].to(_model_device_dtype(model)[0]),)
 
 
+def _criterion_name(c: Any) -> str | None:
+    if c is None or isinstance(c, str):
+        return c
+    return str(getattr(c, "name", None) or getattr(c, "__name__", None) or repr(c))
+
+
 class SoftPruner:
     """Soft-prune ``model`` while you train it; :meth:`finalize` gives the compact model.
 
@@ -324,8 +330,7 @@ class SoftPruner:
         compact.meta[ALLOCATION] = {**self.allocation, "ratios": dict(self.ratios)}
         compact.meta[TRAIN_META] = {"method": self.method_name, "epoch": self.epoch,
                                     "bn": self.bn, "residual": self.residual,
-                                    "criterion": getattr(self.criterion, "__name__",
-                                                         self.criterion)}
+                                    "criterion": _criterion_name(self.criterion)}
         compact.train(self.model.training)
         return self.method.finalize(self, compact)
 
