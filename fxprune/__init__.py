@@ -10,6 +10,7 @@ from __future__ import annotations
 
 __all__ = [
     "compress",
+    "SoftPruner",
     "inspect",
     "measure_latency",
     "auto_round_to",
@@ -69,4 +70,5 @@ from .rules import Rule, list_rules, register_rule
 from .select import select
 from .serialize import apply_manifest, load, save
 from .trace import trace
+from .train import SoftPruner
 from .verify import VerifyReport, verify

@@ -1,0 +1,384 @@
+"""SoftPruner: training-time (soft) structured pruning inside any training loop.
+
+The masks come from the same analysis as :func:`fxprune.compress` (trace -> analyze -> score
+-> allocate -> select): groups, coupled units, frozen units, ``ratio``/``target_flops``/
+``ratios``/``allocation``/``round_to``/``ignore``/``residual``, any criterion of
+``fxprune.passes``. The per-group ratios are allocated once, at construction; a method then
+chooses *which* units each group keeps (:mod:`fxprune.train.methods`). Keep-sets become
+per-parameter masks on the user's model (:mod:`fxprune.train.masks`), enforced through the
+optimizer's own step hooks (no wrapper: DDP, AMP grad scalers and any optimizer work), and
+:meth:`SoftPruner.finalize` compiles the compact model through :func:`fxprune.rewrite`, exact
+against the masked model (:mod:`fxprune.train.fold`).
+"""
+
+from __future__ import annotations
+
+__all__ = ["SoftPruner"]
+
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+import torch.fx as fx
+import torch.nn as nn
+
+from .. import meta
+from ..allocate import ALLOCATION, Allocator, explicit_ratios, fit_target
+from ..analyze import analyze
+from ..api import _check_ratio, _check_target, score
+from ..count import count
+from ..criteria import get_criterion
+from ..errors import InputError
+from ..rewrite import rewrite
+from ..select import resolve_round_to, select, set_keepsets
+from ..trace import EXAMPLE_INPUTS, _model_device_dtype, trace
+from ..verify import _check_inputs
+from .fold import compile_compact
+from .masks import BN_MODES, Masks, Snapshot
+from .methods import Keep, get_method
+from .methods._attribute import run_eval
+
+HOLDS = ("step", "epoch")
+STATE_FORMAT = "fxprune.softpruner/1"
+TRAIN_META = "fxprune.train"  # compact gm.meta: {"method", "epoch", "bn", "residual", ...}
+
+
+class _Handles:
+    """What :meth:`SoftPruner.attach` returns: ``remove()`` detaches every hook."""
+
+    def __init__(self, handles: list[Any]):
+        self.handles = handles
+
+    def remove(self) -> None:
+        for h in self.handles:
+            h.remove()
+        self.handles = []
+
+
+def _first_inputs(data: Any, model: nn.Module) -> tuple | None:
+    """The first sample of the first batch of ``data``, on the model's device."""
+    try:
+        batch = next(iter(data))
+    except (TypeError, StopIteration):
+        return None
+    x = batch[0] if isinstance(batch, (tuple, list)) else batch
+    if not isinstance(x, torch.Tensor) or x.dim() == 0:
+        return None
+    return (x[:1].to(_model_device_dtype(model)[0]),)
+
+
+def _criterion_name(c: Any) -> str | None:
+    if c is None or isinstance(c, str):
+        return c
+    return str(getattr(c, "name", None) or getattr(c, "__name__", None) or repr(c))
+
+
+class SoftPruner:
+    """Soft-prune ``model`` while you train it; :meth:`finalize` gives the compact model.
+
+    Args:
+        model: the model to train, unwrapped (wrap it in DDP *after* creating the pruner, or
+            pass ``ddp.module``). It is modified in place: masked weights are zeroed.
+        ratio: the amount to prune, as in :func:`fxprune.compress` (with
+            ``allocation="uniform"``: the fraction of every group's channels).
+        method: ``"sfp"``, ``"soft"`` (SFP's schedule with ``criterion=``), ``"fpgm"``,
+            ``"mfp"``, ``"fppmo"`` (:func:`fxprune.train.list_methods`).
+        criterion: a criterion name or function (default: the method's).
+        example_inputs: inputs at the training resolution (default: the first batch of
+            ``data``, else timm's input size or 1x3x224x224). Finalize is exact at this size.
+        target_flops, target_params, ratios, allocation, max_ratio, clr_lambda, round_to,
+            ignore, residual: as in :func:`fxprune.compress`; the per-group amounts are fixed
+            at construction (the kept widths, hence ``kept_macs``, do not change in training).
+        interval: re-select every ``interval`` epochs (SFP's ``epoch_prune``).
+        data: an iterable of ``(x, y)`` batches of a **validation split of the training data**
+            (never the test set), for methods that evaluate masks (mfp, fppmo) and data-driven
+            criteria (taylor). It must be re-iterable (a list or a DataLoader).
+        seed: seeds the randomized methods and criteria (identical on every rank).
+        bn: ``"keep"`` (default, the SFP/FPGM authors' code): BatchNorm is left alone, a
+            pruned channel emits ``relu(BN(0))`` and ``finalize`` folds that constant into the
+            next layers (exact; where zero padding makes it vary spatially, the compact model
+            is tied to the example inputs' resolution). ``"zero"``: the pruned channels'
+            BatchNorm beta and running mean are zeroed too, so a pruned channel is exactly 0
+            and the compact model has no folded constants (any resolution); but a channel
+            that is 0 before a ReLU gets no gradient, so its filter cannot come back. See
+            :mod:`fxprune.train.masks` and :mod:`fxprune.train.fold`.
+        hold: ``"step"``: masks are re-applied after every optimizer step; ``"epoch"``: at
+            construction and at every due :meth:`epoch_end` only, so pruned filters train in
+            between and can come back (SFP). Default: the method's (fpgm: step; others: epoch).
+        method_options: the method's own options (e.g. ``pool=``, ``switch=`` for mfp;
+            ``lam=``, ``eta=`` for fppmo); unknown ones raise :class:`InputError`.
+    """
+
+    def __init__(self, model: nn.Module, ratio: float | None = None, *, method: str = "sfp",
+                 criterion: Any = None, example_inputs: Any = None,
+                 target_flops: float | None = None, target_params: float | None = None,
+                 ratios: Mapping[str, float] | None = None, allocation: str = "uniform",
+                 max_ratio: float = 0.9, clr_lambda: float = 1.0, round_to: Any = None,
+                 ignore: Any = None, residual: str = "coupled", interval: int = 1,
+                 data: Any = None, seed: int = 0, bn: str = "keep", hold: str | None = None,
+                 **method_options: Any):
+        if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+            raise InputError("SoftPruner needs the unwrapped model: pass ddp_model.module, or "
+                             "create the pruner before wrapping the model in DDP.")
+        if not isinstance(model, nn.Module):
+            raise InputError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        if isinstance(interval, bool) or not isinstance(interval, int) or interval < 1:
+            raise InputError(f"interval must be a positive int (epochs), got {interval!r}")
+        if bn not in BN_MODES:
+            raise InputError(f"bn must be one of {', '.join(BN_MODES)}, got {bn!r}")
+        if hold is not None and hold not in HOLDS:
+            raise InputError(f"hold must be 'step', 'epoch' or None, got {hold!r}")
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise InputError(f"seed must be an int, got {seed!r}")
+        self.method_name = method
+        self.method = get_method(method)(**method_options)
+        self.model, self.data, self.seed, self.interval, self.bn = model, data, seed, interval, bn
+        self.hold = hold or self.method.hold
+        self.criterion = criterion if criterion is not None else self.method.default_criterion
+        if self.criterion is not None:
+            get_criterion(self.criterion)
+        self.round_to = resolve_round_to(round_to, model)
+        self.residual = residual
+        if example_inputs is None and data is not None:
+            example_inputs = _first_inputs(data, model)
+        gm = trace(model, example_inputs)
+        self.inputs: tuple = gm.meta[EXAMPLE_INPUTS]
+        _check_inputs(model, self.inputs)
+        self.analysis = analyze(gm, ignore=ignore, residual=residual)
+        self.epoch = 0
+        # time spent inside the pruner (wall and process CPU seconds): masks in the optimizer
+        # hooks and apply_masks, selection in the constructor and epoch_end
+        self.stats = {"mask_s": 0.0, "mask_cpu_s": 0.0, "select_s": 0.0, "select_cpu_s": 0.0,
+                      "steps": 0, "selections": 0}
+        self._macs: dict[tuple[tuple[int, ...], ...], float] = {}
+        self._base_macs = max(1, count(gm, self.inputs).macs)
+        self.method.prepare(self)
+        self.keep: Keep = {}
+        self.masks: Masks | None = None
+        with self._timed("select"):
+            self.ratios, self.allocation = self._allocate(
+                ratio, target_flops, target_params, ratios, allocation, max_ratio, clr_lambda)
+            self.counts = {g: len(k.indices) for g, k in self.select(self._alloc_scores).items()}
+            self._set_keep(self.method.initial(self))
+        self.apply_masks()
+
+    # --- selection --------------------------------------------------------------------------
+    def _allocate(self, ratio: Any, target_flops: Any, target_params: Any, ratios: Any,
+                  allocation: str, max_ratio: float, clr_lambda: float
+                  ) -> tuple[dict[int, float], dict[str, Any]]:
+        t_flops = _check_target("target_flops", target_flops)
+        t_params = _check_target("target_params", target_params)
+        target = t_flops if t_flops is not None else t_params
+        if t_flops is not None and t_params is not None:
+            raise InputError("give target_flops or target_params, not both")
+        if target is not None and ratio is not None:
+            raise InputError("give ratio or a target, not both: the target search chooses "
+                             "the ratio")
+        if ratio is None and target is None and not ratios:
+            if not self.method.channel_selection:
+                self._alloc_scores = {}
+                return {g.id: 0.0 for g in self.analysis.groups}, {"allocation": "none"}
+            raise InputError("nothing to prune: give ratio=, target_flops=, target_params= or "
+                             "ratios={...}. Hint: SoftPruner(model, 0.4) soft-prunes 40% of the "
+                             "channels of every group.")
+        amount = 0.0 if ratio is None else _check_ratio(ratio)
+        groups = [g for g in self.analysis.groups if g.prunable > 0 and g.size > 1]
+        if not groups:
+            raise InputError("nothing to prune: every channel of this model is frozen (graph "
+                             "inputs/outputs, ignored modules or ops without a channel rule).")
+        self._alloc_scores = self.scores(self.criterion or "l2")
+        fixed = explicit_ratios(self.analysis, ratios) if ratios else {}
+        alloc = Allocator(self.analysis, self._alloc_scores, allocation, max_ratio=max_ratio,
+                          fixed=fixed, clr_lambda=clr_lambda)
+        info: dict[str, Any] = {"allocation": allocation}
+        if target is not None:
+            metric = "macs" if t_flops is not None else "params"
+            fit = fit_target(self.analysis, self._alloc_scores, alloc, target, metric=metric,
+                             round_to=self.round_to)
+            info.update(amount=fit.amount, metric=metric, target=target, achieved=fit.achieved)
+            return dict(fit.ratios), info
+        info.update(amount=amount)
+        return alloc.ratios(amount), info
+
+    def scores(self, criterion: Any) -> dict[int, torch.Tensor]:
+        """Scores of every prunable group under ``criterion``, on the current weights."""
+        return score(self.analysis, criterion, data=self.data, seed=self.seed)
+
+    def select(self, scores: Mapping[int, torch.Tensor]) -> Keep:
+        """Keep-sets for these scores at the allocated per-group ratios."""
+        return select(self.analysis, dict(scores), self.ratios, round_to=self.round_to)
+
+    def full_keep(self) -> Keep:
+        """Every group keeps all of its units (nothing pruned)."""
+        return {g.id: meta.KeepSet(g.id, g.size, tuple(range(g.size)))
+                for g in self.analysis.groups}
+
+    def normalize(self, keep: Keep) -> Keep:
+        """Complete ``keep`` as :func:`fxprune.select` does (>= 1 channel per value)."""
+        return set_keepsets(self.analysis, dict(keep))
+
+    def _set_keep(self, keep: Keep) -> None:
+        self.keep = self.normalize(keep)
+        self.masks = Masks(self.model, self.analysis, self.keep, self.bn)
+        self.stats["selections"] += 1
+
+    @contextmanager
+    def trial(self, keep: Keep) -> Iterator[Keep]:
+        """Apply ``keep``'s masks temporarily (weights restored on exit): a neighbour network."""
+        keep = self.normalize(keep)
+        masks = Masks(self.model, self.analysis, keep, self.bn)
+        with Snapshot(masks.tensors()):
+            masks.apply()
+            yield keep
+
+    def evaluate(self, keep: Keep, attribute: Any) -> float:
+        """``attribute(model)`` (eval mode, no grad) of the network masked by ``keep``."""
+        with self.trial(keep):
+            return run_eval(self.model, attribute)
+
+    # --- training hooks ---------------------------------------------------------------------
+    @contextmanager
+    def _timed(self, kind: str) -> Iterator[None]:
+        t0, c0 = time.perf_counter(), time.process_time()
+        try:
+            yield
+        finally:
+            self.stats[f"{kind}_s"] += time.perf_counter() - t0
+            self.stats[f"{kind}_cpu_s"] += time.process_time() - c0
+
+    def apply_masks(self) -> None:
+        """Zero the pruned entries now."""
+        if self.masks is not None:
+            with self._timed("mask"):
+                self.masks.apply()
+
+    def masks_hold(self) -> bool:
+        """True when every pruned entry of the model is exactly zero."""
+        return self.masks is None or self.masks.holds()
+
+    def _pre_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
+        if self.method.mask_grads and self.masks is not None:
+            with self._timed("mask"):
+                self.masks.mask_grads()
+
+    def _post_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
+        self.stats["steps"] += 1
+        if self.hold == "step":
+            self.apply_masks()
+
+    def attach(self, optimizer: torch.optim.Optimizer) -> _Handles:
+        """Hook ``optimizer.step()`` (``register_step_pre_hook``/``register_step_post_hook``).
+
+        Returns a handle whose ``remove()`` detaches the hooks. With ``hold="step"`` the masks
+        are applied now and after every step; methods that mask gradients (fpgm) zero them
+        before every step. Works with DDP, ``torch.amp.GradScaler`` (a skipped step runs no
+        hook) and any ``torch.optim.Optimizer``.
+        """
+        if not isinstance(optimizer, torch.optim.Optimizer):
+            raise InputError(f"attach() needs a torch.optim.Optimizer, got "
+                             f"{type(optimizer).__name__}")
+        handles = [optimizer.register_step_pre_hook(self._pre_step),
+                   optimizer.register_step_post_hook(self._post_step),
+                   *self.method.attach(self, optimizer)]
+        if self.hold == "step":
+            self.apply_masks()
+        return _Handles(handles)
+
+    def epoch_end(self, force: bool = False) -> None:
+        """Call after every training epoch: every ``interval`` epochs (after epochs 0,
+        interval, 2*interval, ... as the authors' ``epoch % epoch_prune == 0``), or when
+        ``force`` (the authors also prune after the last epoch), the method re-selects, switches
+        or updates and the masks are applied."""
+        due = force or self.epoch % self.interval == 0
+        self.epoch += 1
+        if not due:
+            return
+        with self._timed("select"):
+            keep = self.method.update(self)
+            if keep is not None:
+                self._set_keep(keep)
+        self.apply_masks()
+
+    # --- results ----------------------------------------------------------------------------
+    @property
+    def kept_macs(self) -> float:
+        """MACs of the compact model of the current selection / the dense model's (measured on
+        the rewrite, cached per selection: where a group spans layers of different resolutions,
+        e.g. option-A shortcuts, the MACs depend on which units are kept, not only how many)."""
+        key = tuple(self.keep[g.id].indices for g in self.analysis.groups)
+        if key not in self._macs:
+            set_keepsets(self.analysis, dict(self.keep))
+            small = rewrite(self.analysis.gm, check=False)
+            self._macs[key] = count(small, self.inputs).macs / self._base_macs
+        return self._macs[key]
+
+    def finalize(self) -> fx.GraphModule:
+        """The compact GraphModule of the current selection (the method's final one, e.g.
+        FPPMO's top probabilities), with the masks applied to the model first.
+
+        Its outputs equal the soft-masked model's (eval mode, at the example inputs' shape,
+        rtol 1e-4); this is checked, a difference raises :class:`VerificationError`.
+        """
+        keep = self.method.final(self)
+        if keep is not None:
+            self._set_keep(keep)
+        self.apply_masks()
+        compact = compile_compact(self.model, self.analysis, self.keep, self.inputs,
+                                  seed=self.seed)
+        compact.meta[ALLOCATION] = {**self.allocation, "ratios": dict(self.ratios)}
+        compact.meta[TRAIN_META] = {"method": self.method_name, "epoch": self.epoch,
+                                    "bn": self.bn, "residual": self.residual,
+                                    "criterion": _criterion_name(self.criterion)}
+        compact.train(self.model.training)
+        return self.method.finalize(self, compact)
+
+    # --- checkpoints and DDP ----------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """Masks (keep-sets), method state (RNG included) and epoch; ``torch.save``-able and
+        loadable with ``weights_only=True``."""
+        return {"format": STATE_FORMAT, "method": self.method_name, "epoch": self.epoch,
+                "sizes": [g.size for g in self.analysis.groups],
+                "keep": {g: list(k.indices) for g, k in self.keep.items()},
+                "method_state": self.method.state_dict()}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore :meth:`state_dict` into a pruner built with the same arguments. Weights are
+        not touched: load the model's own state dict as well (masks are already applied in
+        it)."""
+        if not isinstance(state, Mapping) or state.get("format") != STATE_FORMAT:
+            raise InputError("not a SoftPruner state_dict (missing format "
+                             f"'{STATE_FORMAT}')")
+        if state["method"] != self.method_name:
+            raise InputError(f"state_dict is for method '{state['method']}', this pruner runs "
+                             f"'{self.method_name}'")
+        sizes = [g.size for g in self.analysis.groups]
+        if list(state["sizes"]) != sizes:
+            raise InputError("state_dict was saved for another model or analysis (group sizes "
+                             "differ): build the pruner with the same model, ignore= and "
+                             "residual=")
+        self.epoch = int(state["epoch"])
+        self._set_keep({int(g): meta.KeepSet(int(g), sizes[int(g)], tuple(int(i) for i in ix))
+                        for g, ix in state["keep"].items()})
+        self.method.load_state_dict(state["method_state"])
+
+    def broadcast(self, src: int = 0) -> None:
+        """Make masks, method state and masked weights those of rank ``src`` (no-op without an
+        initialized ``torch.distributed``). Call it after every ``epoch_end`` under DDP."""
+        import torch.distributed as dist
+
+        if not (dist.is_available() and dist.is_initialized()):
+            return
+        obj = [self.state_dict()]
+        dist.broadcast_object_list(obj, src=src)
+        self.load_state_dict(obj[0])
+        with torch.no_grad():
+            for t in self.masks.tensors() if self.masks is not None else []:
+                dist.broadcast(t.data, src=src)
+
+    def __repr__(self) -> str:
+        pruned = self.masks.pruned_entries if self.masks is not None else 0
+        return (f"SoftPruner(method={self.method_name!r}, epoch={self.epoch}, bn={self.bn!r}, "
+                f"hold={self.hold!r}, residual={self.residual!r}, pruned entries={pruned})")
+
