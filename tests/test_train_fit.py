@@ -195,7 +195,7 @@ def test_with_softpruner(splits, tmp_path, method) -> None:
     model, pruner, hist = run(resume=True)
     for k, v in ref.state_dict().items():
         assert torch.equal(v, model.state_dict()[k]), k
-    small = pruner.finalize()
+    small = pruner.finalize().eval()
     model.eval()
     with torch.no_grad():
         torch.testing.assert_close(small(x), model(x), rtol=1e-4, atol=1e-5)

@@ -91,9 +91,10 @@ def tiny_net(in_chans: int = 1, num_classes: int = 10, bn: bool = True) -> nn.Mo
         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, num_classes))
 
 
-def ddp_digits(out: str | Path, batch: int = 32, pruner: bool = True) -> None:
-    """One epoch on digits (no augmentation), BN-free net, seed 0; rank 0 (or the single
-    process) saves weights, masks, history and the double's counters to ``out``."""
+def ddp_digits(out: str | Path, batch: int = 32, pruner: str = "double") -> None:
+    """One epoch on digits (no augmentation), BN-free net, seed 0, with the contract double
+    (``pruner="double"``) or the real ``fxprune.SoftPruner`` (``"sfp"``, ``"fpgm"``...); every
+    rank saves its weights, masks, history and counters next to ``out``."""
     import fxprune.train.trainer as trainer
     from fxprune.train import data, fit
 
@@ -109,17 +110,24 @@ def ddp_digits(out: str | Path, batch: int = 32, pruner: bool = True) -> None:
     train, val, _ = data.make_loaders(splits, batch)
     torch.manual_seed(0)
     model = tiny_net(bn=False)
-    double = MaskDouble(model, 0.25) if pruner else None
+    if pruner == "double":
+        double: Any = MaskDouble(model, 0.25)
+    else:
+        import fxprune
+
+        double = fxprune.SoftPruner(model, 0.25, method=pruner,
+                                    example_inputs=(splits.example_input(),))
     try:
         hist = fit(model, train, val, 1, lr=0.05, pruner=double, progress=False, seed=0,
                    checkpoint=Path(out).with_suffix(".ckpt"))
     finally:
         trainer.save_checkpoint = real_save
     rank = int(os.environ.get("RANK", 0))
+    is_double = isinstance(double, MaskDouble)
     torch.save({"state": model.state_dict(), "history": hist.to_dict(),
-                "masks": double.masks if double else None,
+                "masks": double.masks if is_double else None,
                 "counters": [double.steps, double.epoch_ends, double.broadcasts,
-                             double.violations] if double else None,
+                             double.violations] if is_double else None,
                 "saves": len(saves)},
                Path(out).with_name(f"{Path(out).stem}.rank{rank}.pt"))
 
