@@ -56,7 +56,9 @@ def test_fit_trains_and_reports(splits) -> None:
 
 
 def test_step_schedule_warmup_and_constant(splits) -> None:
-    train, _ = _loaders(splits, 256)
+    from torch.utils.data import DataLoader, Subset
+
+    train = DataLoader(Subset(splits.train, range(128)), 64, shuffle=True, drop_last=True)
     h = fit(td.tiny_net(), train, None, 5, lr=0.1, schedule="step", milestones=[2, 4],
             gamma=0.1, progress=False)
     assert [r.lr for r in h.epochs] == pytest.approx([0.1, 0.1, 0.01, 0.01, 0.001])
