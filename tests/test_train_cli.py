@@ -30,6 +30,7 @@ def test_oneshot_then_resume(tmp_path, capsys) -> None:
     assert cli.main(argv) == 0
     text = capsys.readouterr().out
     assert "cifar:resnet20 on digits (1294 train / 144 val / 359 test, 1x8x8, 10 classes)" in text
+    assert "compressed to 0.552 of the MACs: test accuracy" in text
     lines = [ln for ln in text.splitlines() if ln.startswith("epoch ")]
     assert len(lines) == 2 and all("kept MACs 0." in ln and "val acc" in ln for ln in lines)
     for row in ("test accuracy", "MACs", "params", "latency (batch 8"):
@@ -75,6 +76,11 @@ def test_build_model_and_pretrained(tmp_path) -> None:
         assert torch.equal(dst.conv1.weight, src.conv1.weight)
     with pytest.raises(InputError, match="does not fit"):
         load_pretrained(build_model("cifar:resnet20", 10, 1), tmp_path / "sd.pt")
+    fxprune.save(fxprune.compress(src, 0.0, example_inputs=(torch.randn(1, 1, 8, 8),)),
+                 tmp_path / "dense.pt")  # what `fxprune train --method oneshot --ratio 0` saves
+    dst = build_model("cifar:resnet20", 7, 1)
+    load_pretrained(dst, tmp_path / "dense.pt")
+    assert torch.equal(dst.fc.weight, src.fc.weight)
     torch.save([1, 2], tmp_path / "list.pt")
     with pytest.raises(InputError, match="no state_dict"):
         load_pretrained(build_model("cifar:resnet20", 7, 1), tmp_path / "list.pt")
