@@ -15,6 +15,7 @@ import fxprune
 from fxprune.errors import FxPruneError, InputError
 from fxprune.train import History, data, evaluate, fit
 from fxprune.train.distributed import DistInfo, shard_train_loader
+from fxprune.train.trainer import recalibrate_bn
 
 pytest.importorskip("sklearn")
 
@@ -76,7 +77,8 @@ def test_pruner_contract(splits) -> None:
     model = td.tiny_net()
     double = td.MaskDouble(model, 0.5)
     hist = fit(model, train, val, 2, lr=0.1, pruner=double, progress=False,
-               label_smoothing=0.1)
+               label_smoothing=0.1, bn_recalibration=3)
+    assert int(model[1].num_batches_tracked) == 3  # recalibrated after the last epoch_end
     assert double.attached == 1 and double.epoch_ends == 2 and double.broadcasts == 0
     assert double.steps == 2 * len(train) and double.violations == 0
     assert [r.kept_macs for r in hist.epochs] == [0.5, 0.5]
@@ -86,6 +88,21 @@ def test_pruner_contract(splits) -> None:
     model(torch.randn(2, 1, 8, 8)).sum().backward()
     opt.step()
     assert double.steps == 2 * len(train)  # fit removed its hook
+
+
+def test_recalibrate_bn() -> None:
+    bn = torch.nn.BatchNorm2d(3)
+    model = torch.nn.Sequential(bn).eval()
+    bn.running_mean.fill_(5.0)
+    batches = [(torch.randn(4, 3, 2, 2) * (i + 1) + i, None) for i in range(4)]
+    assert recalibrate_bn(model, batches, 3) == 3
+    xs = [b[0] for b in batches[:3]]
+    means = torch.stack([x.mean((0, 2, 3)) for x in xs]).mean(0)
+    torch.testing.assert_close(bn.running_mean, means)
+    torch.testing.assert_close(bn.running_var,
+                               torch.stack([x.var((0, 2, 3), unbiased=True) for x in xs]).mean(0))
+    assert bn.momentum == 0.1 and not bn.training and int(bn.num_batches_tracked) == 3
+    assert recalibrate_bn(torch.nn.Sequential(torch.nn.Conv2d(3, 3, 1)), batches, 3) == 0
 
 
 def test_checkpoint_and_exact_resume(splits, tmp_path) -> None:
@@ -154,6 +171,8 @@ def test_bad_input(splits) -> None:
         fit(m, train, val, 1, lr=0.1, momentum=0.0)
     with pytest.raises(InputError, match="another module"):
         fit(m, train, val, 1, lr=0.1, pruner=td.MaskDouble(td.tiny_net()))
+    with pytest.raises(InputError, match="bn_recalibration"):
+        fit(m, train, val, 1, lr=0.1, bn_recalibration=-1)
     with pytest.raises(InputError, match="schedule"):
         fit(m, train, val, 1, lr=0.1, schedule="linear")
     with pytest.raises(InputError, match="checkpoint"):

@@ -139,6 +139,9 @@ def add_train_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     g.add_argument("--schedule", choices=("cosine", "step", "constant"), default="cosine")
     g.add_argument("--warmup-epochs", type=int, default=0)
     g.add_argument("--label-smoothing", type=float, default=0.0)
+    g.add_argument("--recalibrate-bn", type=int, default=0, metavar="N",
+                   help="after each mask update, recompute BatchNorm statistics on N training "
+                        "batches (default 0: as the authors)")
     g.add_argument("--pretrained", metavar="CKPT", help="start from these weights")
     g.add_argument("--checkpoint", metavar="PATH",
                    help="written every epoch (default: OUTPUT.ckpt when -o is given)")
@@ -156,7 +159,8 @@ def add_train_parser(sub: Any, common: argparse.ArgumentParser) -> None:
 
 def _check(args: argparse.Namespace) -> None:
     for name, low in (("epochs", 1), ("batch", 1), ("interval", 1), ("latency_batch", 1),
-                      ("repeat", 1), ("workers", 0), ("warmup_epochs", 0)):
+                      ("repeat", 1), ("workers", 0), ("warmup_epochs", 0),
+                      ("recalibrate_bn", 0)):
         if getattr(args, name) < low:
             raise InputError(f"--{name.replace('_', '-')} must be >= {low}, got "
                              f"{getattr(args, name)}")
@@ -279,8 +283,9 @@ def run_train(args: argparse.Namespace) -> int:  # noqa: PLR0915 - the command, 
         fit(trained, train, val, args.epochs, lr=args.lr, momentum=args.momentum,
             weight_decay=args.weight_decay, schedule=args.schedule,
             warmup_epochs=args.warmup_epochs, label_smoothing=args.label_smoothing,
-            pruner=pruner, checkpoint=checkpoint, resume=args.resume, device=device,
-            seed=args.seed, progress=not args.quiet, callback=show)
+            pruner=pruner, bn_recalibration=args.recalibrate_bn, checkpoint=checkpoint,
+            resume=args.resume, device=device, seed=args.seed, progress=not args.quiet,
+            callback=show)
         if not main:
             return 0
         small = pruner.finalize() if pruner is not None else trained

@@ -21,7 +21,7 @@ the per-epoch record goes to ``callback`` and to the ``fxprune.train`` logger.
 
 from __future__ import annotations
 
-__all__ = ["EpochRecord", "History", "fit", "evaluate"]
+__all__ = ["EpochRecord", "History", "fit", "evaluate", "recalibrate_bn"]
 
 import logging
 import math
@@ -41,9 +41,6 @@ from . import distributed as D
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 
 logger = logging.getLogger("fxprune.train")
-
-_SETTINGS = ("epochs", "lr", "momentum", "nesterov", "weight_decay", "schedule", "milestones",
-             "gamma", "warmup_epochs", "label_smoothing", "global_batch")
 
 
 @dataclass
@@ -128,6 +125,44 @@ def evaluate(model: nn.Module, loader: Iterable, device: torch.device | str | No
     return float(sums[0]) / n, float(sums[1]) / n
 
 
+@torch.no_grad()
+def recalibrate_bn(model: nn.Module, batches: Iterable, n: int,
+                   device: torch.device | str | None = None) -> int:
+    """Recompute BatchNorm running statistics as the plain average over ``n`` batches
+    (train mode, no gradients; "precise BN"). Returns the number of batches used.
+
+    After a soft-pruning step zeroes filters, the running statistics of the following
+    BatchNorms still describe the unmasked network, so eval-mode accuracy right after the
+    mask can collapse (measured: SFP on digits, 5.6% val accuracy after the mask, 71% after
+    recalibrating on 20 batches). The weights are untouched, so ``finalize()`` stays exact.
+    """
+    bns = [m for m in model.modules()
+           if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    if not bns or n <= 0:
+        return 0
+    if device is None:
+        device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    flags = {m: m.training for m in model.modules()}
+    momenta = {m: m.momentum for m in bns}
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average
+    model.train()
+    used = 0
+    try:
+        for x, _ in batches:
+            if used >= n:
+                break
+            model(x.to(device, non_blocking=True))
+            used += 1
+    finally:
+        for m, mom in momenta.items():
+            m.momentum = mom
+        for m, t in flags.items():
+            m.training = t
+    return used
+
+
 def _scheduler(opt: torch.optim.Optimizer, schedule: str, epochs: int, milestones: Any,
                gamma: float, warmup: int) -> torch.optim.lr_scheduler.LRScheduler:
     from torch.optim import lr_scheduler as L
@@ -149,7 +184,7 @@ def _scheduler(opt: torch.optim.Optimizer, schedule: str, epochs: int, milestone
 
 
 def _check_args(model: Any, epochs: int, lr: float, momentum: float, nesterov: bool,
-                label_smoothing: float, pruner: Any) -> None:
+                label_smoothing: float, pruner: Any, bn_recalibration: int) -> None:
     if not isinstance(model, nn.Module):
         raise InputError(f"fit() needs an nn.Module, got {type(model).__name__}")
     if isinstance(model, DistributedDataParallel):
@@ -162,6 +197,8 @@ def _check_args(model: Any, epochs: int, lr: float, momentum: float, nesterov: b
         raise InputError("Nesterov needs momentum > 0: pass momentum=0.9 or nesterov=False")
     if not 0.0 <= label_smoothing < 1.0:
         raise InputError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
+    if bn_recalibration < 0:
+        raise InputError(f"bn_recalibration must be >= 0 batches, got {bn_recalibration}")
     if pruner is not None and getattr(pruner, "model", model) is not model:
         raise InputError("the pruner was built on another module: pass fit() the same model "
                          "as SoftPruner(model, ...)")
@@ -248,6 +285,7 @@ def fit(  # noqa: PLR0915 - one linear training loop reads best in one place
     warmup_epochs: int = 0,
     label_smoothing: float = 0.0,
     pruner: Any = None,
+    bn_recalibration: int = 0,
     checkpoint: str | Path | None = None,
     resume: bool = False,
     device: torch.device | str | None = None,
@@ -271,6 +309,9 @@ def fit(  # noqa: PLR0915 - one linear training loop reads best in one place
         pruner: a :class:`fxprune.SoftPruner` (``attach``, ``epoch_end``, ``broadcast``,
             ``apply_masks``, ``state_dict``/``load_state_dict``, ``kept_macs``), built on
             ``model`` after it was moved to ``device``.
+        bn_recalibration: after every ``pruner.epoch_end()``, recompute the BatchNorm
+            running statistics on this many training batches (:func:`recalibrate_bn`; 0, the
+            default, leaves them as the SFP/FPGM authors do). Under DDP, rank 0's are kept.
         checkpoint: a path written after every epoch (rank 0), atomically.
         resume: continue from ``checkpoint`` when it exists (a fresh run otherwise); the
             settings must match. A finished run returns its history without training.
@@ -284,7 +325,7 @@ def fit(  # noqa: PLR0915 - one linear training loop reads best in one place
         InputError: bad arguments, an unshardable loader under torchrun, a mismatched resume.
         FxPruneError: the training loss became NaN or infinite.
     """
-    _check_args(model, epochs, lr, momentum, nesterov, label_smoothing, pruner)
+    _check_args(model, epochs, lr, momentum, nesterov, label_smoothing, pruner, bn_recalibration)
     if device is None:
         device = next((p.device for p in model.parameters()), torch.device("cpu"))
     device = torch.device(device)
@@ -299,7 +340,8 @@ def fit(  # noqa: PLR0915 - one linear training loop reads best in one place
         settings = {"epochs": epochs, "lr": lr, "momentum": momentum, "nesterov": nesterov,
                     "weight_decay": weight_decay, "schedule": schedule,
                     "milestones": milestones, "gamma": gamma, "warmup_epochs": warmup_epochs,
-                    "label_smoothing": label_smoothing, "global_batch": batch}
+                    "label_smoothing": label_smoothing, "global_batch": batch,
+                    "bn_recalibration": bn_recalibration}
         opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, nesterov=nesterov,
                               weight_decay=weight_decay)
         sched = _scheduler(opt, schedule, epochs, milestones, gamma, warmup_epochs)
@@ -331,11 +373,12 @@ def fit(  # noqa: PLR0915 - one linear training loop reads best in one place
                 raise FxPruneError(f"the training loss became {train_loss} in epoch "
                                    f"{epoch + 1}: lower the learning rate (lr={cur_lr:g})")
             sched.step()
-            D.broadcast_buffers(model, info)
             if pruner is not None:
                 pruner.epoch_end()
                 if info.enabled:
                     pruner.broadcast(src=0)
+                recalibrate_bn(model, loader, bn_recalibration, device)
+            D.broadcast_buffers(model, info)
             val_loss, val_acc = evaluate(model, val, device, info) if val is not None else (
                 None, None)
             rec = EpochRecord(epoch + 1, train_loss, float(sums[1] / sums[2]), val_loss, val_acc,
