@@ -105,8 +105,12 @@ def add_train_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     """Register ``fxprune train`` on the CLI's subparsers."""
     from ..cli import _round_to
 
-    p = sub.add_parser("train", parents=[common], help="prune while training; save the result",
-                       description=__doc__.split("\n\n")[1] if __doc__ else None)
+    p = sub.add_parser(
+        "train", parents=[common], help="prune while training; save the result",
+        description="Train MODEL on --data with a soft-pruning --method (or --method oneshot: "
+                    "compress, then fine-tune), finalize the compact model, print test "
+                    "accuracy, MACs, params and latency before/after and save it (-o). Under "
+                    "torchrun --nproc_per_node N it trains with DDP; rank 0 prints and writes.")
     p.add_argument("model", metavar="MODEL",
                    help="cifar:NAME, timm name, tv:NAME, package.module:factory or a .pt file")
     g = p.add_argument_group("data")
