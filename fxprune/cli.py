@@ -1,8 +1,8 @@
 """The ``fxprune`` command line (also ``python -m fxprune``).
 
-Subcommands: ``inspect``, ``compress``, ``verify``, ``graph``, ``plot``, ``list-criteria``,
-``list-rules`` and ``bench``. A MODEL is a timm model name (``resnet50``), ``tv:NAME`` or a
-torchvision model name, ``cifar:NAME`` or a name from :mod:`fxprune.models`,
+Subcommands: ``inspect``, ``compress``, ``train``, ``verify``, ``graph``, ``plot``,
+``list-criteria``, ``list-rules`` and ``bench``. A MODEL is a timm model name (``resnet50``),
+``tv:NAME`` or a torchvision model name, ``cifar:NAME`` or a name from :mod:`fxprune.models`,
 ``package.module:factory`` (called without arguments), or a path to a file saved with
 :func:`fxprune.save` (opened as plain data: no code from the file runs). Any other ``.pt``
 file (a whole pickled module) is unpickled only with ``--trust-pickle``: unpickling can run
@@ -596,6 +596,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_inspect)
 
     _compress_parser(sub, common)
+    from .train.cli_train import add_train_parser
+
+    add_train_parser(sub, common)  # `fxprune train`: fxprune/train/cli_train.py
 
     p = sub.add_parser("verify", parents=[common], help="check a pruned model against the oracle")
     p.add_argument("original", metavar="ORIGINAL", help="the original MODEL")

@@ -1,6 +1,7 @@
 """CIFAR reference networks used by the filter-pruning literature (FPGM, SFP, CLR-RNF, SWP).
 
-All models take ``3x32x32`` inputs and accept ``num_classes`` (default 10). Use
+All models take ``3x32x32`` inputs by default and accept ``num_classes`` (default 10) and
+``in_chans`` (default 3, e.g. 1 for grayscale data). Use
 :func:`create_model` to build one by name and :func:`list_models` to see the names.
 """
 

@@ -81,14 +81,16 @@ class MobileNetV2Cifar(nn.Module):
         num_classes: Number of output classes.
         cfg: Inverted-residual settings ``(t, c, n, s)``; defaults to
             :data:`MOBILENETV2_CIFAR_CFG`.
+        in_chans: Input image channels (3 for RGB, 1 for grayscale).
     """
 
     def __init__(
-        self, num_classes: int = 10, cfg: list[tuple[int, int, int, int]] | None = None
+        self, num_classes: int = 10, cfg: list[tuple[int, int, int, int]] | None = None,
+        in_chans: int = 3,
     ) -> None:
         super().__init__()
         cfg = MOBILENETV2_CIFAR_CFG if cfg is None else cfg
-        self.conv1 = nn.Conv2d(3, 32, 3, stride=1, padding=1, bias=False)
+        self.conv1 = nn.Conv2d(in_chans, 32, 3, stride=1, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(32)
         self.relu1 = nn.ReLU6(inplace=True)
 
@@ -120,7 +122,7 @@ class MobileNetV2Cifar(nn.Module):
         """Compute class logits.
 
         Args:
-            x: Images of shape ``(N, 3, 32, 32)``.
+            x: Images of shape ``(N, in_chans, 32, 32)``.
 
         Returns:
             Logits of shape ``(N, num_classes)``.
@@ -134,6 +136,6 @@ class MobileNetV2Cifar(nn.Module):
 
 
 @register_model
-def mobilenetv2(num_classes: int = 10) -> MobileNetV2Cifar:
+def mobilenetv2(num_classes: int = 10, in_chans: int = 3) -> MobileNetV2Cifar:
     """MobileNetV2 for CIFAR (Sandler et al. 2018, kuangliu variant); 2.24M parameters."""
-    return MobileNetV2Cifar(num_classes)
+    return MobileNetV2Cifar(num_classes, in_chans=in_chans)

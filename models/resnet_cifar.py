@@ -128,9 +128,11 @@ class ResNetCifar(nn.Module):
         depth: Network depth; must satisfy ``(depth - 2) % 6 == 0``.
         num_classes: Number of output classes.
         option: Shortcut option, ``"A"`` or ``"B"``.
+        in_chans: Input image channels (3 for RGB, 1 for grayscale).
     """
 
-    def __init__(self, depth: int, num_classes: int = 10, option: str = "A") -> None:
+    def __init__(self, depth: int, num_classes: int = 10, option: str = "A",
+                 in_chans: int = 3) -> None:
         super().__init__()
         if (depth - 2) % 6 != 0 or depth < 8:
             raise ValueError(f"depth must be 6n + 2 with n >= 1, got {depth}.")
@@ -139,7 +141,7 @@ class ResNetCifar(nn.Module):
         self.option = option
         self.in_planes = 16
 
-        self.conv1 = nn.Conv2d(3, 16, 3, stride=1, padding=1, bias=False)
+        self.conv1 = nn.Conv2d(in_chans, 16, 3, stride=1, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(16)
         self.layer1 = self._make_layer(16, n, stride=1)
         self.layer2 = self._make_layer(32, n, stride=2)
@@ -175,7 +177,7 @@ class ResNetCifar(nn.Module):
         """Compute class logits.
 
         Args:
-            x: Images of shape ``(N, 3, 32, 32)``.
+            x: Images of shape ``(N, in_chans, 32, 32)``.
 
         Returns:
             Logits of shape ``(N, num_classes)``.
@@ -190,48 +192,48 @@ class ResNetCifar(nn.Module):
 
 
 @register_model
-def resnet20(num_classes: int = 10) -> ResNetCifar:
+def resnet20(num_classes: int = 10, in_chans: int = 3) -> ResNetCifar:
     """ResNet-20 (He et al. 2016, CIFAR, option-A shortcuts); 0.27M parameters."""
-    return ResNetCifar(20, num_classes, option="A")
+    return ResNetCifar(20, num_classes, option="A", in_chans=in_chans)
 
 
 @register_model
-def resnet32(num_classes: int = 10) -> ResNetCifar:
+def resnet32(num_classes: int = 10, in_chans: int = 3) -> ResNetCifar:
     """ResNet-32 (He et al. 2016, CIFAR, option-A shortcuts); 0.46M parameters."""
-    return ResNetCifar(32, num_classes, option="A")
+    return ResNetCifar(32, num_classes, option="A", in_chans=in_chans)
 
 
 @register_model
-def resnet44(num_classes: int = 10) -> ResNetCifar:
+def resnet44(num_classes: int = 10, in_chans: int = 3) -> ResNetCifar:
     """ResNet-44 (He et al. 2016, CIFAR, option-A shortcuts); 0.66M parameters."""
-    return ResNetCifar(44, num_classes, option="A")
+    return ResNetCifar(44, num_classes, option="A", in_chans=in_chans)
 
 
 @register_model
-def resnet56(num_classes: int = 10) -> ResNetCifar:
+def resnet56(num_classes: int = 10, in_chans: int = 3) -> ResNetCifar:
     """ResNet-56 (He et al. 2016, CIFAR, option-A shortcuts); 0.85M parameters."""
-    return ResNetCifar(56, num_classes, option="A")
+    return ResNetCifar(56, num_classes, option="A", in_chans=in_chans)
 
 
 @register_model
-def resnet110(num_classes: int = 10) -> ResNetCifar:
+def resnet110(num_classes: int = 10, in_chans: int = 3) -> ResNetCifar:
     """ResNet-110 (He et al. 2016, CIFAR, option-A shortcuts); 1.73M parameters."""
-    return ResNetCifar(110, num_classes, option="A")
+    return ResNetCifar(110, num_classes, option="A", in_chans=in_chans)
 
 
 @register_model
-def resnet20_b(num_classes: int = 10) -> ResNetCifar:
+def resnet20_b(num_classes: int = 10, in_chans: int = 3) -> ResNetCifar:
     """ResNet-20 (He et al. 2016, CIFAR, option-B 1x1 projections); 0.27M parameters."""
-    return ResNetCifar(20, num_classes, option="B")
+    return ResNetCifar(20, num_classes, option="B", in_chans=in_chans)
 
 
 @register_model
-def resnet56_b(num_classes: int = 10) -> ResNetCifar:
+def resnet56_b(num_classes: int = 10, in_chans: int = 3) -> ResNetCifar:
     """ResNet-56 (He et al. 2016, CIFAR, option-B 1x1 projections); 0.86M parameters."""
-    return ResNetCifar(56, num_classes, option="B")
+    return ResNetCifar(56, num_classes, option="B", in_chans=in_chans)
 
 
 @register_model
-def resnet110_b(num_classes: int = 10) -> ResNetCifar:
+def resnet110_b(num_classes: int = 10, in_chans: int = 3) -> ResNetCifar:
     """ResNet-110 (He et al. 2016, CIFAR, option-B 1x1 projections); 1.73M parameters."""
-    return ResNetCifar(110, num_classes, option="B")
+    return ResNetCifar(110, num_classes, option="B", in_chans=in_chans)

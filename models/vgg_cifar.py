@@ -28,11 +28,12 @@ class VGGCifar(nn.Module):
     Args:
         cfg: Layer configuration; ints are 3x3 conv widths, ``"M"`` is 2x2 max-pooling.
         num_classes: Number of output classes.
+        in_chans: Input image channels (3 for RGB, 1 for grayscale).
     """
 
-    def __init__(self, cfg: list[int | str], num_classes: int = 10) -> None:
+    def __init__(self, cfg: list[int | str], num_classes: int = 10, in_chans: int = 3) -> None:
         super().__init__()
-        self.features = self._make_features(cfg)
+        self.features = self._make_features(cfg, in_chans)
         last = [int(c) for c in cfg if c != "M"][-1]
         self.classifier = nn.Sequential(
             nn.Flatten(1),
@@ -55,17 +56,18 @@ class VGGCifar(nn.Module):
                 nn.init.zeros_(m.bias)
 
     @staticmethod
-    def _make_features(cfg: list[int | str]) -> nn.Sequential:
+    def _make_features(cfg: list[int | str], in_chans: int = 3) -> nn.Sequential:
         """Build the conv-BN-ReLU / max-pool trunk.
 
         Args:
             cfg: Layer configuration.
+            in_chans: Input image channels.
 
         Returns:
             The trunk as an ``nn.Sequential``.
         """
         layers: list[nn.Module] = []
-        in_channels = 3
+        in_channels = in_chans
         for v in cfg:
             if v == "M":
                 layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
@@ -83,7 +85,7 @@ class VGGCifar(nn.Module):
         """Compute class logits.
 
         Args:
-            x: Images of shape ``(N, 3, 32, 32)``.
+            x: Images of shape ``(N, in_chans, 32, 32)``.
 
         Returns:
             Logits of shape ``(N, num_classes)``.
@@ -92,12 +94,12 @@ class VGGCifar(nn.Module):
 
 
 @register_model
-def vgg16_bn(num_classes: int = 10) -> VGGCifar:
+def vgg16_bn(num_classes: int = 10, in_chans: int = 3) -> VGGCifar:
     """VGG-16-BN for CIFAR (network slimming / FPGM, 512-512 head); 15.0M parameters."""
-    return VGGCifar(VGG_CFGS["vgg16"], num_classes)
+    return VGGCifar(VGG_CFGS["vgg16"], num_classes, in_chans)
 
 
 @register_model
-def vgg19_bn(num_classes: int = 10) -> VGGCifar:
+def vgg19_bn(num_classes: int = 10, in_chans: int = 3) -> VGGCifar:
     """VGG-19-BN for CIFAR (network slimming / FPGM, 512-512 head); 20.3M parameters."""
-    return VGGCifar(VGG_CFGS["vgg19"], num_classes)
+    return VGGCifar(VGG_CFGS["vgg19"], num_classes, in_chans)

@@ -70,6 +70,22 @@ def test_num_classes_kwarg() -> None:
         assert model(torch.randn(1, 3, 32, 32)).shape == (1, 100)
 
 
+@pytest.mark.parametrize("name", ["resnet20", "resnet20_b", "vgg16_bn", "mobilenetv2"])
+def test_in_chans_and_num_classes(name: str) -> None:
+    """Grayscale input (in_chans=1) and 7 classes: the stem and head follow, and it prunes."""
+    from fxprune.testing import prune_and_check
+
+    torch.manual_seed(0)
+    model = create_model(name, in_chans=1, num_classes=7).eval()
+    first = next(m for m in model.modules() if isinstance(m, nn.Conv2d))
+    assert first.in_channels == 1
+    x = torch.randn(2, 1, 32, 32, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        assert model(x).shape == (2, 7)
+    if name in ("resnet20", "resnet20_b"):  # the oracle on the small ones keeps this fast
+        prune_and_check(model, x[:1], 0.5)
+
+
 def _shortcut_convs(model: nn.Module) -> int:
     return sum(
         isinstance(m, nn.Conv2d)

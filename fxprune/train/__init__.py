@@ -1,12 +1,18 @@
-"""Training-time pruning: soft masks inside any training loop, compiled by fxprune at the end.
+"""Training-time pruning: the soft-pruning engine, its methods, a trainer and datasets.
 
-:class:`SoftPruner` (engine) and the methods (:mod:`fxprune.train.methods`: ``sfp``/``soft``,
-``fpgm``, ``mfp``, ``fppmo``).
+* :class:`SoftPruner` (:mod:`fxprune.train.engine`): masks kept by optimizer step hooks, and the
+  methods (:mod:`fxprune.train.methods`: ``sfp``/``soft``, ``fpgm``, ``mfp``, ``fppmo``).
+* :func:`fit` (:mod:`fxprune.train.trainer`): SGD/Nesterov, cosine/step schedules, label
+  smoothing, checkpoints with exact resume, tqdm, DistributedDataParallel under torchrun.
+* :mod:`fxprune.train.data` (also ``fxprune.data``): digits, Fashion-MNIST (IDX), ImageFolder.
 """
 
 from __future__ import annotations
 
-__all__ = ["SoftPruner", "Method", "register_method", "get_method", "list_methods"]
+__all__ = ["SoftPruner", "Method", "register_method", "get_method", "list_methods",
+           "fit", "evaluate", "History", "EpochRecord", "data"]
 
+from . import data
 from .engine import SoftPruner
 from .methods import Method, get_method, list_methods, register_method
+from .trainer import EpochRecord, History, evaluate, fit

@@ -1,0 +1,119 @@
+"""``fxprune train``: one-shot compress + fine-tune on digits via main(argv), resume, the
+pretrained loader, bad input; soft methods with the real engine; one torchrun subprocess."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import fxprune
+from fxprune import cli
+from fxprune.errors import InputError
+from fxprune.models import create_model
+from fxprune.train.cli_train import build_model, load_pretrained
+
+pytest.importorskip("sklearn")
+BASE = ["train", "cifar:resnet20", "--data", "digits", "--epochs", "2", "--batch", "64",
+        "--lr", "0.05", "--repeat", "3", "-q"]
+
+
+def test_oneshot_then_resume(tmp_path, capsys) -> None:
+    out = tmp_path / "small.pt"
+    argv = [*BASE, "--method", "oneshot", "--criterion", "l1", "--ratio", "0.4", "-o", str(out)]
+    assert cli.main(argv) == 0
+    text = capsys.readouterr().out
+    assert "cifar:resnet20 on digits (1294 train / 144 val / 359 test, 1x8x8, 10 classes)" in text
+    assert "compressed to 0.552 of the MACs: test accuracy" in text
+    lines = [ln for ln in text.splitlines() if ln.startswith("epoch ")]
+    assert len(lines) == 2 and all("kept MACs 0." in ln and "val acc" in ln for ln in lines)
+    for row in ("test accuracy", "MACs", "params", "latency (batch 8"):
+        assert row in text
+    assert f"saved {out}" in text and Path(f"{out}.ckpt").is_file()
+    small = fxprune.load(out)
+    dense = create_model("resnet20", in_chans=1, num_classes=10)
+    assert sum(p.numel() for p in small.parameters()) < sum(p.numel() for p in dense.parameters())
+    assert small(torch.randn(2, 1, 8, 8)).shape == (2, 10)
+    # the run is complete: --resume trains nothing and writes the same model again
+    w = [p.clone() for p in small.parameters()]
+    assert cli.main([*argv, "--resume"]) == 0
+    again = capsys.readouterr().out
+    assert "epoch " not in again.replace("epochs", "")
+    assert all(torch.equal(a, b) for a, b in zip(w, fxprune.load(out).parameters()))
+
+
+@pytest.mark.parametrize("argv, msg", [
+    (["--data", "nosuch"], "unknown dataset"),
+    (["--data", "digits", "--batch", "0"], "--batch must be >= 1"),
+    (["--data", "digits", "--resume"], "--resume needs --checkpoint"),
+    (["--data", "digits", "--pretrained", "missing.pt"], "no such file"),
+])
+def test_bad_input(argv, msg, capsys) -> None:
+    assert cli.main(["train", "cifar:resnet20", "--method", "oneshot", "--ratio", "0.5",
+                     *argv]) == 2
+    assert msg in capsys.readouterr().err
+
+
+def test_build_model_and_pretrained(tmp_path) -> None:
+    m = build_model("cifar:resnet20", 7, 1)
+    assert m.conv1.in_channels == 1 and m.fc.out_features == 7
+    assert build_model("resnet18", 5, 1).num_classes == 5  # timm takes in_chans too
+    with pytest.raises(InputError, match="3-channel"):
+        build_model("tv:resnet18", 5, 1)
+    src = build_model("cifar:resnet20", 7, 1)
+    torch.save(src.state_dict(), tmp_path / "sd.pt")
+    torch.save({"model": {f"module.{k}": v for k, v in src.state_dict().items()}},
+               tmp_path / "ddp.pt")
+    for f in ("sd.pt", "ddp.pt"):
+        dst = build_model("cifar:resnet20", 7, 1)
+        load_pretrained(dst, tmp_path / f)
+        assert torch.equal(dst.conv1.weight, src.conv1.weight)
+    with pytest.raises(InputError, match="does not fit"):
+        load_pretrained(build_model("cifar:resnet20", 10, 1), tmp_path / "sd.pt")
+    fxprune.save(fxprune.compress(src, 0.0, example_inputs=(torch.randn(1, 1, 8, 8),)),
+                 tmp_path / "dense.pt")  # what `fxprune train --method oneshot --ratio 0` saves
+    dst = build_model("cifar:resnet20", 7, 1)
+    load_pretrained(dst, tmp_path / "dense.pt")
+    assert torch.equal(dst.fc.weight, src.fc.weight)
+    torch.save([1, 2], tmp_path / "list.pt")
+    with pytest.raises(InputError, match="no state_dict"):
+        load_pretrained(build_model("cifar:resnet20", 7, 1), tmp_path / "list.pt")
+
+
+@pytest.mark.parametrize("method", ["sfp", "fpgm", "mfp", "fppmo"])
+def test_soft_methods(tmp_path, capsys, method) -> None:
+    out = tmp_path / f"{method}.pt"
+    assert cli.main([*BASE, "--method", method, "--ratio", "0.4", "-o", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert text.count("kept MACs") == 2 and f"saved {out}" in text
+    assert fxprune.load(out)(torch.randn(1, 1, 8, 8)).shape == (1, 10)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes(tmp_path) -> None:
+    """The same command under torchrun (2 CPU processes, gloo on 127.0.0.1): rank 0 prints
+    and saves, the per-rank batch is 32 of the global 64."""
+    out = tmp_path / "ddp.pt"
+    method = ["--method", "sfp"]
+    env = dict(os.environ, OMP_NUM_THREADS="1", GLOO_SOCKET_IFNAME="lo")
+    cmd = [sys.executable, "-P", "-m", "torch.distributed.run", "--nproc_per_node", "2",
+           "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
+           "-m", "fxprune", *BASE[:-1], "--epochs", "1", "-q", *method, "--ratio", "0.4",
+           "--no-latency", "-o", str(out)]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp_path, env=env)
+    assert r.returncode == 0, r.stderr[-4000:]
+    assert r.stdout.count("2 process(es) on cpu") == 1  # rank 0 only
+    assert r.stdout.count("epoch 1/1") == 1 and f"saved {out}" in r.stdout
+    assert fxprune.load(out)(torch.randn(1, 1, 8, 8)).shape == (1, 10)
