@@ -82,6 +82,28 @@ def test_build_model_and_pretrained(tmp_path) -> None:
     torch.save([1, 2], tmp_path / "list.pt")
     with pytest.raises(InputError, match="no state_dict"):
         load_pretrained(build_model("cifar:resnet20", 7, 1), tmp_path / "list.pt")
+    # a whole pickled module is unpickled only when trusted; a payload never runs otherwise
+    torch.save(src, tmp_path / "module.pt")
+    with pytest.raises(InputError, match="--trust-pickle"):
+        load_pretrained(build_model("cifar:resnet20", 7, 1), tmp_path / "module.pt")
+    dst = build_model("cifar:resnet20", 7, 1)
+    load_pretrained(dst, tmp_path / "module.pt", trust_pickle=True)
+    assert torch.equal(dst.fc.weight, src.fc.weight)
+    marker = tmp_path / "ran"
+    torch.save(_Payload(str(marker)), tmp_path / "evil.pt")
+    with pytest.raises(InputError, match="--trust-pickle"):
+        load_pretrained(build_model("cifar:resnet20", 7, 1), tmp_path / "evil.pt")
+    assert not marker.exists()
+
+
+class _Payload:
+    """Unpickling this creates a marker file: the proof that code from a file ran."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
 
 
 @pytest.mark.parametrize("method", ["sfp", "fpgm", "mfp", "fppmo"])

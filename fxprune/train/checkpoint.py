@@ -63,8 +63,7 @@ def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
 def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict[str, Any]:
     """Read a checkpoint written by :func:`save_checkpoint`.
 
-    Plain data loads with ``weights_only=True``; a pruner state holding other Python objects
-    falls back to full unpickling (only load checkpoints you wrote).
+    Read as plain data (``weights_only=True``): no code from the file runs.
 
     Raises:
         InputError: the file is missing or not a fxprune training checkpoint.
@@ -74,9 +73,11 @@ def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict[str, An
         raise InputError(f"no checkpoint at {path}")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError:
-        logger.info("%s holds non-tensor objects; loading it with weights_only=False", path)
-        ckpt = torch.load(path, map_location=map_location, weights_only=False)
+    except pickle.UnpicklingError as e:
+        raise InputError(
+            f"{path} holds Python objects that are not plain data; fxprune's checkpoints are "
+            "plain data (read with weights_only=True), so this file was not written by "
+            "fxprune.train.fit, and unpickling it could run code from it: refused") from e
     except Exception as e:  # noqa: BLE001 - reported as bad input
         raise InputError(f"cannot read checkpoint {path}: {type(e).__name__}: {e}") from e
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:

@@ -59,10 +59,11 @@ def build_model(spec: str, num_classes: int, in_chans: int) -> nn.Module:
     return load_model(spec)[0]  # raises InputError with suggestions
 
 
-def load_pretrained(model: nn.Module, path: str | Path) -> None:
+def load_pretrained(model: nn.Module, path: str | Path, trust_pickle: bool = False) -> None:
     """Load weights into ``model``: a state_dict, a dict holding one under ``"model"`` or
-    ``"state_dict"`` (e.g. a ``fit`` checkpoint; DDP's ``module.`` prefix is stripped), or a
-    whole pickled module.
+    ``"state_dict"`` (e.g. a ``fit`` checkpoint; DDP's ``module.`` prefix is stripped), read
+    as plain data (``weights_only=True``: no code from the file runs), or, only with
+    ``trust_pickle=True`` (``--trust-pickle``), a whole pickled module.
 
     Raises:
         InputError: unreadable file or keys/shapes that do not match the model.
@@ -72,7 +73,14 @@ def load_pretrained(model: nn.Module, path: str | Path) -> None:
         raise InputError(f"--pretrained: no such file {path}")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:  # noqa: BLE001 - maybe a pickled module
+    except Exception as plain:  # noqa: BLE001 - maybe a pickled module
+        if not trust_pickle:
+            raise InputError(
+                f"--pretrained: {path} is not plain data (a state_dict or checkpoint of "
+                f"tensors): {type(plain).__name__}. Unpickling it could run any code the file "
+                "holds; fxprune does that only with --trust-pickle (use it for files you "
+                "trust), or save the weights with torch.save(model.state_dict(), path)."
+            ) from plain
         try:
             obj = torch.load(path, map_location="cpu", weights_only=False)
         except Exception as e:  # noqa: BLE001 - reported as bad input
@@ -147,6 +155,9 @@ def add_train_parser(sub: Any, common: argparse.ArgumentParser) -> None:
                    help="after each mask update, recompute BatchNorm statistics on N training "
                         "batches (default 0: as the authors)")
     g.add_argument("--pretrained", metavar="CKPT", help="start from these weights")
+    g.add_argument("--trust-pickle", action="store_true",
+                   help="let --pretrained unpickle a whole pickled module (runs code from the "
+                        "file: only for files you trust)")
     g.add_argument("--checkpoint", metavar="PATH",
                    help="written every epoch (default: OUTPUT.ckpt when -o is given)")
     g.add_argument("--resume", action="store_true", help="continue from --checkpoint")
@@ -245,7 +256,7 @@ def run_train(args: argparse.Namespace) -> int:  # noqa: PLR0915 - the command, 
         torch.manual_seed(args.seed)
         model = build_model(args.model, splits.num_classes, splits.in_chans)
         if args.pretrained:
-            load_pretrained(model, args.pretrained)
+            load_pretrained(model, args.pretrained, args.trust_pickle)
         model.to(device)
         x = splits.example_input().to(device)
         with torch.no_grad():
