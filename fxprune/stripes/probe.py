@@ -1,0 +1,119 @@
+"""Choosing a layer's kernel: the dense form or the stripe form, by a timing probe (cached).
+
+:func:`choose` times both candidate modules on a random input of the layer's shape, on the
+layer's device, interleaved (dense, stripe, dense, ...), and keeps the stripe form only when
+its median is below ``margin`` times the dense median in two successive measurements: the
+stripe kernel is never chosen where it measures slower. Results are cached per (device, dtype,
+memory format, input shape, conv shape, live pattern) for the process, so identical layers are
+probed once.
+
+``policy="density"`` skips the probe: the stripe form is chosen when the live-stripe density
+``N' / (O * K * K)`` of the layer is at most ``density`` (default 0.0, i.e. never; the README
+table shows where stripes pay off on a given machine, to set it from).
+"""
+
+from __future__ import annotations
+
+__all__ = ["choose", "time_module", "clear_cache", "Choice"]
+
+import statistics
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn as nn
+from torch import Tensor
+
+_CACHE: dict[Any, Choice] = {}
+
+
+@dataclass(frozen=True)
+class Choice:
+    kernel: str  # "dense" or "stripe"
+    dense_s: float | None  # median seconds per call (None: not probed)
+    stripe_s: float | None
+    reason: str
+
+
+def clear_cache() -> None:
+    _CACHE.clear()
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@torch.no_grad()
+def time_module(mods: list[nn.Module], x: Tensor, repeats: int = 7, min_time: float = 2e-3
+                ) -> list[float]:
+    """Median seconds per call of each module on ``x``, measured interleaved."""
+    dev = x.device
+    for m in mods:  # warm-up
+        m(x)
+    _sync(dev)
+    # calls per sample: enough that one sample of the slowest module takes ~min_time
+    t0 = time.perf_counter()
+    for m in mods:
+        m(x)
+    _sync(dev)
+    n = max(1, int(min_time / max((time.perf_counter() - t0) / len(mods), 1e-7)))
+    samples: list[list[float]] = [[] for _ in mods]
+    for _ in range(repeats):
+        for k, m in enumerate(mods):
+            _sync(dev)
+            t = time.perf_counter()
+            for _ in range(n):
+                m(x)
+            _sync(dev)
+            samples[k].append((time.perf_counter() - t) / n)
+    return [statistics.median(s) for s in samples]
+
+
+def _timed(dense: nn.Module, stripe: nn.Module, x: Tensor, repeats: int) -> tuple[float, float]:
+    flags = (dense.training, stripe.training)
+    dense.eval()
+    stripe.eval()
+    try:
+        td, ts = time_module([dense, stripe], x, repeats=repeats)
+    finally:
+        dense.train(flags[0])
+        stripe.train(flags[1])
+    return td, ts
+
+
+def _key(x: Tensor, conv: nn.Conv2d, live: Tensor) -> Any:
+    cl = x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and \
+        not x.is_contiguous()
+    return (str(x.device), x.dtype, cl, tuple(x.shape), conv.in_channels, conv.out_channels,
+            conv.kernel_size, conv.stride, conv.bias is not None,
+            live.flatten().to(torch.uint8).cpu().numpy().tobytes())
+
+
+def choose(dense: nn.Module, stripe: nn.Module, conv: nn.Conv2d, live: Tensor, x: Tensor, *,
+           policy: str = "probe", density: float = 0.0, margin: float = 0.95,
+           repeats: int = 7) -> Choice:
+    """Pick ``"dense"`` or ``"stripe"`` for one layer (see the module docstring)."""
+    d = float(live.float().mean()) if live.numel() else 0.0
+    if policy == "dense":
+        return Choice("dense", None, None, "forced")
+    if policy == "stripe":
+        return Choice("stripe", None, None, "forced")
+    if policy == "density":
+        kernel = "stripe" if d <= density else "dense"
+        return Choice(kernel, None, None, f"density {d:.3f} {'<=' if d <= density else '>'} "
+                      f"{density}")
+    key = _key(x, conv, live)
+    hit = _CACHE.get(key)
+    if hit is not None:
+        return hit
+    td, ts = _timed(dense, stripe, x, repeats)
+    wins = ts < margin * td
+    if wins:  # a stripe win must hold in a second, independent measurement too
+        td, ts = _timed(dense, stripe, x, repeats)
+        wins = ts < margin * td
+    kernel = "stripe" if wins else "dense"
+    out = Choice(kernel, td, ts, f"probe: dense {td * 1e6:.0f} us, stripe {ts * 1e6:.0f} us")
+    _CACHE[key] = out
+    return out
