@@ -178,7 +178,7 @@ def test_resnet20_finalize_equals_thresholded_model(kernel: str) -> None:
     assert len(pruner.names) == 19 and not pruner.skipped
     _random_skeletons(pruner, 1)
     state = {k: v.clone() for k, v in model.state_dict().items()}
-    small = pruner.finalize(kernel=kernel)
+    small = pruner.finalize(kernel=kernel, round_to=None)
     for k, v in model.state_dict().items():
         assert torch.equal(v, state[k]), f"finalize modified the model: {k}"
     with torch.no_grad():
@@ -228,7 +228,7 @@ def test_vgg_channel_cleanup_and_positions_channels_last() -> None:
         model[3].fs[:, 1] = 1.0
     pruner.apply_masks()
     x = torch.randn(3, 3, 16, 16).to(memory_format=torch.channels_last)
-    small = finalize(model, (x,), kernel="dense")
+    small = finalize(model, (x,), kernel="dense", round_to=None)
     with torch.no_grad():
         torch.testing.assert_close(small(x), model(x), rtol=1e-4, atol=1e-5)
     assert small.get_submodule("3").kernel_size == (1, 3)
@@ -236,6 +236,12 @@ def test_vgg_channel_cleanup_and_positions_channels_last() -> None:
     assert small.get_submodule("3").in_channels == small.get_submodule("0").out_channels
     last = small.get_submodule("10").out_channels
     assert last <= 24 and small.get_submodule("15").in_features == last  # the classifier too
+    rounded = finalize(model, (x,), kernel="dense", round_to=8)  # dead filters kept for width
+    with torch.no_grad():
+        torch.testing.assert_close(rounded(x), model(x), rtol=1e-4, atol=1e-5)
+    for name in ("0", "3", "7", "10"):
+        width = rounded.get_submodule(name).out_channels
+        assert width % 8 == 0 and width >= small.get_submodule(name).out_channels
 
 
 def test_zero_filter_into_nonzero_op_is_kept() -> None:

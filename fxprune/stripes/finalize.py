@@ -25,6 +25,7 @@ from __future__ import annotations
 __all__ = ["finalize", "fold", "dead_units", "LayerReport", "STRIPES"]
 
 import copy
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,10 +39,10 @@ from ..analyze import Analysis, analyze
 from ..channels import FIRST_ID
 from ..errors import InputError, VerificationError
 from ..rewrite import rewrite
-from ..select import apply_keepsets, kept_mask
+from ..select import apply_keepsets, kept_mask, resolve_round_to
 from ..trace import EXAMPLE_INPUTS, trace
 from ..verify import align_ids
-from .forms import dense_form, stripe_form, stripe_macs
+from .forms import CroppedConv2d, dense_form, stripe_form, stripe_macs
 from .probe import choose
 from .skeleton import following_norms, remove_skeletons, skeleton_convs, threshold
 
@@ -128,12 +129,15 @@ class _ZeroCheck(fx.Interpreter):
         return out
 
 
-def dead_units(analysis: Analysis, inputs: tuple) -> dict[int, meta.KeepSet]:
-    """Keep-sets that drop exactly the units that are structurally 0 (step (b)).
+def dead_units(analysis: Analysis, inputs: tuple, round_to: int | None = None
+               ) -> dict[int, meta.KeepSet]:
+    """Keep-sets that drop the units that are structurally 0 (step (b)).
 
     A unit goes when every producing filter of it is zero, it is not frozen, no approximately
     prunable op sees it, and its value is 0 at every node on the example inputs and on random
-    inputs of the same shapes (this catches ops that map 0 to a nonzero constant).
+    inputs of the same shapes (this catches ops that map 0 to a nonzero constant). With
+    ``round_to``, a group keeps a multiple of it (dead units are re-admitted, which is exact):
+    a 16-wide conv that loses one filter runs slower on an AVX-512 CPU, not faster.
     """
     gm = analysis.gm
     flat = _zero_producers(analysis, gm)
@@ -146,9 +150,17 @@ def dead_units(analysis: Analysis, inputs: tuple) -> dict[int, meta.KeepSet]:
             flat[offsets[g.id] + torch.tensor(g.frozen_units, dtype=torch.long)] = False
 
     def keepsets() -> dict[int, meta.KeepSet]:
-        return {g.id: meta.KeepSet(g.id, g.size, tuple(
-            u for u in range(g.size) if not bool(flat[offsets[g.id] + u])))
-            for g in analysis.groups}
+        out = {}
+        for g in analysis.groups:
+            gone = flat[offsets[g.id]:offsets[g.id] + g.size]
+            keep = [u for u in range(g.size) if not bool(gone[u])]
+            if round_to and round_to > 1 and len(keep) < g.size:
+                step = round_to // math.gcd(round_to, g.divisor)
+                want = min(g.size, -(-len(keep) // step) * step)
+                extra = [u for u in range(g.size) if bool(gone[u])][:want - len(keep)]
+                keep = sorted(keep + extra)  # dead units kept for the width: still exact
+            out[g.id] = meta.KeepSet(g.id, g.size, tuple(keep))
+        return out
 
     if not bool(flat.any()):
         return keepsets()
@@ -201,9 +213,13 @@ def _emit_layer(name: str, conv: nn.Conv2d, live: Tensor, x: Tensor, orig: nn.Co
         choice_kernel, reason, new = "dense", "all stripes live", dense
     else:
         stripe = stripe_form(conv, live)
-        c = choose(dense, stripe, conv, live, x, policy=kernel, density=density)
+        denses = [dense]
+        if isinstance(dense, CroppedConv2d) and kernel == "probe":  # pad + crop may cost more
+            denses.append(dense_form(conv, live, full=True))
+        c = choose(denses, stripe, conv, live, x, policy=kernel, density=density)
         choice_kernel, reason = c.kernel, c.reason
-        new = stripe if c.kernel == "stripe" else dense
+        new = stripe if c.kernel == "stripe" else denses[c.index]
+        dense = denses[c.index]
     new.train(conv.training)
     s_macs = stripe_macs(live, conv.in_channels, (ho, wo))
     if choice_kernel == "stripe":
@@ -221,8 +237,8 @@ def _emit_layer(name: str, conv: nn.Conv2d, live: Tensor, x: Tensor, orig: nn.Co
 
 
 def finalize(model: nn.Module, example_inputs: Any = None, *, delta: float = 0.01,
-             kernel: str = "probe", density: float = 0.0, rtol: float = 1e-4,
-             check: bool = True) -> fx.GraphModule:
+             kernel: str = "probe", density: float = 0.0, round_to: int | str | None = "auto",
+             rtol: float = 1e-4, check: bool = True) -> fx.GraphModule:
     """Rewrite a model with Filter Skeletons into an exact, smaller GraphModule (steps a-d).
 
     Args:
@@ -234,18 +250,22 @@ def finalize(model: nn.Module, example_inputs: Any = None, *, delta: float = 0.0
         kernel: ``"probe"`` (time both forms per layer, keep the stripe form only where it is
             faster), ``"density"`` (stripe form iff the live density <= ``density``),
             ``"dense"`` or ``"stripe"`` (force one form; for tests and measurements).
+        round_to: the channel clean-up keeps a multiple of this many channels per group
+            (``"auto"``: :func:`fxprune.auto_round_to` of the model's device; ``None``: every
+            dead filter goes).
         rtol: tolerance of the exactness postcondition.
         check: compare the result with the thresholded model on the example inputs.
     """
     if kernel not in ("probe", "density", "dense", "stripe"):
         raise InputError(f"kernel must be 'probe', 'density', 'dense' or 'stripe', got {kernel!r}")
     was_training = model.training
+    round_to = resolve_round_to(round_to, model)
     work, live = fold(model, delta)
     work.eval()
     gm = trace(work, example_inputs)
     inputs = gm.meta[EXAMPLE_INPUTS]
     analysis = analyze(gm)
-    apply_keepsets(analysis, dead_units(analysis, inputs))
+    apply_keepsets(analysis, dead_units(analysis, inputs, round_to))
     pruned = rewrite(gm)
     pruned.eval()
     manifest = pruned.meta.get(meta.MANIFEST) or {}

@@ -117,16 +117,17 @@ def live_rectangle(live: Tensor) -> tuple[int, int, int, int] | None:
     return int(rows[0]), int(rows[-1]), int(cols[0]), int(cols[-1])
 
 
-def dense_form(conv: nn.Conv2d, live: Tensor) -> nn.Conv2d:
+def dense_form(conv: nn.Conv2d, live: Tensor, full: bool = False) -> nn.Conv2d:
     """The smallest dense conv covering the live positions of ``live`` (``[O, K, K]`` bool).
 
     ``conv`` is an eligible conv (groups 1, dilation 1, odd square kernel, padding K//2) whose
     weight already has the dead stripes zeroed. With no live stripe at all, a 1x1 conv of zeros
-    (strided like the original) keeps the output shape.
+    (strided like the original) keeps the output shape. ``full``: keep the whole ``K x K``
+    kernel (the dead stripes baked in as zeros).
     """
     k, s, p = conv.kernel_size[0], conv.stride[0], conv.padding[0]
     w = conv.weight.detach() * live.unsqueeze(1).to(conv.weight.dtype)
-    rect = live_rectangle(live.any(0))
+    rect = (0, k - 1, 0, k - 1) if full else live_rectangle(live.any(0))
     if rect is None:
         rect = (p, p, p, p)  # the centre: a 1x1 conv of zeros
     i0, i1, j0, j1 = rect

@@ -31,7 +31,8 @@ _CACHE: dict[Any, Choice] = {}
 @dataclass(frozen=True)
 class Choice:
     kernel: str  # "dense" or "stripe"
-    dense_s: float | None  # median seconds per call (None: not probed)
+    index: int  # which dense candidate (0: the first), when kernel == "dense"
+    dense_s: float | None  # median seconds per call of the best dense candidate (None: no probe)
     stripe_s: float | None
     reason: str
 
@@ -71,16 +72,15 @@ def time_module(mods: list[nn.Module], x: Tensor, repeats: int = 7, min_time: fl
     return [statistics.median(s) for s in samples]
 
 
-def _timed(dense: nn.Module, stripe: nn.Module, x: Tensor, repeats: int) -> tuple[float, float]:
-    flags = (dense.training, stripe.training)
-    dense.eval()
-    stripe.eval()
+def _timed(mods: list[nn.Module], x: Tensor, repeats: int) -> list[float]:
+    flags = [m.training for m in mods]
+    for m in mods:
+        m.eval()
     try:
-        td, ts = time_module([dense, stripe], x, repeats=repeats)
+        return time_module(mods, x, repeats=repeats)
     finally:
-        dense.train(flags[0])
-        stripe.train(flags[1])
-    return td, ts
+        for m, f in zip(mods, flags):
+            m.train(f)
 
 
 def _key(x: Tensor, conv: nn.Conv2d, live: Tensor) -> Any:
@@ -91,29 +91,34 @@ def _key(x: Tensor, conv: nn.Conv2d, live: Tensor) -> Any:
             live.flatten().to(torch.uint8).cpu().numpy().tobytes())
 
 
-def choose(dense: nn.Module, stripe: nn.Module, conv: nn.Conv2d, live: Tensor, x: Tensor, *,
-           policy: str = "probe", density: float = 0.0, margin: float = 0.95,
-           repeats: int = 7) -> Choice:
-    """Pick ``"dense"`` or ``"stripe"`` for one layer (see the module docstring)."""
+def choose(dense: nn.Module | list[nn.Module], stripe: nn.Module, conv: nn.Conv2d,
+           live: Tensor, x: Tensor, *, policy: str = "probe", density: float = 0.0,
+           margin: float = 0.95, repeats: int = 7) -> Choice:
+    """Pick ``"dense"`` (and which of the dense candidates) or ``"stripe"`` for one layer."""
+    denses = list(dense) if isinstance(dense, (list, tuple)) else [dense]
     d = float(live.float().mean()) if live.numel() else 0.0
-    if policy == "dense":
-        return Choice("dense", None, None, "forced")
-    if policy == "stripe":
-        return Choice("stripe", None, None, "forced")
+    if policy in ("dense", "stripe"):
+        return Choice(policy, 0, None, None, "forced")
     if policy == "density":
         kernel = "stripe" if d <= density else "dense"
-        return Choice(kernel, None, None, f"density {d:.3f} {'<=' if d <= density else '>'} "
-                      f"{density}")
-    key = _key(x, conv, live)
+        return Choice(kernel, 0, None, None,
+                      f"density {d:.3f} {'<=' if d <= density else '>'} {density}")
+    key = (_key(x, conv, live), len(denses))
     hit = _CACHE.get(key)
     if hit is not None:
         return hit
-    td, ts = _timed(dense, stripe, x, repeats)
+
+    def measure() -> tuple[int, float, float]:
+        t = _timed([*denses, stripe], x, repeats)
+        best = min(range(len(denses)), key=t.__getitem__)
+        return best, t[best], t[-1]
+
+    best, td, ts = measure()
     wins = ts < margin * td
     if wins:  # a stripe win must hold in a second, independent measurement too
-        td, ts = _timed(dense, stripe, x, repeats)
+        best, td, ts = measure()
         wins = ts < margin * td
-    kernel = "stripe" if wins else "dense"
-    out = Choice(kernel, td, ts, f"probe: dense {td * 1e6:.0f} us, stripe {ts * 1e6:.0f} us")
+    out = Choice("stripe" if wins else "dense", best, td, ts,
+                 f"probe: dense {td * 1e6:.0f} us, stripe {ts * 1e6:.0f} us")
     _CACHE[key] = out
     return out
