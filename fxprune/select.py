@@ -10,7 +10,7 @@ Frozen units are always kept; the rest are ranked by score (ties keep the lower 
 
 from __future__ import annotations
 
-__all__ = ["select", "apply_keepsets", "kept_mask", "keep_count"]
+__all__ = ["select", "set_keepsets", "kept_mask", "keep_count"]
 
 import math
 from typing import Any
@@ -62,14 +62,20 @@ def select(analysis: Analysis, scores: dict[int, Tensor], ratio: float | dict[in
         if not 0.0 <= r < 1.0:
             raise InputError(f"ratio for group {g.id} must be in [0, 1), got {r}")
         keep[g.id] = _select_group(g, scores.get(g.id), r, round_to)
-    return apply_keepsets(analysis, keep)
+    return set_keepsets(analysis, keep)
 
 
-def apply_keepsets(analysis: Analysis, keep: dict[int, meta.KeepSet]) -> dict[int, meta.KeepSet]:
-    """Adopt keep-sets chosen elsewhere (e.g. the dead filters of a stripe-pruned model): every
-    value keeps at least one channel, nodes are annotated and the keep-sets stored for
-    :func:`fxprune.rewrite`. Returns the (possibly widened) keep-sets."""
-    keep = dict(keep)
+def set_keepsets(analysis: Analysis, keep: dict[int, meta.KeepSet]) -> dict[int, meta.KeepSet]:
+    """Install given keep-sets (one per group) as the selection: every value keeps at least one
+    channel (a unit is re-admitted where it would not, in ``keep`` itself), every node is
+    annotated, and the keep-sets are stored for :func:`fxprune.rewrite`. Returns ``keep``.
+
+    :func:`select` ends here; training-time pruning (:mod:`fxprune.train`) calls it with
+    keep-sets it chose itself (sampled, switched between criteria).
+    """
+    missing = [g.id for g in analysis.groups if g.id not in keep]
+    if missing:
+        raise InputError(f"keep-sets missing for groups {missing[:8]}")
     mask = kept_mask(analysis, keep)
     mask = _no_empty_axes(analysis, keep, mask)
     annotate(analysis.gm, mask)

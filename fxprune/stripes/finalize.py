@@ -6,7 +6,7 @@ In order, on a copy (the user's model is not modified):
     ``fs`` is folded into the conv weights (:func:`fold`);
 (b) the exact channel clean-up: units (coupled channels) whose every producing filter is zero
     and whose value is 0 at every node that carries them are removed through the normal
-    keep-set machinery (:func:`fxprune.select.apply_keepsets` + :func:`fxprune.rewrite`), so
+    keep-set machinery (:func:`fxprune.select.set_keepsets` + :func:`fxprune.rewrite`), so
     the next layers lose those inputs too. Frozen units (graph outputs...) and units through
     approximately-prunable ops stay;
 (c)+(d) per skeleton conv: kernel positions dead for every remaining filter are dropped
@@ -39,7 +39,7 @@ from ..analyze import Analysis, analyze
 from ..channels import FIRST_ID
 from ..errors import InputError, VerificationError
 from ..rewrite import rewrite
-from ..select import apply_keepsets, kept_mask, resolve_round_to
+from ..select import kept_mask, resolve_round_to, set_keepsets
 from ..trace import EXAMPLE_INPUTS, trace
 from ..verify import align_ids
 from .forms import CroppedConv2d, dense_form, stripe_form, stripe_macs
@@ -265,7 +265,7 @@ def finalize(model: nn.Module, example_inputs: Any = None, *, delta: float = 0.0
     gm = trace(work, example_inputs)
     inputs = gm.meta[EXAMPLE_INPUTS]
     analysis = analyze(gm)
-    apply_keepsets(analysis, dead_units(analysis, inputs, round_to))
+    set_keepsets(analysis, dead_units(analysis, inputs, round_to))
     pruned = rewrite(gm)
     pruned.eval()
     manifest = pruned.meta.get(meta.MANIFEST) or {}
