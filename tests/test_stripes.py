@@ -273,6 +273,8 @@ def test_training_then_finalize_is_exact() -> None:
         F.cross_entropy(model(x), y).backward()
         opt.step()
     assert 0.0 < pruner.live_density() < 1.0
+    kept = pruner.kept_macs((x[:1],))
+    assert 0.0 < kept < 1.0
     pruner.apply_masks()
     model.eval()
     small = pruner.finalize((x[:2],))

@@ -65,6 +65,7 @@ class StripePruner:
                 + "; ".join(f"{n}: {w}" for n, w in list(self.skipped.items())[:5]))
         self.norms = following_norms(model, self.names)
         self.steps = 0
+        self._layer_macs: tuple[int, dict[str, int]] | None = None
 
     # --- training ----------------------------------------------------------------------------
     def _convs(self) -> dict[str, nn.Module]:
@@ -108,6 +109,23 @@ class StripePruner:
         """Fraction of the skeleton convs' stripes that are live."""
         live = self.live().values()
         return sum(int(x.sum()) for x in live) / max(1, sum(x.numel() for x in live))
+
+    def kept_macs(self, example_inputs: Any = None) -> float:
+        """MACs kept under SWP's stripe convention (§6.3), as a fraction of the dense model's:
+        every skeleton conv costs its live-stripe fraction of its dense MACs, other layers
+        are dense. Not measured on a rewrite (the finalized model's MACs are in
+        ``fxprune.count(pruner.finalize())``); the dense per-layer MACs are counted once."""
+        if self._layer_macs is None:
+            from ..count import count
+
+            inputs = example_inputs if example_inputs is not None else self.example_inputs
+            c = count(self.model, inputs)
+            self._layer_macs = (c.macs, {n: c.per_layer.get(n, {}).get("macs", 0)
+                                         for n in self.names})
+        total, per = self._layer_macs
+        live = self.live()
+        kept = total - sum(per[n] * (1 - float(live[n].float().mean())) for n in live)
+        return kept / max(1, total)
 
     def finalize(self, example_inputs: Any = None, **kwargs: Any) -> fx.GraphModule:
         """The exact compact model (see :func:`fxprune.stripes.finalize`)."""

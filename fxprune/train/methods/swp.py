@@ -41,6 +41,7 @@ class SWP(Method):
     default_criterion = None
     hold = "epoch"
     options = {"alpha": 1e-5, "delta": 0.01, "kernel": "probe", "density": 0.0}
+    needs_ratio = False  # the amounts are learned; an engine that reads this needs no ratio=
 
     def __init__(self, **options: Any):
         super().__init__(**options)
@@ -75,6 +76,10 @@ class SWP(Method):
             out.meta.setdefault(key, value)
         out.train(pruner.model.training)
         return out
+
+    def kept_macs(self, pruner: SoftPruner) -> float:
+        """MACs kept under SWP's stripe convention (see :meth:`StripePruner.kept_macs`)."""
+        return self._stripes().kept_macs(pruner.inputs)
 
     def state_dict(self) -> dict[str, Any]:
         return self._stripes().state_dict()
