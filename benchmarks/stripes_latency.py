@@ -15,7 +15,9 @@ Columns:
   measured with ``fxprune.count`` on the finalized model.
 
 Timings are interleaved medians (``fxprune.stripes.probe.time_module``) with
-``torch.set_num_threads(--threads)``; on a shared machine they are noisy.
+``torch.set_num_threads(--threads)`` (with one thread: the thread's CPU time, which leaves out
+time spent descheduled on a shared machine), inputs and weights channels_last (the fast layout of
+PyTorch's CPU convs); on a shared machine they are noisy.
 
     OMP_NUM_THREADS=1 python -P benchmarks/stripes_latency.py --threads 1
 """
@@ -35,6 +37,7 @@ from fxprune.stripes import STRIPES, StripePruner
 from fxprune.stripes.forms import dense_form, stripe_form, stripe_macs
 from fxprune.stripes.probe import choose, clear_cache, time_module
 
+CL = torch.channels_last
 LAYERS = [  # (name, C, O, K, stride, H)
     ("c64 32x32", 64, 64, 3, 1, 32),
     ("c128 16x16", 128, 128, 3, 1, 16),
@@ -53,6 +56,7 @@ def layer_rows(densities: list[float], batch: int, repeats: int) -> list[list]:
     rows = []
     for name, c, o, k, s, h in LAYERS:
         conv = nn.Conv2d(c, o, k, stride=s, padding=k // 2, bias=False).eval()
+        conv = conv.to(memory_format=CL)
         x = torch.randn(batch, c, h, h).to(memory_format=torch.channels_last)
         ho = (h - 1) // s + 1
         for d in densities:
@@ -60,8 +64,8 @@ def layer_rows(densities: list[float], batch: int, repeats: int) -> list[list]:
             zeros = copy.deepcopy(conv)
             with torch.no_grad():
                 zeros.weight.mul_(live.unsqueeze(1))
-            dense = dense_form(zeros, live)
-            stripe = stripe_form(zeros, live)
+            dense = dense_form(zeros, live).to(memory_format=CL)
+            stripe = stripe_form(zeros, live).to(memory_format=CL)
             clear_cache()
             pick = choose(dense, stripe, zeros, live, x, repeats=repeats)
             final = stripe if pick.kernel == "stripe" else dense
@@ -79,7 +83,7 @@ def model_rows(names: list[str], densities: list[float], batch: int, repeats: in
     rows = []
     for mname in names:
         for d in densities:
-            model = create_model(mname).eval()
+            model = create_model(mname).eval().to(memory_format=CL)
             x = torch.randn(batch, 3, 32, 32).to(memory_format=torch.channels_last)
             dense = copy.deepcopy(model)
             pruner = StripePruner(model, example_inputs=(x,))
@@ -91,7 +95,7 @@ def model_rows(names: list[str], densities: list[float], batch: int, repeats: in
             clear_cache()
             final = pruner.finalize(kernel="probe")
             stripe = pruner.finalize(kernel="stripe")
-            zeros = fxprune.stripes.fold(model, pruner.delta)[0].eval()
+            zeros = fxprune.stripes.fold(model, pruner.delta)[0].eval().to(memory_format=CL)
             t = time_module([dense, zeros, stripe, final], x, repeats=repeats)
             rep = final.meta[STRIPES]
             n_stripe = sum(r.kernel == "stripe" for r in rep.values())
@@ -117,8 +121,10 @@ def main() -> None:
     ap.add_argument("--skip-layers", action="store_true")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, {args.threads} thread(s), channels_last, "
-          f"interleaved medians of {args.repeats}")
+    clock = "thread CPU time" if args.threads == 1 else "wall clock"
+    print(f"torch {torch.__version__}, {torch.backends.cpu.get_cpu_capability()}, "
+          f"{args.threads} thread(s), channels_last, interleaved medians of {args.repeats} "
+          f"({clock})")
     if not args.skip_layers:
         rows = []
         for b in sorted({1, args.batch}):

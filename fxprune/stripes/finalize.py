@@ -202,20 +202,28 @@ def _conv_inputs(gm: fx.GraphModule, names: list[str], inputs: tuple) -> dict[st
     return seen
 
 
+def _channels_last(x: Tensor) -> bool:
+    return x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and \
+        not x.is_contiguous()
+
+
 def _emit_layer(name: str, conv: nn.Conv2d, live: Tensor, x: Tensor, orig: nn.Conv2d,
                 kernel: str, density: float) -> tuple[nn.Module, LayerReport]:
     k = conv.kernel_size[0]
     ho, wo = (x.shape[-2] + 2 * (k // 2) - k) // conv.stride[0] + 1, \
         (x.shape[-1] + 2 * (k // 2) - k) // conv.stride[0] + 1
-    dense = dense_form(conv, live)
+    # candidates get the input's memory format (a channels_last input with NCHW weights
+    # takes a slow path in oneDNN)
+    fmt = torch.channels_last if _channels_last(x) else torch.contiguous_format
+    dense = dense_form(conv, live).to(memory_format=fmt)
     n_live = int(live.sum())
     if n_live == live.numel():
         choice_kernel, reason, new = "dense", "all stripes live", dense
     else:
-        stripe = stripe_form(conv, live)
+        stripe = stripe_form(conv, live).to(memory_format=fmt)
         denses = [dense]
         if isinstance(dense, CroppedConv2d) and kernel == "probe":  # pad + crop may cost more
-            denses.append(dense_form(conv, live, full=True))
+            denses.append(dense_form(conv, live, full=True).to(memory_format=fmt))
         c = choose(denses, stripe, conv, live, x, policy=kernel, density=density)
         choice_kernel, reason = c.kernel, c.reason
         new = stripe if c.kernel == "stripe" else denses[c.index]

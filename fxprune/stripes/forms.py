@@ -67,17 +67,23 @@ class StripeConv2d(nn.Module):
         b, _, h, w = x.shape
         ho, wo = _out_size(h, k, s, p), _out_size(w, k, s, p)
         out: Tensor | None = None
+        fmt = torch.channels_last if x.dim() == 4 and not x.is_contiguous() and \
+            x.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
         if self.positions:
             xp = F.pad(x, (p, p, p, p)) if p else x
             weights = self.weight.split(self.counts)
             indices = self.index.split(self.counts)
             for (i, j), wg, ig, full in zip(self.positions, weights, indices, self.full):
-                xs = xp[:, :, i:i + s * (ho - 1) + 1:s, j:j + s * (wo - 1) + 1:s]
+                # a dense copy of the shifted, strided input (in the input's memory format):
+                # a strided view would take PyTorch's slow im2col conv path
+                xs = xp[:, :, i:i + s * (ho - 1) + 1:s, j:j + s * (wo - 1) + 1:s].contiguous(
+                    memory_format=fmt)
                 y = F.conv2d(xs, wg)
                 if out is None and full:
                     out = y
                 elif out is None:
-                    out = y.new_zeros(b, self.out_channels, ho, wo).index_add_(1, ig, y)
+                    out = y.new_zeros(b, self.out_channels, ho, wo).contiguous(
+                        memory_format=fmt).index_add_(1, ig, y)
                 elif full:
                     out = out + y
                 else:

@@ -1,11 +1,12 @@
 """Choosing a layer's kernel: the dense form or the stripe form, by a timing probe (cached).
 
-:func:`choose` times both candidate modules on a random input of the layer's shape, on the
-layer's device, interleaved (dense, stripe, dense, ...), and keeps the stripe form only when
-its median is below ``margin`` times the dense median in two successive measurements: the
-stripe kernel is never chosen where it measures slower. Results are cached per (device, dtype,
-memory format, input shape, conv shape, live pattern) for the process, so identical layers are
-probed once.
+:func:`choose` times the candidate modules on the input the layer sees (from the example
+inputs), on the layer's device, interleaved (dense, stripe, dense, ...; CPU time of the
+calling thread when PyTorch runs one intra-op thread, see :func:`default_clock`), and keeps
+the stripe form only when its median is below ``margin`` times the dense median in two
+successive measurements: the stripe kernel is never chosen where it measures slower. Results
+are cached per (device, dtype, memory format, input shape, conv shape, live pattern) for the
+process, so identical layers are probed once.
 
 ``policy="density"`` skips the probe: the stripe form is chosen when the live-stripe density
 ``N' / (O * K * K)`` of the layer is at most ``density`` (default 0.0, i.e. never; the README
@@ -14,7 +15,7 @@ table shows where stripes pay off on a given machine, to set it from).
 
 from __future__ import annotations
 
-__all__ = ["choose", "time_module", "clear_cache", "Choice"]
+__all__ = ["choose", "time_module", "default_clock", "clear_cache", "Choice"]
 
 import statistics
 import time
@@ -46,29 +47,40 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def default_clock(device: torch.device) -> Any:
+    """``time.thread_time`` on a CPU with one intra-op thread (the calling thread does all the
+    work, and time spent descheduled on a shared machine is not counted), else
+    ``time.perf_counter``."""
+    if device.type == "cpu" and torch.get_num_threads() == 1:
+        return time.thread_time
+    return time.perf_counter
+
+
 @torch.no_grad()
-def time_module(mods: list[nn.Module], x: Tensor, repeats: int = 7, min_time: float = 2e-3
-                ) -> list[float]:
-    """Median seconds per call of each module on ``x``, measured interleaved."""
+def time_module(mods: list[nn.Module], x: Tensor, repeats: int = 7, min_time: float = 2e-3,
+                clock: Any = None) -> list[float]:
+    """Median seconds per call of each module on ``x``, measured interleaved (``clock``:
+    :func:`default_clock` of ``x``'s device unless given)."""
     dev = x.device
+    clock = clock or default_clock(dev)
     for m in mods:  # warm-up
         m(x)
     _sync(dev)
     # calls per sample: enough that one sample of the slowest module takes ~min_time
-    t0 = time.perf_counter()
+    t0 = clock()
     for m in mods:
         m(x)
     _sync(dev)
-    n = max(1, int(min_time / max((time.perf_counter() - t0) / len(mods), 1e-7)))
+    n = max(1, int(min_time / max((clock() - t0) / len(mods), 1e-7)))
     samples: list[list[float]] = [[] for _ in mods]
     for _ in range(repeats):
         for k, m in enumerate(mods):
             _sync(dev)
-            t = time.perf_counter()
+            t = clock()
             for _ in range(n):
                 m(x)
             _sync(dev)
-            samples[k].append((time.perf_counter() - t) / n)
+            samples[k].append((clock() - t) / n)
     return [statistics.median(s) for s in samples]
 
 
