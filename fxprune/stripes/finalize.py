@@ -277,7 +277,8 @@ def finalize(model: nn.Module, example_inputs: Any = None, *, delta: float = 0.0
     pruned = rewrite(gm)
     pruned.eval()
     manifest = pruned.meta.get(meta.MANIFEST) or {}
-    names = [n for n in live if isinstance(pruned.get_submodule(n), nn.Conv2d)]
+    mods = dict(pruned.named_modules())
+    names = [n for n in live if isinstance(mods.get(n), nn.Conv2d)]  # (unused convs: absent)
     xs = _conv_inputs(pruned, names, inputs)
     reports: dict[str, LayerReport] = {}
     for name in names:
