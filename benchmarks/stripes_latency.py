@@ -10,6 +10,8 @@ Columns:
 * ``dense``: the original conv / model; ``zeros``: the same with the dead stripes baked in as
   zeros (the folded model before any rewrite);
 * ``stripe``: the position-grouped StripeConv2d forced for every layer;
+* ``b+c only`` (models): ``finalize(kernel="dense")``, the channel clean-up and dead positions
+  without any stripe kernel;
 * ``final``: what ``finalize(kernel="probe")`` emits (the faster form per layer);
 * ``stripe MMAC``: SWP's convention (``N' * C * Ho * Wo``, FLOPs / 2); ``meas MMAC``: MACs
   measured with ``fxprune.count`` on the finalized model.
@@ -95,8 +97,9 @@ def model_rows(names: list[str], densities: list[float], batch: int, repeats: in
             clear_cache()
             final = pruner.finalize(kernel="probe")
             stripe = pruner.finalize(kernel="stripe")
+            only_dense = pruner.finalize(kernel="dense")
             zeros = fxprune.stripes.fold(model, pruner.delta)[0].eval().to(memory_format=CL)
-            t = time_module([dense, zeros, stripe, final], x, repeats=repeats)
+            t = time_module([dense, zeros, stripe, only_dense, final], x, repeats=repeats)
             rep = final.meta[STRIPES]
             n_stripe = sum(r.kernel == "stripe" for r in rep.values())
             conv_dense = sum(r.dense_macs for r in rep.values())
@@ -105,7 +108,7 @@ def model_rows(names: list[str], densities: list[float], batch: int, repeats: in
             base = fxprune.count(dense, (x[:1],))
             rows.append([mname, batch, f"{pruner.live_density():.2f}",
                          *(f"{v * 1e3:.2f}" for v in t), f"{n_stripe}/{len(rep)}",
-                         f"{t[0] / t[3]:.2f}x", f"{conv_swp / 1e6:.1f}",
+                         f"{t[0] / t[4]:.2f}x", f"{conv_swp / 1e6:.1f}",
                          f"{conv_dense / 1e6:.1f}", f"{meas.conv_macs / 1e6:.1f}",
                          f"{base.conv_macs / 1e6:.1f}"])
     return rows
@@ -136,7 +139,8 @@ def main() -> None:
     for b in sorted({1, args.batch}):
         rows += model_rows(args.models, args.densities, b, args.repeats)
     print(tabulate(rows, headers=["model", "batch", "density", "dense ms", "zeros ms",
-                                  "stripe ms", "final ms", "stripe layers", "speed-up",
+                                  "stripe ms", "b+c only ms", "final ms", "stripe layers",
+                                  "speed-up",
                                   "conv stripe MMAC", "conv dense MMAC", "final meas MMAC",
                                   "dense meas MMAC"]))
 
