@@ -242,6 +242,18 @@ def test_vgg_channel_cleanup_and_positions_channels_last() -> None:
     for name in ("0", "3", "7", "10"):
         width = rounded.get_submodule(name).out_channels
         assert width % 8 == 0 and width >= small.get_submodule(name).out_channels
+    with torch.no_grad():  # conv 7: only an off-centre 2x2 block lives -> CroppedConv2d
+        model[7].fs[:, 2, :] = 0
+        model[7].fs[:, :, 0] = 0
+        model[7].fs[:, :2, 1:] = 0.5
+    pruner.apply_masks()
+    cropped = finalize(model, (x,), kernel="dense", round_to=None)
+    assert isinstance(cropped.get_submodule("7"), CroppedConv2d)
+    with tempfile.TemporaryDirectory() as d:
+        fxprune.save(cropped, Path(d) / "c.pt")
+        again = fxprune.load(Path(d) / "c.pt")
+    with torch.no_grad():
+        torch.testing.assert_close(again(x), model(x), rtol=1e-4, atol=1e-5)
 
 
 def test_zero_filter_into_nonzero_op_is_kept() -> None:
