@@ -1,0 +1,143 @@
+"""StripePruner: SWP training (Filter Skeleton + L1 + per-step threshold) and its finalize.
+
+Usage::
+
+    pruner = fxprune.stripes.StripePruner(model, alpha=1e-5, delta=0.01)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
+    pruner.attach(opt)          # every opt.step(): fs.grad += alpha*sign(fs), then threshold
+    ...train...
+    small = pruner.finalize()   # exact vs the thresholded model (eval mode)
+
+The same machinery backs ``SoftPruner(method="swp")`` (``fxprune/train/methods/swp.py``).
+"""
+
+from __future__ import annotations
+
+__all__ = ["StripePruner"]
+
+from typing import Any
+
+import torch
+import torch.fx as fx
+import torch.nn as nn
+from torch import Tensor
+
+from ..errors import InputError
+from .finalize import finalize
+from .skeleton import (
+    following_norms,
+    insert_skeletons,
+    live_stripes,
+    regularize,
+    skeleton_convs,
+    threshold,
+)
+
+
+class StripePruner:
+    """Stripe-wise pruning of ``model`` (trained in place).
+
+    Args:
+        model: the model; its eligible convs get a Filter Skeleton ``fs`` now (in place, see
+            :func:`fxprune.stripes.insert_skeletons`); the others are in ``self.skipped``.
+        alpha: L1 strength on ``fs`` (paper: 1e-5 on CIFAR).
+        delta: a stripe lives iff ``|fs| > delta`` (paper: 0.01).
+        example_inputs: inputs for :meth:`finalize` (tracing, the timing probe, the check).
+        ignore: conv names that get no skeleton.
+        kernel, density: the per-layer kernel choice of :func:`fxprune.stripes.finalize`.
+    """
+
+    def __init__(self, model: nn.Module, *, alpha: float = 1e-5, delta: float = 0.01,
+                 example_inputs: Any = None, ignore: tuple[str, ...] | list[str] = (),
+                 kernel: str = "probe", density: float = 0.0):
+        for name, v in (("alpha", alpha), ("delta", delta)):
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
+                raise InputError(f"{name} must be a number >= 0, got {v!r}")
+        self.model = model
+        self.alpha, self.delta = float(alpha), float(delta)
+        self.example_inputs = example_inputs
+        self.kernel, self.density = kernel, density
+        self.names, self.skipped = insert_skeletons(model, tuple(ignore))
+        if not self.names:
+            raise InputError(
+                f"{type(model).__name__} has no conv that can carry a Filter Skeleton (groups 1,"
+                " dilation 1, odd square kernel with padding K//2): "
+                + "; ".join(f"{n}: {w}" for n, w in list(self.skipped.items())[:5]))
+        self.norms = following_norms(model, self.names)
+        self.steps = 0
+        self._layer_macs: tuple[int, dict[str, int]] | None = None
+
+    # --- training ----------------------------------------------------------------------------
+    def _convs(self) -> dict[str, nn.Module]:
+        return skeleton_convs(self.model)
+
+    def _norm_modules(self) -> dict[str, nn.Module]:
+        mods = dict(self.model.named_modules())
+        return {c: mods[b] for c, b in self.norms.items()}
+
+    def parameters(self) -> list[nn.Parameter]:
+        """The skeletons ``fs`` (also in ``model.parameters()``)."""
+        return [m.fs for m in self._convs().values()]
+
+    def step(self) -> None:
+        """One training iteration's SWP work (after backward, before the optimizer step)."""
+        convs = self._convs()
+        regularize(convs, self.alpha)
+        threshold(convs, self._norm_modules(), self.delta)
+        self.steps += 1
+
+    def apply_masks(self) -> None:
+        """Apply the threshold now (no regulariser): the model becomes what finalize matches."""
+        threshold(self._convs(), self._norm_modules(), self.delta)
+
+    def attach(self, optimizer: torch.optim.Optimizer) -> Any:
+        """Run :meth:`step` before every ``optimizer.step()``; adds the skeletons to the
+        optimizer (a new param group with its defaults) if it does not hold them. Returns a
+        removable handle."""
+        held = {id(p) for g in optimizer.param_groups for p in g["params"]}
+        missing = [p for p in self.parameters() if id(p) not in held]
+        if missing:
+            optimizer.add_param_group({"params": missing})
+        return optimizer.register_step_pre_hook(lambda _opt, _args, _kwargs: self.step())
+
+    # --- results -----------------------------------------------------------------------------
+    def live(self) -> dict[str, Tensor]:
+        """``{conv: live stripes [O, K, K]}`` under the threshold."""
+        return {n: live_stripes(m, self.delta) for n, m in self._convs().items()}
+
+    def live_density(self) -> float:
+        """Fraction of the skeleton convs' stripes that are live."""
+        live = self.live().values()
+        return sum(int(x.sum()) for x in live) / max(1, sum(x.numel() for x in live))
+
+    def kept_macs(self, example_inputs: Any = None) -> float:
+        """MACs kept under SWP's stripe convention (§6.3), as a fraction of the dense model's:
+        every skeleton conv costs its live-stripe fraction of its dense MACs, other layers
+        are dense. Not measured on a rewrite (the finalized model's MACs are in
+        ``fxprune.count(pruner.finalize())``); the dense per-layer MACs are counted once."""
+        if self._layer_macs is None:
+            from ..count import count
+
+            inputs = example_inputs if example_inputs is not None else self.example_inputs
+            c = count(self.model, inputs)
+            self._layer_macs = (c.macs, {n: c.per_layer.get(n, {}).get("macs", 0)
+                                         for n in self.names})
+        total, per = self._layer_macs
+        live = self.live()
+        kept = total - sum(per[n] * (1 - float(live[n].float().mean())) for n in live)
+        return kept / max(1, total)
+
+    def finalize(self, example_inputs: Any = None, **kwargs: Any) -> fx.GraphModule:
+        """The exact compact model (see :func:`fxprune.stripes.finalize`)."""
+        kwargs.setdefault("kernel", self.kernel)
+        kwargs.setdefault("density", self.density)
+        return finalize(self.model, example_inputs if example_inputs is not None
+                        else self.example_inputs, delta=self.delta, **kwargs)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Settings and step count (the skeletons themselves live in the model's state_dict)."""
+        return {"alpha": self.alpha, "delta": self.delta, "steps": self.steps}
+
+    def load_state_dict(self, sd: dict[str, Any]) -> None:
+        self.alpha, self.delta, self.steps = float(sd["alpha"]), float(sd["delta"]), \
+            int(sd["steps"])

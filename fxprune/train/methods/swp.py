@@ -1,0 +1,88 @@
+"""SWP: stripe-wise pruning with a Filter Skeleton (Meng et al., NeurIPS 2020; algorithms.md §6).
+
+Not a channel selection: every eligible conv gets a Filter Skeleton ``fs`` (``[O, K, K]``,
+init 1, trainable, in the model's ``state_dict``); before every optimizer step
+``fs.grad += alpha * sign(fs)`` and the threshold zeroes ``fs`` (and its grad) where
+``|fs| <= delta`` and the following BatchNorm's affine entries of filters with no live stripe.
+The per-layer amounts are learned (no ratio: pass ``ratio=0``). ``finalize`` replaces the
+engine's compact model with the stripe rewrite (:func:`fxprune.stripes.finalize`): exact
+channel clean-up, dead kernel positions dropped, and per layer the faster of a dense conv and
+the position-grouped stripe conv. The machinery lives in :mod:`fxprune.stripes`; this file only
+plugs it into :class:`~fxprune.train.SoftPruner`.
+
+Options: ``alpha`` (1e-5, the paper's CIFAR value), ``delta`` (0.01), ``kernel``
+(``"probe"``, ``"density"``, ``"dense"``, ``"stripe"``) and ``density`` (the threshold of
+``kernel="density"``). The channel clean-up rounds kept widths to the pruner's ``round_to``.
+"""
+
+from __future__ import annotations
+
+__all__ = ["SWP"]
+
+from typing import TYPE_CHECKING, Any
+
+from ...errors import InputError
+from ...stripes import StripePruner
+from ...stripes import finalize as stripe_finalize
+from . import Keep, Method, register_method
+
+if TYPE_CHECKING:
+    import torch.fx as fx
+    import torch.optim
+
+    from ..engine import SoftPruner
+
+
+@register_method("swp")
+class SWP(Method):
+    """Filter Skeleton + L1 + per-step threshold; finalize emits the stripe rewrite."""
+
+    name = "swp"
+    default_criterion = None
+    hold = "epoch"
+    options = {"alpha": 1e-5, "delta": 0.01, "kernel": "probe", "density": 0.0}
+    needs_ratio = False  # the amounts are learned; an engine that reads this needs no ratio=
+
+    def __init__(self, **options: Any):
+        super().__init__(**options)
+        self.stripes: StripePruner | None = None
+
+    def prepare(self, pruner: SoftPruner) -> None:
+        o = self.opts
+        self.stripes = StripePruner(pruner.model, alpha=o["alpha"], delta=o["delta"],
+                                    kernel=o["kernel"], density=o["density"])
+
+    def _stripes(self) -> StripePruner:
+        if self.stripes is None:
+            raise InputError("method 'swp' is used before SoftPruner prepared it")
+        return self.stripes
+
+    def initial(self, pruner: SoftPruner) -> Keep:
+        """Every channel kept: SWP removes channels only at finalize, where no stripe lives."""
+        from ...meta import KeepSet
+
+        return {g.id: KeepSet(g.id, g.size, tuple(range(g.size)))
+                for g in pruner.analysis.groups}
+
+    def attach(self, pruner: SoftPruner, optimizer: torch.optim.Optimizer) -> list[Any]:
+        return [self._stripes().attach(optimizer)]
+
+    def finalize(self, pruner: SoftPruner, compact: fx.GraphModule) -> fx.GraphModule:
+        sp = self._stripes()
+        sp.apply_masks()
+        out = stripe_finalize(pruner.model, pruner.inputs, delta=sp.delta, kernel=sp.kernel,
+                              density=sp.density, round_to=pruner.round_to)
+        for key, value in compact.meta.items():  # the engine's records (method, epoch...)
+            out.meta.setdefault(key, value)
+        out.train(pruner.model.training)
+        return out
+
+    def kept_macs(self, pruner: SoftPruner) -> float:
+        """MACs kept under SWP's stripe convention (see :meth:`StripePruner.kept_macs`)."""
+        return self._stripes().kept_macs(pruner.inputs)
+
+    def state_dict(self) -> dict[str, Any]:
+        return self._stripes().state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._stripes().load_state_dict(state)
