@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-pytest.importorskip("fxprune.train")
-
-import fxprune  # noqa: E402
-from fxprune.stripes import STRIPES, SkeletonConv2d  # noqa: E402
-from fxprune.train import SoftPruner  # noqa: E402
-from fxprune.train.methods import swp as _swp  # noqa: E402,F401  (registers "swp")
+import fxprune
+from fxprune.stripes import STRIPES, SkeletonConv2d
+from fxprune.train import SoftPruner, list_methods
 
 
 def _net() -> nn.Module:
@@ -26,7 +22,8 @@ def test_swp_trains_and_finalizes_exactly() -> None:
     torch.manual_seed(0)
     model = _net()
     x, y = torch.randn(16, 3, 8, 8), torch.randint(0, 4, (16,))
-    pruner = SoftPruner(model, 0.0, method="swp", example_inputs=(x[:2],), alpha=0.2,
+    assert "swp" in list_methods()
+    pruner = SoftPruner(model, method="swp", example_inputs=(x[:2],), alpha=0.2,
                         delta=0.05, kernel="stripe")
     assert isinstance(model[0], SkeletonConv2d) and "0.fs" in model.state_dict()
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-4)
@@ -38,6 +35,7 @@ def test_swp_trains_and_finalizes_exactly() -> None:
     pruner.epoch_end()
     live = pruner.method.stripes.live_density()
     assert 0.0 < live < 1.0
+    assert 0.0 < pruner.kept_macs < 1.0  # SWP's stripe convention, from the method
     small = pruner.finalize()
     model.eval()
     small.eval()

@@ -115,6 +115,19 @@ def test_soft_methods(tmp_path, capsys, method) -> None:
     assert fxprune.load(out)(torch.randn(1, 1, 8, 8)).shape == (1, 10)
 
 
+def test_swp_method(tmp_path, capsys) -> None:
+    out = tmp_path / "swp.pt"
+    assert cli.main([*BASE, "--method", "swp", "--alpha", "0.05", "--delta", "0.05",
+                     "--stripe-kernel", "density", "-o", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "alpha 0.05, delta 0.05" in text and f"saved {out}" in text
+    assert fxprune.load(out)(torch.randn(1, 1, 8, 8)).shape == (1, 10)
+    for argv, why in ((["--method", "swp", "--ratio", "0.4"], "learns how much"),
+                      (["--method", "sfp"], "needs --ratio")):
+        assert cli.main([*BASE, *argv, "-o", str(tmp_path / "x.pt")]) == 2
+        assert why in capsys.readouterr().err
+
+
 def _free_port() -> int:
     import socket
 

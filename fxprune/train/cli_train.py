@@ -24,7 +24,7 @@ import torch.nn as nn
 
 from ..errors import InputError
 
-METHODS = ("oneshot", "sfp", "fpgm", "mfp", "fppmo", "soft")
+METHODS = ("oneshot", "sfp", "fpgm", "mfp", "fppmo", "soft", "swp")
 _DATA_METHODS = ("mfp", "fppmo")  # their engine needs validation batches (data=)
 
 
@@ -133,7 +133,7 @@ def add_train_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     g.add_argument("--method", choices=METHODS, default="sfp", help="default sfp")
     g.add_argument("--criterion", default=None,
                    help="channel criterion (oneshot default l1; soft: any; others: optional)")
-    how = g.add_mutually_exclusive_group(required=True)
+    how = g.add_mutually_exclusive_group()  # one of them, except for swp (learned amounts)
     how.add_argument("--ratio", type=float, help="fraction of channels to remove, in [0, 1)")
     how.add_argument("--target-flops", type=float, metavar="F",
                      help="fraction of the original MACs to keep, in (0, 1]")
@@ -142,6 +142,12 @@ def add_train_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     g.add_argument("--round-to", type=_round_to, default=None, metavar="N|auto")
     g.add_argument("--ignore", nargs="+", default=None, metavar="NAME")
     g.add_argument("--interval", type=int, default=1, help="epochs between re-selections")
+    g.add_argument("--alpha", type=float, default=1e-5,
+                   help="swp: L1 weight of the Filter Skeleton (default 1e-5, the paper's)")
+    g.add_argument("--delta", type=float, default=0.01,
+                   help="swp: stripes with |FS| <= delta die (default 0.01, the paper's)")
+    g.add_argument("--stripe-kernel", choices=("probe", "density", "dense", "stripe"),
+                   default="probe", help="swp: how each layer's conv form is chosen")
     g = p.add_argument_group("training")
     g.add_argument("--epochs", type=int, default=10, help="default 10")
     g.add_argument("--batch", type=int, default=64, help="global batch size (default 64)")
@@ -179,6 +185,12 @@ def _check(args: argparse.Namespace) -> None:
         if getattr(args, name) < low:
             raise InputError(f"--{name.replace('_', '-')} must be >= {low}, got "
                              f"{getattr(args, name)}")
+    amount = args.ratio is not None or args.target_flops is not None
+    if args.method == "swp" and amount:
+        raise InputError("--method swp learns how much each layer keeps: drop --ratio / "
+                         "--target-flops and set the sparsity with --alpha / --delta")
+    if args.method != "swp" and not amount:
+        raise InputError(f"--method {args.method} needs --ratio R or --target-flops F")
     if args.resume and not (args.checkpoint or args.output):
         raise InputError("--resume needs --checkpoint PATH (or -o OUTPUT: OUTPUT.ckpt)")
 
@@ -196,6 +208,8 @@ def _make_pruner(args: argparse.Namespace, model: nn.Module, x: torch.Tensor, va
         kw["target_flops"] = args.target_flops
     if args.method in _DATA_METHODS:
         kw["data"] = val
+    if args.method == "swp":
+        kw.update(alpha=args.alpha, delta=args.delta, kernel=args.stripe_kernel)
     return SoftPruner(model, args.ratio, **kw)
 
 
@@ -273,7 +287,8 @@ def run_train(args: argparse.Namespace) -> int:  # noqa: PLR0915 - the command, 
                   f"{'x'.join(map(str, (splits.in_chans, *splits.image_size)))}, "
                   f"{splits.num_classes} classes): method {args.method}, "
                   + (f"ratio {args.ratio:g}" if args.ratio is not None
-                     else f"target FLOPs {args.target_flops:g}")
+                     else f"target FLOPs {args.target_flops:g}" if args.target_flops is not None
+                     else f"alpha {args.alpha:g}, delta {args.delta:g}")
                   + f", {args.epochs} epochs, global batch {args.batch}, lr {args.lr:g}, "
                   f"{info.world_size} process(es) on {device.type}", flush=True)
         acc_before = evaluate(model, test, device)[1] if main else 0.0

@@ -307,6 +307,9 @@ class SoftPruner:
         """MACs of the compact model of the current selection / the dense model's (measured on
         the rewrite, cached per selection: where a group spans layers of different resolutions,
         e.g. option-A shortcuts, the MACs depend on which units are kept, not only how many)."""
+        own = getattr(self.method, "kept_macs", None)
+        if own is not None:  # a method that does not only select channels (SWP's stripes)
+            return float(own(self))
         key = tuple(self.keep[g.id].indices for g in self.analysis.groups)
         if key not in self._macs:
             set_keepsets(self.analysis, dict(self.keep))

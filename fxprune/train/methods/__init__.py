@@ -110,7 +110,7 @@ def register_method(*names: str) -> Callable[[type[Method]], type[Method]]:
 
 
 def _load_builtin() -> None:
-    for mod in ("sfp", "fpgm", "mfp", "fppmo"):
+    for mod in ("sfp", "fpgm", "mfp", "fppmo", "swp"):
         importlib.import_module(f"{__name__}.{mod}")
 
 

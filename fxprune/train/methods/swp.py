@@ -4,7 +4,7 @@ Not a channel selection: every eligible conv gets a Filter Skeleton ``fs`` (``[O
 init 1, trainable, in the model's ``state_dict``); before every optimizer step
 ``fs.grad += alpha * sign(fs)`` and the threshold zeroes ``fs`` (and its grad) where
 ``|fs| <= delta`` and the following BatchNorm's affine entries of filters with no live stripe.
-The per-layer amounts are learned (no ratio: pass ``ratio=0``). ``finalize`` replaces the
+The per-layer amounts are learned (no ``ratio=``). ``finalize`` replaces the
 engine's compact model with the stripe rewrite (:func:`fxprune.stripes.finalize`): exact
 channel clean-up, dead kernel positions dropped, and per layer the faster of a dense conv and
 the position-grouped stripe conv. The machinery lives in :mod:`fxprune.stripes`; this file only
@@ -41,7 +41,7 @@ class SWP(Method):
     default_criterion = None
     hold = "epoch"
     options = {"alpha": 1e-5, "delta": 0.01, "kernel": "probe", "density": 0.0}
-    needs_ratio = False  # the amounts are learned; an engine that reads this needs no ratio=
+    channel_selection = False  # the amounts are learned: no ratio= (the engine allows none)
 
     def __init__(self, **options: Any):
         super().__init__(**options)
