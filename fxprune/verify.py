@@ -250,6 +250,12 @@ def verify(original: nn.Module, pruned: fx.GraphModule, example_inputs: Any = No
         return verify_analyzed(gm, analysis, kept, pruned, inputs, rtol=rtol)
 
 
+def _tensors(m: nn.Module) -> dict[str, Tensor]:
+    """Parameters and buffers, persistent or not, under every name they have."""
+    return {**dict(m.named_parameters(remove_duplicate=False)),
+            **dict(m.named_buffers(remove_duplicate=False))}
+
+
 def incompatibility(gm: fx.GraphModule, analysis: Analysis, pruned: nn.Module,
                     manifest: Any) -> str | None:
     """Why ``pruned`` cannot come from the analyzed original ``gm``, or None.
@@ -273,8 +279,8 @@ def incompatibility(gm: fx.GraphModule, analysis: Analysis, pruned: nn.Module,
             if not isinstance(idx, (list, tuple)) or not all(
                     isinstance(i, int) and 0 <= i < n for i in idx) or len(set(idx)) != len(idx):
                 return f"the kept indices of '{path}' axis {d} do not fit its {n} channels"
-    original = dict(gm.state_dict(keep_vars=True))
-    mine = pruned.state_dict(keep_vars=True)
+    original = _tensors(gm)
+    mine = _tensors(pruned)
     missing = [k for k in original if k not in mine]
     if missing:
         return f"it has no tensor '{missing[0]}'" + (
