@@ -62,13 +62,21 @@ def prune_graph(gm: fx.GraphModule, ratio: float | None = None, *, criterion: An
                 allocation: str = "uniform", max_ratio: float = 0.9,
                 ratios: Mapping[str, float] | None = None, target_flops: float | None = None,
                 target_params: float | None = None, clr_lambda: float = 1.0,
-                residual: str = "coupled", check: bool | str = True
+                residual: str = "coupled", check: bool | str = True,
+                target_latency: float | None = None, latency: Mapping[str, Any] | None = None
                 ) -> tuple[fx.GraphModule, Analysis]:
     """Analyze, score, allocate, select and rewrite a traced graph; returns (pruned, analysis).
 
-    The arguments are those of :func:`compress`. The graph is analyzed and scored once; a
-    ``target_flops``/``target_params`` search then only re-runs select + rewrite per step.
+    The arguments are those of :func:`compress` (``latency``: the keyword arguments of
+    :func:`fxprune.latency.target.fit_latency`: batch, threads, device...). The graph is
+    analyzed and scored once; a ``target_flops``/``target_params``/``target_latency`` search
+    then only re-runs select + rewrite (and, for latency, a timing) per step.
     """
+    t_lat = _check_target("target_latency", target_latency)
+    if t_lat is not None and (target_flops is not None or target_params is not None
+                              or ratio is not None or ratios):
+        raise InputError("target_latency chooses every group's width from measured time: give "
+                         "it alone, without ratio, ratios, target_flops or target_params")
     target = _check_target("target_flops", target_flops)
     t_params = _check_target("target_params", target_params)
     if target is not None and t_params is not None:
@@ -78,13 +86,14 @@ def prune_graph(gm: fx.GraphModule, ratio: float | None = None, *, criterion: An
     if target is not None and ratio is not None:
         raise InputError(f"give ratio or target_{'flops' if metric == 'macs' else 'params'}, "
                          "not both: the target search chooses the ratio")
-    if ratio is None and target is None and not ratios:
+    if ratio is None and target is None and not ratios and t_lat is None:
         raise InputError("nothing to do: give ratio=, ratios={...}, target_flops= or "
                          "target_params=. Hint: compress(model, 0.5) removes half of the "
                          "channels of every group.")
     amount = 0.0 if ratio is None else _check_ratio(ratio)
     analysis = analyze(gm, ignore=ignore, strict=strict, residual=residual, progress=progress)
-    wants = amount > 0 or bool(ratios) or (target is not None and target < 1.0)
+    wants = amount > 0 or bool(ratios) or (target is not None and target < 1.0) or \
+        (t_lat is not None and t_lat < 1.0)
     if wants and not any(g.prunable > 0 and g.size > 1 for g in analysis.groups):
         reasons = sorted({g.frozen_reason for g in analysis.groups if g.frozen_reason})[:5]
         raise InputError(
@@ -98,7 +107,20 @@ def prune_graph(gm: fx.GraphModule, ratio: float | None = None, *, criterion: An
     alloc = Allocator(analysis, scores, allocation, max_ratio=max_ratio, fixed=fixed,
                       clr_lambda=clr_lambda)
     info: dict[str, Any] = {"allocation": allocation}
-    if target is not None:
+    layer_ms = None
+    if t_lat is not None:
+        from .latency.target import fit_latency
+
+        lat = fit_latency(analysis, scores, t_lat, round_to=round_to, max_ratio=max_ratio,
+                          progress=progress, **dict(latency or {}))
+        per_group = lat.ratios
+        layer_ms = lat.layer_ms
+        info.update(allocation="latency", metric="latency", target=t_lat, achieved=lat.achieved,
+                    predicted=lat.predicted, original_ms=lat.original_ms,
+                    pruned_ms=lat.pruned_ms, round_to=lat.step, iterations=lat.iterations,
+                    steps=len(lat.iterations), table_s=lat.table.measured_s if lat.table
+                    else 0.0, table_key=lat.table.key if lat.table else {})
+    elif target is not None:
         fit = fit_target(analysis, scores, alloc, target, metric=metric, round_to=round_to,
                          progress=progress)
         per_group = fit.ratios
@@ -112,6 +134,8 @@ def prune_graph(gm: fx.GraphModule, ratio: float | None = None, *, criterion: An
         select(analysis, scores, per_group, round_to=round_to)
     pruned = rewrite(gm, check=check)
     pruned.meta[ALLOCATION] = {**info, "ratios": dict(per_group)}
+    if layer_ms is not None:
+        pruned.meta[meta.LATENCY] = dict(layer_ms)
     return pruned, analysis
 
 
@@ -136,6 +160,10 @@ def compress(
     clr_lambda: float = 1.0,
     residual: str = "coupled",
     check: bool | str = True,
+    target_latency: float | None = None,
+    batch: int | None = None,
+    threads: int | None = None,
+    device: Any = None,
 ) -> fx.GraphModule:
     """Prune ``model`` and return a new, smaller, dense GraphModule.
 
@@ -181,6 +209,17 @@ def compress(
         check: the rewrite's postcondition (see :func:`fxprune.rewrite`): ``True`` runs the
             pruned module once and checks its output shapes, ``"nodes"`` checks every node's
             shape, ``False`` skips it.
+        target_latency: fraction of the original's *measured* latency to keep (e.g. 0.5), on
+            ``device`` at ``batch`` with ``threads`` (see :mod:`fxprune.latency.target`): a
+            per-layer latency table of the device (measured once, cached as JSON), a greedy
+            allocation of importance per millisecond, and a few measured refinements.
+            ``round_to`` then defaults to the width step the table measures (an int
+            overrides it); ``allocation`` does not apply. The measured ratio and the
+            iterations are in ``pruned.meta["fxprune.allocation"]``, the predicted
+            per-layer times in ``pruned.meta["fxprune.latency"]``.
+        batch: batch size to time at with ``target_latency`` (default: the example's).
+        threads: torch threads to time with (default: the current count).
+        device: device to time on (default: the model's).
 
     Returns:
         A ``torch.fx.GraphModule``: train/eval, state_dict, optimizers, ``torch.save``,
@@ -194,6 +233,8 @@ def compress(
         >>> half = fxprune.compress(timm.create_model("resnet50"), target_flops=0.5,
         ...                         allocation="global", criterion="fpgm")
     """
+    if target_latency is not None and round_to == "auto":
+        round_to = None  # the latency table measures the step
     round_to = resolve_round_to(round_to, model)
     if ratio is not None:
         ratio = _check_ratio(ratio)
@@ -203,7 +244,8 @@ def compress(
         gm, ratio, criterion=criterion, ignore=ignore, round_to=round_to, strict=strict,
         data=data, seed=seed, progress=progress, allocation=allocation, max_ratio=max_ratio,
         ratios=ratios, target_flops=target_flops, target_params=target_params,
-        clr_lambda=clr_lambda, residual=residual, check=check)
+        clr_lambda=clr_lambda, residual=residual, check=check, target_latency=target_latency,
+        latency={"batch": batch, "threads": threads, "device": device})
     if verify:
         kept = kept_mask(analysis, gm.meta[meta.KEEPSETS])
         report = verify_analyzed(gm, analysis, kept, pruned, gm.meta[EXAMPLE_INPUTS])

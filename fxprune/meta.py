@@ -17,6 +17,7 @@ __all__ = [
     "GROUPS",
     "ANALYSIS",
     "MANIFEST",
+    "LATENCY",
     "ParamSlice",
     "Group",
     "KeepSet",
@@ -42,6 +43,7 @@ VERIFY = "fxprune.verify"  # pruned gm.meta: VerifyReport (compress(verify=True)
 ALLOCATION = "fxprune.allocation"  # pruned gm.meta: {"allocation", "ratios", "target"...}
 RESIDUAL = "fxprune.residual"  # pruned gm.meta: the residual policy it was pruned with
 KEEPSETS = "fxprune.keepsets"  # gm.meta: {group id: KeepSet} (selection)
+LATENCY = "fxprune.latency"  # pruned gm.meta: {layer name: predicted ms} (target_latency)
 MANIFEST = "fxprune.manifest"  # pruned gm.meta: {"param.path": {dim: kept indices}} (rewrite)
 
 

@@ -3,15 +3,17 @@
 :func:`measure_latency` runs warm-up iterations, then ``repeat`` timed iterations of each model
 *interleaved* in the same process (A, B, then B, A, ...: drifts in clock speed or cache state hit
 both equally), in eval mode under ``torch.no_grad()``, with the garbage collector paused and,
-on CUDA, ``torch.cuda.synchronize()`` around every timed call. It reports medians and
-inter-quartile ranges (robust to the occasional outlier), the speed-up ``median_a /
-median_b``, and the thread count and device it measured with. Thread count and training flags
-are restored afterwards.
+on CUDA, ``torch.cuda.synchronize()`` and CUDA events around every timed call. Either model may
+be an ONNX Runtime ``InferenceSession`` (timed next to the eager one, inputs converted once).
+It reports medians and inter-quartile ranges (robust to the occasional outlier), the speed-up
+``median_a / median_b``, and the thread count and device it measured with. Thread count and
+training flags are restored afterwards.
 """
 
 from __future__ import annotations
 
-__all__ = ["measure_latency", "LatencyReport", "auto_round_to"]
+__all__ = ["measure_latency", "LatencyReport", "auto_round_to", "Clock", "interleaved",
+           "timing_context", "is_onnx_session", "PAGE_FAULT_WARN"]
 
 import copy
 import gc
@@ -25,8 +27,8 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from .errors import InputError
-from .trace import EXAMPLE_INPUTS, default_example_inputs
+from ..errors import InputError
+from ..trace import EXAMPLE_INPUTS, default_example_inputs
 
 
 @dataclass(frozen=True)
@@ -52,6 +54,8 @@ class LatencyReport:
             cost per activation byte, not per MAC, that depends on the allocator's state and
             makes speed-ups noisy (see the README, "Is the pruned model faster?").
         page_faults_b: the same for B.
+        engine_a: ``"torch"`` (an eager/fx module) or ``"onnxruntime"`` (a session).
+        engine_b: the same for B (None without B).
     """
 
     median_a_ms: float
@@ -68,12 +72,15 @@ class LatencyReport:
     times_b_ms: tuple[float, ...] = field(default=(), repr=False)
     page_faults_a: float | None = None
     page_faults_b: float | None = None
+    engine_a: str = "torch"
+    engine_b: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         """A ``json.dumps``-able dict of the report (without the raw timings)."""
         return {k: getattr(self, k) for k in (
             "median_a_ms", "median_b_ms", "iqr_a_ms", "iqr_b_ms", "speedup", "threads",
-            "device", "batch", "warmup", "repeat", "page_faults_a", "page_faults_b")}
+            "device", "batch", "warmup", "repeat", "page_faults_a", "page_faults_b", "engine_a",
+            "engine_b")}
 
     def __str__(self) -> str:
         s = f"A {self.median_a_ms:.3f} ms (IQR {self.iqr_a_ms:.3f})"
@@ -101,25 +108,102 @@ def _minor_faults() -> int | None:
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_minflt)
 
 
-def _interleaved(models: list[nn.Module], inputs: tuple, repeat: int, sync: Callable[[], None]
-                 ) -> tuple[list[list[float]], list[int]]:
-    """Timed calls in alternating order: milliseconds per call and minor page faults, per model."""
-    times: list[list[float]] = [[] for _ in models]
-    faults = [0] * len(models)
-    calls: list[tuple[int, Callable[..., Any]]] = list(enumerate(models))
+def is_onnx_session(obj: Any) -> bool:
+    """Whether ``obj`` looks like an ``onnxruntime.InferenceSession`` (duck-typed: no import)."""
+    return callable(getattr(obj, "run", None)) and callable(getattr(obj, "get_inputs", None)) \
+        and not isinstance(obj, nn.Module)
+
+
+class _OrtCall:
+    """One ONNX Runtime session bound to fixed inputs (converted to numpy once, untimed)."""
+
+    def __init__(self, session: Any, inputs: tuple):
+        names = [i.name for i in session.get_inputs()]
+        tensors = [x for x in inputs if isinstance(x, Tensor)]
+        if len(tensors) != len(names):
+            raise InputError(f"the ONNX session takes {len(names)} input(s) ({', '.join(names)})"
+                             f", got {len(tensors)} tensor(s)")
+        self.session = session
+        self.feeds = {n: x.detach().cpu().numpy() for n, x in zip(names, tensors)}
+
+    def __call__(self) -> Any:
+        return self.session.run(None, self.feeds)
+
+
+class Clock:
+    """Times one call in milliseconds: ``perf_counter`` on CPU; on CUDA, CUDA events around
+    the call after a ``synchronize`` (``events=False``: synchronize, wall clock, synchronize,
+    for calls that also do host work, such as an ONNX Runtime session)."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.cuda = device.type == "cuda"
+
+    def sync(self) -> None:
+        if self.cuda:
+            torch.cuda.synchronize(self.device)
+
+    def __call__(self, fn: Callable[[], Any], events: bool = True) -> float:
+        self.sync()
+        if self.cuda and events:
+            start = torch.cuda.Event(enable_timing=True)
+            end = torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            return float(start.elapsed_time(end))
+        t0 = time.perf_counter()
+        fn()
+        self.sync()
+        return (time.perf_counter() - t0) * 1e3
+
+
+def interleaved(calls: list[Callable[[], Any]], repeat: int, clock: Clock,
+                events: list[bool] | None = None) -> tuple[list[list[float]], list[int]]:
+    """Timed calls in alternating order (forward, then backward, ...): milliseconds per call
+    and minor page faults, per call. The caller warms up, pauses the GC and sets threads."""
+    times: list[list[float]] = [[] for _ in calls]
+    faults = [0] * len(calls)
+    ev = events or [True] * len(calls)
+    order = list(range(len(calls)))
     for i in range(repeat):
-        order = calls if i % 2 == 0 else calls[::-1]
-        for k, m in order:
-            sync()
+        for k in (order if i % 2 == 0 else order[::-1]):
             f0 = _minor_faults()
-            t0 = time.perf_counter()
-            m(*inputs)
-            sync()
-            times[k].append((time.perf_counter() - t0) * 1e3)
+            times[k].append(clock(calls[k], ev[k]))
             f1 = _minor_faults()
             if f0 is not None and f1 is not None:
                 faults[k] += f1 - f0
     return times, faults
+
+
+class timing_context:
+    """Threads set, grad off and the cyclic GC paused for a measurement; all restored after."""
+
+    def __init__(self, threads: int | None):
+        self.threads = threads
+        self.used_threads = torch.get_num_threads()
+
+    def __enter__(self) -> timing_context:
+        self._old = torch.get_num_threads()
+        self._gc = gc.isenabled()
+        self._grad = torch.is_grad_enabled()
+        if self.threads is not None:
+            torch.set_num_threads(self.threads)
+        self.used_threads = torch.get_num_threads()
+        torch.set_grad_enabled(False)
+        return self
+
+    def collect(self) -> None:
+        """Collect garbage once, then keep the GC paused for the timed calls."""
+        gc.collect()
+        gc.disable()
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._gc:
+            gc.enable()
+        torch.set_grad_enabled(self._grad)
+        torch.set_num_threads(self._old)
 
 
 def auto_round_to(device: str | torch.device = "cpu") -> int:
@@ -175,8 +259,8 @@ def _check_int(name: str, v: Any, lo: int) -> int:
 
 
 def measure_latency(
-    model_a: nn.Module,
-    model_b: nn.Module | None = None,
+    model_a: Any,
+    model_b: Any = None,
     example_inputs: Any = None,
     *,
     warmup: int = 3,
@@ -187,19 +271,24 @@ def measure_latency(
     """Time ``model_a`` (and ``model_b``) on the same inputs, interleaved, and compare.
 
     Args:
-        model_a: the reference model (e.g. the original).
-        model_b: optional second model (e.g. the pruned one); ``speedup = A / B``.
+        model_a: the reference model (e.g. the original): an ``nn.Module`` or an ONNX Runtime
+            ``InferenceSession`` (e.g. from :func:`fxprune.export.onnx_session`).
+        model_b: optional second model (e.g. the pruned one, or the ONNX export of
+            ``model_a``); ``speedup = A / B``.
         example_inputs: a tensor or tuple of inputs; the batch size is taken from it. Default:
             ``model_a.meta["fxprune.example_inputs"]`` if it is a fxprune GraphModule, else
-            timm's input size or ``(1, 3, 224, 224)``.
+            timm's input size or ``(1, 3, 224, 224)`` (required when model A is a session).
         warmup: untimed calls per model first.
         repeat: timed calls per model.
-        threads: set ``torch.set_num_threads`` for the measurement (restored afterwards).
+        threads: set ``torch.set_num_threads`` for the measurement (restored afterwards). An
+            ONNX Runtime session uses the threads it was created with
+            (``onnx_session(path, threads=...)``).
         device: run on this device; a model elsewhere is measured on a copy moved there
-            (the models passed in are never moved). Default: ``model_a``'s device.
+            (the models passed in are never moved). Default: ``model_a``'s device. Session
+            inputs are fed as CPU numpy arrays, converted once before timing.
 
     Returns:
-        A :class:`LatencyReport`.
+        A :class:`LatencyReport` (``engine_a``/``engine_b``: ``"torch"`` or ``"onnxruntime"``).
 
     Example::
 
@@ -211,64 +300,64 @@ def measure_latency(
     if threads is not None:
         threads = _check_int("threads", threads, 1)
     for name, m in (("model_a", model_a), ("model_b", model_b)):
-        if m is not None and not isinstance(m, nn.Module):
-            raise InputError(f"{name} must be a torch.nn.Module, got {type(m).__name__}")
-    dev = torch.device(device) if device is not None else _device_of(model_a)
-    models = [m if _device_of(m) == dev else copy.deepcopy(m).to(dev)
-              for m in (model_a, model_b) if m is not None]
+        if m is not None and not isinstance(m, nn.Module) and not is_onnx_session(m):
+            raise InputError(f"{name} must be a torch.nn.Module or an onnxruntime "
+                             f"InferenceSession, got {type(m).__name__}")
+    given = [m for m in (model_a, model_b) if m is not None]
+    modules = [m for m in given if isinstance(m, nn.Module)]
+    dev = torch.device(device) if device is not None else \
+        _device_of(modules[0]) if modules else torch.device("cpu")
     if example_inputs is None:
-        example_inputs = getattr(model_a, "meta", {}).get(EXAMPLE_INPUTS) or \
-            default_example_inputs(model_a)
+        if not modules:
+            raise InputError("measure_latency needs example_inputs to time ONNX sessions")
+        example_inputs = getattr(modules[0], "meta", {}).get(EXAMPLE_INPUTS) or \
+            default_example_inputs(modules[0])
     if not isinstance(example_inputs, (tuple, list)):
         example_inputs = (example_inputs,)
     inputs = tuple(_to(x, dev) for x in example_inputs)
-    cuda = dev.type == "cuda"
-
-    def sync() -> None:
-        if cuda:
-            torch.cuda.synchronize(dev)
-
-    old_threads = torch.get_num_threads()
-    flags = [{mod: mod.training for mod in m.modules()} for m in models]
-    gc_was_enabled = gc.isenabled()
-    used_threads = old_threads
+    models = [(m if _device_of(m) == dev else copy.deepcopy(m).to(dev))
+              if isinstance(m, nn.Module) else m for m in given]
+    calls: list[Callable[[], Any]] = [
+        (lambda m=m: m(*inputs)) if isinstance(m, nn.Module) else _OrtCall(m, inputs)
+        for m in models]
+    engines = ["torch" if isinstance(m, nn.Module) else "onnxruntime" for m in models]
+    clock = Clock(dev)
+    flags = [{mod: mod.training for mod in m.modules()} for m in models
+             if isinstance(m, nn.Module)]
     try:
-        if threads is not None:
-            torch.set_num_threads(threads)
-        used_threads = torch.get_num_threads()
-        for m in models:
-            m.eval()
-        with torch.no_grad():
+        with timing_context(threads) as ctx:
             for m in models:
+                if isinstance(m, nn.Module):
+                    m.eval()
+            for c in calls:
                 for _ in range(warmup):
-                    m(*inputs)
-            sync()
-            gc.collect()
-            gc.disable()
-            times, faults = _interleaved(models, inputs, repeat, sync)
+                    c()
+            clock.sync()
+            ctx.collect()
+            times, faults = interleaved(calls, repeat, clock,
+                                        [e == "torch" for e in engines])
     finally:
-        if gc_was_enabled:
-            gc.enable()
-        torch.set_num_threads(old_threads)
         for fl in flags:
             for mod, t in fl.items():
                 mod.training = t
     med = [statistics.median(ts) for ts in times]
     has_b = len(models) == 2
+    pf = _minor_faults() is not None
     return LatencyReport(
         median_a_ms=med[0],
         median_b_ms=med[1] if has_b else None,
         iqr_a_ms=_iqr(times[0]),
         iqr_b_ms=_iqr(times[1]) if has_b else None,
         speedup=(med[0] / med[1] if med[1] > 0 else float("inf")) if has_b else None,
-        threads=used_threads,
+        threads=ctx.used_threads,
         device=str(dev),
         batch=_batch(inputs),
         warmup=warmup,
         repeat=repeat,
         times_a_ms=tuple(times[0]),
         times_b_ms=tuple(times[1]) if has_b else (),
-        page_faults_a=faults[0] / repeat if _minor_faults() is not None else None,
-        page_faults_b=(faults[1] / repeat if _minor_faults() is not None else None)
-        if has_b else None,
+        page_faults_a=faults[0] / repeat if pf else None,
+        page_faults_b=(faults[1] / repeat if pf else None) if has_b else None,
+        engine_a=engines[0],
+        engine_b=engines[1] if has_b else None,
     )
