@@ -122,8 +122,8 @@ def export_onnx(model: nn.Module, path: str | Path, example_inputs: Any = None, 
         example_inputs: default: the pruned graph's ``meta["fxprune.example_inputs"]``, else
             timm's input size or ``(1, 3, 224, 224)``.
         dynamic_batch: make dim 0 of every input and output dynamic.
-        check: run ONNX Runtime and compare (at batch 2 if the example's batch is not 2 and
-            the batch is dynamic, else at the example's batch).
+        check: run ONNX Runtime and compare, at another batch size than the example's when
+            the batch is dynamic (2, or 3 if the example's is 2).
         rtol: relative tolerance of the check (the absolute one is ``rtol`` times the largest
             PyTorch output).
         opset: ONNX opset (default: the exporter's).
@@ -159,7 +159,8 @@ def export_onnx(model: nn.Module, path: str | Path, example_inputs: Any = None, 
                 kw["dynamic_axes"] = {n: {0: "batch"} for n in in_names + out_names}
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # tracer/deprecation chatter, not results
-                torch.onnx.export(_Positional(model), inputs, str(path), **kw)
+                torch.onnx.export(_Positional(model).eval(), inputs, str(path), **kw)
+            model.eval()  # the exporter restores the modes it found
             report = ExportReport(str(path), opset, dynamic_batch, None, None, None, True)
             if check:
                 report = _check(model, path, inputs, dynamic_batch, rtol, opset)
@@ -171,15 +172,19 @@ def export_onnx(model: nn.Module, path: str | Path, example_inputs: Any = None, 
     return report
 
 
+def _rebatch(inputs: tuple[Tensor, ...], batch: int) -> tuple[Tensor, ...]:
+    gen = torch.Generator().manual_seed(0)
+    return tuple(
+        (torch.randn((batch, *x.shape[1:]), generator=gen).to(x) if x.is_floating_point()
+         else x[:1].expand(batch, *x.shape[1:]).clone()) if x.dim() else x
+        for x in inputs)
+
+
 def _check(model: nn.Module, path: str | Path, inputs: tuple[Tensor, ...], dynamic: bool,
            rtol: float, opset: int | None) -> ExportReport:
     b0 = int(inputs[0].shape[0]) if inputs[0].dim() else 1
     batch = (3 if b0 == 2 else 2) if dynamic and inputs[0].dim() else b0
-    gen = torch.Generator().manual_seed(0)
-    xs = tuple(
-        (torch.randn((batch, *x.shape[1:]), generator=gen).to(x) if x.is_floating_point()
-         else x[:1].expand(batch, *x.shape[1:]).clone()) if x.dim() and dynamic else x
-        for x in inputs)
+    xs = _rebatch(inputs, batch) if dynamic else inputs
     ref = [t.detach().cpu().double() for t in _flat(model(*xs))]
     sess = onnx_session(path)
     feeds = {i.name: x.detach().cpu().numpy() for i, x in zip(sess.get_inputs(), xs)}
