@@ -64,13 +64,21 @@ def prune_graph(gm: fx.GraphModule, ratio: float | None = None, *, criterion: An
                 allocation: str = "uniform", max_ratio: float | None = None,
                 ratios: Mapping[str, float] | None = None, target_flops: float | None = None,
                 target_params: float | None = None, clr_lambda: float = 1.0,
-                residual: str = "coupled", check: bool | str = True, clr_cost: Any = "authors"
+                residual: str = "coupled", check: bool | str = True, clr_cost: Any = "authors",
+                target_latency: float | None = None, latency: Mapping[str, Any] | None = None
                 ) -> tuple[fx.GraphModule, Analysis]:
     """Analyze, score, allocate, select and rewrite a traced graph; returns (pruned, analysis).
 
-    The arguments are those of :func:`compress`. The graph is analyzed and scored once; a
-    ``target_flops``/``target_params`` search then only re-runs select + rewrite per step.
+    The arguments are those of :func:`compress` (``latency``: the keyword arguments of
+    :func:`fxprune.latency.target.fit_latency`: batch, threads, device...). The graph is
+    analyzed and scored once; a ``target_flops``/``target_params``/``target_latency`` search
+    then only re-runs select + rewrite (and, for latency, a timing) per step.
     """
+    t_lat = _check_target("target_latency", target_latency)
+    if t_lat is not None and (target_flops is not None or target_params is not None
+                              or ratio is not None or ratios):
+        raise InputError("target_latency chooses every group's width from measured time: give "
+                         "it alone, without ratio, ratios, target_flops or target_params")
     target = _check_target("target_flops", target_flops)
     t_params = _check_target("target_params", target_params)
     if target is not None and t_params is not None:
@@ -80,13 +88,14 @@ def prune_graph(gm: fx.GraphModule, ratio: float | None = None, *, criterion: An
     if target is not None and ratio is not None:
         raise InputError(f"give ratio or target_{'flops' if metric == 'macs' else 'params'}, "
                          "not both: the target search chooses the ratio")
-    if ratio is None and target is None and not ratios:
+    if ratio is None and target is None and not ratios and t_lat is None:
         raise InputError("nothing to do: give ratio=, ratios={...}, target_flops= or "
                          "target_params=. Hint: compress(model, 0.5) removes half of the "
                          "channels of every group.")
     amount = 0.0 if ratio is None else _check_ratio(ratio)
     analysis = analyze(gm, ignore=ignore, strict=strict, residual=residual, progress=progress)
-    wants = amount > 0 or bool(ratios) or (target is not None and target < 1.0)
+    wants = amount > 0 or bool(ratios) or (target is not None and target < 1.0) or \
+        (t_lat is not None and t_lat < 1.0)
     if wants and not any(g.prunable > 0 and g.size > 1 for g in analysis.groups):
         reasons = sorted({g.frozen_reason for g in analysis.groups if g.frozen_reason})[:5]
         raise InputError(
@@ -101,9 +110,22 @@ def prune_graph(gm: fx.GraphModule, ratio: float | None = None, *, criterion: An
                       clr_lambda=clr_lambda, clr_cost=clr_cost,
                       count_rule=get_criterion(criterion).count_rule)
     info: dict[str, Any] = {"allocation": allocation}
+    layer_ms = None
     if allocation == "clr":
         info["clr_cost"] = clr_cost if isinstance(clr_cost, str) else "given"
-    if target is not None:
+    if t_lat is not None:
+        from .latency.target import fit_latency
+
+        lat = fit_latency(analysis, scores, t_lat, round_to=round_to, max_ratio=max_ratio,
+                          progress=progress, **dict(latency or {}))
+        per_group = lat.ratios
+        layer_ms = lat.layer_ms
+        info.update(allocation="latency", metric="latency", target=t_lat, achieved=lat.achieved,
+                    predicted=lat.predicted, original_ms=lat.original_ms,
+                    pruned_ms=lat.pruned_ms, round_to=lat.step, iterations=lat.iterations,
+                    steps=len(lat.iterations), table_s=lat.table.measured_s if lat.table
+                    else 0.0, table_key=lat.table.key if lat.table else {})
+    elif target is not None:
         fit = fit_target(analysis, scores, alloc, target, metric=metric, round_to=round_to,
                          progress=progress)
         per_group = fit.ratios
@@ -117,6 +139,8 @@ def prune_graph(gm: fx.GraphModule, ratio: float | None = None, *, criterion: An
         select(analysis, scores, per_group, round_to=round_to)
     pruned = rewrite(gm, check=check)
     pruned.meta[ALLOCATION] = {**info, "ratios": dict(per_group)}
+    if layer_ms is not None:
+        pruned.meta[meta.LATENCY] = dict(layer_ms)
     return pruned, analysis
 
 
@@ -142,6 +166,10 @@ def compress(
     residual: str = "coupled",
     check: bool | str = True,
     clr_cost: Any = "authors",
+    target_latency: float | None = None,
+    batch: int | None = None,
+    threads: int | None = None,
+    device: Any = None,
 ) -> fx.GraphModule:
     """Prune ``model`` and return a new, smaller, dense GraphModule.
 
@@ -198,6 +226,17 @@ def compress(
             pruned module once and checks its output shapes (with ``verify=True`` the oracle's
             run of the pruned model does that; the node-by-node check then runs only to name
             a failing node), ``"nodes"`` checks every node's shape, ``False`` skips it.
+        target_latency: fraction of the original's *measured* latency to keep (e.g. 0.5), on
+            ``device`` at ``batch`` with ``threads`` (see :mod:`fxprune.latency.target`): a
+            per-layer latency table of the device (measured once, cached as JSON), a greedy
+            allocation of importance per millisecond, and a few measured refinements.
+            ``round_to`` then defaults to the width step the table measures (an int
+            overrides it); ``allocation`` does not apply. The measured ratio and the
+            iterations are in ``pruned.meta["fxprune.allocation"]``, the predicted
+            per-layer times in ``pruned.meta["fxprune.latency"]``.
+        batch: batch size to time at with ``target_latency`` (default: the example's).
+        threads: torch threads to time with (default: the current count).
+        device: device to time on (default: the model's).
 
     Returns:
         A ``torch.fx.GraphModule``: train/eval, state_dict, optimizers, ``torch.save``,
@@ -212,6 +251,8 @@ def compress(
         ...                         allocation="global", criterion="fpgm")
     """
     check_flags(strict=strict, verify=verify)
+    if target_latency is not None and round_to == "auto":
+        round_to = None  # the latency table measures the step
     round_to = resolve_round_to(round_to, model)
     if ratio is not None:
         ratio = _check_ratio(ratio)
@@ -227,7 +268,8 @@ def compress(
             data=data, seed=seed, progress=progress, allocation=allocation,
             max_ratio=max_ratio, ratios=ratios, target_flops=target_flops,
             target_params=target_params, clr_lambda=clr_lambda, residual=residual,
-            check=False if fold else check, clr_cost=clr_cost)
+            check=False if fold else check, clr_cost=clr_cost, target_latency=target_latency,
+            latency={"batch": batch, "threads": threads, "device": device})
         if verify:
             kept = kept_mask(analysis, gm.meta[meta.KEEPSETS])
             try:

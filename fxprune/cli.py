@@ -262,7 +262,8 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     model, x = _model_and_inputs(args, args.model)
     paper = _paper_flops(args, model, x) if args.paper_flops else None
     report = inspect(model, x, ratio=args.ratio, criterion=args.criterion,
-                     ignore=args.ignore or None, round_to=args.round_to)
+                     ignore=args.ignore or None, round_to=args.round_to, latency=args.latency,
+                     batch=args.batch, threads=args.threads)
     if args.format == "json":
         out = report.to_json()
         if paper is not None:
@@ -311,6 +312,21 @@ def _count_rows(before: Any, after: Any, paper: Any) -> list[list[Any]]:
     return rows
 
 
+def _compress_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {"allocation": args.allocation, "residual": args.residual,
+                              "clr_lambda": args.clr_lambda, "clr_cost": args.clr_cost}
+    if args.target_flops is not None:
+        kwargs["target_flops"] = args.target_flops
+    if args.target_params is not None:
+        kwargs["target_params"] = args.target_params
+    if args.target_latency is not None:
+        kwargs.update(target_latency=args.target_latency, batch=args.batch,
+                      threads=args.threads)
+        for k in ("allocation", "clr_lambda", "clr_cost"):
+            kwargs.pop(k)
+    return kwargs
+
+
 def _cmd_compress(args: argparse.Namespace) -> int:
     from tabulate import tabulate
 
@@ -319,12 +335,7 @@ def _cmd_compress(args: argparse.Namespace) -> int:
     from .latency import PAGE_FAULT_WARN, measure_latency
     from .serialize import save
 
-    kwargs: dict[str, Any] = {"allocation": args.allocation, "residual": args.residual,
-                              "clr_lambda": args.clr_lambda, "clr_cost": args.clr_cost}
-    if args.target_flops is not None:
-        kwargs["target_flops"] = args.target_flops
-    if args.target_params is not None:
-        kwargs["target_params"] = args.target_params
+    kwargs = _compress_kwargs(args)
     if args.batch < 1:
         raise InputError(f"--batch must be >= 1, got {args.batch}")
     if args.threads is not None and args.threads < 1:
@@ -354,6 +365,10 @@ def _cmd_compress(args: argparse.Namespace) -> int:
     alloc = pruned.meta.get(meta.ALLOCATION) or {}
     achieved = f"(achieved {alloc.get('achieved', float('nan')):.3f})"
     how = (f"ratio {args.ratio:g}" if args.ratio is not None else
+           f"target latency {args.target_latency:g} (measured {alloc.get('achieved', 0):.3f}, "
+           f"predicted {alloc.get('predicted', 0):.3f}, round_to {alloc.get('round_to')}, "
+           f"{alloc.get('steps', 0)} timed step(s), table {alloc.get('table_s', 0):.1f} s)"
+           if args.target_latency is not None else
            f"target FLOPs {args.target_flops:g} {achieved}" if args.target_flops is not None
            else f"target params {args.target_params:g} {achieved}")
     done = "pruned and verified" if args.verify else "pruned"
@@ -407,11 +422,17 @@ def _cmd_graph(args: argparse.Namespace) -> int:
     from .trace import trace
 
     out = args.output
-    if out and Path(out).suffix.lower() not in (".svg", ".dot", ".gv"):
-        raise InputError(f"-o must end in .svg, .dot or .gv, got {out!r}")
+    if out and Path(out).suffix.lower() not in (".svg", ".dot", ".gv", ".graphml"):
+        raise InputError(f"-o must end in .svg, .dot, .gv or .graphml, got {out!r}")
     model, x = _model_and_inputs(args, args.model)
     gm = trace(model, x)
     analyze(gm, ignore=args.ignore or None)
+    if out and out.lower().endswith(".graphml"):
+        from .graph_nx import to_networkx, write_graphml
+
+        write_graphml(to_networkx(gm), out)
+        print(f"wrote {out}")
+        return 0
     dot = to_dot(gm)
     if not out:
         print(dot, end="")
@@ -549,6 +570,9 @@ def _compress_parser(sub: Any, common: argparse.ArgumentParser) -> None:
                      help="fraction of the original MACs to keep, in (0, 1]")
     how.add_argument("--target-params", type=float, metavar="P",
                      help="fraction of the original parameters to keep, in (0, 1]")
+    how.add_argument("--target-latency", type=float, metavar="T",
+                     help="fraction of the measured latency to keep, in (0, 1], at --batch "
+                          "with --threads (per-layer latency table, cached)")
     _prune_args(p)
     p.add_argument("--allocation", choices=("uniform", "global", "clr"), default="uniform",
                    help="how the amount is spread over layers (default uniform)")
@@ -593,6 +617,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--paper-flops", action="store_true",
                    help="also show the SFP/FPGM papers' FLOPs convention (needs --ratio)")
     p.add_argument("--format", choices=("text", "md", "json"), default="text")
+    p.add_argument("--latency", action="store_true",
+                   help="per-layer time: latency table's prediction vs the block timed alone")
+    p.add_argument("--batch", type=int, default=8, help="batch size for --latency (default 8)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads for --latency")
     p.set_defaults(func=_cmd_inspect)
 
     _compress_parser(sub, common)
@@ -608,11 +636,16 @@ def build_parser() -> argparse.ArgumentParser:
     _trust_arg(p)
     p.set_defaults(func=_cmd_verify)
 
+    from .cli_export import add_parser as add_export
+
+    add_export(sub, common)
+
     p = sub.add_parser("graph", parents=[common], help="draw the channel-dependency graph")
     _model_args(p)
     p.add_argument("--ignore", nargs="+", default=None, metavar="NAME")
     p.add_argument("-o", "--output", metavar="PATH",
-                   help="graph.svg (needs Graphviz) or graph.dot; default: DOT on stdout")
+                   help="graph.svg (needs Graphviz), graph.dot or graph.graphml (networkx); "
+                        "default: DOT on stdout")
     p.set_defaults(func=_cmd_graph)
 
     p = sub.add_parser("plot", parents=[common], help="bar chart of widths before/after")

@@ -1,11 +1,12 @@
 """The channel-dependency graph of an analyzed model as Graphviz DOT text.
 
-:func:`to_dot` draws one node per fx node that computes something (modules, functions, methods,
-graph inputs and outputs; ``get_attr`` constants are left out), with the fx graph's edges. A
-node is filled with the colour of the channel group of its output (the most common group of
-its output channel ids), so coupled layers (e.g. all convs of a residual stream) share a
-colour. Groups with frozen channels are drawn with a dashed red border, the reason in the
-tooltip. A legend lists the groups. :func:`render_svg` runs Graphviz's ``dot`` if installed.
+The graph comes from :func:`fxprune.graph_nx.to_networkx` (networkx); this module only draws
+it. networkx has no DOT writer of its own (``nx_pydot`` needs pydot, ``nx_agraph`` pygraphviz,
+neither a dependency), so :func:`to_dot` serializes the networkx graph itself, with styles: a
+node is filled with the colour of the channel group of its output, so coupled layers (e.g. all
+convs of a residual stream) share a colour; groups with frozen channels are drawn with a dashed
+red border, the reason in the tooltip; a legend lists the groups. :func:`render_svg` runs
+Graphviz's ``dot`` if installed.
 """
 
 from __future__ import annotations
@@ -15,13 +16,14 @@ __all__ = ["to_dot", "render_svg"]
 import shutil
 import subprocess
 from pathlib import Path
-from typing import Any
 
+import networkx as nx
 import torch.fx as fx
 
 from . import meta
 from .analyze import Analysis
 from .errors import FxPruneError, InputError
+from .graph_nx import analysis_of, to_networkx
 
 # ColorBrewer Set3 + Pastel1: light fills that keep black labels readable.
 _PALETTE = (
@@ -29,7 +31,6 @@ _PALETTE = (
     "#bc80bd", "#ccebc5", "#ffed6f", "#fbb4ae", "#b3cde3", "#decbe4", "#fed9a6", "#e5d8bd",
 )
 _NO_GROUP = "#f0f0f0"
-_DRAWN = ("placeholder", "output", "call_module", "call_function", "call_method")
 
 
 def _q(s: str) -> str:
@@ -39,37 +40,6 @@ def _q(s: str) -> str:
 
 def _colour(gid: int) -> str:
     return _PALETTE[gid % len(_PALETTE)]
-
-
-def _shape_str(shape: Any) -> str:
-    if isinstance(shape, (tuple, list)) and all(isinstance(d, int) for d in shape):
-        return "x".join(map(str, shape)) if shape else "scalar"
-    if isinstance(shape, (tuple, list)):
-        parts = [_shape_str(s) for s in shape]
-        return "(" + ", ".join(p for p in parts if p) + ")"
-    return ""
-
-
-def _op_str(gm: fx.GraphModule, n: fx.Node) -> str:
-    if n.op == "call_module":
-        return type(gm.get_submodule(str(n.target))).__name__
-    if n.op == "call_function":
-        return getattr(n.target, "__name__", str(n.target))
-    if n.op == "call_method":
-        return f".{n.target}()"
-    return n.op
-
-
-def _analysis_of(obj: Any) -> Analysis:
-    if isinstance(obj, Analysis):
-        return obj
-    if isinstance(obj, fx.GraphModule):
-        a = obj.meta.get(meta.ANALYSIS)
-        if isinstance(a, Analysis):
-            return a
-        raise InputError("to_dot() needs an analyzed GraphModule: run fxprune.analyze(gm) "
-                         "first (or pass the Analysis it returns).")
-    raise InputError(f"to_dot() expects a GraphModule or an Analysis, got {type(obj).__name__}")
 
 
 def _group_text(g: meta.Group) -> str:
@@ -84,62 +54,53 @@ def _group_text(g: meta.Group) -> str:
     return txt
 
 
-def to_dot(gm_analyzed: fx.GraphModule | Analysis, *, name: str | None = None) -> str:
+def to_dot(gm_analyzed: fx.GraphModule | Analysis | nx.DiGraph, *, name: str | None = None
+           ) -> str:
     """Render the dependency graph of an analyzed GraphModule as DOT text.
 
     Args:
-        gm_analyzed: a GraphModule after :func:`fxprune.analyze` (or the ``Analysis``).
+        gm_analyzed: a GraphModule after :func:`fxprune.analyze` (or the ``Analysis``), or a
+            graph from :func:`fxprune.graph_nx.to_networkx` of one.
         name: the graph's title (default: the module's class name).
 
     Returns:
         The DOT source (``digraph``); render with ``dot -Tsvg`` or :func:`render_svg`.
     """
-    from .inspect import node_group
-
-    analysis = _analysis_of(gm_analyzed)
-    gm = analysis.gm
-    title = name or type(gm).__name__
+    if isinstance(gm_analyzed, nx.DiGraph):
+        raise InputError("to_dot() needs the analysis for its legend: pass the analyzed "
+                         "GraphModule or Analysis")
+    analysis = analysis_of(gm_analyzed, "to_dot")
+    g = to_networkx(analysis, name=name)
+    title = g.graph["name"]
     lines = [f"digraph {_q(title)} {{",
              f"  graph [rankdir=TB, fontname=Helvetica, label={_q(title)}, labelloc=t];",
              "  node [shape=box, style=\"rounded,filled\", fontname=Helvetica, fontsize=10];",
              "  edge [arrowsize=0.6];"]
-    drawn: set[str] = set()
     used: dict[int, None] = {}
-    for n in gm.graph.nodes:
-        if n.op not in _DRAWN:
-            continue
-        drawn.add(n.name)
-        gid = node_group(analysis, n) if n.op != "output" else None
-        label = f"{n.name}\n{_op_str(gm, n)}"
-        shape = _shape_str(n.meta.get(meta.SHAPE))
-        if shape:
-            label += f"\n{shape}"
+    for node, d in g.nodes(data=True):
+        label = f"{node}\n{d['kind']}" + (f"\n{d['shape']}" if d["shape"] else "")
         attrs = {"label": label}
-        if n.op in ("placeholder", "output"):
+        if d["op"] in ("placeholder", "output"):
             attrs["shape"] = "ellipse"
             attrs["style"] = "filled"
-        if gid is None:
+        gid = d["group"]
+        if gid < 0:
             attrs["fillcolor"] = _NO_GROUP
-            attrs["tooltip"] = f"{n.name}: no prunable channels"
+            attrs["tooltip"] = f"{node}: no prunable channels"
         else:
-            g = analysis.groups[gid]
+            grp = analysis.groups[gid]
             used[gid] = None
-            label += f"\ngroup {gid}"
-            attrs["label"] = label
+            attrs["label"] = label + f"\ngroup {gid}"
             attrs["fillcolor"] = _colour(gid)
-            attrs["tooltip"] = f"{n.name}: {_group_text(g)}"
-            if g.frozen_units:
+            attrs["tooltip"] = f"{node}: {_group_text(grp)}"
+            if grp.frozen_units:
                 attrs["style"] = attrs.get("style", "rounded,filled") + ",dashed"
                 attrs["color"] = "red"
                 attrs["penwidth"] = "2"
         body = ", ".join(f"{k}={_q(v)}" for k, v in attrs.items())
-        lines.append(f"  {_q(n.name)} [{body}];")
-    for n in gm.graph.nodes:
-        if n.name not in drawn:
-            continue
-        for src in n.all_input_nodes:
-            if src.name in drawn:
-                lines.append(f"  {_q(src.name)} -> {_q(n.name)};")
+        lines.append(f"  {_q(node)} [{body}];")
+    for src, dst in g.edges():
+        lines.append(f"  {_q(src)} -> {_q(dst)};")
     lines += _legend(analysis, list(used))
     lines.append("}")
     return "\n".join(lines) + "\n"

@@ -85,6 +85,8 @@ class LayerRow:
     out_after: int | None = None
     macs_after: int | None = None
     params_after: int | None = None
+    predicted_ms: float | None = None  # inspect(latency=True): table's interpolation
+    measured_ms: float | None = None  # the block timed alone at its widths
 
 
 @dataclass
@@ -102,6 +104,18 @@ class InspectReport:
     macs_after: int | None = None
     params_after: int | None = None
     unsupported: dict[str, list[str]] = field(default_factory=dict)
+    analysis: Any = field(default=None, repr=False, compare=False)
+
+    def to_networkx(self) -> Any:
+        """The channel-dependency graph as a ``networkx.DiGraph`` (see
+        :func:`fxprune.graph_nx.to_networkx`), with each layer's widths before/after and, with
+        ``latency=True``, its predicted and measured time as node attributes."""
+        from .graph_nx import to_networkx
+
+        rows = {r.name: {k: v for k, v in asdict(r).items()
+                         if k in ("in_before", "out_before", "in_after", "out_after",
+                                  "predicted_ms", "measured_ms")} for r in self.layers}
+        return to_networkx(self.analysis, name=self.model, layers=rows)
 
     @property
     def pruned(self) -> bool:
@@ -226,6 +240,10 @@ class InspectReport:
             head = ["layer", "type", "group", "in", "out", "MACs", "params"]
             rows = [[r.name, r.type, _dash(r.group), _dash(r.in_before), _dash(r.out_before),
                      _human(r.macs_before), _human(r.params_before)] for r in self.layers]
+        if any(r.predicted_ms is not None for r in self.layers):
+            head += ["ms predicted", "ms measured"]
+            for row, r in zip(rows, self.layers):
+                row += [_ms(r.predicted_ms), _ms(r.measured_ms)]
         return tabulate(rows, head, tablefmt=fmt, disable_numparse=True)
 
 
@@ -252,6 +270,10 @@ def _change(before: int | None, after: int | None) -> str:
     if not before or after is None:
         return "-"
     return f"{100.0 * (after - before) / before:+.1f}%"
+
+
+def _ms(v: float | None) -> str:
+    return "-" if v is None else f"{v:.3f}"
 
 
 def _dash(v: Any) -> str:
@@ -390,6 +412,10 @@ def inspect(
     criterion: Any = "l1",
     ignore: Any = None,
     round_to: int | str | None = None,
+    latency: bool = False,
+    batch: int = 1,
+    threads: int | None = None,
+    device: Any = None,
 ) -> InspectReport:
     """Analyze ``model`` (and optionally prune a copy) and report groups, layers and totals.
 
@@ -404,6 +430,9 @@ def inspect(
         criterion: criterion name or function, used with ``ratio``.
         ignore: modules whose output channels are kept (as in :func:`fxprune.compress`).
         round_to: make every pruned group's kept width a multiple of this (or ``"auto"``).
+        latency: also report each conv/linear block's predicted time (the latency table of
+            :mod:`fxprune.latency.table`, measured once and cached) and its time measured
+            alone at its (pruned) widths, at ``batch`` with ``threads`` on ``device``.
 
     Returns:
         An :class:`InspectReport`.
@@ -436,6 +465,12 @@ def inspect(
     if pruned is not None:
         c_after = count(pruned, inputs)
         after = normalized_per_layer(pruned, c_after)
+    layers = _layer_rows(gm, analysis, before, pruned, after)
+    if latency:
+        from .latency.profile import layer_times
+
+        times = layer_times(analysis, keep, batch=batch, threads=threads, device=device)
+        layers = [LayerRow(**{**asdict(r), **times.get(r.name, {})}) for r in layers]
     crit_name = None
     if pruned is not None:
         crit_name = criterion if isinstance(criterion, str) else getattr(
@@ -446,11 +481,12 @@ def inspect(
         ratio=ratio,
         criterion=crit_name,
         groups=_group_rows(analysis, keep),
-        layers=_layer_rows(gm, analysis, before, pruned, after),
+        layers=layers,
         macs_before=c_before.macs,
         params_before=c_before.params,
         macs_after=c_after.macs if c_after is not None else None,
         params_after=c_after.params if c_after is not None else None,
         unsupported={k: list(v) for k, v in analysis.unsupported.items()},
+        analysis=analysis,
     )
 

@@ -18,6 +18,7 @@ __all__ = [
     "ANALYSIS",
     "MANIFEST",
     "SIZE_DEPS",
+    "LATENCY",
     "ParamSlice",
     "Group",
     "KeepSet",
@@ -44,6 +45,7 @@ ALLOCATION = "fxprune.allocation"  # pruned gm.meta: {"allocation", "ratios", "t
 RESIDUAL = "fxprune.residual"  # pruned gm.meta: the residual policy it was pruned with
 KEEPSETS = "fxprune.keepsets"  # gm.meta: {group id: KeepSet} (selection)
 SIZE_DEPS = "fxprune.size_deps"  # node.meta: channel axes a Python value is read from (analysis)
+LATENCY = "fxprune.latency"  # pruned gm.meta: {layer name: predicted ms} (target_latency)
 MANIFEST = "fxprune.manifest"  # pruned gm.meta: {"param.path": {dim: kept indices}} (rewrite)
 
 

@@ -1,0 +1,327 @@
+"""``target_latency``: keep a fraction of the measured latency, not of the MACs.
+
+1. **Table.** :func:`fxprune.latency.table.build_table` times every layer block on a grid of
+   widths (cached) and measures the width step the device runs fastest (``round_to``).
+2. **Budget.** The original graph is timed as a whole; what the layer blocks do not explain
+   (pooling, adds, the stem's max-pool...) is the *rest*, spread over the channel groups in
+   proportion to the activation elements of the other ops in each group, and scaled with the
+   group's kept fraction [INF: a memory-bound cost per activation element].
+3. **Allocation** (as HALP's latency-constrained knapsack, solved greedily): start from the full
+   model; repeatedly remove, from the group where it costs the least importance per saved
+   millisecond, the next 1 to 4 steps of ``step`` channels (lowest-scored units first, scores
+   normalized per group as in ``allocation="global"``), until the predicted time meets the
+   budget. The saved time of a group is exact under the table: every layer it touches is
+   re-evaluated at its new in/out widths, so coupled layers (a residual stream) count once
+   each. No group loses more than ``max_ratio``; frozen units stay.
+4. **Refinement.** The rewritten model is timed against the original (interleaved medians);
+   if the measured ratio misses the target by more than ``tol``, the budget is scaled by
+   ``target / measured`` and the allocation re-run (at most ``iterations`` times); the model
+   closest to the target is kept.
+"""
+
+from __future__ import annotations
+
+__all__ = ["fit_latency", "LatencyFit", "allocate_latency", "measure_pair"]
+
+import heapq
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .. import meta
+from ..allocate import _normalized, _scored
+from ..analyze import Analysis, Progress
+from ..errors import InputError
+from ..rewrite import rewrite
+from ..select import select
+from ..trace import EXAMPLE_INPUTS
+from .layers import LayerSpec
+from .measure import measure_latency
+from .table import LatencyTable, build_table
+
+_LOOKAHEAD = 4  # steps considered at once per group (a padded step may save nothing alone)
+
+
+@dataclass
+class LatencyFit:
+    """The result of :func:`fit_latency` (also in ``pruned.meta["fxprune.allocation"]``)."""
+
+    ratios: dict[int, float]
+    target: float
+    achieved: float  # measured latency ratio pruned / original
+    predicted: float  # the table's predicted ratio for the chosen model
+    original_ms: float
+    pruned_ms: float
+    step: int
+    iterations: list[dict[str, float]] = field(default_factory=list)
+    layer_ms: dict[str, float] = field(default_factory=dict)  # predicted, pruned widths
+    table: LatencyTable | None = None
+
+
+def measure_pair(original: torch.nn.Module, pruned: torch.nn.Module | None, inputs: tuple, *,
+                 threads: int | None, device: str | torch.device | None, repeat: int,
+                 warmup: int) -> tuple[float, float | None]:
+    """Median ms of the original and (interleaved with it) of the pruned model."""
+    r = measure_latency(original, pruned, inputs, warmup=warmup, repeat=repeat,
+                        threads=threads, device=device)
+    return r.median_a_ms, r.median_b_ms
+
+
+class _Groups:
+    """Per-group removal order, normalized importance and valid kept counts."""
+
+    def __init__(self, analysis: Analysis, scores: Mapping[int, Tensor], step: int,
+                 max_ratio: float):
+        self.order: dict[int, Tensor] = {}
+        self.imp: dict[int, Tensor] = {}
+        self.valid: dict[int, list[int]] = {}
+        self.size: dict[int, int] = {}
+        for g in _scored(analysis):
+            n = g.size
+            s = scores[g.id].double().clone() if g.id in scores else \
+                torch.zeros(n, dtype=torch.float64)
+            s = torch.nan_to_num(s, nan=-math.inf)
+            frozen = list(g.frozen_units)
+            if frozen:
+                s[frozen] = math.inf
+            self.order[g.id] = torch.argsort(-s, stable=True)  # select's order: keep first k
+            imp = torch.full((n,), math.inf, dtype=torch.float64)
+            free = torch.ones(n, dtype=torch.bool)
+            free[frozen] = False
+            imp[free] = _normalized(g, scores[g.id]) if g.id in scores else 0.0
+            self.imp[g.id] = imp
+            us = step // math.gcd(step, g.divisor)
+            low = max(len(frozen), n - math.floor(n * max_ratio + 1e-9), 1)
+            ks = [k for k in range(us, n, us) if k >= low]
+            self.valid[g.id] = [*ks, n] if ks else [n]
+            self.size[g.id] = n
+
+    def mask(self, gid: int, k: int) -> Tensor:
+        """Kept units when the group keeps ``k``: the first ``k`` in select's order."""
+        m = torch.zeros(self.size[gid], dtype=torch.bool)
+        m[self.order[gid][:k]] = True
+        return m
+
+
+def _rest_weights(analysis: Analysis, layers: list[LayerSpec], free: set[int]
+                  ) -> tuple[dict[int, float], float]:
+    """Activation elements of the ops outside layer blocks, per group and in total."""
+    from ..inspect import node_group
+
+    covered = {n for s in layers for n in s.nodes}
+    per: dict[int, float] = {}
+    total = 0.0
+    for n in analysis.gm.graph.nodes:
+        if n.op in ("placeholder", "output", "get_attr") or n.name in covered:
+            continue
+        shape = n.meta.get(meta.SHAPE)
+        if not isinstance(shape, (tuple, list)) or not all(isinstance(d, int) for d in shape):
+            continue
+        numel = float(math.prod(shape))
+        total += numel
+        g = node_group(analysis, n)
+        if g is not None and g in free:
+            per[g] = per.get(g, 0.0) + numel
+    return per, total
+
+
+class _Greedy:
+    """The state of one allocation: kept units per group and predicted time per layer."""
+
+    def __init__(self, analysis: Analysis, gs: _Groups, table: LatencyTable, rest_ms: float):
+        self.gs, self.table, self.layers = gs, table, table.layers
+        self.k = {gid: gs.size[gid] for gid in gs.size}
+        self.masks = {gid: gs.mask(gid, self.k[gid]) for gid in self.k}
+        self.touch: dict[int, list[int]] = {gid: [] for gid in self.k}
+        for i, s in enumerate(self.layers):
+            for gid in {*s.in_counts, *s.out_counts}:
+                if gid in self.touch:
+                    self.touch[gid].append(i)
+        per, total = _rest_weights(analysis, self.layers, set(self.k))
+        self.rest_g = {gid: rest_ms * per.get(gid, 0.0) / total if total else 0.0
+                       for gid in self.k}
+        self.rest_fixed = rest_ms - sum(self.rest_g.values())
+        self.cur = [table.layer_ms(s, s.width_in(self.masks), s.width_out(self.masks))
+                    for s in self.layers]
+
+    def total(self) -> float:
+        return sum(self.cur) + self.rest_fixed + sum(
+            self.rest_g[g] * self.k[g] / self.gs.size[g] for g in self.k)
+
+    def trial(self, gid: int, k2: int) -> tuple[dict[int, float], float, float]:
+        """Layer times if ``gid`` kept ``k2``; the time change; the importance change."""
+        masks = {**self.masks, gid: self.gs.mask(gid, k2)}
+        new = {i: self.table.layer_ms(self.layers[i], self.layers[i].width_in(masks),
+                                      self.layers[i].width_out(masks)) for i in self.touch[gid]}
+        delta = sum(new[i] - self.cur[i] for i in new) + \
+            self.rest_g[gid] * (k2 - self.k[gid]) / self.gs.size[gid]
+        lo, hi = sorted((k2, self.k[gid]))
+        imp = float(self.gs.imp[gid][self.gs.order[gid][lo:hi]].sum())
+        return new, delta, imp if k2 > self.k[gid] else -imp
+
+    def apply(self, gid: int, k2: int, new: dict[int, float]) -> None:
+        self.k[gid] = k2
+        self.masks[gid] = self.gs.mask(gid, k2)
+        for i, v in new.items():
+            self.cur[i] = v
+
+    def candidate(self, gid: int, need: float) -> tuple[float, int, float] | None:
+        """The 1..4-step removal with the least importance lost per ms saved, stopping at the
+        first that covers ``need``: ``(loss / saved, kept, saved)``."""
+        best = None
+        for k2 in [v for v in self.gs.valid[gid] if v < self.k[gid]][-_LOOKAHEAD:][::-1]:
+            if best is not None and best[2] >= need:
+                break  # one more step would only overshoot the budget further
+            _, delta, imp = self.trial(gid, k2)
+            if delta >= 0 or not math.isfinite(imp):
+                continue
+            if best is None or -imp / -delta < best[0]:
+                best = (-imp / -delta, k2, -delta)
+        return best
+
+    def shrink(self, budget: float) -> None:
+        heap: list[tuple[float, int, int, int, float]] = []  # (ratio, version, gid, k2, saved)
+        version = dict.fromkeys(self.k, 0)
+
+        def push(gid: int, c: tuple[float, int, float] | None) -> None:
+            version[gid] += 1
+            if c is not None:
+                heapq.heappush(heap, (c[0], version[gid], gid, c[1], c[2]))
+
+        now = self.total()
+        for gid in self.k:
+            push(gid, self.candidate(gid, now - budget))
+        while now > budget and heap:
+            _, ver, gid, k2, saved = heapq.heappop(heap)
+            if ver != version[gid]:
+                continue
+            if saved > now - budget:  # planned for a larger need: re-plan for this one
+                c = self.candidate(gid, now - budget)
+                if c is not None and c[1] != k2:
+                    push(gid, c)
+                    continue
+            new, _, _ = self.trial(gid, k2)
+            self.apply(gid, k2, new)
+            now = self.total()
+            for g in {g for i in self.touch[gid]
+                      for g in (*self.layers[i].in_counts, *self.layers[i].out_counts)} | {gid}:
+                if g in version:
+                    push(g, self.candidate(g, now - budget))
+
+    def fill(self, budget: float) -> None:
+        """Give back single steps while the budget allows, most importance per ms first (the
+        last removal can overshoot by a whole coarse step)."""
+        while True:
+            now, best = self.total(), None
+            for gid in self.k:
+                up = [v for v in self.gs.valid[gid] if v > self.k[gid]]
+                if not up:
+                    continue
+                new, cost, gain = self.trial(gid, up[0])
+                if now + cost > budget:
+                    continue
+                score = math.inf if cost <= 0 else gain / cost
+                if best is None or score > best[0]:
+                    best = (score, gid, up[0], new)
+            if best is None:
+                return
+            self.apply(best[1], best[2], best[3])
+
+
+def allocate_latency(analysis: Analysis, scores: Mapping[int, Tensor], table: LatencyTable,
+                     budget_ms: float, rest_ms: float, *, step: int, max_ratio: float = 0.9,
+                     groups: _Groups | None = None) -> tuple[dict[int, int], float]:
+    """Kept units per group whose predicted time meets ``budget_ms`` (greedy; module docs).
+
+    ``rest_ms``: the time outside layer blocks at full width. Returns
+    ``({group id: kept units}, predicted ms)``.
+    """
+    g = _Greedy(analysis, groups or _Groups(analysis, scores, step, max_ratio), table, rest_ms)
+    g.shrink(budget_ms)
+    g.fill(budget_ms)
+    return dict(g.k), g.total()
+
+
+def fit_latency(analysis: Analysis, scores: Mapping[int, Tensor], target: float, *,
+                batch: int | None = None, threads: int | None = None,
+                device: str | torch.device | None = None, round_to: int | None = None,
+                max_ratio: float = 0.9, tol: float = 0.03, iterations: int = 4,
+                repeat: int = 10, warmup: int = 2, cache: Any = True,
+                progress: Progress | None = None,
+                measure: Callable[..., tuple[float, float | None]] | None = None
+                ) -> LatencyFit:
+    """Allocate, rewrite, time and refine until the measured latency ratio is within ``tol``
+    of ``target`` (module docstring). Leaves the chosen keep-sets selected on ``analysis.gm``.
+    """
+    gm = analysis.gm
+    inputs = tuple(gm.meta[EXAMPLE_INPUTS])
+    if batch is None:
+        batch = int(inputs[0].shape[0]) if isinstance(inputs[0], Tensor) and \
+            inputs[0].dim() > 0 else 1
+    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+        raise InputError(f"batch must be an int >= 1, got {batch!r}")
+    timed = tuple(_rebatch(x, batch) for x in inputs)
+    table = build_table(analysis, batch=batch, threads=threads, device=device, step=round_to,
+                        cache=cache, progress=progress)
+    step = table.step
+    measure = measure or measure_pair
+    orig_ms, _ = measure(gm, None, timed, threads=threads, device=device,
+                         repeat=max(3, repeat // 2), warmup=warmup)
+    gs = _Groups(analysis, scores, step, max_ratio)
+    full_pred = sum(table.predict().values())
+    rest = max(0.0, orig_ms - full_pred)
+    scale = orig_ms / (full_pred + rest) if full_pred + rest > 0 else 1.0
+    budget = target * (full_pred + rest)
+    tries: list[tuple[float, dict[int, float], float, float, float, dict[str, float]]] = []
+    log: list[dict[str, float]] = []
+    for it in range(iterations):
+        kept, pred = allocate_latency(analysis, scores, table, budget, rest, step=step,
+                                      max_ratio=max_ratio, groups=gs)
+        ratios = {gid: (n_full - kk) / n_full for gid, kk in kept.items()
+                  for n_full in (analysis.groups[gid].size,)}
+        select(analysis, scores, ratios)
+        pruned = rewrite(gm, check=False)
+        a_ms, b_ms = measure(gm, pruned, timed, threads=threads, device=device,
+                             repeat=repeat, warmup=warmup)
+        assert b_ms is not None
+        r = b_ms / a_ms if a_ms > 0 else 1.0
+        pred_ratio = pred / (full_pred + rest) if full_pred + rest else 1.0
+        log.append({"budget_ms": budget * scale, "predicted": pred_ratio, "measured": r,
+                    "original_ms": a_ms, "pruned_ms": b_ms})
+        masks = {gid: gs.mask(gid, kept[gid]) for gid in kept}
+        per_layer = {s.name: table.layer_ms(s, s.width_in(masks), s.width_out(masks))
+                     for s in table.layers}
+        tries.append((r, ratios, pred_ratio, a_ms, b_ms, per_layer))
+        if progress is not None:
+            progress("latency search", it + 1, iterations)
+        if abs(r - target) <= tol * target:
+            break
+        budget = _next_budget([(t["budget_ms"] / scale, t["measured"]) for t in log], target)
+    best = min(tries, key=lambda t: abs(t[0] - target))
+    select(analysis, scores, best[1])
+    return LatencyFit(ratios=best[1], target=target, achieved=best[0], predicted=best[2],
+                      original_ms=best[3], pruned_ms=best[4], step=step, iterations=log,
+                      layer_ms=best[5], table=table)
+
+
+def _next_budget(history: list[tuple[float, float]], target: float) -> float:
+    """The next budget: interpolate between the closest tries on both sides of the target,
+    else scale the last one by ``target / measured`` (damped to [0.67, 1.5])."""
+    below = [h for h in history if h[1] < target]
+    above = [h for h in history if h[1] > target]
+    if below and above:
+        (b0, r0), (b1, r1) = max(below, key=lambda h: h[1]), min(above, key=lambda h: h[1])
+        return b0 + (b1 - b0) * (target - r0) / (r1 - r0)
+    b, r = history[-1]
+    return b * min(1.5, max(0.67, target / r)) if r > 0 else b
+
+
+def _rebatch(x: Any, batch: int) -> Any:
+    if not isinstance(x, Tensor) or x.dim() == 0 or x.shape[0] == batch:
+        return x
+    g = torch.Generator().manual_seed(0)
+    return torch.randn((batch, *x.shape[1:]), generator=g).to(x)
