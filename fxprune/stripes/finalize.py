@@ -289,7 +289,13 @@ def finalize(model: nn.Module, example_inputs: Any = None, *, delta: float = 0.0
         mask = live[name] if kept is None else live[name][torch.tensor(kept, dtype=torch.long)]
         new, reports[name] = _emit_layer(name, conv, mask.to(conv.weight.device), xs[name],
                                          work.get_submodule(name), kernel, density)
+        if new is not conv:  # the manifest describes channel cuts of the convs it names
+            manifest = {k: v for k, v in manifest.items() if k.rpartition(".")[0] != name}
         _set_module(pruned, name, new)
+    # a replaced conv's tensors are not channel cuts of the original any more (a file's
+    # manifest is checked against them); load(path, model=fresh) cannot rebuild stripe forms
+    # and says so (the saved weights do not fit the re-pruned model)
+    pruned.meta[meta.MANIFEST] = manifest
     pruned.meta[STRIPES] = reports
     if check:
         with torch.no_grad():
