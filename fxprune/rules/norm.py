@@ -21,6 +21,14 @@ from ._util import align, last_axes
 _PER_CHANNEL_ATTRS = ("num_features", "num_channels", "num_parameters", "channels")
 
 
+def bind_channel_tensors(ctx, m: nn.Module, ids, c: int) -> None:  # type: ignore[no-untyped-def]
+    """Bind axis 0 of every own parameter/buffer of ``m`` that has ``c`` entries to ``ids``."""
+    for name, t in list(m.named_parameters(recurse=False)) + list(
+            m.named_buffers(recurse=False)):
+        if t is not None and t.dim() >= 1 and t.shape[0] == c:
+            ctx.bind(name, 0, ids, "channel")
+
+
 class ChannelParams(Rule):
     """Per-channel op on ``axis`` (BatchNorm, InstanceNorm, PReLU): params follow channels."""
 
@@ -48,10 +56,7 @@ class ChannelParams(Rule):
         if c == 1 and ctx.out.shape[axis] != 1:  # a single shared parameter (PReLU default)
             return x
         ids = ctx.channel_ids(x, axis, c, type(m).__name__)
-        for name, t in list(m.named_parameters(recurse=False)) + list(
-                m.named_buffers(recurse=False)):
-            if t is not None and t.dim() >= 1 and t.shape[0] == c:
-                ctx.bind(name, 0, ids, "channel")
+        bind_channel_tensors(ctx, m, ids, c)
         if self.approx is not None:
             ctx.approximate(ids, self.approx)
         return x
@@ -99,10 +104,7 @@ class InstanceNormRule(ChannelParams):
         if x.shape[axis] == 1 and ctx.out.shape[axis] != c:  # no parameters apply: pass
             return x
         ids = ctx.channel_ids(x, axis, c, type(m).__name__)
-        for name, t in list(m.named_parameters(recurse=False)) + list(
-                m.named_buffers(recurse=False)):
-            if t is not None and t.dim() >= 1 and t.shape[0] == c:
-                ctx.bind(name, 0, ids, "channel")
+        bind_channel_tensors(ctx, m, ids, c)
         return x
 
 
