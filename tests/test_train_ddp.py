@@ -11,8 +11,6 @@ no dropout, and augmentation is off. What remains is float summation order (atol
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
@@ -20,11 +18,7 @@ import torch
 
 pytest.importorskip("sklearn")
 
-_spec = importlib.util.spec_from_file_location("train_doubles",
-                                               Path(__file__).with_name("train_doubles.py"))
-td = importlib.util.module_from_spec(_spec)
-sys.modules["train_doubles"] = td
-_spec.loader.exec_module(td)
+import train_doubles as td  # noqa: E402  (tests/ is on sys.path: conftest.py)
 
 
 def _load(path: Path) -> dict:

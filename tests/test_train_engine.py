@@ -3,21 +3,15 @@
 from __future__ import annotations
 
 import copy
-import importlib.util
 import io
-from pathlib import Path
 
+import _train_helpers as H  # noqa: E402  (tests/ is on sys.path: conftest.py)
 import pytest
 import torch
 import torch.nn as nn
 
 import fxprune
 from fxprune.train import SoftPruner, list_methods
-
-_spec = importlib.util.spec_from_file_location("_train_helpers",
-                                               Path(__file__).with_name("_train_helpers.py"))
-H = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(H)
 
 METHODS = ["sfp", "fpgm", "mfp", "fppmo"]
 

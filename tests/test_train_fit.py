@@ -4,10 +4,6 @@ SoftPruner contract (tests/train_doubles.py); tests against the real engine are 
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
@@ -19,12 +15,7 @@ from fxprune.train.trainer import recalibrate_bn
 
 pytest.importorskip("sklearn")
 
-_spec = importlib.util.spec_from_file_location("train_doubles",
-                                               Path(__file__).with_name("train_doubles.py"))
-td = importlib.util.module_from_spec(_spec)
-sys.modules["train_doubles"] = td
-_spec.loader.exec_module(td)
-
+import train_doubles as td  # noqa: E402  (tests/ is on sys.path: conftest.py)
 
 
 @pytest.fixture(scope="module")

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import copy
-import importlib.util
-from pathlib import Path
 
+import _train_helpers as H  # noqa: E402  (tests/ is on sys.path: conftest.py)
 import pytest
 import torch
 import torch.nn as nn
@@ -14,11 +13,6 @@ import torch.nn.functional as F
 import fxprune
 from fxprune.passes.l1 import l1
 from fxprune.train import SoftPruner
-
-_spec = importlib.util.spec_from_file_location("_train_helpers",
-                                               Path(__file__).with_name("_train_helpers.py"))
-H = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(H)
 
 
 def neg_l1(group, ctx):
