@@ -610,6 +610,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--threads", type=int, default=None, help="torch threads per child")
     q.add_argument("--strict", action="store_true",
                    help="exit 1 if any model fails with fxprune")
+    sub.add_parser("accuracy", add_help=False,
+                   help="accuracy at the same MACs on real data (fxprune bench accuracy -h)")
     return p
 
 
@@ -745,6 +747,10 @@ def main(argv: list[str] | None = None) -> int:
     """``fxprune bench ...``; returns the exit code (0 ok, 1 failures with --strict/--fuzz,
     2 usage error)."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["accuracy"]:
+        from .accuracy.cli import main as accuracy_main
+
+        return accuracy_main(argv[1:])
     parser = build_parser()
     try:
         args = parser.parse_args(argv)

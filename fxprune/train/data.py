@@ -85,6 +85,7 @@ class TensorImageDataset(Dataset):
             raise InputError(f"expected images [N, C, H, W] and labels [N], got "
                              f"{tuple(images.shape)} and {tuple(labels.shape)}")
         self.images, self.labels, self.transform = images, labels.long(), transform
+        self.batch_transform: Any = None  # the same transform on a whole batch (batched.py)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -245,11 +246,15 @@ def _tensor_splits(name: str, train_x: torch.Tensor, train_y: torch.Tensor,
     size = (int(train_x.shape[-2]), int(train_x.shape[-1]))
     t_train, t_eval = _transforms(size, mean, std, augment, pad, flip)
     num_classes = int(max(int(train_y.max()), int(test_y.max())) + 1)
+    from .batched import BatchAugment
+
+    sets = (TensorImageDataset(train_x[keep], train_y[keep], t_train),
+            TensorImageDataset(train_x[val], train_y[val], t_eval),
+            TensorImageDataset(test_x, test_y, t_eval))
+    sets[0].batch_transform = BatchAugment(mean, std, pad if augment else 0, flip and augment)
+    sets[1].batch_transform = sets[2].batch_transform = BatchAugment(mean, std)
     return DataSplits(
-        name=name,
-        train=TensorImageDataset(train_x[keep], train_y[keep], t_train),
-        val=TensorImageDataset(train_x[val], train_y[val], t_eval),
-        test=TensorImageDataset(test_x, test_y, t_eval),
+        name=name, train=sets[0], val=sets[1], test=sets[2],
         num_classes=num_classes, in_chans=int(train_x.shape[1]), image_size=size,
         mean=mean, std=std)
 
@@ -358,16 +363,28 @@ def load_data(name: str, *, data_dir: str | Path | None = None, val_fraction: fl
 
 
 def make_loaders(splits: DataSplits, batch_size: int, *, eval_batch_size: int | None = None,
-                 num_workers: int = 0) -> tuple[DataLoader, DataLoader, DataLoader]:
+                 num_workers: int = 0, batched: bool = True
+                 ) -> tuple[DataLoader, DataLoader, DataLoader]:
     """Train (shuffled; ``fit`` re-shards it with its own seeded sampler), val and test loaders.
 
     ``batch_size`` is the global batch: under torchrun :func:`fxprune.train.fit` gives each
-    rank ``batch_size / world_size``.
+    rank ``batch_size / world_size``. ``batched`` (default): in-memory datasets (digits,
+    Fashion-MNIST) are augmented a whole batch at a time (:mod:`fxprune.train.batched`, the
+    same augmentation as the per-item v2 transforms, several times faster on CPU);
+    ``batched=False`` uses the per-item transforms.
     """
     if batch_size < 1:
         raise InputError(f"batch size must be >= 1, got {batch_size}")
+    from .batched import BatchedView, collate
+
+    def view(ds: Any) -> Any:
+        if batched and isinstance(ds, TensorImageDataset) and ds.batch_transform is not None:
+            return BatchedView(ds.images, ds.labels, ds.batch_transform)
+        return ds
+
     eb = eval_batch_size or max(batch_size, 256)
-    kw: dict[str, Any] = {"num_workers": num_workers, "persistent_workers": num_workers > 0}
-    return (DataLoader(splits.train, batch_size, shuffle=True, drop_last=True, **kw),
-            DataLoader(splits.val, eb, shuffle=False, **kw),
-            DataLoader(splits.test, eb, shuffle=False, **kw))
+    kw: dict[str, Any] = {"num_workers": num_workers, "persistent_workers": num_workers > 0,
+                          "collate_fn": collate}
+    return (DataLoader(view(splits.train), batch_size, shuffle=True, drop_last=True, **kw),
+            DataLoader(view(splits.val), eb, shuffle=False, **kw),
+            DataLoader(view(splits.test), eb, shuffle=False, **kw))

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 __all__ = ["EpochRecord", "History", "fit", "evaluate", "recalibrate_bn"]
 
+import contextlib
 import logging
 import math
 import sys
@@ -215,15 +216,25 @@ def _tqdm(loader: Iterable, enabled: bool, desc: str) -> Any:
     return tqdm(loader, desc=desc, leave=False, dynamic_ncols=True, file=sys.stderr)
 
 
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def _autocast(amp: str | None, device: torch.device) -> Any:
+    if amp is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=AMP_DTYPES[amp])
+
+
 def _train_epoch(net: nn.Module, batches: Any, opt: torch.optim.Optimizer, loss_fn: nn.Module,
-                 device: torch.device) -> torch.Tensor:
+                 device: torch.device, amp: str | None = None) -> torch.Tensor:
     """One pass over ``batches``; returns [loss sum, correct, count] (this rank's)."""
     net.train()
     sums = torch.zeros(3, dtype=torch.float64, device=device)
     for step, (x, y) in enumerate(batches):
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        out = net(x)
-        loss = loss_fn(out, y)
+        with _autocast(amp, device):
+            out = net(x)
+            loss = loss_fn(out.float(), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()  # the pruner's step hooks keep the masks here
@@ -287,6 +298,7 @@ def fit(  # noqa: PLR0915 - one linear training loop reads best in one place
     label_smoothing: float = 0.0,
     pruner: Any = None,
     bn_recalibration: int = 0,
+    amp: str | None = None,
     checkpoint: str | Path | None = None,
     resume: bool = False,
     device: torch.device | str | None = None,
@@ -310,6 +322,11 @@ def fit(  # noqa: PLR0915 - one linear training loop reads best in one place
         pruner: a :class:`fxprune.SoftPruner` (``attach``, ``epoch_end``, ``broadcast``,
             ``apply_masks``, ``state_dict``/``load_state_dict``, ``kept_macs``), built on
             ``model`` after it was moved to ``device``.
+        amp: ``"bf16"`` (CPUs with AVX512-BF16/AMX, recent GPUs) or ``"fp16"`` (CUDA): the
+            forward pass and loss run under ``torch.autocast``; weights, gradients, the
+            optimizer, pruning and evaluation stay float32. Measured on this project's 2-core
+            CPU (``benchmarks/cpu_train_speed.py``): ResNet-20 on Fashion-MNIST trains 1.9x
+            faster in bf16 on one thread. None (default): float32.
         bn_recalibration: after every ``pruner.epoch_end()``, recompute the BatchNorm
             running statistics on this many training batches (:func:`recalibrate_bn`; 0, the
             default, leaves them as the SFP/FPGM authors do). Under DDP, rank 0's are kept.
@@ -327,6 +344,10 @@ def fit(  # noqa: PLR0915 - one linear training loop reads best in one place
         FxPruneError: the training loss became NaN or infinite.
     """
     _check_args(model, epochs, lr, momentum, nesterov, label_smoothing, pruner, bn_recalibration)
+    if amp is not None and amp not in AMP_DTYPES:
+        raise InputError(f"amp must be None, 'bf16' or 'fp16', got {amp!r}")
+    if pruner is not None and getattr(pruner, "epochs", 0) is None:
+        pruner.epochs = epochs  # the run's length: the last epochs train the final selection
     if device is None:
         device = next((p.device for p in model.parameters()), torch.device("cpu"))
     device = torch.device(device)
@@ -342,7 +363,7 @@ def fit(  # noqa: PLR0915 - one linear training loop reads best in one place
                     "weight_decay": weight_decay, "schedule": schedule,
                     "milestones": milestones, "gamma": gamma, "warmup_epochs": warmup_epochs,
                     "label_smoothing": label_smoothing, "global_batch": batch,
-                    "bn_recalibration": bn_recalibration}
+                    "bn_recalibration": bn_recalibration, "amp": amp}
         opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, nesterov=nesterov,
                               weight_decay=weight_decay)
         sched = _scheduler(opt, schedule, epochs, milestones, gamma, warmup_epochs)
@@ -365,7 +386,7 @@ def fit(  # noqa: PLR0915 - one linear training loop reads best in one place
             cur_lr = opt.param_groups[0]["lr"]
             t0 = time.perf_counter()
             bar = _tqdm(loader, progress and info.is_main, f"epoch {epoch + 1}/{epochs}")
-            sums = D.all_reduce_sum(_train_epoch(net, bar, opt, loss_fn, device), info)
+            sums = D.all_reduce_sum(_train_epoch(net, bar, opt, loss_fn, device, amp), info)
             seconds = time.perf_counter() - t0
             if sums[2] == 0:
                 raise InputError("the training loader yielded no batch: lower the batch size")

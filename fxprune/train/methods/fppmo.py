@@ -55,6 +55,20 @@ def _positive(name: str, v: Any, *, upper: float | None = None) -> None:
         raise InputError(f"fppmo {name} must be a number > 0{bound}, got {v!r}")
 
 
+def _fill(p: Tensor, n: int, tmin: float) -> Tensor:
+    """``clamp(c * p, tmin, 1 - tmin)`` with the scale ``c`` that makes it sum to ``n``
+    (bisection; "water filling"): a plain ``n * p`` clipped at 1 would put less than ``n`` units'
+    worth of probability on a peaked prior, and the rest would be drawn almost uniformly."""
+    lo, hi = 0.0, float(n) / max(float(p.min()), 1e-300)
+    for _ in range(200):
+        c = (lo + hi) / 2
+        if float((c * p).clamp(tmin, 1 - tmin).sum()) < n:
+            lo = c
+        else:
+            hi = c
+    return (hi * p).clamp(tmin, 1 - tmin)
+
+
 @register_method("fppmo")
 class FPPMO(Method):
     """Per-filter pruning probabilities, sampled masks, ranked-utility updates [INF]."""
@@ -63,7 +77,7 @@ class FPPMO(Method):
     default_criterion = "l2"
     hold = "epoch"
     needs_data = True
-    options = {"lam": 2, "eta": None, "theta_min": None, "init": "norm", "tau": 1.0,
+    options = {"lam": 2, "eta": None, "theta_min": None, "init": "norm", "tau": 0.25,
                "attribute": "loss", "eval_batches": None, "loss_fn": None}
 
     def prepare(self, pruner: SoftPruner) -> None:
@@ -100,12 +114,14 @@ class FPPMO(Method):
             free[list(g.frozen_units)] = False
             theta = torch.zeros(g.size, dtype=torch.float64)
             s = scores.get(g.id)
+            _, tmin = self._bounds(g.size)
             if s is None:
                 theta[free] = n / int(free.sum())
             else:
-                p = torch.softmax(-s.double()[free] / self.opts["tau"], 0)
-                theta[free] = p * n
-            _, tmin = self._bounds(g.size)
+                z = s.double()[free]
+                z = (z - z.mean()) / z.std().clamp_min(1e-12) if z.numel() > 1 else z * 0
+                p = torch.softmax(-z / self.opts["tau"], 0)
+                theta[free] = _fill(p, n, tmin)
             theta[free] = theta[free].clamp(tmin, 1 - tmin)
             self.theta[g.id] = theta
 

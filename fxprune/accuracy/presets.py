@@ -1,0 +1,131 @@
+"""The accuracy benchmark's protocol: presets, methods and the rows they expand to."""
+
+from __future__ import annotations
+
+__all__ = ["Preset", "PRESETS", "METHODS", "Job", "jobs", "row_key"]
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+# name: (tool, kind, how). kind: "oneshot" (compress, then fine-tune), "soft" (SoftPruner
+# during the same epochs, then finalize), "swp" (learned budget), "tp" (Torch-Pruning, tuned
+# to the same MACs, then fine-tuned).
+METHODS: dict[str, tuple[str, str, dict[str, Any]]] = {
+    "random": ("fxprune", "oneshot", {"criterion": "random"}),
+    "l1": ("fxprune", "oneshot", {"criterion": "l1"}),
+    "fpgm": ("fxprune", "oneshot", {"criterion": "fpgm"}),
+    "rnf+clr": ("fxprune", "oneshot", {"criterion": "rnf", "allocation": "clr"}),
+    "sfp": ("fxprune", "soft", {"method": "sfp"}),
+    "fpgm-soft": ("fxprune", "soft", {"method": "fpgm"}),
+    "mfp": ("fxprune", "soft", {"method": "mfp"}),
+    "fppmo": ("fxprune", "soft", {"method": "fppmo"}),
+    "swp": ("fxprune", "swp", {"method": "swp"}),
+    "tp-magnitude": ("torch-pruning", "tp", {"importance": "magnitude"}),
+    "tp-group": ("torch-pruning", "tp", {"importance": "group"}),
+}
+
+
+@dataclass(frozen=True)
+class Preset:
+    """One benchmark configuration. ``epochs`` is what every method gets after the dense
+    baseline (fine-tuning after a one-shot cut, or soft-pruning epochs); ``subset`` caps the
+    training images (None: all of the training split)."""
+
+    name: str
+    dataset: str
+    models: tuple[str, ...]
+    dense_epochs: int
+    epochs: int
+    batch: int = 128
+    dense_lr: float = 0.1
+    lr: float = 0.01
+    subset: int | None = None
+    seeds: tuple[int, ...] = (0, 1, 2)
+    targets: tuple[float, ...] = (0.5, 0.25)
+    methods: tuple[str, ...] = tuple(METHODS)
+    # Torch-Pruning cannot prune option-A shortcuts (they pad a fixed number of zero
+    # channels): its rows, with fxprune's l1 beside them, run on the option-B twin.
+    tp_models: dict[str, str] = field(default_factory=dict)
+    amp: str | None = "bf16"
+    eval_batches: int = 4  # validation batches that score MFP/FPPMO masks
+    bn_recalibration: int = 10
+    # SWP's budget is learned: on short schedules the stripe L1 has a cliff (measured on
+    # digits, 1,170 steps at lr 0.01: alpha 0.01 prunes nothing, 0.02 keeps 4% of the MACs,
+    # 0.03 everything), so a preset runs a few alphas and reports the MACs each one reached.
+    swp_alpha: tuple[float, ...] = (0.01, 0.02)
+    latency_batch: int = 64
+    note: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["models"], d["seeds"], d["targets"], d["methods"] = (
+            list(self.models), list(self.seeds), list(self.targets), list(self.methods))
+        d["swp_alpha"] = list(self.swp_alpha)
+        return d
+
+
+PRESETS: dict[str, Preset] = {
+    "smoke": Preset("smoke", "digits", ("resnet20",), dense_epochs=3, epochs=1, batch=64,
+                    lr=0.02, seeds=(0,), methods=("random", "l1", "sfp", "fppmo", "swp"),
+                    swp_alpha=(2e-4,), amp=None, eval_batches=2, bn_recalibration=2,
+                    latency_batch=16, note="digits, seconds: shape and sanity only"),
+    "cpu": Preset("cpu", "fashion-mnist", ("resnet20",), dense_epochs=15, epochs=10,
+                  subset=15000, tp_models={"resnet20": "resnet20_b"},
+                  swp_alpha=(0.01, 0.015, 0.02),
+                  note="15,000 training images (of 54,000), bf16 autocast, 2 workers of 1 "
+                       "thread; about 1.5-2 hours on 2 cores"),
+    "full": Preset("full", "fashion-mnist", ("resnet20", "resnet56"), dense_epochs=60,
+                   epochs=40, tp_models={"resnet20": "resnet20_b", "resnet56": "resnet56_b"},
+                   amp=None, note="all 54,000 training images; for a GPU"),
+}
+
+
+@dataclass(frozen=True)
+class Job:
+    """One row to compute: a dense baseline (``method == "dense"``) or a method run."""
+
+    model: str
+    tool: str
+    method: str
+    target: float | None
+    seed: int
+    option: float | None = None  # SWP's alpha
+
+    @property
+    def key(self) -> str:
+        return row_key(self.model, self.tool, self.method, self.target, self.seed, self.option)
+
+
+def row_key(model: str, tool: str, method: str, target: Any, seed: int,
+            option: Any = None) -> str:
+    t = "learned" if target is None else f"{float(target):g}"
+    o = "" if option is None else f"/{float(option):g}"
+    return f"{model}/{tool}/{method}{o}/{t}/{seed}"
+
+
+def jobs(p: Preset) -> tuple[list[Job], list[Job]]:
+    """(dense baselines, method rows) of preset ``p``; method rows ordered seed-major, so a
+    run cut short has whole seeds."""
+    dense, rows = [], []
+    for seed in p.seeds:
+        for model in p.models:
+            dense.append(Job(model, "dense", "dense", None, seed))
+            twin = p.tp_models.get(model)
+            if twin and any(METHODS[m][0] == "torch-pruning" for m in p.methods):
+                dense.append(Job(twin, "dense", "dense", None, seed))
+    for seed in p.seeds:
+        for model in p.models:
+            twin = p.tp_models.get(model)
+            for m in p.methods:
+                tool, kind, _ = METHODS[m]
+                if kind == "swp":
+                    rows += [Job(model, tool, m, None, seed, a) for a in p.swp_alpha]
+                    continue
+                for t in p.targets:
+                    if kind == "tp":
+                        rows.append(Job(twin or model, tool, m, t, seed))
+                    else:
+                        rows.append(Job(model, tool, m, t, seed))
+            if twin and any(METHODS[m][0] == "torch-pruning" for m in p.methods):
+                rows += [Job(twin, "fxprune", "l1", t, seed) for t in p.targets]
+    return dense, rows
