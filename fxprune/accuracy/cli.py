@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
                f"{row.get('seconds', 0):.0f} s")
         tqdm.write(msg, file=sys.stdout)
 
-    command = "fxprune bench accuracy " + shlex.join(sys.argv[3:] if argv is None else argv)
+    command = "fxprune bench accuracy " + shlex.join(sys.argv[1:] if argv is None else argv)
     try:
         doc = run(preset, args.out, workers=args.workers, threads=args.threads,
                   command=command, limit=args.limit, on_row=on_row)
