@@ -12,6 +12,7 @@ from __future__ import annotations
 __all__ = ["run_job", "load_splits", "tp_prune"]
 
 import copy
+import dataclasses
 import time
 from pathlib import Path
 from typing import Any
@@ -38,8 +39,9 @@ def load_splits(p: Preset, seed: int) -> data.DataSplits:
             g = torch.Generator().manual_seed(1000 + seed)
             idx = torch.randperm(len(s.train), generator=g)[: p.subset].sort().values
             old = s.train
-            s.train = data.TensorImageDataset(old.images[idx], old.labels[idx], old.transform)
-            s.train.batch_transform = old.batch_transform
+            train = data.TensorImageDataset(old.images[idx], old.labels[idx], old.transform)
+            train.batch_transform = old.batch_transform
+            s = dataclasses.replace(s, train=train)
         _SPLITS[key] = s
     return _SPLITS[key]
 

@@ -121,6 +121,8 @@ def run(preset: Preset, out: Path, *, workers: int = 2, threads: int = 1,
                                 initargs=(threads,)) as pool:
         for phase in ([j for j in todo if j.method == "dense"],
                       [j for j in todo if j.method != "dense"]):
+            ready = {(r["model"], r["seed"]) for r in done.values() if r["method"] == "dense"}
+            phase = [j for j in phase if j.method == "dense" or (j.model, j.seed) in ready]
             futures = [pool.submit(_work, preset, j, str(out)) for j in phase]
             for f in cf.as_completed(futures):
                 row = f.result()
