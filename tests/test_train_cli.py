@@ -116,6 +116,32 @@ def test_soft_methods(tmp_path, capsys, method) -> None:
     assert fxprune.load(out)(torch.randn(1, 1, 8, 8)).shape == (1, 10)
 
 
+def test_soft_options_amp_settle_and_grad_norm(tmp_path, capsys, monkeypatch) -> None:
+    from fxprune.train import trainer
+
+    seen = {}
+    real = trainer.fit
+
+    def spy(*a, **k):
+        seen["amp"] = k["amp"]
+        seen["pruner"] = k["pruner"]
+        return real(*a, **k)
+
+    monkeypatch.setattr(trainer, "fit", spy)
+    out = tmp_path / "s.pt"
+    assert cli.main([*BASE, "--method", "sfp", "--ratio", "0.4", "--amp", "bf16", "--settle",
+                     "0", "--max-grad-norm", "2.5", "-o", str(out)]) == 0
+    assert seen["amp"] == "bf16"
+    assert seen["pruner"].settle == 0 and seen["pruner"].max_grad_norm == 2.5
+    assert seen["pruner"].epochs == 2
+    capsys.readouterr()
+    assert cli.main([*BASE, "--method", "sfp", "--ratio", "0.4", "--max-grad-norm", "none",
+                     "--no-latency"]) == 0
+    assert seen["pruner"].max_grad_norm is None
+    with pytest.raises(SystemExit):
+        cli.main([*BASE, "--method", "sfp", "--ratio", "0.4", "--max-grad-norm", "-1"])
+
+
 def test_swp_method(tmp_path, capsys) -> None:
     out = tmp_path / "swp.pt"
     assert cli.main([*BASE, "--method", "swp", "--alpha", "0.05", "--delta", "0.05",

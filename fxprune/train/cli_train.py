@@ -142,6 +142,12 @@ def add_train_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     g.add_argument("--round-to", type=_round_to, default=None, metavar="N|auto")
     g.add_argument("--ignore", nargs="+", default=None, metavar="NAME")
     g.add_argument("--interval", type=int, default=1, help="epochs between re-selections")
+    g.add_argument("--settle", type=int, default=1, metavar="N",
+                   help="last N epochs train under the final selection, masks held every step "
+                        "(default 1; 0: the authors' schedule)")
+    g.add_argument("--max-grad-norm", type=_grad_norm, default="auto", metavar="X|auto|none",
+                   help="clip the gradient norm in the pruner's step hook (default auto: 5 "
+                        "for per-epoch masks (sfp, soft, mfp, fppmo), none otherwise)")
     g.add_argument("--alpha", type=float, default=1e-5,
                    help="swp: L1 weight of the Filter Skeleton (default 1e-5, the paper's)")
     g.add_argument("--delta", type=float, default=0.01,
@@ -157,6 +163,9 @@ def add_train_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     g.add_argument("--schedule", choices=("cosine", "step", "constant"), default="cosine")
     g.add_argument("--warmup-epochs", type=int, default=0)
     g.add_argument("--label-smoothing", type=float, default=0.0)
+    g.add_argument("--amp", choices=("bf16", "fp16"), default=None,
+                   help="autocast the forward pass (bf16: CPUs with AVX512-BF16/AMX; fp16: "
+                        "CUDA); weights and pruning stay float32")
     g.add_argument("--recalibrate-bn", type=int, default=0, metavar="N",
                    help="after each mask update, recompute BatchNorm statistics on N training "
                         "batches (default 0: as the authors)")
@@ -195,13 +204,27 @@ def _check(args: argparse.Namespace) -> None:
         raise InputError("--resume needs --checkpoint PATH (or -o OUTPUT: OUTPUT.ckpt)")
 
 
+def _grad_norm(text: str) -> float | str | None:
+    t = text.strip().lower()
+    if t in ("auto", "none"):
+        return None if t == "none" else "auto"
+    try:
+        v = float(t)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, 'auto' or 'none', got {text!r}")
+    if not v > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text!r}")
+    return v
+
+
 def _make_pruner(args: argparse.Namespace, model: nn.Module, x: torch.Tensor, val: Any) -> Any:
     from .engine import SoftPruner
 
     kw: dict[str, Any] = {"method": args.method, "example_inputs": (x,),
                           "allocation": args.allocation, "round_to": args.round_to,
                           "ignore": args.ignore, "residual": args.residual,
-                          "interval": args.interval, "seed": args.seed}
+                          "interval": args.interval, "seed": args.seed,
+                          "settle": args.settle, "max_grad_norm": args.max_grad_norm}
     if args.criterion is not None:
         kw["criterion"] = args.criterion
     if args.target_flops is not None:
@@ -313,7 +336,8 @@ def run_train(args: argparse.Namespace) -> int:  # noqa: PLR0915 - the command, 
         fit(trained, train, val, args.epochs, lr=args.lr, momentum=args.momentum,
             weight_decay=args.weight_decay, schedule=args.schedule,
             warmup_epochs=args.warmup_epochs, label_smoothing=args.label_smoothing,
-            pruner=pruner, bn_recalibration=args.recalibrate_bn, checkpoint=checkpoint,
+            pruner=pruner, bn_recalibration=args.recalibrate_bn, amp=args.amp,
+            checkpoint=checkpoint,
             resume=args.resume, device=device, seed=args.seed, progress=not args.quiet,
             callback=show)
         if not main:

@@ -57,16 +57,23 @@ def _positive(name: str, v: Any, *, upper: float | None = None) -> None:
 
 def _fill(p: Tensor, n: int, tmin: float) -> Tensor:
     """``clamp(c * p, tmin, 1 - tmin)`` with the scale ``c`` that makes it sum to ``n``
-    (bisection; "water filling"): a plain ``n * p`` clipped at 1 would put less than ``n`` units'
-    worth of probability on a peaked prior, and the rest would be drawn almost uniformly."""
-    lo, hi = 0.0, float(n) / max(float(p.min()), 1e-300)
+    (bisection on ``log c``; "water filling"): a plain ``n * p`` clipped at 1 would put less
+    than ``n`` units' worth of probability on a peaked prior, and the rest would be drawn
+    almost uniformly."""
+    p = p.clamp_min(1e-300)
+
+    def total(log_c: float) -> float:
+        return float((p * math.exp(log_c)).clamp(tmin, 1 - tmin).sum())
+
+    lo = math.log(tmin / float(p.max())) - 1.0  # every entry at the floor
+    hi = math.log((1 - tmin) / float(p.min())) + 1.0  # every entry at the cap
     for _ in range(200):
-        c = (lo + hi) / 2
-        if float((c * p).clamp(tmin, 1 - tmin).sum()) < n:
-            lo = c
+        mid = (lo + hi) / 2
+        if total(mid) < n:
+            lo = mid
         else:
-            hi = c
-    return (hi * p).clamp(tmin, 1 - tmin)
+            hi = mid
+    return (p * math.exp(hi)).clamp(tmin, 1 - tmin)
 
 
 @register_method("fppmo")
