@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import copy
 
+import _train_helpers as H
 import pytest
 import torch
 import torch.nn.functional as F
 
-import _train_helpers as H
 import fxprune
 from fxprune import InputError, SoftPruner
 from fxprune.train import fit

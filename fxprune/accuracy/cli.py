@@ -29,6 +29,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=int, nargs="+", help="override the preset's seeds")
     p.add_argument("--limit", type=int, help="stop after this many new rows")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--recheck", metavar="KEY",
+                   help="recompute one finished row (e.g. resnet20/fxprune/l1/0.5/0) from its "
+                        "dense checkpoint and compare; exit 1 if the accuracy moved by more "
+                        "than --tolerance")
+    p.add_argument("--tolerance", type=float, default=0.3, help="points (default 0.3)")
     return p
 
 
@@ -45,6 +50,18 @@ def main(argv: list[str] | None = None) -> int:
         preset = dataclasses.replace(preset, methods=names)
     if args.seeds:
         preset = dataclasses.replace(preset, seeds=tuple(args.seeds))
+    if args.recheck:
+        from .runner import recheck
+
+        try:
+            old, new = recheck(preset, args.out, args.recheck, threads=args.threads)
+        except InputError as e:
+            print(f"fxprune bench accuracy: error: {e}", file=sys.stderr)
+            return 2
+        diff = (new["acc"] - old["acc"]) * 100
+        print(f"{args.recheck}: stored {old['acc'] * 100:.2f}%, rerun {new['acc'] * 100:.2f}% "
+              f"({diff:+.2f} pt; MACs kept {old['macs_kept']:.4f} -> {new['macs_kept']:.4f})")
+        return 0 if abs(diff) <= args.tolerance else 1
     from tqdm import tqdm
 
     from .runner import run

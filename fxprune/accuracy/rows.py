@@ -102,6 +102,44 @@ def _latency(dense: nn.Module, small: nn.Module, x: torch.Tensor, batch: int) ->
     return r.speedup
 
 
+def _run_method(p: Preset, job: Job, model: nn.Module, x: torch.Tensor, train: Any,
+                val_batches: list, test: Any, row: dict[str, Any]
+                ) -> tuple[nn.Module, float | None]:
+    """Prune and train ``model`` (a copy of the dense baseline) the way ``job`` says; returns
+    the compact model and the uniform keep rate (None for non-uniform allocations)."""
+    _, kind, how = METHODS[job.method]
+    keep_rate = None
+    if kind == "oneshot":
+        kw = {"data": val_batches} if how["criterion"] in ("taylor",) else {}
+        small = compress(model, target_flops=job.target, criterion=how["criterion"],
+                         allocation=how.get("allocation", "uniform"), example_inputs=(x,),
+                         seed=job.seed, **kw)
+        alloc = small.meta.get(ALLOCATION, {})
+        if alloc.get("allocation") == "uniform" and alloc.get("amount") is not None:
+            keep_rate = 1.0 - float(alloc["amount"])
+        row["acc_oneshot"] = evaluate(small, test)[1]
+        _fit(p, small, train, p.epochs, p.lr, job.seed)
+        return small, keep_rate
+    if kind == "tp":
+        small, ratio, trials = tp_prune(model, x, float(job.target), how["importance"])
+        row.update(tp_ratio=ratio, tp_trials=trials, acc_oneshot=evaluate(small, test)[1])
+        _fit(p, small, train, p.epochs, p.lr, job.seed)
+        return small, None
+    kw: dict[str, Any] = {"example_inputs": (x,), "seed": job.seed, "method": how["method"]}
+    if kind == "swp":
+        kw["alpha"] = row["alpha"] = job.option
+    else:
+        kw["target_flops"] = job.target
+    if how["method"] in ("mfp", "fppmo"):
+        kw["data"] = val_batches
+    pruner = SoftPruner(model, **kw)
+    if pruner.allocation.get("amount") is not None:
+        keep_rate = 1.0 - float(pruner.allocation["amount"])
+    row["acc_oneshot"] = evaluate(model, test)[1] if kind == "soft" else None
+    _fit(p, model, train, p.epochs, p.lr, job.seed, pruner=pruner)
+    return pruner.finalize(), keep_rate
+
+
 def run_job(p: Preset, job: Job, out: Path) -> dict[str, Any]:
     """Compute ``job``; returns its row (the keys of the issue's table and a few more)."""
     splits = load_splits(p, job.seed)
@@ -126,41 +164,10 @@ def run_job(p: Preset, job: Job, out: Path) -> dict[str, Any]:
     dense.load_state_dict(torch.load(dense_path(out, job.model, job.seed), weights_only=True))
     dense.eval()
     base = count(dense, (x,))
-    model = copy.deepcopy(dense)
-    tool, kind, how = METHODS[job.method]
     val_batches = [b for _, b in zip(range(p.eval_batches), val)]
-    keep_rate = None
     t0 = time.perf_counter()
-    if kind == "oneshot":
-        kw = {"data": val_batches} if how["criterion"] in ("taylor",) else {}
-        small = compress(model, target_flops=job.target, criterion=how["criterion"],
-                         allocation=how.get("allocation", "uniform"), example_inputs=(x,),
-                         seed=job.seed, **kw)
-        alloc = small.meta.get(ALLOCATION, {})
-        if alloc.get("allocation") == "uniform" and alloc.get("amount") is not None:
-            keep_rate = 1.0 - float(alloc["amount"])
-        row["acc_oneshot"] = evaluate(small, test)[1]
-        _fit(p, small, train, p.epochs, p.lr, job.seed)
-    elif kind == "tp":
-        small, ratio, trials = tp_prune(model, x, float(job.target), how["importance"])
-        row.update(tp_ratio=ratio, tp_trials=trials)
-        row["acc_oneshot"] = evaluate(small, test)[1]
-        _fit(p, small, train, p.epochs, p.lr, job.seed)
-    else:
-        kw: dict[str, Any] = {"example_inputs": (x,), "seed": job.seed, "method": how["method"]}
-        if kind == "swp":
-            kw["alpha"] = job.option
-            row["alpha"] = job.option
-        else:
-            kw["target_flops"] = job.target
-        if how["method"] in ("mfp", "fppmo"):
-            kw["data"] = val_batches
-        pruner = SoftPruner(model, **kw)
-        if pruner.allocation.get("amount") is not None:
-            keep_rate = 1.0 - float(pruner.allocation["amount"])
-        row["acc_oneshot"] = evaluate(model, test)[1] if kind == "soft" else None
-        _fit(p, model, train, p.epochs, p.lr, job.seed, pruner=pruner)
-        small = pruner.finalize()
+    small, keep_rate = _run_method(p, job, copy.deepcopy(dense), x, train, val_batches, test,
+                                   row)
     row["seconds"] = time.perf_counter() - t0
     after = count(small, (x,))
     row.update(acc=evaluate(small, test)[1], macs_kept=after.macs / base.macs,

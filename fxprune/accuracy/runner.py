@@ -6,7 +6,7 @@ a run that stops can be resumed: finished rows are skipped, rows that failed are
 
 from __future__ import annotations
 
-__all__ = ["run", "load_results"]
+__all__ = ["run", "load_results", "recheck"]
 
 import concurrent.futures as cf
 import datetime as _dt
@@ -62,18 +62,12 @@ def _work(preset: Preset, job: Job, out: str) -> dict[str, Any]:
 
 
 def _meta(preset: Preset, workers: int, threads: int, command: str | None) -> dict[str, Any]:
-    try:
-        import torch_pruning as tp
-
-        tpv = getattr(tp, "__version__", "?")
-    except ImportError:
-        tpv = None
     from importlib.metadata import PackageNotFoundError, version
 
     try:
-        tpv = version("torch-pruning") if tpv is not None else None
+        tpv: str | None = version("torch-pruning")
     except PackageNotFoundError:
-        pass
+        tpv = None
     return {"preset": preset.to_dict(), "torch": torch.__version__, "torch_pruning": tpv,
             "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
             "workers": workers, "threads_per_worker": threads, "command": command,
@@ -137,3 +131,24 @@ def run(preset: Preset, out: Path, *, workers: int = 2, threads: int = 1,
 
     write_markdown(out, preset, doc)
     return doc
+
+
+def recheck(preset: Preset, out: Path, key: str, threads: int = 1) -> tuple[dict, dict]:
+    """Recompute the finished row ``key`` of ``OUT/accuracy_<preset>.json`` (from the same dense
+    checkpoint, in a fresh process) and return ``(stored, new)`` rows: the reproducibility
+    check."""
+    doc = load_results(results_path(out, preset))
+    stored = next((r for r in doc.get("rows", []) if r.get("key") == key and "error" not in r),
+                  None)
+    if stored is None:
+        raise InputError(f"no finished row '{key}' in {results_path(out, preset)}")
+    job = next((j for j in sum(jobs(preset), []) if j.key == key), None)
+    if job is None or job.method == "dense":
+        raise InputError(f"'{key}' is not a method row of preset '{preset.name}'")
+    ctx = mp.get_context("spawn")
+    with cf.ProcessPoolExecutor(1, mp_context=ctx, initializer=_init_worker,
+                                initargs=(threads,)) as pool:
+        new = pool.submit(_work, preset, job, str(out)).result()
+    if "error" in new:
+        raise InputError(f"rerunning '{key}' failed: {new['error']}")
+    return stored, new

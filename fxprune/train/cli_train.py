@@ -211,7 +211,8 @@ def _grad_norm(text: str) -> float | str | None:
     try:
         v = float(t)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, 'auto' or 'none', got {text!r}")
+        raise argparse.ArgumentTypeError(
+            f"expected a number, 'auto' or 'none', got {text!r}") from None
     if not v > 0:
         raise argparse.ArgumentTypeError(f"must be > 0, got {text!r}")
     return v

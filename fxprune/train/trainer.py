@@ -185,8 +185,18 @@ def _scheduler(opt: torch.optim.Optimizer, schedule: str, epochs: int, milestone
     return L.SequentialLR(opt, [warm, main], milestones=[warmup])
 
 
+def _set_run_length(pruner: Any, epochs: int) -> None:
+    """Tell a SoftPruner the run's length (its last ``settle`` epochs train the final
+    selection), unless the user set it."""
+    if getattr(pruner, "epochs", 0) is None:
+        pruner.epochs = epochs
+
+
 def _check_args(model: Any, epochs: int, lr: float, momentum: float, nesterov: bool,
-                label_smoothing: float, pruner: Any, bn_recalibration: int) -> None:
+                label_smoothing: float, pruner: Any, bn_recalibration: int,
+                amp: str | None = None) -> None:
+    if amp is not None and amp not in AMP_DTYPES:
+        raise InputError(f"amp must be None, 'bf16' or 'fp16', got {amp!r}")
     if not isinstance(model, nn.Module):
         raise InputError(f"fit() needs an nn.Module, got {type(model).__name__}")
     if isinstance(model, DistributedDataParallel):
@@ -343,11 +353,9 @@ def fit(  # noqa: PLR0915 - one linear training loop reads best in one place
         InputError: bad arguments, an unshardable loader under torchrun, a mismatched resume.
         FxPruneError: the training loss became NaN or infinite.
     """
-    _check_args(model, epochs, lr, momentum, nesterov, label_smoothing, pruner, bn_recalibration)
-    if amp is not None and amp not in AMP_DTYPES:
-        raise InputError(f"amp must be None, 'bf16' or 'fp16', got {amp!r}")
-    if pruner is not None and getattr(pruner, "epochs", 0) is None:
-        pruner.epochs = epochs  # the run's length: the last epochs train the final selection
+    _check_args(model, epochs, lr, momentum, nesterov, label_smoothing, pruner, bn_recalibration,
+                amp)
+    _set_run_length(pruner, epochs)
     if device is None:
         device = next((p.device for p in model.parameters()), torch.device("cpu"))
     device = torch.device(device)
