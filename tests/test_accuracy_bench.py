@@ -63,16 +63,6 @@ def test_smoke_rows_have_the_table_keys_and_are_sane(smoke):
     assert "rows (0 failed)" in stdout
 
 
-def test_resume_skips_finished_rows_and_refuses_another_configuration(smoke):
-    out, doc, _ = smoke
-    p = dataclasses.replace(PRESETS["smoke"], methods=("random", "l1", "sfp"))
-    seen = []
-    again = run(p, out, workers=1, on_row=lambda *a: seen.append(a))
-    assert seen == [] and len(again["rows"]) == len(doc["rows"])
-    with pytest.raises(InputError, match="another configuration"):
-        run(dataclasses.replace(p, epochs=2), out, workers=1)
-
-
 def test_recheck_reproduces_a_row(smoke, capsys):
     from fxprune.accuracy.cli import main
 
@@ -81,6 +71,22 @@ def test_recheck_reproduces_a_row(smoke, capsys):
     assert main([*args, "--recheck", "resnet20/fxprune/l1/0.5/0", "--tolerance", "0"]) == 0
     assert "+0.00 pt" in capsys.readouterr().out  # same seed, same process setup: identical
     assert main([*args, "--recheck", "resnet20/fxprune/nosuch/0.5/0"]) == 2
+
+
+def test_resume_skips_finished_rows_and_refuses_another_configuration(smoke):
+    out, doc, _ = smoke
+    p = dataclasses.replace(PRESETS["smoke"], methods=("random", "l1", "sfp"))
+    seen = []
+    again = run(p, out, workers=1, on_row=lambda *a: seen.append(a))
+    assert seen == [] and len(again["rows"]) == len(doc["rows"])
+    with pytest.raises(InputError, match="another configuration"):
+        run(dataclasses.replace(p, dense_epochs=2), out, workers=1)
+    # another method budget keeps the dense baselines and redoes the rows
+    seen.clear()
+    redone = run(dataclasses.replace(p, epochs=2, methods=("l1",)), out, workers=1,
+                 on_row=lambda row, *a: seen.append(row["key"]))
+    assert sorted(seen) == ["resnet20/fxprune/l1/0.25/0", "resnet20/fxprune/l1/0.5/0"]
+    assert all(r["epochs"] == 2 for r in redone["rows"] if r["method"] == "l1")
 
 
 def test_report_means_and_deltas_per_seed():

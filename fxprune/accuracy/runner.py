@@ -45,6 +45,14 @@ def _write(path: Path, doc: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
+_DENSE_FIELDS = ("dataset", "subset", "dense_epochs", "dense_lr", "batch", "amp")
+
+
+def _dense_config(preset: dict[str, Any]) -> tuple:
+    """The settings a dense baseline depends on."""
+    return tuple(preset.get(f) for f in _DENSE_FIELDS)
+
+
 def _init_worker(threads: int) -> None:
     torch.set_num_threads(threads)
     os.environ["OMP_NUM_THREADS"] = str(threads)
@@ -99,12 +107,15 @@ def run(preset: Preset, out: Path, *, workers: int = 2, threads: int = 1,
     out.mkdir(parents=True, exist_ok=True)
     path = results_path(out, preset)
     doc = load_results(path)
+    done = {r["key"]: r for r in doc.get("rows", []) if "error" not in r}
     old_preset = doc.get("meta", {}).get("preset")
     if old_preset is not None and old_preset != preset.to_dict():
-        raise InputError(f"{path} holds rows of another configuration of preset "
-                         f"'{preset.name}': use another --out, or delete it to start over")
+        if _dense_config(old_preset) != _dense_config(preset.to_dict()):
+            raise InputError(f"{path} holds rows of another configuration of preset "
+                             f"'{preset.name}': use another --out, or delete it to start over")
+        # only the methods' settings changed: the dense baselines stay, the rows are redone
+        done = {k: r for k, r in done.items() if r["method"] == "dense"}
     doc["meta"] = _meta(preset, workers, threads, command)
-    done = {r["key"]: r for r in doc.get("rows", []) if "error" not in r}
     dense, rows = jobs(preset)
     todo = [j for j in dense + rows if j.key not in done]
     if limit is not None:
