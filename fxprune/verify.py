@@ -102,7 +102,29 @@ class _Masked(fx.Interpreter):
             rule.update_module(new, old)
         for d, idx in pruned_axes(align_ids(meta.get_ids(n.args[0]), x.dim()), self.kept):
             x = x.index_select(d, idx)
-        y = new(x)
+        return self._scatter_back(n, new(x))
+
+    def _pruned_call(self, n: fx.Node, args: tuple, kwargs: dict) -> Any:
+        """A functional approximate op (F.layer_norm, F.group_norm) on the kept channels of
+        every tensor argument, with its rule's ``pruned_args`` for the other arguments."""
+        from .rules import rule_for
+
+        def kept_only(a: Any, v: Any) -> Any:
+            ids = meta.get_ids(a) if isinstance(a, fx.Node) else None
+            if isinstance(ids, Tensor) and isinstance(v, Tensor):
+                for d, idx in pruned_axes(align_ids(ids, v.dim()), self.kept):
+                    v = v.index_select(d, idx)
+            return v
+
+        new_args = [kept_only(a, v) for a, v in zip(n.args, args)]
+        new_kwargs = {k: kept_only(n.kwargs.get(k), v) for k, v in kwargs.items()}
+        rule = rule_for(n, {})
+        fix = getattr(rule, "pruned_args", None)
+        if fix is not None:
+            fix(n, new_args, new_kwargs)
+        return self._scatter_back(n, n.target(*new_args, **new_kwargs))
+
+    def _scatter_back(self, n: fx.Node, y: Tensor) -> Tensor:
         out_ids = align_ids(meta.get_ids(n), y.dim())
         full = list(y.shape)
         for d, _idx in pruned_axes(out_ids, self.kept):
@@ -119,9 +141,11 @@ class _Masked(fx.Interpreter):
         return out
 
     def run_node(self, n: fx.Node) -> Any:
-        if n.name in self.approx_nodes and n.op == "call_module":
-            args, _ = self.fetch_args_kwargs_from_env(n)
+        if n.name in self.approx_nodes and n.op in ("call_module", "call_function"):
+            args, kwargs = self.fetch_args_kwargs_from_env(n)
             if isinstance(args[0], Tensor) and pruned_axes(meta.get_ids(n.args[0]), self.kept):
+                if n.op == "call_function":
+                    return self._pruned_call(n, args, kwargs)
                 return self._pruned_op(n, args[0])
         idx = self.analysis.consumers.get(n.name)
         if not idx:
