@@ -9,6 +9,7 @@ from __future__ import annotations
 __all__ = ["compress", "score", "prune_graph"]
 
 import math
+import warnings
 from collections.abc import Mapping
 from typing import Any
 
@@ -282,6 +283,12 @@ def compress(
             if fold and report.kind == "shape_mismatch":
                 rewrite(gm, check=True)
             pruned.meta[meta.VERIFY] = report
+            if report.ok and report.vacuous:
+                warnings.warn(
+                    f"the oracle's check of the pruned {type(model).__name__} is vacuous: "
+                    f"{report.vacuous}, so any model emitting the same would pass. Hint: verify "
+                    "with trained weights or other example inputs (two or more samples), e.g. "
+                    "fxprune.verify(model, pruned, example_inputs).", stacklevel=2)
             if not report.ok:
                 raise VerificationError(
                     f"the pruned {type(model).__name__} does not pass the oracle: {report}. "

@@ -21,6 +21,7 @@ import torch.nn as nn
 
 from ._state import untouched
 from .api import compress
+from .inputs import positional_inputs
 from .serialize import load, save
 from .verify import verify
 
@@ -54,8 +55,7 @@ def prune_and_check(
         kwargs: passed to :func:`fxprune.compress` (criterion, ignore, round_to...); the
             rewrite checks every node's shape (``check="nodes"``) unless ``check`` is given.
     """
-    if not isinstance(example_inputs, tuple):
-        example_inputs = (example_inputs,)
+    example_inputs = positional_inputs(model, example_inputs)
     kwargs.setdefault("check", "nodes")
     kwargs.setdefault("verify", False)  # verified below, independently (a fresh trace)
     model.eval()
