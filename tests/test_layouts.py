@@ -165,3 +165,25 @@ def test_functional_layer_norm_without_affine_keeps_the_input_only():
     torch.manual_seed(0)
     pruned = prune_and_check(FunctionalLayerNormNoAffine(), torch.randn(1, 5, 16), 0.5)
     assert tuple(pruned.mlp.fc1.weight.shape) == (32, 16)
+
+
+class TokensThroughConv1d(nn.Module):
+    """(B, T, C) tokens -> transpose -> Conv1d over channels -> transpose back -> MLP."""
+
+    def __init__(self):
+        super().__init__()
+        self.inp = nn.Linear(16, 24)
+        self.conv = nn.Conv1d(24, 24, 3, padding=1)
+        self.mlp = nn.Sequential(nn.Linear(24, 48), nn.GELU(), nn.Linear(48, 16))
+
+    def forward(self, x):
+        h = self.inp(x)
+        h = h + self.conv(F.relu(h).transpose(1, 2)).transpose(1, 2)
+        return self.mlp(h)
+
+
+def test_transpose_round_trip_keeps_channels_exact():
+    torch.manual_seed(0)
+    pruned = prune_and_check(TokensThroughConv1d(), torch.randn(2, 7, 16), 0.5)
+    assert pruned.conv.in_channels == pruned.conv.out_channels == 12
+    assert tuple(pruned.get_submodule("mlp.0").weight.shape) == (24, 12)
