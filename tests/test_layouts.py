@@ -187,3 +187,37 @@ def test_transpose_round_trip_keeps_channels_exact():
     pruned = prune_and_check(TokensThroughConv1d(), torch.randn(2, 7, 16), 0.5)
     assert pruned.conv.in_channels == pruned.conv.out_channels == 12
     assert tuple(pruned.get_submodule("mlp.0").weight.shape) == (24, 12)
+
+
+def _tv_convnext() -> nn.Module:
+    from torchvision.models.convnext import CNBlockConfig, ConvNeXt
+
+    return ConvNeXt([CNBlockConfig(8, 16, 2), CNBlockConfig(16, None, 1)],
+                    stochastic_depth_prob=0.1, num_classes=10)
+
+
+def _tv_efficientnet() -> nn.Module:
+    from functools import partial
+
+    from torchvision.models.efficientnet import EfficientNet, MBConvConfig
+
+    c = partial(MBConvConfig, width_mult=1.0, depth_mult=1.0)
+    return EfficientNet([c(1, 3, 1, 16, 8, 1), c(6, 3, 2, 8, 16, 2), c(6, 5, 2, 16, 24, 1)],
+                        dropout=0.2, stochastic_depth_prob=0.2, num_classes=10, last_channel=64)
+
+
+@pytest.mark.parametrize(("build", "expect"), [(_tv_convnext, "approximate"),
+                                               (_tv_efficientnet, "exact")],
+                         ids=["convnext", "efficientnet"])
+def test_torchvision_blocks_in_tiny_configs_have_every_rule(build, expect):
+    """torchvision's own ConvNeXt (LayerNorm2d, layer scale, StochasticDepth) and EfficientNet
+    (StochasticDepth) in tiny configurations: no op without a rule, MACs cut beyond 60%."""
+    import warnings
+
+    torch.manual_seed(0)
+    model, x = build().eval(), torch.randn(2, 3, 32, 32)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*no channel rule")
+        fxprune.analyze(fxprune.trace(model, x))
+    pruned = prune_and_check(model, x, 0.5, expect=expect)
+    assert fxprune.count(pruned, x).macs < 0.4 * fxprune.count(model, x).macs
