@@ -221,3 +221,26 @@ def test_torchvision_blocks_in_tiny_configs_have_every_rule(build, expect):
         fxprune.analyze(fxprune.trace(model, x))
     pruned = prune_and_check(model, x, 0.5, expect=expect)
     assert fxprune.count(pruned, x).macs < 0.4 * fxprune.count(model, x).macs
+
+
+class ComputedNormSizes(nn.Module):
+    """normalized_shape and num_groups read from the tensor: sizes, recomputed after pruning."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 4, 3, padding=1)
+        self.w, self.bias = nn.Parameter(torch.rand(8) + 0.5), nn.Parameter(torch.rand(8))
+
+    def forward(self, x):
+        y = self.a(x)
+        y = F.group_norm(y, y.shape[1], self.w, self.bias)  # one channel per group
+        z = y.permute(0, 2, 3, 1)
+        z = F.layer_norm(z, z.shape[-1:], self.w, self.bias).permute(0, 3, 1, 2)
+        return self.b(F.relu(y + z))
+
+
+def test_norm_sizes_read_from_the_tensor_are_recomputed():
+    torch.manual_seed(0)
+    pruned = prune_and_check(ComputedNormSizes(), torch.randn(2, 3, 5, 5), 0.5,
+                             expect="approximate")
+    assert pruned.a.out_channels == 4 and tuple(pruned.w.shape) == (4,)

@@ -143,7 +143,7 @@ def _affine_ids(ctx, ids: Tensor, c: int) -> None:  # type: ignore[no-untyped-de
                 ctx.union(ids, w.reshape(-1) if w.numel() == c else w.reshape(-1)[:1])
 
 
-def _put(node: fx.Node, args: list, kwargs: dict, i: int, name: str, value: object) -> None:
+def _put(args: list, kwargs: dict, i: int, name: str, value: object) -> None:
     """Set argument ``i`` (or keyword ``name``) where the call passes it."""
     if i < len(args):
         args[i] = value
@@ -151,8 +151,20 @@ def _put(node: fx.Node, args: list, kwargs: dict, i: int, name: str, value: obje
         kwargs[name] = value
 
 
+def _value(args: list, kwargs: dict, i: int, name: str) -> object:
+    """The concrete value of argument ``i`` (or keyword ``name``) of a call."""
+    return args[i] if i < len(args) else kwargs.get(name)
+
+
 def _arg(node: fx.Node, i: int, name: str) -> object:
     return node.args[i] if i < len(node.args) else node.kwargs.get(name)
+
+
+def _is_computed(v: object) -> bool:
+    """Does a literal argument hold graph values (``x.shape[-1:]``)? They recompute."""
+    if isinstance(v, fx.Node):
+        return True
+    return isinstance(v, (list, tuple)) and any(isinstance(e, fx.Node) for e in v)
 
 
 class GroupNormRule(ChannelParams):
@@ -182,16 +194,19 @@ class GroupNormRule(ChannelParams):
         """Arguments of F.group_norm for its input's kept channels (``args[0]``): one group per
         channel stays one group per channel."""
         old_c = node.args[0].meta[meta.SHAPE][1]
-        if int(_arg(node, 1, "num_groups")) == old_c:  # type: ignore[call-overload]
-            _put(node, args, kwargs, 1, "num_groups", int(args[0].shape[1]))
+        if int(_value(args, kwargs, 1, "num_groups")) == old_c:  # type: ignore[call-overload]
+            _put(args, kwargs, 1, "num_groups", int(args[0].shape[1]))
+
+    def is_size_arg(self, node: fx.Node, key: int | str) -> bool:
+        return key in (1, "num_groups")  # a group count is a size (recomputed, not pinned)
 
     def rewrite_node(self, node: fx.Node, ctx) -> None:  # type: ignore[no-untyped-def]
-        if node.op == "call_function":
+        if node.op == "call_function" and not _is_computed(_arg(node, 1, "num_groups")):
             old = ctx.old(node)
             args, kwargs = list(node.args), dict(node.kwargs)
             new_c = ctx.new_shape(old.args[0])[1]
             if int(ctx.arg_value(old, 1, "num_groups")) == ctx.old_shape(old.args[0])[1]:
-                _put(node, args, kwargs, 1, "num_groups", new_c)
+                _put(args, kwargs, 1, "num_groups", new_c)
             node.args, node.kwargs = tuple(args), kwargs
 
 
@@ -237,18 +252,21 @@ class LayerNormRule(Rule):
 
     def pruned_args(self, node: fx.Node, args: list, kwargs: dict) -> None:
         """Arguments of F.layer_norm for its input's kept channels (``args[0]``)."""
-        ns = _arg(node, 1, "normalized_shape")
+        ns = _value(args, kwargs, 1, "normalized_shape")
         if isinstance(ns, int) or len(ns) == 1:  # type: ignore[arg-type]
-            _put(node, args, kwargs, 1, "normalized_shape", (int(args[0].shape[-1]),))
+            _put(args, kwargs, 1, "normalized_shape", (int(args[0].shape[-1]),))
+
+    def is_size_arg(self, node: fx.Node, key: int | str) -> bool:
+        return key in (1, "normalized_shape")  # x.shape[-1:] is recomputed, not pinned
 
     def rewrite_node(self, node: fx.Node, ctx) -> None:  # type: ignore[no-untyped-def]
-        if node.op != "call_function":
+        if node.op != "call_function" or _is_computed(_arg(node, 1, "normalized_shape")):
             return
         old = ctx.old(node)
         ns = ctx.arg_value(old, 1, "normalized_shape")
         if isinstance(ns, int) or len(ns) == 1:
             args, kwargs = list(node.args), dict(node.kwargs)
-            _put(node, args, kwargs, 1, "normalized_shape", (ctx.new_shape(old.args[0])[-1],))
+            _put(args, kwargs, 1, "normalized_shape", (ctx.new_shape(old.args[0])[-1],))
             node.args, node.kwargs = tuple(args), kwargs
 
 
