@@ -185,8 +185,10 @@ def compress(
             ``"uniform"``. Leave it out with a target.
         criterion: a registered criterion name (``fxprune.list_criteria()``) or a function
             ``(group, ctx) -> scores``.
-        example_inputs: inputs for tracing and checking (default: timm's input size, else
-            ``(1, 3, 224, 224)``, on the model's device and dtype).
+        example_inputs: inputs for tracing and checking: a tensor, a tuple of ``forward``'s
+            positional arguments, or a dict of its keyword arguments (``model(**inputs)``)
+            (default: timm's input size, else ``(1, 3, 224, 224)``, on the model's device and
+            dtype).
         ignore: modules whose output channels are kept: instances, qualified names (globs
             allowed) or types. Channels reaching the graph output are always kept.
         round_to: make every pruned group's kept width a multiple of this; ``"auto"``: the

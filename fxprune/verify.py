@@ -281,11 +281,13 @@ def verify(original: nn.Module, pruned: fx.GraphModule, example_inputs: Any = No
     Args:
         original: the unpruned model (not modified).
         pruned: the GraphModule returned by :func:`fxprune.compress` (it carries a manifest).
-        example_inputs: inputs to compare on (default: the ones used for pruning).
+        example_inputs: inputs to compare on, as for :func:`fxprune.compress` (a tensor, a
+            tuple, or a dict of keyword arguments; default: the ones used for pruning).
         rtol: relative tolerance (absolute tolerance is ``rtol`` times the output scale).
 
     Returns:
-        A :class:`VerifyReport`: ``exact``, ``approximate: <why>`` or ``mismatch``.
+        A :class:`VerifyReport`: ``exact``, ``approximate: <why>`` or ``mismatch``; its
+        ``vacuous`` says why the check proves little when the outputs are (near) constant.
     """
     manifest = pruned.meta.get(meta.MANIFEST) if isinstance(pruned, fx.GraphModule) else None
     if manifest is None:
