@@ -244,3 +244,28 @@ def test_norm_sizes_read_from_the_tensor_are_recomputed():
     pruned = prune_and_check(ComputedNormSizes(), torch.randn(2, 3, 5, 5), 0.5,
                              expect="approximate")
     assert pruned.a.out_channels == 4 and tuple(pruned.w.shape) == (4,)
+
+
+class PerSampleMask(nn.Module):
+    """drop_path written out in a forward: a per-sample Bernoulli mask (p=1: deterministic)."""
+
+    def __init__(self):
+        super().__init__()
+        self.mlp = MLP()
+
+    def forward(self, x):  # (B, T, C)
+        h = F.gelu(self.mlp.fc1(x))
+        keep = h.new_empty(h.shape[0], 1, 1).bernoulli_(1.0)
+        return self.mlp.fc2(h * keep.div_(1.0))
+
+
+def test_written_out_per_sample_mask_passes_channels():
+    import warnings
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 5, 16)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*no channel rule")  # bernoulli_ has one
+        fxprune.analyze(fxprune.trace(PerSampleMask(), x))
+    pruned = prune_and_check(PerSampleMask(), x, 0.5)
+    assert tuple(pruned.mlp.fc1.weight.shape) == (32, 16)
