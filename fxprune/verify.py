@@ -92,7 +92,7 @@ def vacuous_reason(outputs: Any, rtol: float = 1e-4) -> str | None:
     bias). With a batch of one, a head whose output is a non-constant bias is not detected:
     use two or more samples as example inputs to cover it.
     """
-    ts = [t for t in _flat(outputs) if t.numel() and (t.is_floating_point() or t.is_complex())]
+    ts = [t for t in _flat(outputs) if t.numel() and t.is_floating_point()]
     if not ts:
         return None
     scale = max(float(t.double().abs().max()) for t in ts)
@@ -154,9 +154,8 @@ class _Masked(fx.Interpreter):
         new_args = [kept_only(a, v) for a, v in zip(n.args, args)]
         new_kwargs = {k: kept_only(n.kwargs.get(k), v) for k, v in kwargs.items()}
         rule = rule_for(n, {})
-        fix = getattr(rule, "pruned_args", None)
-        if fix is not None:
-            fix(n, new_args, new_kwargs)
+        if rule is not None:
+            rule.pruned_args(n, new_args, new_kwargs)
         return self._scatter_back(n, n.target(*new_args, **new_kwargs))
 
     def _scatter_back(self, n: fx.Node, y: Tensor) -> Tensor:
