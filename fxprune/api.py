@@ -9,6 +9,7 @@ from __future__ import annotations
 __all__ = ["compress", "score", "prune_graph"]
 
 import math
+import warnings
 from collections.abc import Mapping
 from typing import Any
 
@@ -184,8 +185,10 @@ def compress(
             ``"uniform"``. Leave it out with a target.
         criterion: a registered criterion name (``fxprune.list_criteria()``) or a function
             ``(group, ctx) -> scores``.
-        example_inputs: inputs for tracing and checking (default: timm's input size, else
-            ``(1, 3, 224, 224)``, on the model's device and dtype).
+        example_inputs: inputs for tracing and checking: a tensor, a tuple of ``forward``'s
+            positional arguments, or a dict of its keyword arguments (``model(**inputs)``)
+            (default: timm's input size, else ``(1, 3, 224, 224)``, on the model's device and
+            dtype).
         ignore: modules whose output channels are kept: instances, qualified names (globs
             allowed) or types. Channels reaching the graph output are always kept.
         round_to: make every pruned group's kept width a multiple of this; ``"auto"``: the
@@ -282,6 +285,12 @@ def compress(
             if fold and report.kind == "shape_mismatch":
                 rewrite(gm, check=True)
             pruned.meta[meta.VERIFY] = report
+            if report.ok and report.vacuous:
+                warnings.warn(
+                    f"the oracle's check of the pruned {type(model).__name__} is vacuous: "
+                    f"{report.vacuous}, so any model emitting the same would pass. Hint: verify "
+                    "with trained weights or other example inputs (two or more samples), e.g. "
+                    "fxprune.verify(model, pruned, example_inputs).", stacklevel=2)
             if not report.ok:
                 raise VerificationError(
                     f"the pruned {type(model).__name__} does not pass the oracle: {report}. "

@@ -19,6 +19,7 @@ import torch.nn as nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from ._state import untouched
+from .inputs import positional_inputs
 from .trace import default_example_inputs
 
 
@@ -41,8 +42,7 @@ def count(model: nn.Module, example_inputs: Any = None) -> Counts:
     if example_inputs is None:
         example_inputs = getattr(model, "meta", {}).get("fxprune.example_inputs") or \
             default_example_inputs(model)
-    if not isinstance(example_inputs, (tuple, list)):
-        example_inputs = (example_inputs,)
+    example_inputs = positional_inputs(model, example_inputs)
     inputs = tuple(x[:1] if isinstance(x, torch.Tensor) and x.dim() > 0 else x
                    for x in example_inputs)
     counter = FlopCounterMode(display=False, depth=None)

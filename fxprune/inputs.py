@@ -5,8 +5,10 @@ Each raises :class:`~fxprune.errors.InputError` saying what is wrong, where, and
 
 from __future__ import annotations
 
-__all__ = ["check_flags", "check_example_inputs", "resolve_ignore"]
+__all__ = ["check_flags", "check_example_inputs", "resolve_ignore", "positional_inputs"]
 
+import inspect
+from collections.abc import Mapping
 from typing import Any
 
 import torch.fx as fx
@@ -25,6 +27,54 @@ def check_flags(**flags: Any) -> None:
                              f"({type(value).__name__}). Hint: pass {name}=True or {name}=False.")
 
 
+def positional_inputs(model: nn.Module, example_inputs: Any) -> tuple:
+    """``forward``'s positional arguments from ``example_inputs``.
+
+    ``example_inputs`` is one tensor, a tuple/list of ``forward``'s positional arguments, or a
+    dict of its keyword arguments (``model(**example_inputs)``): the dict is matched to
+    ``forward``'s signature by name, parameters it leaves out take their defaults.
+    """
+    if isinstance(example_inputs, Mapping):
+        return _from_keywords(model, example_inputs)
+    if isinstance(example_inputs, (tuple, list)):
+        return tuple(example_inputs)
+    return (example_inputs,)
+
+
+def _from_keywords(model: nn.Module, given: Mapping) -> tuple:
+    name = type(model).__name__
+    bad = [k for k in given if not isinstance(k, str)]
+    if bad:
+        raise InputError(f"example_inputs is a dict, so its keys must be the names of "
+                         f"{name}.forward's parameters; got the key {bad[0]!r}. Hint: "
+                         "example_inputs={'x': x, 'mask': mask}, or a tuple (x, mask).")
+    try:
+        params = list(inspect.signature(model.forward).parameters.values())
+    except (TypeError, ValueError) as e:  # a builtin or C forward
+        raise InputError(f"example_inputs is a dict, but {name}.forward's signature cannot be "
+                         f"read ({e}). Hint: pass a tuple of its positional arguments.") from e
+    named = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD,
+                                             p.KEYWORD_ONLY)]
+    sig = f"{name}.forward({', '.join(p.name for p in params)})"
+    unknown = [k for k in given if k not in {p.name for p in named}]
+    if unknown:
+        raise InputError(
+            f"example_inputs has the key {unknown[0]!r}, but {sig} has no such parameter "
+            "(torch.fx cannot trace **kwargs). Hint: use the names of forward's parameters, "
+            "or pass a tuple of its positional arguments.")
+    values, last = [], -1
+    for i, p in enumerate(named):
+        if p.name in given:
+            values.append(given[p.name])
+            last = i
+        elif p.default is not p.empty:
+            values.append(p.default)
+        else:
+            raise InputError(f"example_inputs has no {p.name!r}, which {sig} needs. Hint: add "
+                             f"it to the dict: example_inputs={{..., {p.name!r}: ...}}.")
+    return tuple(values[:last + 1])  # trailing defaults stay forward's own
+
+
 def check_example_inputs(gm: fx.GraphModule, inputs: tuple) -> None:
     """As many example inputs as ``forward`` takes, and none of them empty."""
     holders = [n for n in gm.graph.nodes if n.op == "placeholder"]
@@ -36,8 +86,9 @@ def check_example_inputs(gm: fx.GraphModule, inputs: tuple) -> None:
         raise InputError(
             f"{len(inputs)} example input(s) given, but {sig} takes "
             f"{len(required)}{'' if len(required) == len(holders) else f' to {len(holders)}'}. "
-            "Hint: example_inputs is the tuple of forward's positional arguments; to pass one "
-            "argument that is itself a tuple or list, wrap it: example_inputs=((a, b),).")
+            "Hint: example_inputs is the tuple of forward's positional arguments (or a dict of "
+            "its keyword arguments); to pass one argument that is itself a tuple or list, "
+            "wrap it: example_inputs=((a, b),).")
     for i, x in enumerate(tree_flatten(list(inputs))[0]):
         if isinstance(x, Tensor) and x.numel() == 0:
             raise InputError(

@@ -31,6 +31,7 @@ from torch.utils._pytree import tree_flatten
 from . import meta
 from ._perf import gc_paused
 from ._state import untouched
+from ._unused import UNUSED, carry_unused
 from .analyze import Analysis
 from .channels import kept_along
 from .counts import pin_args
@@ -250,7 +251,8 @@ def rewrite(gm: fx.GraphModule, *, check: bool | str = True) -> fx.GraphModule:
         by_target[target][param] = c
 
     modules = dict(gm.named_modules())
-    graph, old_of, root = _copy_graph(gm, modules, by_target)
+    memo: dict[Any, Any] = {}  # shared by every copy: ties and shared tensors stay shared
+    graph, old_of, root = _copy_graph(gm, modules, by_target, memo)
     ctx = RewriteCtx(old_of, kept)
     for new in list(graph.nodes):
         if new.op in ("call_function", "call_method", "call_module"):
@@ -267,6 +269,7 @@ def rewrite(gm: fx.GraphModule, *, check: bool | str = True) -> fx.GraphModule:
             _emit_scatter(graph, root, gm, sc, k, kept, new_of, old_of)
     graph.lint()
     pruned = fx.GraphModule(root, graph, class_name=f"Pruned{type(gm).__name__}")
+    carry_unused(gm, pruned, lambda t: _deepcopy(t, memo), names=gm.meta.get(UNUSED, ()))
     pruned.meta[RESIDUAL] = analysis.residual
     _copy_training_flags(gm, pruned)
     pruned.meta[EXAMPLE_INPUTS] = gm.meta.get(EXAMPLE_INPUTS)
@@ -279,12 +282,11 @@ def rewrite(gm: fx.GraphModule, *, check: bool | str = True) -> fx.GraphModule:
 
 
 def _copy_graph(gm: fx.GraphModule, modules: dict[str, nn.Module],
-                by_target: dict[str, dict[str, list[tuple[int, Tensor]]]]
+                by_target: dict[str, dict[str, list[tuple[int, Tensor]]]], memo: dict[Any, Any]
                 ) -> tuple[fx.Graph, dict[fx.Node, fx.Node], dict[str, Any]]:
     """Copy every node of ``gm`` into a new graph and every module/attribute it uses, with
     the tensors in ``by_target`` sliced; returns the graph, new node -> old node, and the
     new root's attributes."""
-    memo: dict[Any, Any] = {}  # shared by every copy: ties and shared tensors stay shared
     graph = fx.Graph()
     env: dict[fx.Node, fx.Node] = {}
     old_of: dict[fx.Node, fx.Node] = {}

@@ -1,9 +1,9 @@
 """Test helpers: the one harness every rule and model test uses (also for your own rules).
 
 :func:`prune_and_check` prunes a model, then checks the invariants that define a correct
-compression: the zero-channel oracle holds, the output shape is unchanged, parameters went down
-(when something was prunable), the user's model is untouched, and a save/load round trip gives
-identical outputs.
+compression: the zero-channel oracle holds (and its check is not vacuous), the output shape is
+unchanged, parameters went down (when something was prunable), the user's model is untouched,
+and a save/load round trip gives identical outputs.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import torch.nn as nn
 
 from ._state import untouched
 from .api import compress
+from .inputs import positional_inputs
 from .serialize import load, save
 from .verify import verify
 
@@ -43,6 +44,7 @@ def prune_and_check(
     smaller: bool = True,
     roundtrip: bool = True,
     rtol: float = 1e-4,
+    vacuous_ok: bool = False,
     **kwargs: Any,
 ) -> fx.GraphModule:
     """Prune ``model`` and assert every invariant; return the pruned module.
@@ -51,11 +53,12 @@ def prune_and_check(
         expect: ``"exact"`` or ``"approximate"`` (the oracle's status prefix).
         smaller: require fewer parameters than the original.
         roundtrip: check ``fxprune.save``/``fxprune.load`` gives identical outputs.
+        vacuous_ok: accept an oracle check that proves little (``report.vacuous``: constant
+            or all-zero outputs); by default that fails, since such a test cannot fail.
         kwargs: passed to :func:`fxprune.compress` (criterion, ignore, round_to...); the
             rewrite checks every node's shape (``check="nodes"``) unless ``check`` is given.
     """
-    if not isinstance(example_inputs, tuple):
-        example_inputs = (example_inputs,)
+    example_inputs = positional_inputs(model, example_inputs)
     kwargs.setdefault("check", "nodes")
     kwargs.setdefault("verify", False)  # verified below, independently (a fresh trace)
     model.eval()
@@ -72,6 +75,7 @@ def prune_and_check(
 
     report = verify(model, pruned, example_inputs, rtol=rtol)
     assert report.status.startswith(expect), f"oracle: {report} (expected {expect})"
+    assert vacuous_ok or report.vacuous is None, f"oracle check is vacuous: {report.vacuous}"
     if expect == "approximate":
         assert "structure verified exactly" in report.status, f"oracle: {report}"
 

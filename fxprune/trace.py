@@ -27,8 +27,10 @@ import torch.nn as nn
 
 from ._perf import gc_paused
 from ._state import untouched
+from ._unused import UNUSED, carry_unused
 from .errors import InputError, TraceFailure, is_library_file, short_error
 from .hooks import check_root
+from .inputs import positional_inputs
 from .rules import RULES
 
 EXAMPLE_INPUTS = "fxprune.example_inputs"
@@ -146,8 +148,9 @@ def trace(
 
     Args:
         model: any ``nn.Module``; it is not modified.
-        example_inputs: a tensor or tuple of inputs used by later passes; defaults to
-            :func:`default_example_inputs`. Stored in ``gm.meta``.
+        example_inputs: a tensor, a tuple of ``forward``'s positional arguments or a dict of
+            its keyword arguments (``model(**inputs)``), used by later passes; defaults to
+            :func:`default_example_inputs`. Stored in ``gm.meta`` as the positional tuple.
 
     Returns:
         The traced GraphModule.
@@ -172,15 +175,14 @@ def trace(
     check_root(model)  # hooks on the model itself are not traced
     if example_inputs is None:
         example_inputs = default_example_inputs(model)
-    elif not isinstance(example_inputs, (tuple, list)):
-        example_inputs = (example_inputs,)
-    example_inputs = tuple(example_inputs)
+    example_inputs = positional_inputs(model, example_inputs)
 
     with untouched(model):  # tracing runs Python code on real buffers (self.n.add_(1))
         graph, leaves = _trace_graph(model)
     name = type(model).__name__
     gm = _GraphModule(model, graph, class_name=name)
     gm.meta[EXAMPLE_INPUTS] = example_inputs
+    gm.meta[UNUSED] = carry_unused(model, gm)  # forward never reads them: kept as they are
     # GraphModule makes fresh containers (training=True): give them the model's flags, which
     # the rewrite copies to the result module by module
     flags = {name: m.training for name, m in model.named_modules()}

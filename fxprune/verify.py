@@ -9,14 +9,19 @@ standardization), removing a channel is not the same as zeroing it; the report t
 statistics-aware reference. Every verdict is listed in :data:`VERDICTS`; ``VerifyReport.ok``
 is that explicit allow-list (``exact`` and ``approximate`` only). The original and the pruned
 model are run under :func:`fxprune._state.untouched`: neither is changed by the check.
+
+A verdict can be right and still prove little: when the oracle's outputs are (near) constant
+(all zeros from a zero-initialised head, or the same for every sample), any model emitting that
+constant would pass. ``VerifyReport.vacuous`` then says why (:func:`vacuous_reason`), and
+:func:`fxprune.compress` warns; the verdict itself is unchanged.
 """
 
 from __future__ import annotations
 
 __all__ = ["verify", "VerifyReport", "VERDICTS", "masked_outputs", "kept_from_manifest",
-           "incompatibility"]
+           "incompatibility", "vacuous_reason"]
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -28,6 +33,7 @@ from . import meta
 from ._state import untouched
 from .analyze import Analysis, analyze
 from .channels import FIRST_ID, pruned_axes
+from .compat import incompatibility
 from .errors import InputError
 from .trace import EXAMPLE_INPUTS, trace
 
@@ -59,6 +65,9 @@ class VerifyReport:
     max_abs_err: float
     max_rel_err: float
     kind: str = "mismatch"
+    #: Why passing this check proves little (None: it does not): the outputs it compared are
+    #: (near) constant, e.g. all zeros from a zero-initialised head. See :func:`vacuous_reason`.
+    vacuous: str | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in VERDICTS:
@@ -69,7 +78,33 @@ class VerifyReport:
         return self.kind in OK_KINDS
 
     def __str__(self) -> str:
-        return f"{self.status} (max abs err {self.max_abs_err:.3g}, rel {self.max_rel_err:.3g})"
+        text = f"{self.status} (max abs err {self.max_abs_err:.3g}, rel {self.max_rel_err:.3g})"
+        return f"{text}; vacuous check: {self.vacuous}" if self.vacuous else text
+
+
+def vacuous_reason(outputs: Any, rtol: float = 1e-4) -> str | None:
+    """Why a comparison with these (oracle) outputs proves little, or None.
+
+    The check is vacuous when any model that outputs the same constant would pass it: every
+    output tensor is all zeros, or within the comparison's tolerance (``rtol`` times the output
+    scale) of one value; and, for a batch of several samples, when every sample's outputs are
+    the same (the output does not depend on the input, e.g. a zero-initialised head with a
+    bias). With a batch of one, a head whose output is a non-constant bias is not detected:
+    use two or more samples as example inputs to cover it.
+    """
+    ts = [t for t in _flat(outputs) if t.numel() and t.is_floating_point()]
+    if not ts:
+        return None
+    scale = max(float(t.double().abs().max()) for t in ts)
+    if scale == 0.0:
+        return "every output is zero (e.g. a zero-initialised head)"
+    tol = rtol * scale
+    if all(float(t.double().max() - t.double().min()) <= tol for t in ts):
+        return f"every output is constant ({float(ts[0].reshape(-1)[0]):.3g})"
+    if all(t.dim() >= 1 and t.shape[0] > 1 for t in ts) and all(
+            float((t.double() - t[:1].double()).abs().max()) <= tol for t in ts):
+        return "every sample of the batch has the same outputs (they ignore the input)"
+    return None
 
 
 class _Masked(fx.Interpreter):
@@ -102,7 +137,28 @@ class _Masked(fx.Interpreter):
             rule.update_module(new, old)
         for d, idx in pruned_axes(align_ids(meta.get_ids(n.args[0]), x.dim()), self.kept):
             x = x.index_select(d, idx)
-        y = new(x)
+        return self._scatter_back(n, new(x))
+
+    def _pruned_call(self, n: fx.Node, args: tuple, kwargs: dict) -> Any:
+        """A functional approximate op (F.layer_norm, F.group_norm) on the kept channels of
+        every tensor argument, with its rule's ``pruned_args`` for the other arguments."""
+        from .rules import rule_for
+
+        def kept_only(a: Any, v: Any) -> Any:
+            ids = meta.get_ids(a) if isinstance(a, fx.Node) else None
+            if isinstance(ids, Tensor) and isinstance(v, Tensor):
+                for d, idx in pruned_axes(align_ids(ids, v.dim()), self.kept):
+                    v = v.index_select(d, idx)
+            return v
+
+        new_args = [kept_only(a, v) for a, v in zip(n.args, args)]
+        new_kwargs = {k: kept_only(n.kwargs.get(k), v) for k, v in kwargs.items()}
+        rule = rule_for(n, {})
+        if rule is not None:
+            rule.pruned_args(n, new_args, new_kwargs)
+        return self._scatter_back(n, n.target(*new_args, **new_kwargs))
+
+    def _scatter_back(self, n: fx.Node, y: Tensor) -> Tensor:
         out_ids = align_ids(meta.get_ids(n), y.dim())
         full = list(y.shape)
         for d, _idx in pruned_axes(out_ids, self.kept):
@@ -119,9 +175,11 @@ class _Masked(fx.Interpreter):
         return out
 
     def run_node(self, n: fx.Node) -> Any:
-        if n.name in self.approx_nodes and n.op == "call_module":
-            args, _ = self.fetch_args_kwargs_from_env(n)
+        if n.name in self.approx_nodes and n.op in ("call_module", "call_function"):
+            args, kwargs = self.fetch_args_kwargs_from_env(n)
             if isinstance(args[0], Tensor) and pruned_axes(meta.get_ids(n.args[0]), self.kept):
+                if n.op == "call_function":
+                    return self._pruned_call(n, args, kwargs)
                 return self._pruned_op(n, args[0])
         idx = self.analysis.consumers.get(n.name)
         if not idx:
@@ -222,11 +280,13 @@ def verify(original: nn.Module, pruned: fx.GraphModule, example_inputs: Any = No
     Args:
         original: the unpruned model (not modified).
         pruned: the GraphModule returned by :func:`fxprune.compress` (it carries a manifest).
-        example_inputs: inputs to compare on (default: the ones used for pruning).
+        example_inputs: inputs to compare on, as for :func:`fxprune.compress` (a tensor, a
+            tuple, or a dict of keyword arguments; default: the ones used for pruning).
         rtol: relative tolerance (absolute tolerance is ``rtol`` times the output scale).
 
     Returns:
-        A :class:`VerifyReport`: ``exact``, ``approximate: <why>`` or ``mismatch``.
+        A :class:`VerifyReport`: ``exact``, ``approximate: <why>`` or ``mismatch``; its
+        ``vacuous`` says why the check proves little when the outputs are (near) constant.
     """
     manifest = pruned.meta.get(meta.MANIFEST) if isinstance(pruned, fx.GraphModule) else None
     if manifest is None:
@@ -250,73 +310,6 @@ def verify(original: nn.Module, pruned: fx.GraphModule, example_inputs: Any = No
         return verify_analyzed(gm, analysis, kept, pruned, inputs, rtol=rtol)
 
 
-def _tensors(m: nn.Module) -> dict[str, Tensor]:
-    """Parameters and buffers, persistent or not, under every name they have."""
-    return {**dict(m.named_parameters(remove_duplicate=False)),
-            **dict(m.named_buffers(remove_duplicate=False))}
-
-
-def _normed_weight(name: str) -> str:
-    """The weight that a weight_norm tensor stands for (``m.weight_g`` / ``m.weight_v``, or
-    ``m.parametrizations.weight.original0/1``): the manifest names that weight, and g and v
-    are cut like it (g only along its non-1 axis)."""
-    head, _, last = name.rpartition(".")
-    if last in ("weight_g", "weight_v"):
-        return f"{head}.weight" if head else "weight"
-    mod, sep, rest = head.partition(".parametrizations.") if ".parametrizations." in head \
-        else ("", "", head.removeprefix("parametrizations.")) if head.startswith(
-            "parametrizations.") else ("", "", "")
-    if last in ("original0", "original1") and rest:
-        return f"{mod}.{rest}" if mod else rest
-    return name
-
-
-def incompatibility(gm: fx.GraphModule, analysis: Analysis, pruned: nn.Module,
-                    manifest: Any) -> str | None:
-    """Why ``pruned`` cannot come from the analyzed original ``gm``, or None.
-
-    Every manifest entry must name a channel axis the original binds, with kept indices in
-    range, and every tensor of the pruned model must have the original's shape with the
-    manifest's axes cut to their kept counts (the rewrite's own constants excepted).
-    """
-    if not isinstance(manifest, dict):
-        return "its manifest is not a mapping"
-    sizes: dict[tuple[str, int], int] = {}
-    for b in analysis.bindings:
-        sizes[(f"{b.target}.{b.param}" if b.param else b.target, b.dim)] = b.ids.numel()
-    for path, dims in manifest.items():
-        if not isinstance(dims, dict):
-            return f"manifest entry {path!r} is not a mapping"
-        for d, idx in dims.items():
-            n = sizes.get((path, d))
-            if n is None:
-                return f"the original has no prunable axis {d} of '{path}'"
-            if not isinstance(idx, (list, tuple)) or not all(
-                    isinstance(i, int) and 0 <= i < n for i in idx) or len(set(idx)) != len(idx):
-                return f"the kept indices of '{path}' axis {d} do not fit its {n} channels"
-    original = _tensors(gm)
-    mine = _tensors(pruned)
-    missing = [k for k in original if k not in mine]
-    if missing:
-        return f"it has no tensor '{missing[0]}'" + (
-            f" (and {len(missing) - 1} more)" if len(missing) > 1 else "")
-    for name, t in mine.items():
-        if name.rsplit(".", 1)[-1].startswith("fxprune_"):
-            continue  # residual="scatter" constants
-        o = original.get(name)
-        if not isinstance(t, Tensor):
-            continue
-        if o is None:
-            return f"the original has no tensor '{name}'"
-        want = list(o.shape)
-        for d, idx in (manifest.get(name) or manifest.get(_normed_weight(name)) or {}).items():
-            if isinstance(d, int) and 0 <= d < len(want) and want[d] != 1:
-                want[d] = len(idx)
-        if list(t.shape) != want:
-            return f"'{name}' has shape {tuple(t.shape)}, expected {tuple(want)}"
-    return None
-
-
 def verify_analyzed(gm: fx.GraphModule, analysis: Analysis, kept: Tensor,
                     pruned: nn.Module, inputs: tuple, rtol: float = 1e-4) -> VerifyReport:
     """Oracle check. Where the zero-channel oracle is only approximate, the rewrite is still
@@ -326,6 +319,9 @@ def verify_analyzed(gm: fx.GraphModule, analysis: Analysis, kept: Tensor,
         out = pruned(*inputs)
     oracle = masked_outputs(gm, analysis, kept, inputs)
     report = compare(out, oracle, analysis, kept, rtol)
+    vacuous = vacuous_reason(oracle, rtol)
+    if vacuous is not None:
+        report = replace(report, vacuous=vacuous)
     reasons = approx_reasons(analysis, kept)
     if not reasons or report.kind == "shape_mismatch":
         return report
@@ -334,6 +330,6 @@ def verify_analyzed(gm: fx.GraphModule, analysis: Analysis, kept: Tensor,
     if s_report.kind != "exact":
         return VerifyReport(f"mismatch (even against the statistics-aware oracle, max abs err "
                             f"{s_report.max_abs_err:.3g})", report.max_abs_err,
-                            report.max_rel_err, "structural_mismatch")
+                            report.max_rel_err, "structural_mismatch", vacuous)
     return VerifyReport(f"approximate: {'; '.join(reasons[:3])} (structure verified exactly)",
-                        report.max_abs_err, report.max_rel_err, "approximate")
+                        report.max_abs_err, report.max_rel_err, "approximate", vacuous)

@@ -56,6 +56,11 @@ class Rule:
     def rewrite_node(self, node: fx.Node, ctx: RewriteCtx) -> None:
         """Patch literal arguments of the copied node (split sizes, slice bounds, shapes)."""
 
+    def pruned_args(self, node: fx.Node, args: list, kwargs: dict) -> None:
+        """Fix, in place, the non-tensor arguments of a functional *approximate* op whose tensor
+        arguments were cut to their kept channels (``normalized_shape`` of F.layer_norm): the
+        statistics-aware oracle then runs the op as the rewrite will. Default: nothing."""
+
     def is_size_arg(self, node: fx.Node, key: int | str) -> bool:
         """Is argument ``key`` (a position or keyword) a size, index or amount?
 

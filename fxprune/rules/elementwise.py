@@ -197,7 +197,7 @@ class Spatial(Rule):
             ctx.freeze(ids, f"{name} works on axes {last_axes(ids.dim(), k)} of a {ids.dim()}-D "
                             f"input, and axes {worked} carry channels")
             if result is None:  # fresh (frozen) channels of the resized axes
-                result = ctx.frozen_ids(out.shape, f"output of {name} over channels")
+                result = ctx.opaque_ids(out.shape, f"output of {name} over channels")
         elif result is None:
             from ..analyze import Unsupported
 
@@ -314,7 +314,7 @@ _BINARY = [
 _PASS = [
     "to", "type", "type_as", "float", "half", "double", "bfloat16", "int", "long", "bool",
     "contiguous", "clone", "detach", "detach_", "cpu", "cuda", "requires_grad_", "zero_",
-    "fill_", "normal_", "uniform_",
+    "fill_", "normal_", "uniform_", "bernoulli_", "bernoulli", torch.bernoulli,
     torch.clone, torch.detach, torch.zeros_like, torch.ones_like, torch.empty_like,
     torch.full_like, torch.rand_like, torch.randn_like, torch.randint_like,
 ]

@@ -1,7 +1,7 @@
 """Rules for layers that timm (and torchvision) keep opaque or implement outside torch.nn.
 
-Each class is registered under the rule of the torch op it behaves like. Classes that do not
-exist in the installed timm/torchvision version are skipped.
+Each class (or function) is registered under the rule of the torch op it behaves like; those
+that do not exist in the installed timm/torchvision version are skipped.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import torch.nn as nn
 from ..channels import at_axis
 from . import Rule, register_rule
 from .conv import ConvRule
-from .elementwise import Spatial
+from .elementwise import Passthrough, Spatial
 from .linear import LinearRule
 from .norm import ChannelParams, GroupNormRule, LayerNormRule
 
@@ -96,3 +96,15 @@ class ConvMlpRule(Rule):
 
 register_rule(*_classes("timm.layers.Linear", "timm.layers.linear.Linear"))(LinearRule())
 register_rule(*_classes("timm.layers.AvgPool2dSame", "timm.layers.MaxPool2dSame"))(Spatial(2))
+
+
+class PerSampleScaleRule(Passthrough):
+    """Stochastic depth / DropPath: scales whole samples (or the batch); channels pass through."""
+
+
+register_rule(*_classes("torchvision.ops.stochastic_depth", "torchvision.ops.StochasticDepth",
+                        "torchvision.ops.misc.StochasticDepth",
+                        "torchvision.ops.stochastic_depth.StochasticDepth",
+                        "timm.layers.DropPath", "timm.layers.drop_path",
+                        "timm.layers.drop.DropPath", "timm.layers.drop.drop_path"))(
+    PerSampleScaleRule())
