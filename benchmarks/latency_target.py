@@ -67,8 +67,12 @@ def macs_at_time(model: torch.nn.Module, ex: torch.Tensor, x: torch.Tensor, t: f
         mid = (lo + hi) / 2
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            m = fxprune.compress(model, target_flops=mid, round_to="auto", allocation="global",
-                                 example_inputs=ex)
+            try:
+                m = fxprune.compress(model, target_flops=mid, round_to="auto",
+                                     allocation="global", example_inputs=ex)
+            except fxprune.InputError:  # below what this allocation can reach
+                lo = mid
+                continue
         r = ratio_of(model, m, x, args)
         if best is None or abs(r - t) < abs(best[2] - t):
             best = (m, mid, r)
