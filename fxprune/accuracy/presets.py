@@ -108,11 +108,12 @@ def jobs(p: Preset) -> tuple[list[Job], list[Job]]:
     """(dense baselines, method rows) of preset ``p``; method rows ordered seed-major, so a
     run cut short has whole seeds."""
     dense, rows = [], []
+    with_tp = any(METHODS[m][0] == "torch-pruning" for m in p.methods)
     for seed in p.seeds:
         for model in p.models:
             dense.append(Job(model, "dense", "dense", None, seed))
             twin = p.tp_models.get(model)
-            if twin and any(METHODS[m][0] == "torch-pruning" for m in p.methods):
+            if twin and with_tp:
                 dense.append(Job(twin, "dense", "dense", None, seed))
     for seed in p.seeds:
         for model in p.models:
@@ -127,6 +128,6 @@ def jobs(p: Preset) -> tuple[list[Job], list[Job]]:
                         rows.append(Job(twin or model, tool, m, t, seed))
                     else:
                         rows.append(Job(model, tool, m, t, seed))
-            if twin and any(METHODS[m][0] == "torch-pruning" for m in p.methods):
+            if twin and with_tp:
                 rows += [Job(twin, "fxprune", "l1", t, seed) for t in p.targets]
     return dense, rows

@@ -110,10 +110,10 @@ def _run_method(p: Preset, job: Job, model: nn.Module, x: torch.Tensor, train: A
     _, kind, how = METHODS[job.method]
     keep_rate = None
     if kind == "oneshot":
-        kw = {"data": val_batches} if how["criterion"] in ("taylor",) else {}
+        data_kw = {"data": val_batches} if how["criterion"] == "taylor" else {}
         small = compress(model, target_flops=job.target, criterion=how["criterion"],
                          allocation=how.get("allocation", "uniform"), example_inputs=(x,),
-                         seed=job.seed, **kw)
+                         seed=job.seed, **data_kw)
         alloc = small.meta.get(ALLOCATION, {})
         if alloc.get("allocation") == "uniform" and alloc.get("amount") is not None:
             keep_rate = 1.0 - float(alloc["amount"])

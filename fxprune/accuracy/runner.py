@@ -121,6 +121,7 @@ def run(preset: Preset, out: Path, *, workers: int = 2, threads: int = 1,
     if limit is not None:
         todo = todo[:limit]
     total, n = len(todo), 0
+    order = {j.key: i for i, j in enumerate(dense + rows)}
     ctx = mp.get_context("spawn")
     with cf.ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker,
                                 initargs=(threads,)) as pool:
@@ -132,7 +133,6 @@ def run(preset: Preset, out: Path, *, workers: int = 2, threads: int = 1,
             for f in cf.as_completed(futures):
                 row = f.result()
                 done[row["key"]] = row
-                order = {j.key: i for i, j in enumerate(dense + rows)}
                 doc["rows"] = sorted(done.values(), key=lambda r: order.get(r["key"], 1 << 30))
                 _write(path, doc)
                 n += 1
