@@ -63,6 +63,7 @@ class Analysis:
     space_owner: list[tuple[int, int, str]] = field(default_factory=list)  # (start, n, node)
     scatters: list[ScatterAdd] = field(default_factory=list)
     residual: str = "coupled"
+    attention: str = "dims"
     pins: dict[str, tuple[int | str, ...]] = field(default_factory=dict)  # see fxprune.counts
 
     def ids(self, node: fx.Node) -> Any:
@@ -125,6 +126,8 @@ class _Propagator(fx.Interpreter):
                 if pins:
                     self.s.pins[n.name] = pins
             return None
+        if self.s.deferred:
+            _settle_attrs(self.s, n)
         rule = rule_for(n, self.module_map)
         self._check_size_args(ctx, n, rule)
         ids = None
@@ -243,18 +246,55 @@ def _valid(ids: Any, out: Any) -> bool:
 def _attr_ids(s: _State, n: fx.Node, value: Any) -> Any:
     """A tensor attribute with one non-trivial axis (a layer scale) opens a channel space.
 
-    Attributes with several non-trivial axes (positional embeddings, weights used by traced
-    functional code) are frozen: coupling a channel to them keeps it.
+    An attribute with several non-trivial axes that is only used elementwise (a positional
+    embedding added to the tokens) takes its channel axis from the other operands of its first
+    use (:func:`_settle_attrs`). Other attributes with several non-trivial axes (weights read
+    by traced functional code) are frozen: coupling a channel to them keeps it.
     """
     if not isinstance(value, Tensor):
         return None
     big = [d for d, size in enumerate(value.shape) if size > 1]
     if not big:
         return torch.full((1,) * value.dim(), FREE, dtype=torch.long)
-    if len(big) > 1:
-        return torch.full((1,) * value.dim(), FROZEN, dtype=torch.long)
+    if len(big) == 1:
+        return _bind_attr(s, n, value, big[0])
+    from .rules.elementwise import Broadcast
+
+    if n.users and all(isinstance(rule_for(u, s.modules), Broadcast) for u in n.users):
+        s.deferred[n.name] = value  # its first elementwise use tells the axis
+    return torch.full((1,) * value.dim(), FROZEN, dtype=torch.long)
+
+
+def _attr_axis(s: _State, n: fx.Node, value: Tensor, user: fx.Node) -> int | None:
+    """The channel axis of an attribute with several non-trivial axes (a positional
+    embedding ``(1, N, C)``): the one axis along which the other operands of its first
+    elementwise use (``x + pos_embed``) carry channels. None: no such single axis."""
+    found: set[int] = set()
+    for a in user.args:
+        ids = meta.get_ids(a) if isinstance(a, fx.Node) and a is not n else None
+        if not isinstance(ids, Tensor):
+            continue
+        nd = max(ids.dim(), value.dim())
+        aligned = ids.reshape((1,) * (nd - ids.dim()) + tuple(ids.shape))
+        off = nd - value.dim()
+        found |= {d for d in range(value.dim())
+                  if aligned.shape[d + off] > 1 and aligned.shape[d + off] == value.shape[d]}
+    return found.pop() if len(found) == 1 else None
+
+
+def _settle_attrs(s: _State, user: fx.Node) -> None:
+    """Give the deferred attributes among ``user``'s arguments their channel axis."""
+    for a in user.args:
+        if not isinstance(a, fx.Node) or a.name not in s.deferred:
+            continue
+        value = s.deferred.pop(a.name)
+        axis = _attr_axis(s, a, value, user)
+        if axis is not None:
+            meta.set_ids(a, _bind_attr(s, a, value, axis))
+
+
+def _bind_attr(s: _State, n: fx.Node, value: Tensor, axis: int) -> Tensor:
     ctx = PropCtx(s, n, None, (), {}, value)
-    axis = big[0]
     ids1d = ctx.new_ids(value.shape[axis], key=("attr", str(n.target), axis))
     ctx.bind("", axis, ids1d, "channel", target=str(n.target))
     return at_axis(ids1d, axis, value.dim())
@@ -264,6 +304,7 @@ def _resolve(gm: fx.GraphModule, s: _State) -> Analysis:
     t = resolve_tables(s)
     return Analysis(gm=gm, **t, bindings=s.bindings, consumers=s.consumers, approx=s.approx,
                     unsupported=s.unsupported, scatters=s.scatters, residual=s.residual,
+                    attention=s.attention,
                     pins=s.pins,
                     space_owner=list(zip(s.space_start, s.space_size, s.space_node)))
 
@@ -277,6 +318,7 @@ def analyze(
     ignore: Any = None,
     strict: bool = False,
     residual: str = "coupled",
+    attention: str = "dims",
     progress: Progress | None = None,
 ) -> Analysis:
     """Propagate channel ids through ``gm`` and partition all channels into coupled groups.
@@ -290,6 +332,9 @@ def analyze(
         residual: ``"coupled"`` (one keep-set per residual group: the stream narrows) or
             ``"scatter"`` (residual-output convs keep their own channels and are added into a
             full-width stream with ``index_add``; the SFP/FPGM convention).
+        attention: ``"dims"`` (default: a reshape that splits a channel axis into
+            ``(heads, dims)`` keeps every head and prunes the same dims in each) or
+            ``"heads"`` (whole heads are pruned; see :mod:`fxprune.rules.attention`).
         progress: optional callback ``(stage, done, total)``.
 
     Returns:
@@ -303,7 +348,10 @@ def analyze(
     if residual not in ("coupled", "scatter"):
         raise InputError(f"residual must be 'coupled' or 'scatter', got {residual!r}")
     state = _State()
+    if attention not in ("dims", "heads"):
+        raise InputError(f"attention must be 'dims' or 'heads', got {attention!r}")
     state.residual = residual
+    state.attention = attention
     state.modules = dict(gm.named_modules())
     prop = _Propagator(gm, state, ignored, strict, progress)
     check_example_inputs(gm, inputs)

@@ -66,8 +66,8 @@ def prune_graph(gm: fx.GraphModule, ratio: float | None = None, *, criterion: An
                 ratios: Mapping[str, float] | None = None, target_flops: float | None = None,
                 target_params: float | None = None, clr_lambda: float = 1.0,
                 residual: str = "coupled", check: bool | str = True, clr_cost: Any = "authors",
-                target_latency: float | None = None, latency: Mapping[str, Any] | None = None
-                ) -> tuple[fx.GraphModule, Analysis]:
+                target_latency: float | None = None, latency: Mapping[str, Any] | None = None,
+                attention: str = "dims") -> tuple[fx.GraphModule, Analysis]:
     """Analyze, score, allocate, select and rewrite a traced graph; returns (pruned, analysis).
 
     The arguments are those of :func:`compress` (``latency``: the keyword arguments of
@@ -94,7 +94,8 @@ def prune_graph(gm: fx.GraphModule, ratio: float | None = None, *, criterion: An
                          "target_params=. Hint: compress(model, 0.5) removes half of the "
                          "channels of every group.")
     amount = 0.0 if ratio is None else _check_ratio(ratio)
-    analysis = analyze(gm, ignore=ignore, strict=strict, residual=residual, progress=progress)
+    analysis = analyze(gm, ignore=ignore, strict=strict, residual=residual, attention=attention,
+                       progress=progress)
     wants = amount > 0 or bool(ratios) or (target is not None and target < 1.0) or \
         (t_lat is not None and t_lat < 1.0)
     if wants and not any(g.prunable > 0 and g.size > 1 for g in analysis.groups):
@@ -172,6 +173,7 @@ def compress(
     batch: int | None = None,
     threads: int | None = None,
     device: Any = None,
+    attention: str = "dims",
 ) -> fx.GraphModule:
     """Prune ``model`` and return a new, smaller, dense GraphModule.
 
@@ -241,6 +243,11 @@ def compress(
         batch: batch size to time at with ``target_latency`` (default: the example's).
         threads: torch threads to time with (default: the current count).
         device: device to time on (default: the model's).
+        attention: how attention is pruned (:mod:`fxprune.rules.attention`): ``"dims"``
+            (default: every head keeps its place and loses the same dims; q and k share
+            them) or ``"heads"`` (whole heads are removed, their q/k/v rows together).
+            Either way the embed dim is pruned through the residual stream and its
+            LayerNorms (approximate) and the MLP hidden widths like any Linear.
 
     Returns:
         A ``torch.fx.GraphModule``: train/eval, state_dict, optimizers, ``torch.save``,
@@ -273,7 +280,8 @@ def compress(
             max_ratio=max_ratio, ratios=ratios, target_flops=target_flops,
             target_params=target_params, clr_lambda=clr_lambda, residual=residual,
             check=False if fold else check, clr_cost=clr_cost, target_latency=target_latency,
-            latency={"batch": batch, "threads": threads, "device": device})
+            latency={"batch": batch, "threads": threads, "device": device},
+            attention=attention)
         if verify:
             kept = kept_mask(analysis, gm.meta[meta.KEEPSETS])
             try:

@@ -179,9 +179,14 @@ def average_members(group: Group, parts: Iterable[tuple[ParamSlice, Tensor]]) ->
 
 
 def _normalized(group: Group, m: ParamSlice, entry_scores: Tensor) -> tuple[Tensor, Tensor]:
-    """The member's per-unit scores divided by their mean, and the units it feeds."""
+    """The member's per-unit scores divided by their mean, and the units it feeds.
+
+    A unit's score is the mean over its entries in this member: where a member feeds units
+    with different numbers of entries (a packed q/k/v projection, whose q/k units hold a q and
+    a k row per head and whose v units a v row), sums would favour the larger units."""
     s = group.reduce(m, entry_scores)
-    present = torch.zeros(group.size, dtype=torch.bool)
-    present[m.units[m.units >= 0]] = True
+    entries = group.reduce(m, torch.ones_like(entry_scores))
+    s = s / entries.clamp_min(1.0)
+    present = entries > 0
     mean = s[present].mean() if bool(present.any()) else s.new_tensor(0.0)
     return (s / mean if float(mean) > 0 else s), present

@@ -13,6 +13,7 @@ __all__ = [
     "VERIFY",
     "ALLOCATION",
     "RESIDUAL",
+    "ATTENTION",
     "KEEP",
     "GROUPS",
     "ANALYSIS",
@@ -43,6 +44,7 @@ ANALYSIS = "fxprune.analysis"  # gm.meta: the Analysis object (analysis)
 VERIFY = "fxprune.verify"  # pruned gm.meta: VerifyReport (compress(verify=True))
 ALLOCATION = "fxprune.allocation"  # pruned gm.meta: {"allocation", "ratios", "target"...}
 RESIDUAL = "fxprune.residual"  # pruned gm.meta: the residual policy it was pruned with
+ATTENTION = "fxprune.attention"  # pruned gm.meta: the attention policy ("dims" or "heads")
 KEEPSETS = "fxprune.keepsets"  # gm.meta: {group id: KeepSet} (selection)
 SIZE_DEPS = "fxprune.size_deps"  # node.meta: channel axes a Python value is read from (analysis)
 LATENCY = "fxprune.latency"  # pruned gm.meta: {layer name: predicted ms} (target_latency)

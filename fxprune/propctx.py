@@ -82,6 +82,8 @@ class _State:
         self.approx: list[tuple[str, Tensor, str]] = []
         self.unsupported: dict[str, list[str]] = {}
         self.residual = "coupled"
+        self.attention = "dims"
+        self.deferred: dict[str, Tensor] = {}  # attributes waiting for their channel axis
         self.scatters: list[ScatterAdd] = []
         self.modules: dict[str, nn.Module] = {}
         self.tied: dict[tuple[int, int], Tensor] = {}  # (id(tensor), dim) -> ids of that axis
@@ -274,6 +276,12 @@ class PropCtx:
     def residual(self) -> str:
         """The residual policy: ``"coupled"`` or ``"scatter"``."""
         return self._s.residual
+
+    @property
+    def attention(self) -> str:
+        """What a reshape splitting a channel axis into ``(heads, dims)`` prunes: ``"dims"``
+        (the same dims of every head) or ``"heads"`` (whole heads)."""
+        return self._s.attention
 
     def scatter(self, branch_arg: int, branch_ids: Tensor, norm: str | None) -> None:
         """Record a residual add whose branch keeps its own channels (see ScatterAdd)."""

@@ -271,6 +271,7 @@ def rewrite(gm: fx.GraphModule, *, check: bool | str = True) -> fx.GraphModule:
     pruned = fx.GraphModule(root, graph, class_name=f"Pruned{type(gm).__name__}")
     carry_unused(gm, pruned, lambda t: _deepcopy(t, memo), names=gm.meta.get(UNUSED, ()))
     pruned.meta[RESIDUAL] = analysis.residual
+    pruned.meta[meta.ATTENTION] = analysis.attention
     _copy_training_flags(gm, pruned)
     pruned.meta[EXAMPLE_INPUTS] = gm.meta.get(EXAMPLE_INPUTS)
     pruned.meta[meta.MANIFEST] = {

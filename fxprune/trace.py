@@ -28,6 +28,7 @@ import torch.nn as nn
 from ._perf import gc_paused
 from ._state import untouched
 from ._unused import UNUSED, carry_unused
+from .decompose import decomposes, decomposition
 from .errors import InputError, TraceFailure, is_library_file, short_error
 from .hooks import check_root
 from .inputs import positional_inputs
@@ -61,7 +62,11 @@ class FxPruneTracer(fx.Tracer):
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
         t = type(m)
-        if t in RULES or module_qualified_name in self.extra_leaves:
+        if module_qualified_name in self.extra_leaves:
+            return True
+        if decomposes(m):
+            return False  # call_module traces its decomposition, or keeps it one op
+        if t in RULES:
             return True
         if t in self._notrace:
             return False  # try tracing through; a failure makes it a leaf (see trace())
@@ -70,8 +75,14 @@ class FxPruneTracer(fx.Tracer):
         return super().is_leaf_module(m, module_qualified_name)
 
     def call_module(self, m, forward, args, kwargs):  # type: ignore[no-untyped-def]
-        self.current_path.append(self.path_of_module(m))
+        path = self.path_of_module(m)
+        self.current_path.append(path)
         try:
+            if decomposes(m) and path not in self.extra_leaves:
+                fn = decomposition(m, args, kwargs)
+                if fn is None:  # this call stays one opaque op
+                    return self.create_proxy("call_module", path, args, kwargs)
+                forward = fn
             return super().call_module(m, forward, args, kwargs)
         except Exception:
             if self.failed_path is None:  # innermost module whose forward failed

@@ -301,7 +301,8 @@ def verify(original: nn.Module, pruned: fx.GraphModule, example_inputs: Any = No
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            analysis = analyze(gm, residual=pruned.meta.get(meta.RESIDUAL, "coupled"))
+            analysis = analyze(gm, residual=pruned.meta.get(meta.RESIDUAL, "coupled"),
+                               attention=pruned.meta.get(meta.ATTENTION, "dims"))
         why = incompatibility(gm, analysis, pruned, manifest)
         if why is not None:
             return VerifyReport(f"mismatch: the pruned model was not made from this original "

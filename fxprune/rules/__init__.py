@@ -171,4 +171,4 @@ def list_rules() -> list[tuple[str, str]]:
 
 
 # Rule families register themselves on import.
-from . import conv, elementwise, linear, norm, shape, timm_layers  # noqa: E402, F401
+from . import attention, conv, elementwise, linear, norm, shape, timm_layers  # noqa: E402, F401

@@ -50,6 +50,12 @@ class Reshape(_Sizes):
         ids = ctx.ids(0, "input")
         out = reshape_ids(ids, tuple(x.shape), tuple(ctx.out.shape))
         vary = [d for d in range(out.dim()) if out.shape[d] > 1]
+        if ctx.attention == "heads" and len(vary) > 1:
+            # (..., heads, dims): every dim of a head is one unit, the outer blocks (q/k/v)
+            # share their heads; whole heads are removed
+            for d in vary[:-2] + vary[-1:]:
+                ctx.union(out.narrow(d, 0, 1), out)
+            return out
         for d in vary[:-1]:  # several channel axes: couple position-wise across outer blocks
             ctx.union(out.narrow(d, 0, 1), out)
         return out
@@ -168,8 +174,15 @@ class Split(_Sizes):
         if name == "unbind":
             dim = norm_dim(int(ctx.arg(1, "dim", 0) or 0), x.dim())
             if ids.shape[dim] > 1:
+                pieces = tuple(ids.select(dim, i) for i in range(x.shape[dim]))
+                if pieces[0].numel() > 1:
+                    # (3, ..., dims) from a split channel axis (q, k, v): the pieces keep the
+                    # same positions, so the unbound axis never shrinks
+                    for p in pieces[1:]:
+                        ctx.union(pieces[0], p)
+                    return pieces
                 ctx.freeze(ids, "unbind over a channel axis")
-                return tuple(ids.select(dim, i) for i in range(x.shape[dim]))
+                return pieces
             return tuple(ids.squeeze(dim) for _ in range(x.shape[dim]))
         dim_default = 0
         dim = norm_dim(int(ctx.arg(2, "dim", dim_default) or 0), x.dim())

@@ -1,0 +1,131 @@
+"""Modules traced as the tensor ops they compute, so their inner channels can be pruned.
+
+Reads:  the module being traced and its call's arguments
+Writes: nothing; :class:`fxprune.trace.FxPruneTracer` traces :func:`decomposition` instead of
+        the module's opaque ``forward``
+
+``nn.MultiheadAttention`` hides its heads inside ``F.multi_head_attention_forward``, which
+torch.fx cannot trace, so as one op it would freeze the residual stream it reads and writes.
+Traced as its ops instead (the packed in-projection ``F.linear`` on the module's own
+``in_proj_weight``, ``chunk``, a heads ``unflatten``, ``scaled_dot_product_attention`` with the
+module's scale, the ``out_proj`` Linear), every inner channel meets a rule of its own and the
+oracle checks it at a graph edge. The parameters stay where they are
+(``...self_attention.in_proj_weight``), so ``state_dict`` keys do not change.
+
+timm's ``MobileVitBlock`` is traced the same way: its forward branches on the input size
+(resize unless a multiple of the patch size), which torch.fx cannot trace, so the
+decomposition asserts the multiple in the graph and unfolds/folds with reshapes.
+
+Decomposed (MultiheadAttention): self-attention (``query is key is value``) with packed projections, no
+``bias_k``/``add_zero_attn``, no attention dropout, no masks. Any other use stays one opaque
+op (its channels are frozen, with the reason in the analysis' warning).
+"""
+
+from __future__ import annotations
+
+__all__ = ["decomposition"]
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+def _mha_why_not(m: nn.MultiheadAttention, args: tuple, kwargs: dict) -> str | None:
+    names = ("query", "key", "value", "key_padding_mask", "need_weights", "attn_mask",
+             "average_attn_weights", "is_causal")
+    bound = dict(zip(names, args))
+    bound.update(kwargs)
+    q, k, v = bound.get("query"), bound.get("key"), bound.get("value")
+    if not (q is k is v):
+        return "cross-attention (query, key and value differ)"
+    if not m._qkv_same_embed_dim or m.in_proj_weight is None:
+        return "separate q/k/v projection weights (kdim/vdim)"
+    if m.bias_k is not None or m.add_zero_attn:
+        return "add_bias_kv/add_zero_attn"
+    if m.dropout:
+        return "attention dropout"
+    if bound.get("key_padding_mask") is not None or bound.get("attn_mask") is not None:
+        return "an attention mask"
+    if bound.get("is_causal"):
+        return "is_causal"
+    return None
+
+
+def _mha_forward(m: nn.MultiheadAttention, query: Any, key: Any = None, value: Any = None,
+                 key_padding_mask: Any = None, need_weights: bool = True, attn_mask: Any = None,
+                 average_attn_weights: bool = True, is_causal: bool = False) -> Any:
+    """``nn.MultiheadAttention.forward`` for self-attention, as traceable tensor ops."""
+    x = query if m.batch_first else query.transpose(0, 1)  # (B, N, E)
+    q, k, v = F.linear(x, m.in_proj_weight, m.in_proj_bias).chunk(3, dim=-1)
+    heads = m.num_heads
+    q, k, v = (t.unflatten(-1, (heads, -1)).transpose(1, 2) for t in (q, k, v))  # (B, H, N, D)
+    scale = float(m.head_dim) ** -0.5
+    weights = None
+    if need_weights:
+        attn = (q @ k.transpose(-2, -1) * scale).softmax(dim=-1)
+        out = attn @ v
+        weights = attn.mean(dim=1) if average_attn_weights else attn
+    else:
+        out = F.scaled_dot_product_attention(q, k, v, scale=scale)
+    out = m.out_proj(out.transpose(1, 2).flatten(-2))
+    if not m.batch_first:
+        out = out.transpose(0, 1)
+    return out, weights
+
+
+def _mobilevit_why_not(m: nn.Module, args: tuple, kwargs: dict) -> str | None:
+    return None if len(args) == 1 and not kwargs else "unexpected arguments"
+
+
+def _mobilevit_forward(m: Any, x: Any) -> Any:
+    """timm's ``MobileVitBlock.forward`` for inputs whose size is a multiple of the patch
+    size (asserted in the graph; timm resizes other inputs with ``F.interpolate``, a branch
+    torch.fx cannot trace)."""
+    shortcut = x
+    x = m.conv_1x1(m.conv_kxk(x))
+    ph, pw = m.patch_size
+    b, h, w = x.shape[0], x.shape[2], x.shape[3]  # the width is never read: it is pruned
+    torch._assert(h % ph == 0, "MobileVitBlock: the input height must be a multiple of the "
+                  "patch size (fxprune traced it without timm's resize)")
+    torch._assert(w % pw == 0, "MobileVitBlock: the input width must be a multiple of the "
+                  "patch size (fxprune traced it without timm's resize)")
+    nh, nw = h // ph, w // pw
+    n = nh * nw
+    x = x.reshape(-1, ph, nw, pw).transpose(1, 2)  # unfold: (B*C*nh, nw, ph, pw)
+    x = x.reshape(b, -1, n, m.patch_area).transpose(1, 3).reshape(b * m.patch_area, n, -1)
+    x = m.norm(m.transformer(x))
+    x = x.contiguous().view(b, m.patch_area, n, -1)  # fold back
+    x = x.transpose(1, 3).reshape(-1, nw, ph, pw)
+    x = x.transpose(1, 2).reshape(b, -1, nh * ph, nw * pw)
+    x = m.conv_proj(x)
+    if m.conv_fusion is not None:
+        x = m.conv_fusion(torch.cat((shortcut, x), dim=1))
+    return x
+
+
+_DECOMPOSITIONS: dict[type, tuple[Callable[..., str | None], Callable[..., Any]]] = {
+    nn.MultiheadAttention: (_mha_why_not, _mha_forward),
+}
+try:  # timm is optional
+    from timm.models.mobilevit import MobileVitBlock
+
+    _DECOMPOSITIONS[MobileVitBlock] = (_mobilevit_why_not, _mobilevit_forward)
+except ImportError:  # pragma: no cover
+    pass
+
+
+def decomposes(m: nn.Module) -> bool:
+    """Does this module type have a decomposition (for some calls)?"""
+    return type(m) in _DECOMPOSITIONS
+
+
+def decomposition(m: nn.Module, args: tuple, kwargs: dict) -> Callable[..., Any] | None:
+    """The traceable forward of this call of ``m``, or None to keep ``m`` one opaque op."""
+    entry = _DECOMPOSITIONS.get(type(m))
+    if entry is None or entry[0](m, args, kwargs) is not None:
+        return None
+    fn = entry[1]
+    return lambda *a, **k: fn(m, *a, **k)
