@@ -16,9 +16,9 @@ timm's ``MobileVitBlock`` is traced the same way: its forward branches on the in
 (resize unless a multiple of the patch size), which torch.fx cannot trace, so the
 decomposition asserts the multiple in the graph and unfolds/folds with reshapes.
 
-Decomposed (MultiheadAttention): self-attention (``query is key is value``) with packed projections, no
-``bias_k``/``add_zero_attn``, no attention dropout, no masks. Any other use stays one opaque
-op (its channels are frozen, with the reason in the analysis' warning).
+MultiheadAttention is decomposed for self-attention (``query is key is value``) with packed
+projections, no ``bias_k``/``add_zero_attn``, no attention dropout and no masks. Any other use
+stays one opaque op (its channels are frozen, with the reason in the analysis' warning).
 """
 
 from __future__ import annotations
