@@ -256,6 +256,9 @@ def _attr_ids(s: _State, n: fx.Node, value: Any) -> Any:
     big = [d for d, size in enumerate(value.shape) if size > 1]
     if not big:
         return torch.full((1,) * value.dim(), FREE, dtype=torch.long)
+    if not (value.is_floating_point() or value.is_complex()):
+        # an index table (Swin's relative_position_index), not per-channel values
+        return torch.full((1,) * value.dim(), FROZEN, dtype=torch.long)
     if len(big) == 1:
         return _bind_attr(s, n, value, big[0])
     from .rules.elementwise import Broadcast

@@ -23,7 +23,7 @@ stays one opaque op (its channels are frozen, with the reason in the analysis' w
 
 from __future__ import annotations
 
-__all__ = ["decomposition"]
+__all__ = ["decomposition", "decomposes", "needs_shape"]
 
 from collections.abc import Callable
 from typing import Any
@@ -106,13 +106,77 @@ def _mobilevit_forward(m: Any, x: Any) -> Any:
     return x
 
 
-_DECOMPOSITIONS: dict[type, tuple[Callable[..., str | None], Callable[..., Any]]] = {
-    nn.MultiheadAttention: (_mha_why_not, _mha_forward),
+def _swin_why_not(m: Any, args: tuple, kwargs: dict) -> str | None:
+    if len(args) != 1 or kwargs:
+        return "unexpected arguments"
+    if m.attention_dropout or m.dropout:
+        return "dropout inside the attention"
+    return None
+
+
+def _swin_forward(m: Any, x: Any, shape: tuple[int, ...]) -> Any:
+    """torchvision's ``shifted_window_attention`` (Swin v1) as tensor ops, for inputs of the
+    example's height and width (asserted in the graph): padding, shift and the shifted
+    windows' mask follow from those sizes, as in torchvision, where they branch on them.
+
+    The channel width is never read from the input (``-1`` in the reshapes) and the q/k/v
+    split is an ``unbind``, so the embed dim and the head dims can be pruned; the original
+    ``1/sqrt(head dim)`` is a constant. The mask is built from ``arange`` comparisons
+    (torchvision fills slices of a zero tensor): the same values, -100 across regions.
+    """
+    _, h, w, c = shape
+    ws, shift, heads = list(m.window_size), list(m.shift_size), m.num_heads
+    msg = "ShiftedWindowAttention was traced for a {} of {} (fxprune specialises its windows)"
+    torch._assert(x.shape[1] == h, msg.format("height", h))
+    torch._assert(x.shape[2] == w, msg.format("width", w))
+    pad_r, pad_b = (ws[1] - w % ws[1]) % ws[1], (ws[0] - h % ws[0]) % ws[0]
+    if pad_r or pad_b:
+        x = F.pad(x, (0, 0, 0, pad_r, 0, pad_b))
+    ph, pw = h + pad_b, w + pad_r
+    shift = [0 if ws[i] >= (ph, pw)[i] else shift[i] for i in range(2)]
+    if sum(shift) > 0:
+        x = torch.roll(x, shifts=(-shift[0], -shift[1]), dims=(1, 2))
+    nh, nw, n = ph // ws[0], pw // ws[1], ws[0] * ws[1]
+    b = x.shape[0]
+    x = x.view(b, nh, ws[0], nw, ws[1], -1).permute(0, 1, 3, 2, 4, 5).reshape(b * nh * nw, n, -1)
+    qkv = m.qkv(x).reshape(b * nh * nw, n, 3, heads, -1).permute(2, 0, 3, 1, 4)
+    q, k, v = qkv.unbind(0)
+    attn = (q * (c // heads) ** -0.5) @ k.transpose(-2, -1)
+    attn = attn + m.get_relative_position_bias()
+    if sum(shift) > 0:
+        def regions(size: int, win: int, sh: int) -> Any:
+            idx = torch.arange(size, device=x.device)
+            return (idx >= size - win).long() + (idx >= size - sh).long()
+
+        region = regions(ph, ws[0], shift[0]).unsqueeze(1) * 3 + regions(pw, ws[1], shift[1])
+        region = region.view(nh, ws[0], nw, ws[1]).permute(0, 2, 1, 3).reshape(nh * nw, n)
+        mask = ((region.unsqueeze(1) - region.unsqueeze(2)) != 0).to(attn.dtype) * -100.0
+        attn = attn.view(b, nh * nw, heads, n, n) + mask.unsqueeze(1).unsqueeze(0)
+        attn = attn.view(-1, heads, n, n)
+    x = (attn.softmax(dim=-1) @ v).transpose(1, 2).reshape(b * nh * nw, n, -1)
+    x = m.proj(x)
+    x = x.view(b, nh, nw, ws[0], ws[1], -1).permute(0, 1, 3, 2, 4, 5).reshape(b, ph, pw, -1)
+    if sum(shift) > 0:
+        x = torch.roll(x, shifts=(shift[0], shift[1]), dims=(1, 2))
+    if pad_r or pad_b:
+        x = x[:, :h, :w, :]
+    return x.contiguous()
+
+
+#: type -> (why not decompose this call, traceable forward, needs the example's input shape)
+_DECOMPOSITIONS: dict[type, tuple[Callable[..., str | None], Callable[..., Any], bool]] = {
+    nn.MultiheadAttention: (_mha_why_not, _mha_forward, False),
 }
 try:  # timm is optional
     from timm.models.mobilevit import MobileVitBlock
 
-    _DECOMPOSITIONS[MobileVitBlock] = (_mobilevit_why_not, _mobilevit_forward)
+    _DECOMPOSITIONS[MobileVitBlock] = (_mobilevit_why_not, _mobilevit_forward, False)
+except ImportError:  # pragma: no cover
+    pass
+try:
+    from torchvision.models.swin_transformer import ShiftedWindowAttention
+
+    _DECOMPOSITIONS[ShiftedWindowAttention] = (_swin_why_not, _swin_forward, True)
 except ImportError:  # pragma: no cover
     pass
 
@@ -122,10 +186,24 @@ def decomposes(m: nn.Module) -> bool:
     return type(m) in _DECOMPOSITIONS
 
 
-def decomposition(m: nn.Module, args: tuple, kwargs: dict) -> Callable[..., Any] | None:
-    """The traceable forward of this call of ``m``, or None to keep ``m`` one opaque op."""
+def needs_shape(m: nn.Module) -> bool:
+    """Does this module's decomposition specialise on its input's shape?"""
+    entry = _DECOMPOSITIONS.get(type(m))
+    return entry is not None and entry[2]
+
+
+def decomposition(m: nn.Module, args: tuple, kwargs: dict,
+                  shape: tuple[int, ...] | None = None) -> Callable[..., Any] | None:
+    """The traceable forward of this call of ``m``, or None to keep ``m`` one opaque op.
+
+    ``shape``: the input shape this module saw on the example inputs (needed where
+    :func:`needs_shape`; without it the module stays one op)."""
     entry = _DECOMPOSITIONS.get(type(m))
     if entry is None or entry[0](m, args, kwargs) is not None:
         return None
-    fn = entry[1]
+    why_not, fn, shaped = entry
+    if shaped:
+        if shape is None:
+            return None
+        return lambda *a, **k: fn(m, *a, shape, **k)
     return lambda *a, **k: fn(m, *a, **k)

@@ -28,7 +28,7 @@ import torch.nn as nn
 from ._perf import gc_paused
 from ._state import untouched
 from ._unused import UNUSED, carry_unused
-from .decompose import decomposes, decomposition
+from .decompose import decomposes, decomposition, needs_shape
 from .errors import InputError, TraceFailure, is_library_file, short_error
 from .hooks import check_root
 from .inputs import positional_inputs
@@ -49,7 +49,8 @@ def _timm_notrace() -> tuple[set[type], list[Any]]:
 class FxPruneTracer(fx.Tracer):
     """A tracer that keeps rule-carrying and timm no-trace modules as leaves."""
 
-    def __init__(self, extra_leaves: set[str] | None = None, record_stack_traces: bool = False):
+    def __init__(self, extra_leaves: set[str] | None = None, record_stack_traces: bool = False,
+                 shapes: dict[str, tuple[int, ...]] | None = None):
         mods, fns = _timm_notrace()
         super().__init__(autowrap_functions=tuple(fns))
         # Stack traces cost a third of the tracing time; they are recorded lazily, only when
@@ -57,6 +58,7 @@ class FxPruneTracer(fx.Tracer):
         self.record_stack_traces = record_stack_traces
         self._notrace = mods
         self.extra_leaves = set(extra_leaves or ())
+        self.shapes = dict(shapes or {})  # module path -> input shape on the example inputs
         self.current_path: list[str] = []
         self.failed_path: str | None = None
 
@@ -79,7 +81,7 @@ class FxPruneTracer(fx.Tracer):
         self.current_path.append(path)
         try:
             if decomposes(m) and path not in self.extra_leaves:
-                fn = decomposition(m, args, kwargs)
+                fn = decomposition(m, args, kwargs, self.shapes.get(path))
                 if fn is None:  # this call stays one opaque op
                     return self.create_proxy("call_module", path, args, kwargs)
                 forward = fn
@@ -189,7 +191,7 @@ def trace(
     example_inputs = positional_inputs(model, example_inputs)
 
     with untouched(model):  # tracing runs Python code on real buffers (self.n.add_(1))
-        graph, leaves = _trace_graph(model)
+        graph, leaves = _trace_graph(model, _input_shapes(model, example_inputs))
     name = type(model).__name__
     gm = _GraphModule(model, graph, class_name=name)
     gm.meta[EXAMPLE_INPUTS] = example_inputs
@@ -205,11 +207,38 @@ def trace(
     return gm
 
 
-def _trace_graph(model: nn.Module) -> tuple[fx.Graph, set[str]]:
+def _input_shapes(model: nn.Module, inputs: tuple) -> dict[str, tuple[int, ...]]:
+    """The first input's shape of every module whose decomposition specialises on it, from one
+    forward pass on the example inputs (none when the model has no such module)."""
+    wanted = {name: m for name, m in model.named_modules() if needs_shape(m)}
+    if not wanted:
+        return {}
+    shapes: dict[str, tuple[int, ...]] = {}
+
+    def record(name: str) -> Any:
+        def hook(_m: nn.Module, args: tuple) -> None:
+            if args and isinstance(args[0], torch.Tensor):
+                shapes.setdefault(name, tuple(args[0].shape))
+        return hook
+
+    handles = [m.register_forward_pre_hook(record(name)) for name, m in wanted.items()]
+    try:
+        with untouched(model, eval_mode=True), torch.no_grad():
+            model(*inputs)
+    except Exception:  # noqa: BLE001 - the trace or the analysis reports bad inputs
+        return {}
+    finally:
+        for h in handles:
+            h.remove()
+    return shapes
+
+
+def _trace_graph(model: nn.Module, shapes: dict[str, tuple[int, ...]] | None = None
+                 ) -> tuple[fx.Graph, set[str]]:
     """Trace, retrying with each failing submodule as an opaque leaf."""
     leaves: set[str] = set()
     for _ in range(_MAX_LEAF_RETRIES):
-        tracer = FxPruneTracer(leaves)
+        tracer = FxPruneTracer(leaves, shapes=shapes)
         try:
             graph = tracer.trace(model)
             break

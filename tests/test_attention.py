@@ -232,3 +232,49 @@ def test_matmul_with_channels_on_both_matrix_axes_is_frozen_not_wrong():
     with pytest.warns(UserWarning):
         pruned = fxprune.compress(Outer(), 0.5, example_inputs=torch.randn(3, 4))
     assert pruned.a.weight.shape == (6, 8) and pruned.fc.weight.shape == (8, 4)
+
+
+def _tiny_swin():
+    import torchvision
+
+    torch.manual_seed(0)
+    # 40x40 -> 10x10 maps: windows of 4 need padding, the first stage shifts, the second
+    # (5x5 -> padded 8x8, window 4) shifts too; heads 2 and 4
+    return torchvision.models.SwinTransformer(
+        patch_size=[4, 4], embed_dim=24, depths=[2, 2], num_heads=[2, 4], window_size=[4, 4],
+        num_classes=10).eval()
+
+
+def test_swin_window_attention_decomposition_equals_torchvision():
+    m = _tiny_swin()
+    x = torch.randn(2, 3, 40, 40)
+    gm = fxprune.trace(m, x)
+    assert not any(n.op == "call_function" and "shifted_window_attention" in str(n.target)
+                   for n in gm.graph.nodes)
+    torch.testing.assert_close(gm(x), m(x), rtol=1e-5, atol=1e-5)
+    with pytest.raises(Exception, match="traced for a height of 10"):
+        gm(torch.randn(1, 3, 48, 48))
+
+
+def test_swin_prunes_embed_dim_mlp_and_head_dims():
+    m = _tiny_swin()
+    x = torch.randn(2, 3, 40, 40)
+    before = fxprune.count(m, x).macs
+    pruned = prune_and_check(m, x, 0.5, expect="approximate")
+    assert fxprune.count(pruned, x).macs < 0.4 * before
+    qkv = pruned.get_parameter("features.1.0.attn.qkv.weight")
+    assert qkv.shape == (36, 12)  # 3 x 2 heads x 6 dims, from a stream of 12
+
+
+def test_roll_along_channels_is_frozen():
+    class Rolled(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Linear(4, 8), nn.Linear(8, 2)
+
+        def forward(self, x):
+            return self.b(torch.roll(self.a(x), 1, dims=-1))
+
+    with pytest.warns(UserWarning, match="roll"):
+        a = fxprune.analyze(fxprune.trace(Rolled(), torch.randn(2, 4)))
+    assert all(g.prunable == 0 for g in a.groups)

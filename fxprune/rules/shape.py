@@ -372,7 +372,9 @@ class Pad(_Sizes):
         for i in range(len(pad) // 2):
             d = nd - 1 - i
             lo, hi = int(pad[2 * i]), int(pad[2 * i + 1])
-            if (lo or hi) and (out.shape[d] > 1 or d == 1):
+            # axis 1 of a value without channel ids anywhere is a conv's channel axis; where
+            # ids vary along another axis (channels-last), axis 1 is spatial
+            if (lo or hi) and (out.shape[d] > 1 or (d == 1 and out.numel() == 1)):
                 raw = ctx.arg_node(1, "pad")
                 if isinstance(raw, fx.Node) or any(isinstance(raw[k], fx.Node)
                                                    for k in (2 * i, 2 * i + 1)):

@@ -1,0 +1,93 @@
+"""Window and token bookkeeping: rolls, patch merging, index ranges.
+
+* ``torch.roll`` shifts along spatial/token axes (Swin's shifted windows): channel ids pass
+  through; a roll along a channel axis is not supported (its channels are frozen).
+* ``torchvision``'s ``_patch_merging_pad`` concatenates the four 2x2-strided pieces of a
+  ``(..., H, W, C)`` map along channels: the output's channel axis holds the input's ids four
+  times (the following LayerNorm and Linear read each channel four times, as after a flatten).
+* Swin's relative position bias keeps its heads.
+* ``torch.arange``/``torch.linspace`` make index values with no channels (Swin's window
+  masks): their ids are free.
+"""
+
+from __future__ import annotations
+
+__all__ = ["Roll", "PatchMergingPad", "NoChannels", "RelativePositionBias"]
+
+import torch
+
+from ..channels import FREE, FROZEN
+from . import Rule, register_rule
+from ._util import align, dims_arg
+
+
+@register_rule(torch.roll, "roll")
+class Roll(Rule):
+    """roll: elements move along axes without channels; ids pass through."""
+
+    def propagate(self, ctx):  # type: ignore[no-untyped-def]
+        from ..propctx import Unsupported
+
+        x = ctx.arg(0, "input")
+        ids = align(ctx.ids(0, "input"), x.dim())
+        dims = ctx.arg(2, "dims")
+        if dims is None or (isinstance(dims, (list, tuple)) and not dims):
+            if ids.numel() > 1:
+                raise Unsupported("roll of the flattened tensor moves channels")
+            return ids
+        if any(ids.shape[d] > 1 for d in dims_arg(dims, x.dim())):
+            raise Unsupported("roll along a channel axis")
+        return ids
+
+    def is_size_arg(self, node, key):  # type: ignore[no-untyped-def]
+        return True
+
+
+class PatchMergingPad(Rule):
+    """Swin patch merging: (..., H, W, C) -> (..., H/2, W/2, 4C), the channels four times."""
+
+    def propagate(self, ctx):  # type: ignore[no-untyped-def]
+        from ..propctx import Unsupported
+
+        x = ctx.arg(0, "x")
+        ids = align(ctx.ids(0, "x"), x.dim())
+        if any(s > 1 for s in ids.shape[-3:-1]):
+            raise Unsupported("patch merging of a map with channels on its spatial axes")
+        if ids.shape[-1] == 1:
+            return ids
+        return torch.cat([ids] * 4, dim=-1)
+
+
+@register_rule(torch.arange, torch.linspace)
+class NoChannels(Rule):
+    """A tensor of index values: it carries no channels."""
+
+    def propagate(self, ctx):  # type: ignore[no-untyped-def]
+        return torch.full((1,) * ctx.out.dim(), FREE, dtype=torch.long)
+
+    def is_size_arg(self, node, key):  # type: ignore[no-untyped-def]
+        return True
+
+
+class RelativePositionBias(Rule):
+    """Swin's relative position bias ``(1, heads, N, N)`` gathered from its table: the heads
+    are kept (the table is not sliced), so an attention it is added to keeps its heads."""
+
+    def propagate(self, ctx):  # type: ignore[no-untyped-def]
+        return torch.full((1,) * ctx.out.dim(), FROZEN, dtype=torch.long)
+
+
+def _register_torchvision() -> None:
+    try:
+        from torchvision.models import swin_transformer as swin
+    except ImportError:  # pragma: no cover - torchvision is a dependency
+        return
+    fn = getattr(swin, "_patch_merging_pad", None)
+    if fn is not None:
+        register_rule(fn)(PatchMergingPad)
+    fn = getattr(swin, "_get_relative_position_bias", None)
+    if fn is not None:
+        register_rule(fn)(RelativePositionBias)
+
+
+_register_torchvision()
