@@ -314,7 +314,8 @@ def _count_rows(before: Any, after: Any, paper: Any) -> list[list[Any]]:
 
 def _compress_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     kwargs: dict[str, Any] = {"allocation": args.allocation, "residual": args.residual,
-                              "clr_lambda": args.clr_lambda, "clr_cost": args.clr_cost}
+                              "clr_lambda": args.clr_lambda, "clr_cost": args.clr_cost,
+                              "attention": args.attention}
     if args.target_flops is not None:
         kwargs["target_flops"] = args.target_flops
     if args.target_params is not None:
@@ -578,6 +579,8 @@ def _compress_parser(sub: Any, common: argparse.ArgumentParser) -> None:
                    help="how the amount is spread over layers (default uniform)")
     p.add_argument("--residual", choices=("coupled", "scatter"), default="coupled",
                    help="residual policy (default coupled; scatter = SFP/FPGM index_add)")
+    p.add_argument("--attention", choices=("dims", "heads"), default="dims",
+                   help="attention: prune the same dims of every head (default) or whole heads")
     p.add_argument("--clr-lambda", type=float, default=1.0, metavar="L",
                    help="CLR exponent on the layer cost (authors: VGG-16 0.5, ResNet-56 10)")
     p.add_argument("--clr-cost", choices=("authors", "macs"), default="authors",

@@ -275,3 +275,17 @@ def test_main_paper_flops(capsys):
     assert "--paper-flops needs --ratio" in capsys.readouterr().err
     assert cli.main(["-q", "compress", *CIFAR, "--ratio", "0.5", "--allocation", "clr",
                      "--clr-lambda", "10", "--clr-cost", "macs", "--no-latency"]) == 0
+
+
+def test_compress_attention_heads(tmp_path, capsys):
+    pytest.importorskip("timm")
+    out = tmp_path / "vit.pt"
+    args = ["-q", "compress", "timm:vit_tiny_patch16_224", "--ratio", "0.5", "--attention",
+            "heads", "--no-latency", "-o", str(out)]
+    assert cli.main(args) == 0
+    assert "approximate" in capsys.readouterr().out
+    import fxprune
+
+    small = fxprune.load(out)
+    rows = small.get_parameter("blocks.0.attn.qkv.weight").shape[0]
+    assert rows < 3 * 192 and rows % (3 * 64) == 0  # whole heads of 64 dims (q, k and v)
