@@ -278,3 +278,12 @@ def test_roll_along_channels_is_frozen():
     with pytest.warns(UserWarning, match="roll"):
         a = fxprune.analyze(fxprune.trace(Rolled(), torch.randn(2, 4)))
     assert all(g.prunable == 0 for g in a.groups)
+
+
+def test_swin_whole_heads_slice_the_relative_position_table():
+    m = _tiny_swin()
+    x = torch.randn(2, 3, 40, 40)
+    pruned = prune_and_check(m, x, 0.5, expect="approximate", attention="heads")
+    table = pruned.get_parameter("features.3.0.attn.relative_position_bias_table")
+    assert table.shape[1] == 2  # 2 of the 4 heads
+    assert pruned.get_parameter("features.3.0.attn.qkv.weight").shape[0] == 3 * 2 * 12

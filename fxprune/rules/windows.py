@@ -5,7 +5,7 @@
 * ``torchvision``'s ``_patch_merging_pad`` concatenates the four 2x2-strided pieces of a
   ``(..., H, W, C)`` map along channels: the output's channel axis holds the input's ids four
   times (the following LayerNorm and Linear read each channel four times, as after a flatten).
-* Swin's relative position bias keeps its heads.
+* Swin's relative position bias: its table's head columns go with whole heads.
 * ``torch.arange``/``torch.linspace`` make index values with no channels (Swin's window
   masks): their ids are free.
 """
@@ -70,11 +70,23 @@ class NoChannels(Rule):
 
 
 class RelativePositionBias(Rule):
-    """Swin's relative position bias ``(1, heads, N, N)`` gathered from its table: the heads
-    are kept (the table is not sliced), so an attention it is added to keeps its heads."""
+    """Swin's relative position bias ``(1, heads, N, N)`` gathered from its ``(M, heads)``
+    table: with ``attention="heads"`` the table's head columns are a channel space (coupled
+    with the attention's heads when the bias is added); with ``"dims"`` every head stays."""
 
     def propagate(self, ctx):  # type: ignore[no-untyped-def]
-        return torch.full((1,) * ctx.out.dim(), FROZEN, dtype=torch.long)
+        import torch.fx as fx
+
+        from ..channels import at_axis
+
+        table = ctx.arg_node(0, "relative_position_bias_table")
+        value = ctx.arg(0, "relative_position_bias_table")
+        if (ctx.attention != "heads" or not isinstance(table, fx.Node)
+                or table.op != "get_attr" or value.dim() != 2):
+            return torch.full((1,) * ctx.out.dim(), FROZEN, dtype=torch.long)
+        heads = ctx.new_ids(value.shape[1], key=("attr", str(table.target), 1))
+        ctx.bind("", 1, heads, "channel", target=str(table.target))
+        return at_axis(heads, 1, ctx.out.dim())
 
 
 def _register_torchvision() -> None:
