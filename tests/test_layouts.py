@@ -60,7 +60,7 @@ class AfterUnknownOp(nn.Module):
         self.fc0, self.mlp = nn.Linear(16, 16), MLP()
 
     def forward(self, x):  # (B, T, C)
-        return self.mlp(torch.roll(self.fc0(x), 1, 1))  # no rule for roll
+        return self.mlp(torch.flip(self.fc0(x), [1]))  # no rule for flip
 
 
 def test_unknown_op_freezes_only_its_own_values():
@@ -269,3 +269,24 @@ def test_written_out_per_sample_mask_passes_channels():
         fxprune.analyze(fxprune.trace(PerSampleMask(), x))
     pruned = prune_and_check(PerSampleMask(), x, 0.5)
     assert tuple(pruned.mlp.fc1.weight.shape) == (32, 16)
+
+
+class ChannelsLastConstant(nn.Module):
+    """A literal-size channels-last tensor (B, H, W, C) added to and concatenated with the
+    hidden width: its channel axis is the last one, not axis 1."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(16, 32), nn.Linear(48, 8)
+
+    def forward(self, x):  # (B, 3, 4, 16)
+        h = F.gelu(self.fc1(x))
+        h = h + x.new_ones((x.shape[0], 3, 4, 32))
+        return self.fc2(torch.cat([h, x.new_zeros((x.shape[0], 3, 4, 16))], -1))
+
+
+def test_literal_size_channels_last_constant_follows_its_channel_axis():
+    torch.manual_seed(0)
+    pruned = prune_and_check(ChannelsLastConstant(), torch.randn(2, 3, 4, 16), 0.5)
+    assert tuple(pruned.fc1.weight.shape) == (16, 16)
+    assert pruned.fc2.weight.shape[1] < 48

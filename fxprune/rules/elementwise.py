@@ -242,13 +242,20 @@ class Reduce(Rule):
 
 
 class Constant(Rule):
-    """A tensor made from sizes (zeros, ones, full...): a fresh prunable space on axis 1."""
+    """A tensor made from sizes (zeros, ones, full...): a fresh prunable space on its channel
+    axis, whose literal size the rewrite patches.
+
+    The channel axis is the one along which the values it is combined with (the other
+    arguments of its users, ``x + torch.zeros(B, H, W, C)``, ``cat([x, zeros], 1)``) carry
+    channels, when they agree on one; else axis 1 (a conv's)."""
 
     def propagate(self, ctx):  # type: ignore[no-untyped-def]
         out = ctx.out
         if out.dim() == 0:
             return torch.tensor(1)
-        axis = 1 if out.dim() > 1 else 0
+        axis = _users_channel_axis(ctx.node, out.dim())
+        if axis is None:
+            axis = 1 if out.dim() > 1 else 0
         return at_axis(ctx.new_ids(out.shape[axis]), axis, out.dim())
 
     def is_size_arg(self, node: fx.Node, key: int | str) -> bool:
@@ -257,6 +264,26 @@ class Constant(Rule):
 
     def rewrite_node(self, node: fx.Node, ctx) -> None:  # type: ignore[no-untyped-def]
         ctx.patch_shape_args(node, first=1 if node.op == "call_method" else 0)
+
+
+def _users_channel_axis(node: fx.Node, nd: int) -> int | None:
+    """The one axis along which the already analysed operands next to ``node`` in its users
+    carry channels (right-aligned to ``nd`` dims), or None."""
+    found: set[int] = set()
+
+    def visit(a: object) -> None:
+        if isinstance(a, (list, tuple)):
+            for x in a:
+                visit(x)
+        elif isinstance(a, fx.Node) and a is not node:
+            ids = meta.get_ids(a)
+            if isinstance(ids, Tensor) and ids.dim() <= nd:
+                off = nd - ids.dim()
+                found.update(d + off for d in range(ids.dim()) if ids.shape[d] > 1)
+
+    for user in node.users:
+        visit(user.args)
+    return found.pop() if len(found) == 1 else None
 
 
 def _name(node: fx.Node) -> str:
