@@ -287,3 +287,28 @@ def test_swin_whole_heads_slice_the_relative_position_table():
     table = pruned.get_parameter("features.3.0.attn.relative_position_bias_table")
     assert table.shape[1] == 2  # 2 of the 4 heads
     assert pruned.get_parameter("features.3.0.attn.qkv.weight").shape[0] == 3 * 2 * 12
+
+
+class BiasTableAttention(nn.Module):
+    """LeViT/EfficientFormer style: a per-head bias table gathered by a buffer of relative
+    positions (advanced indexing along an axis without channels), nn.Softmax(dim=-1)."""
+
+    def __init__(self):
+        super().__init__()
+        self.qkv, self.proj = nn.Linear(8, 3 * 16), nn.Linear(16, 8)
+        self.biases = nn.Parameter(torch.randn(2, 9))
+        self.register_buffer("idx", torch.randint(0, 9, (5, 5)))
+        self.softmax = nn.Softmax(dim=-1)
+
+    def forward(self, x):
+        b, n, _ = x.shape
+        q, k, v = self.qkv(x).view(b, n, 3, 2, 8).permute(2, 0, 3, 1, 4).unbind(0)
+        attn = self.softmax(q @ k.transpose(-2, -1) * 0.35 + self.biases[:, self.idx])
+        return self.proj((attn @ v).transpose(1, 2).reshape(b, n, 16))
+
+
+def test_bias_table_gathered_by_index_buffer():
+    torch.manual_seed(0)
+    pruned = prune_and_check(BiasTableAttention(), torch.randn(2, 5, 8), 0.5)
+    assert pruned.qkv.weight.shape == (24, 8)  # 4 of 8 dims in both heads, q, k and v
+    assert pruned.biases.shape == (2, 9)  # heads kept: the table is whole

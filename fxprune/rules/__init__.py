@@ -171,4 +171,14 @@ def list_rules() -> list[tuple[str, str]]:
 
 
 # Rule families register themselves on import.
-from . import attention, conv, elementwise, linear, norm, shape, timm_layers, windows  # noqa: E402, F401
+from . import (  # noqa: E402, F401
+    attention,
+    conv,
+    elementwise,
+    indexing,
+    linear,
+    norm,
+    shape,
+    timm_layers,
+    windows,
+)

@@ -212,7 +212,7 @@ class AlongDim(Rule):
         from ..analyze import Unsupported
 
         ids = ctx.ids(0, "input")
-        dim = ctx.arg(1, "dim")
+        dim = getattr(ctx.module, "dim", None) if ctx.module is not None else ctx.arg(1, "dim")
         if dim is None:
             raise Unsupported("implicit dim")
         d = norm_dim(int(dim), ctx.out.dim())

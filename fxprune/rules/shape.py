@@ -1,4 +1,5 @@
-"""Shape ops: reshape family, permutes, concatenation, splitting, indexing, padding, expand.
+"""Shape ops: reshape family, permutes, concatenation, splitting, padding, expand (indexing:
+:mod:`fxprune.rules.indexing`).
 
 Index bookkeeping lives here: ``cat`` concatenates the inputs' ids, ``split``/``chunk``/slicing
 take ranges of them (and the rewrite translates offsets to the pruned layout), ``flatten`` into a
@@ -9,10 +10,9 @@ block so the pruned tensor stays rectangular; the rewrite patches literal sizes.
 
 from __future__ import annotations
 
-__all__ = ["Reshape", "Permute", "Transpose", "Cat", "Stack", "Split", "GetItem", "Narrow",
-           "Expand", "Repeat", "Pad"]
+__all__ = ["Reshape", "Permute", "Transpose", "Cat", "Stack", "Split", "Expand", "Repeat",
+           "Pad"]
 
-import operator
 
 import torch
 import torch.fx as fx
@@ -219,113 +219,6 @@ def _val(ctx, node: fx.Node, i: int, name: str, default: object = None) -> objec
     if i >= len(node.args) and name not in node.kwargs:
         return default
     return ctx.arg_value(node, i, name)
-
-
-def _expand_index(idx: object, ndim: int) -> list[object]:
-    items = list(idx) if isinstance(idx, tuple) else [idx]
-    n_real = sum(1 for i in items if i is not None and i is not Ellipsis)
-    out: list[object] = []
-    for i in items:
-        if i is Ellipsis:
-            out.extend([slice(None)] * (ndim - n_real))
-        else:
-            out.append(i)
-    consumed = sum(1 for i in out if i is not None)
-    out.extend([slice(None)] * (ndim - consumed))
-    return out
-
-
-@register_rule(operator.getitem)
-class GetItem(_Sizes):
-    """Indexing: tuples pick ids; tensor slices slice ids (bounds translated on rewrite)."""
-
-    def propagate(self, ctx):  # type: ignore[no-untyped-def]
-        src = ctx.ids(0)
-        idx = ctx.arg(1)
-        if isinstance(src, tuple):
-            return src[idx]
-        x = ctx.arg(0)
-        items = _expand_index(idx, x.dim())
-        raw = _expand_index(ctx.node.args[1], x.dim())
-        out, d = src, 0
-        for it, r in zip(items, raw):
-            if it is None:
-                out = out.unsqueeze(d)
-                d += 1
-                continue
-            vary = out.shape[d] > 1
-            if isinstance(it, bool) or not isinstance(it, (int, slice)):
-                if vary:
-                    raise _unsupported("advanced indexing on a channel axis")
-                raise _unsupported("advanced indexing")
-            if vary and (isinstance(r, fx.Node) or (isinstance(r, slice) and any(
-                    isinstance(v, fx.Node) for v in (r.start, r.stop, r.step)))):
-                raise _unsupported("a computed index on a channel axis")
-            if isinstance(it, int):
-                if vary:
-                    ctx.freeze(out.select(d, it), "selected by an integer index")
-                    out = out.select(d, it)
-                else:
-                    out = out.squeeze(d)
-                continue
-            if vary:
-                if it.step not in (None, 1):
-                    raise _unsupported("strided slice on a channel axis")
-                out = _one_channel_frozen(ctx, out[(slice(None),) * d + (it,)], d)
-            d += 1
-        return out.contiguous()
-
-    def rewrite_node(self, node: fx.Node, ctx) -> None:  # type: ignore[no-untyped-def]
-        old = ctx.old(node)
-        src = old.args[0]
-        shape = ctx.old_shape(src)
-        if not isinstance(shape, tuple) or not shape or not isinstance(shape[0], int):
-            return  # indexing a tuple of tensors
-        values = _expand_index(ctx.arg_value(old, 1), len(shape))
-        items = _expand_index(node.args[1], len(shape))  # the new graph's own nodes
-        new_items, d, changed = [], 0, False
-        for it, val in zip(items, values):
-            if val is None:
-                new_items.append(it)
-                continue
-            keep = ctx.kept_positions(src, d)
-            if keep is not None and isinstance(val, int):
-                p = val % shape[d]
-                it, changed = int(keep[:p].sum()), True
-            elif keep is not None and isinstance(val, slice):
-                start, stop, _ = val.indices(shape[d])
-                it = slice(None if val.start is None else int(keep[:start].sum()),
-                           None if val.stop is None else int(keep[:stop].sum()), val.step)
-                changed = True
-            new_items.append(it)
-            d += 1
-        if changed:
-            node.args = (node.args[0], tuple(new_items))
-
-
-@register_rule(torch.narrow, "narrow")
-class Narrow(_Sizes):
-    """narrow(dim, start, length): a slice along one axis."""
-
-    def propagate(self, ctx):  # type: ignore[no-untyped-def]
-        ids = ctx.ids(0, "input")
-        dim = norm_dim(int(ctx.arg(1, "dim")), ids.dim())
-        start, length = int(ctx.arg(2, "start")), int(ctx.arg(3, "length"))
-        if ids.shape[dim] == 1:
-            return ids
-        return _one_channel_frozen(ctx, ids.narrow(dim, start, length), dim)
-
-    def rewrite_node(self, node: fx.Node, ctx) -> None:  # type: ignore[no-untyped-def]
-        old = ctx.old(node)
-        src = old.args[0]
-        dim = norm_dim(int(_val(ctx, old, 1, "dim")), len(ctx.old_shape(src)))
-        keep = ctx.kept_positions(src, dim)
-        if keep is None:
-            return
-        start, length = int(_val(ctx, old, 2, "start")), int(_val(ctx, old, 3, "length"))
-        node.args = (node.args[0], dim, int(keep[:start].sum()),
-                     int(keep[start:start + length].sum()))
-        node.kwargs = {}
 
 
 @register_rule("expand", "expand_as", torch.broadcast_to, "broadcast_to")

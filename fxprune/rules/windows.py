@@ -6,13 +6,14 @@
   ``(..., H, W, C)`` map along channels: the output's channel axis holds the input's ids four
   times (the following LayerNorm and Linear read each channel four times, as after a flatten).
 * Swin's relative position bias: its table's head columns go with whole heads.
+* timm's window/grid reverse functions move tokens, not channels.
 * ``torch.arange``/``torch.linspace`` make index values with no channels (Swin's window
   masks): their ids are free.
 """
 
 from __future__ import annotations
 
-__all__ = ["Roll", "PatchMergingPad", "NoChannels", "RelativePositionBias"]
+__all__ = ["Roll", "PatchMergingPad", "NoChannels", "RelativePositionBias", "WindowReverse"]
 
 import torch
 
@@ -89,6 +90,52 @@ class RelativePositionBias(Rule):
         return at_axis(heads, 1, ctx.out.dim())
 
 
+class WindowReverse(Rule):
+    """timm's window/grid un-partitioning (registered no-trace functions): tokens move
+    between windows and the map, the channel axis (last, or 1 for ``*_nchw``) passes through."""
+
+    def __init__(self, axis: int):
+        self.axis = axis
+
+    def propagate(self, ctx):  # type: ignore[no-untyped-def]
+        from ..channels import at_axis
+        from ..propctx import Unsupported
+
+        x = ctx.arg(0, "windows")
+        ids = align(ctx.ids(0, "windows"), x.dim())
+        axis = self.axis % x.dim()
+        if any(s > 1 for d, s in enumerate(ids.shape) if d != axis):
+            raise Unsupported("window reverse of a value with channels on its token axes")
+        return at_axis(ids.reshape(-1), self.axis % ctx.out.dim(), ctx.out.dim())
+
+
+def _register_timm() -> None:
+    import importlib
+
+    from .elementwise import Broadcast
+
+    names = {"timm.models.swin_transformer": ("window_reverse",),
+             "timm.models.swin_transformer_v2": ("window_reverse",),
+             "timm.models.swin_transformer_v2_cr": ("window_reverse",),
+             "timm.models.gcvit": ("window_reverse",), "timm.models.davit": ("window_reverse",),
+             "timm.models.maxxvit": ("window_reverse", "grid_reverse", "window_reverse_nchw",
+                                     "grid_reverse_nchw")}
+    for module, fns in names.items():
+        try:
+            mod = importlib.import_module(module)
+        except ImportError:  # timm is optional
+            continue
+        for name in fns:
+            fn = getattr(mod, name, None)
+            if fn is not None:
+                register_rule(fn)(WindowReverse(1 if name.endswith("_nchw") else -1))
+    try:
+        from timm.layers.attention import maybe_add_mask
+    except ImportError:
+        return
+    register_rule(maybe_add_mask)(Broadcast())
+
+
 def _register_torchvision() -> None:
     try:
         from torchvision.models import swin_transformer as swin
@@ -103,3 +150,4 @@ def _register_torchvision() -> None:
 
 
 _register_torchvision()
+_register_timm()
