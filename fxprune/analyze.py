@@ -30,8 +30,8 @@ from torch import Tensor
 from . import meta
 from ._perf import gc_paused
 from ._state import untouched
-from .channels import FIRST_ID, FREE, FROZEN, at_axis, fit
-from .counts import SIZE_DEPS, size_deps, size_uses
+from .channels import FIRST_ID, FREE, FROZEN, at_axis, axis_ids, fit
+from .counts import SIZE_DEPS, arg_deps, direct_count, size_deps, size_uses
 from .errors import FxPruneError, InputError, UnsupportedOpError, node_location, short_error
 from .groups import resolve_tables
 from .hooks import opaque_reason
@@ -80,6 +80,7 @@ class _Propagator(fx.Interpreter):
         self.progress = progress
         self.n_nodes = len(gm.graph.nodes)
         self.i = 0
+        self._pending: list[tuple[fx.Node, int, int]] = []  # see _count_couplings
 
     def run_node(self, n: fx.Node) -> Any:
         # Interpreter.run_node, with the arguments fetched once for the op and its rule
@@ -140,6 +141,8 @@ class _Propagator(fx.Interpreter):
                 ids = self._unsupported(ctx, n, str(e))
         else:
             ids = self._unsupported(ctx, n, None)
+        if self._pending:
+            self._apply_couplings(ctx, n, ids)
         if n.op == "call_module" and self._is_ignored(str(n.target)):
             _structure_apply(ids, lambda t: ctx.freeze(t, f"ignored module '{n.target}'"))
         if n.op == "call_module" and rule is not None:
@@ -173,12 +176,57 @@ class _Propagator(fx.Interpreter):
         foreign = [(src, axis) for src, axis in deps if src not in inputs]
         if not foreign:
             return
+        coupled = self._count_couplings(n, rule, {(s, a) for s, a in foreign})
+        if coupled is not None:
+            self._pending = coupled
+            return
+        self._freeze_foreign(ctx, n, foreign)
+
+    def _freeze_foreign(self, ctx: PropCtx, n: fx.Node, foreign: list[tuple[str, int]]) -> None:
         by_name = {x.name: x for x in self.module.graph.nodes}
         for src, _axis in foreign:
             ctx.freeze(meta.get_ids(by_name[src]),
                        f"its size is read to shape another tensor at {n.name}")
         for ids in ctx.tensor_input_ids():
             ctx.freeze(ids, f"shaped with the size of another tensor at {n.name}")
+
+    def _count_couplings(self, n: fx.Node, rule: Any, foreign: set[tuple[str, int]]
+                         ) -> list[tuple[fx.Node, int, int]] | None:
+        """A view/reshape whose size ``p`` is exactly another tensor's channel count
+        (``y.view(B, N, C)`` with ``B, N, C = x.shape``, Swin's windows): couple ``x``'s
+        channels with the output's axis ``p`` (checked after the rule ran), so the counts
+        stay equal after pruning. None: some foreign size is not such a count."""
+        from .rules.shape import Reshape
+
+        if not isinstance(rule, Reshape) or n.target not in ("view", "reshape", torch.reshape):
+            return None
+        sizes = list(n.args[1:])
+        if len(sizes) == 1 and isinstance(sizes[0], (list, tuple)):
+            sizes = list(sizes[0])
+        found: list[tuple[fx.Node, int, int]] = []
+        covered: set[tuple[str, int]] = set()
+        for p, a in enumerate(sizes):
+            deps = arg_deps(a)
+            if not deps or not deps & foreign:
+                continue
+            direct = direct_count(a)
+            if direct is None:
+                return None
+            found.append((direct[0], direct[1], p))
+            covered.add((direct[0].name, direct[1]))
+        return found if covered == foreign else None
+
+    def _apply_couplings(self, ctx: PropCtx, n: fx.Node, ids: Any) -> None:
+        pending, self._pending = self._pending, []
+        for src, axis, p in pending:
+            src_ids = meta.get_ids(src)
+            size = src_ids.shape[axis] if isinstance(src_ids, Tensor) else -1
+            if (isinstance(ids, Tensor) and p < ids.dim() and ids.shape[p] == size
+                    and axis_ids(ids, p, size) is not None
+                    and axis_ids(src_ids, axis, size) is not None):
+                ctx.union(axis_ids(src_ids, axis, size), axis_ids(ids, p, size))
+            else:
+                self._freeze_foreign(ctx, n, [(src.name, axis)])
 
     @property
     def module_map(self) -> dict[str, nn.Module]:

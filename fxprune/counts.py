@@ -22,7 +22,8 @@ non-channel positions (``x.flatten(1)`` of a feature map) pins its spatial facto
 
 from __future__ import annotations
 
-__all__ = ["SIZE_DEPS", "size_deps", "flat_deps", "size_uses", "pin_args"]
+__all__ = ["direct_count", "arg_deps", "SIZE_DEPS", "size_deps", "flat_deps", "size_uses",
+           "pin_args"]
 
 import builtins
 import operator
@@ -60,6 +61,23 @@ def _size_read(n: fx.Node) -> tuple[fx.Node, str, int | None] | None:
         return src, "numel", None
     if n.target is builtins.len and len(args) == 1 and nd:
         return src, "axis", 0
+    return None
+
+
+def direct_count(a: Any) -> tuple[fx.Node, int] | None:
+    """``(tensor node, axis)`` if ``a`` is exactly one channel count: ``x.shape[d]``,
+    ``x.size(d)`` or an unpacked ``B, N, C = x.shape`` (not arithmetic on it)."""
+    if not isinstance(a, fx.Node):
+        return None
+    read = _size_read(a)
+    if read is not None and read[1] == "axis":
+        return read[0], int(read[2])  # type: ignore[arg-type]
+    if a.target is operator.getitem and len(a.args) == 2 and isinstance(a.args[1], int):
+        inner = a.args[0]
+        read = _size_read(inner) if isinstance(inner, fx.Node) else None
+        if read is not None and read[1] == "shape":
+            nd = meta.get_ids(read[0]).dim()
+            return (read[0], a.args[1] % nd) if nd else None
     return None
 
 
@@ -101,6 +119,11 @@ def flat_deps(deps: Any) -> set[tuple[str, int]]:
     if isinstance(deps, frozenset):
         return set(deps)
     return set().union(*[flat_deps(d) for d in deps]) if deps else set()
+
+
+def arg_deps(a: Any) -> set[tuple[str, int]]:
+    """The (tensor node, channel axis) pairs an argument's counts are read from."""
+    return _arg_deps(a)
 
 
 def _arg_deps(a: Any) -> set[tuple[str, int]]:

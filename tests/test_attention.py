@@ -312,3 +312,32 @@ def test_bias_table_gathered_by_index_buffer():
     pruned = prune_and_check(BiasTableAttention(), torch.randn(2, 5, 8), 0.5)
     assert pruned.qkv.weight.shape == (24, 8)  # 4 of 8 dims in both heads, q, k and v
     assert pruned.biases.shape == (2, 9)  # heads kept: the table is whole
+
+
+class CountFromTheStream(nn.Module):
+    """timm Swin: ``attn_windows.view(-1, ws, ws, C)`` with ``C`` read from the block input:
+    the count couples the two tensors' channels (they meet at the residual add anyway)."""
+
+    def __init__(self, arithmetic=False):
+        super().__init__()
+        self.arithmetic = arithmetic
+        self.inp, self.mix, self.out = nn.Linear(4, 16), nn.Linear(16, 16), nn.Linear(16, 3)
+
+    def forward(self, x):  # (B, 6, 4)
+        h = self.inp(x)
+        b, n, c = h.shape
+        y = self.mix(h.relu()).reshape(-1, c // 2 * 2 if self.arithmetic else c)
+        return self.out(h + y.view(b, n, c))
+
+
+def test_a_count_read_from_another_tensor_couples_their_channels():
+    torch.manual_seed(0)
+    pruned = prune_and_check(CountFromTheStream(), torch.randn(2, 6, 4), 0.5)
+    assert pruned.inp.weight.shape == (8, 4) and pruned.mix.weight.shape == (8, 8)
+
+
+def test_arithmetic_on_a_foreign_count_still_keeps_both_widths():
+    torch.manual_seed(0)
+    m = CountFromTheStream(arithmetic=True)
+    with pytest.raises(fxprune.InputError, match="shape another tensor"):
+        fxprune.compress(m, 0.5, example_inputs=torch.randn(2, 6, 4))

@@ -35,7 +35,7 @@ ROLLNET = textwrap.dedent("""
             self.c = nn.Conv2d(8, 4, 1)
 
         def forward(self, x):
-            return self.c(torch.roll(self.b(self.a(x)), 1, dims=1))
+            return self.c(torch.flip(self.b(self.a(x)), dims=[1]))
 
 
     def build():
@@ -174,7 +174,7 @@ def test_exit_codes(runs):
     assert rc == 2 and "ratio must be in [0, 1)" in stderr and "Traceback" not in stderr
     rc, stdout, stderr = runs[0]["strict"]
     assert rc == 3 and "Traceback" not in stderr
-    assert "unsupported ops: torch.roll" in stderr and "rollnet.py:" in stderr
+    assert "unsupported ops: torch.flip" in stderr and "rollnet.py:" in stderr
 
 
 # --- in-process ---------------------------------------------------------------------------------

@@ -43,7 +43,7 @@ class Rolled(nn.Module):
         self.c = nn.Conv2d(8, 4, 1)
 
     def forward(self, x):
-        return self.c(torch.roll(self.b(self.a(x)), 1, dims=1))
+        return self.c(torch.flip(self.b(self.a(x)), dims=[1]))
 
 
 def _residual(report: InspectReport):
@@ -97,10 +97,10 @@ def test_inspect_with_ratio_and_renders():
 
 def test_inspect_reports_unsupported_ops_without_raising():
     report = fxprune.inspect(Rolled(), X, ratio=0.5)
-    assert list(report.unsupported) == ["torch.roll"]
-    assert report.summary()["unsupported_ops"] == ["torch.roll"]
-    assert "torch.roll" in report.to_text()
-    assert any(g.frozen_reason and "torch.roll" in g.frozen_reason for g in report.groups)
+    assert list(report.unsupported) == ["torch.flip"]
+    assert report.summary()["unsupported_ops"] == ["torch.flip"]
+    assert "torch.flip" in report.to_text()
+    assert any(g.frozen_reason and "torch.flip" in g.frozen_reason for g in report.groups)
 
 
 def test_inspect_bad_ratio():
@@ -169,7 +169,7 @@ def test_inspect_fully_frozen_model_keeps_everything():
             self.a = nn.Conv2d(3, 8, 3, padding=1)
 
         def forward(self, x):
-            return torch.roll(self.a(x), 1, dims=1)
+            return torch.flip(self.a(x), dims=[1])
 
     report = fxprune.inspect(Frozen(), X, ratio=0.5)
     assert report.n_fully_frozen_groups == report.n_groups
