@@ -12,9 +12,9 @@ module's scale, the ``out_proj`` Linear), every inner channel meets a rule of it
 oracle checks it at a graph edge. The parameters stay where they are
 (``...self_attention.in_proj_weight``), so ``state_dict`` keys do not change.
 
-timm's ``MobileVitBlock`` is traced the same way: its forward branches on the input size
-(resize unless a multiple of the patch size), which torch.fx cannot trace, so the
-decomposition asserts the multiple in the graph and unfolds/folds with reshapes.
+timm's ``MobileVitBlock`` and ``MobileVitV2Block`` are traced the same way: their forwards
+branch on the input size (resize unless a multiple of the patch size), which torch.fx cannot
+trace, so the decompositions assert the multiple in the graph and unfold/fold with reshapes.
 
 MultiheadAttention is decomposed for self-attention (``query is key is value``) with packed
 projections, no ``bias_k``/``add_zero_attn``, no attention dropout and no masks. Any other use
@@ -106,6 +106,30 @@ def _mobilevit_forward(m: Any, x: Any) -> Any:
     return x
 
 
+def _mobilevit2_why_not(m: Any, args: tuple, kwargs: dict) -> str | None:
+    if len(args) != 1 or kwargs:
+        return "unexpected arguments"
+    return "coreml_exportable" if getattr(m, "coreml_exportable", False) else None
+
+
+def _mobilevit2_forward(m: Any, x: Any) -> Any:
+    """timm's ``MobileVitV2Block.forward`` for inputs whose size is a multiple of the patch
+    size (asserted), with the width never read (``-1``), so it can be pruned."""
+    ph, pw = m.patch_size
+    b, h, w = x.shape[0], x.shape[2], x.shape[3]
+    torch._assert(h % ph == 0, "MobileVitV2Block: the input height must be a multiple of the "
+                  "patch size (fxprune traced it without timm's resize)")
+    torch._assert(w % pw == 0, "MobileVitV2Block: the input width must be a multiple of the "
+                  "patch size (fxprune traced it without timm's resize)")
+    nh, nw = h // ph, w // pw
+    x = m.conv_1x1(m.conv_kxk(x))
+    x = x.reshape(b, -1, nh, ph, nw, pw).permute(0, 1, 3, 5, 2, 4)
+    x = x.reshape(b, -1, ph * pw, nh * nw)  # (B, C, P, N)
+    x = m.norm(m.transformer(x))
+    x = x.reshape(b, -1, ph, pw, nh, nw).permute(0, 1, 4, 2, 5, 3)
+    return m.conv_proj(x.reshape(b, -1, nh * ph, nw * pw))
+
+
 def _swin_why_not(m: Any, args: tuple, kwargs: dict) -> str | None:
     if len(args) != 1 or kwargs:
         return "unexpected arguments"
@@ -168,9 +192,10 @@ _DECOMPOSITIONS: dict[type, tuple[Callable[..., str | None], Callable[..., Any],
     nn.MultiheadAttention: (_mha_why_not, _mha_forward, False),
 }
 try:  # timm is optional
-    from timm.models.mobilevit import MobileVitBlock
+    from timm.models.mobilevit import MobileVitBlock, MobileVitV2Block
 
     _DECOMPOSITIONS[MobileVitBlock] = (_mobilevit_why_not, _mobilevit_forward, False)
+    _DECOMPOSITIONS[MobileVitV2Block] = (_mobilevit2_why_not, _mobilevit2_forward, False)
 except ImportError:  # pragma: no cover
     pass
 try:

@@ -341,3 +341,16 @@ def test_arithmetic_on_a_foreign_count_still_keeps_both_widths():
     m = CountFromTheStream(arithmetic=True)
     with pytest.raises(fxprune.InputError, match="shape another tensor"):
         fxprune.compress(m, 0.5, example_inputs=torch.randn(2, 6, 4))
+
+
+def test_timm_mobilevit_v2_block_is_traced_through():
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    m = timm.create_model("mobilevitv2_050", num_classes=10).eval()
+    x = torch.randn(2, 3, 64, 64)
+    gm = fxprune.trace(m, x)
+    assert not gm.meta["fxprune.leaf_fallbacks"]
+    torch.testing.assert_close(gm(x), m(x), rtol=1e-5, atol=1e-5)
+    before = fxprune.count(m, x).macs
+    pruned = prune_and_check(m, x, 0.5, expect="approximate", roundtrip=False)
+    assert fxprune.count(pruned, x).macs < 0.5 * before

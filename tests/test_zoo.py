@@ -24,6 +24,8 @@ APPROXIMATE = {  # model -> why the oracle is approximate
     "test_mambaout": "LayerNorm over channels",
     "test_nfnet": "weight standardization over input channels",
     "test_coatnet": "LayerNorm over channels",
+    "test_maxvit": "LayerNorm over the attention blocks' embed dim",
+    "test_vit": "LayerNorm over the embed dim",
 }
 
 TIMM_TEST_MODELS = ["test_resnet", "test_efficientnet", "test_efficientnet_evos", "test_byobnet",

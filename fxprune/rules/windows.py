@@ -6,14 +6,16 @@
   ``(..., H, W, C)`` map along channels: the output's channel axis holds the input's ids four
   times (the following LayerNorm and Linear read each channel four times, as after a flatten).
 * Swin's relative position bias: its table's head columns go with whole heads.
-* timm's window/grid reverse functions move tokens, not channels.
+* timm's window/grid reverse functions move tokens, not channels; its positional-embedding
+  resampling interpolates tokens channel by channel.
 * ``torch.arange``/``torch.linspace`` make index values with no channels (Swin's window
   masks): their ids are free.
 """
 
 from __future__ import annotations
 
-__all__ = ["Roll", "PatchMergingPad", "NoChannels", "RelativePositionBias", "WindowReverse"]
+__all__ = ["Roll", "PatchMergingPad", "NoChannels", "RelativePositionBias", "WindowReverse",
+           "ResamplePosEmbed"]
 
 import torch
 
@@ -109,6 +111,33 @@ class WindowReverse(Rule):
         return at_axis(ids.reshape(-1), self.axis % ctx.out.dim(), ctx.out.dim())
 
 
+class ResamplePosEmbed(Rule):
+    """timm's ``resample_abs_pos_embed(_nhwc)``: a positional embedding interpolated over its
+    token grid, channel by channel (last axis). Read straight from a parameter, that
+    parameter's last axis is bound (sliced with the stream it is added to)."""
+
+    def propagate(self, ctx):  # type: ignore[no-untyped-def]
+        import torch.fx as fx
+
+        from ..channels import at_axis
+        from ..propctx import Unsupported
+
+        node, value = ctx.arg_node(0, "posemb"), ctx.arg(0, "posemb")
+        nd = ctx.out.dim()
+        if isinstance(node, fx.Node) and node.op == "get_attr":
+            ids1d = ctx.new_ids(value.shape[-1], key=("attr", str(node.target), value.dim() - 1))
+            ctx.bind("", value.dim() - 1, ids1d, "channel", target=str(node.target))
+            return at_axis(ids1d, nd - 1, nd)
+        ids = align(ctx.ids(0, "posemb"), value.dim())
+        if any(s > 1 for s in ids.shape[:-1]):
+            raise Unsupported("a positional embedding with channels on its token axes")
+        return at_axis(ids.reshape(-1), nd - 1, nd) if ids.shape[-1] > 1 else \
+            torch.full((1,) * nd, FREE, dtype=torch.long)
+
+    def is_size_arg(self, node, key):  # type: ignore[no-untyped-def]
+        return True
+
+
 def _register_timm() -> None:
     import importlib
 
@@ -130,10 +159,15 @@ def _register_timm() -> None:
             if fn is not None:
                 register_rule(fn)(WindowReverse(1 if name.endswith("_nchw") else -1))
     try:
+        from timm.layers import pos_embed
         from timm.layers.attention import maybe_add_mask
     except ImportError:
         return
     register_rule(maybe_add_mask)(Broadcast())
+    for name in ("resample_abs_pos_embed", "resample_abs_pos_embed_nhwc"):
+        fn = getattr(pos_embed, name, None)
+        if fn is not None:
+            register_rule(fn)(ResamplePosEmbed)
 
 
 def _register_torchvision() -> None:
