@@ -13,6 +13,8 @@
    budget. The saved time of a group is exact under the table: every layer it touches is
    re-evaluated at its new in/out widths, so coupled layers (a residual stream) count once
    each. No group loses more than ``max_ratio``; frozen units stay.
+   A group that sets a grouped conv's width loses ``step`` units (``step`` channels per conv
+   group) at a time, the grid quantum of such a layer (:mod:`fxprune.latency.table`).
 4. **Refinement.** The rewritten model is timed against the original (interleaved medians);
    if the measured ratio misses the target by more than ``tol``, the budget is scaled by
    ``target / measured`` and the allocation re-run (at most ``iterations`` times); the model
@@ -39,7 +41,7 @@ from ..errors import InputError
 from ..rewrite import rewrite
 from ..select import select
 from ..trace import EXAMPLE_INPUTS
-from .layers import LayerSpec
+from .layers import LayerSpec, grouped_conv_groups
 from .measure import measure_latency
 from .table import LatencyTable, build_table
 
@@ -75,7 +77,7 @@ class _Groups:
     """Per-group removal order, normalized importance and valid kept counts."""
 
     def __init__(self, analysis: Analysis, scores: Mapping[int, Tensor], step: int,
-                 max_ratio: float):
+                 max_ratio: float, per_conv_group: frozenset[int] = frozenset()):
         self.order: dict[int, Tensor] = {}
         self.imp: dict[int, Tensor] = {}
         self.valid: dict[int, list[int]] = {}
@@ -94,7 +96,9 @@ class _Groups:
             free[frozen] = False
             imp[free] = _normalized(g, scores[g.id]) if g.id in scores else 0.0
             self.imp[g.id] = imp
-            us = step // math.gcd(step, g.divisor)
+            # ``step`` channels; ``step`` channels per conv group where a grouped conv's
+            # width follows the group (its grid quantum)
+            us = step if g.id in per_conv_group else step // math.gcd(step, g.divisor)
             low = max(len(frozen), n - math.floor(n * max_ratio + 1e-9), 1)
             ks = [k for k in range(us, n, us) if k >= low]
             self.valid[g.id] = [*ks, n] if ks else [n]
@@ -240,7 +244,8 @@ def allocate_latency(analysis: Analysis, scores: Mapping[int, Tensor], table: La
     ``rest_ms``: the time outside layer blocks at full width. Returns
     ``({group id: kept units}, predicted ms)``.
     """
-    g = _Greedy(analysis, groups or _Groups(analysis, scores, step, max_ratio), table, rest_ms)
+    gs = groups or _Groups(analysis, scores, step, max_ratio, grouped_conv_groups(table.layers))
+    g = _Greedy(analysis, gs, table, rest_ms)
     g.shrink(budget_ms)
     g.fill(budget_ms)
     return dict(g.k), g.total()
@@ -271,7 +276,7 @@ def fit_latency(analysis: Analysis, scores: Mapping[int, Tensor], target: float,
     measure = measure or measure_pair
     orig_ms, _ = measure(gm, None, timed, threads=threads, device=device,
                          repeat=max(3, repeat // 2), warmup=warmup)
-    gs = _Groups(analysis, scores, step, max_ratio)
+    gs = _Groups(analysis, scores, step, max_ratio, grouped_conv_groups(table.layers))
     full_pred = sum(table.predict().values())
     rest = max(0.0, orig_ms - full_pred)
     scale = orig_ms / (full_pred + rest) if full_pred + rest > 0 else 1.0
