@@ -261,3 +261,45 @@ def test_grouped_conv_table_times_what_the_rewrite_makes(monkeypatch, tmp_path):
                 si, so = s.snap(s.width_in(masks), s.width_out(masks))
                 assert si >= gr.ins[0] and so >= gr.outs[0], s.name
 
+
+def _scripted(factors):
+    """A measure stub: the pruned model takes ``target * factor(round)`` of the original."""
+    calls = []
+
+    def measure(a, b, inputs, **kw):
+        if b is None:
+            return 10.0, None
+        calls.append(b)
+        return 10.0, 10.0 * measure.target * factors(len(calls) - 1)
+
+    measure.calls = calls
+    return measure
+
+
+def test_search_refines_when_the_remeasure_disagrees(synthetic, monkeypatch):
+    stub = _scripted(lambda n: 1.15 if 3 <= n < 6 else 1.0)  # the 1st re-measure is 15% off
+    stub.target = 0.6
+    monkeypatch.setattr(lat_target, "measure_pair", stub)
+    pruned = fxprune.compress(create_model("resnet20_b"), target_latency=0.6, example_inputs=X,
+                              batch=8, round_to=8, verify=False)
+    info = pruned.meta["fxprune.allocation"]
+    first, second = info["iterations"][:2]
+    assert first["rounds"] == 6 and first["sets"] == pytest.approx([0.6, 0.69])
+    assert first["measured"] == pytest.approx(0.645)  # pooled median: not accepted
+    assert second["budget_ms"] < first["budget_ms"]  # refined towards the target
+    assert info["steps"] == 2 and second["rounds"] == 6 and len(stub.calls) == 12
+    assert info["achieved"] == pytest.approx(0.6) and info["achieved_spread"] == 0.0
+    assert info["achieved_rounds"] == pytest.approx([0.6] * 6)
+
+
+def test_search_reports_spread_and_stops_when_the_remeasure_agrees(synthetic, monkeypatch):
+    stub = _scripted(lambda n: (1.0, 1.02, 0.98)[n % 3])
+    stub.target = 0.6
+    monkeypatch.setattr(lat_target, "measure_pair", stub)
+    pruned = fxprune.compress(create_model("resnet20_b"), target_latency=0.6, example_inputs=X,
+                              batch=8, round_to=8, verify=False)
+    info = pruned.meta["fxprune.allocation"]
+    assert info["steps"] == 1 and len(stub.calls) == 6  # one set of 3 rounds, then 3 more
+    assert info["achieved"] == pytest.approx(0.6)
+    assert info["achieved_spread"] == pytest.approx(0.6 * 0.02)
+    assert len(info["achieved_rounds"]) == 6
