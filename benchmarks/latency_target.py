@@ -16,8 +16,12 @@ All timings: every model of a row in one process, interleaved medians (fxprune.m
 The search's ratio (``latency_ratio_in_search``) is the median over its measurement rounds,
 with ``latency_ratio_spread_in_search`` half their range; ``latency_ratio_remeasured`` is a
 fresh median over ``--rounds`` separate measurements after ``compress`` returns (the judge of
-the 5%). Run it on a quiet machine with the allocator settings of the README (about 15-25
-minutes for the four models on the 2-core EPYC; rows are written to ``--out`` as they finish)::
+the 5%). The search times the pruned model against the *traced* original, this script
+against the user's eager one; ``traced_over_eager_original`` shows how far those two differ
+(efficientnet_b0 at batch 8 showed ~0.9 here on a busy machine, with half the page faults per
+call: worth checking when a row misses). Run it on a quiet machine with the allocator
+settings of the README (about 15-25 minutes for the four models on the 2-core EPYC; rows are
+written to ``--out`` as they finish)::
 
     FXPRUNE_CACHE_DIR=$(mktemp -d) \\
     MALLOC_MMAP_THRESHOLD_=33554432 MALLOC_TRIM_THRESHOLD_=17179869184 \\
@@ -175,6 +179,8 @@ def run_model(name: str, chw: tuple[int, ...], args: Any) -> dict[str, Any]:
     r_lat, spread = ratio_of(model, lat, x, args, args.rounds)
     by_macs, f, _ = macs_at_time(model, ex, x, r_lat, args)
     r_macs, _ = ratio_of(model, by_macs, x, args, args.rounds)
+    # the search times the traced original, this script the user's eager one: how far apart
+    r_traced, _ = ratio_of(model, fxprune.trace(model, ex), x, args)
     t_rest = time.perf_counter() - t1
     c0, c1, c2 = (fxprune.count(m, ex) for m in (model, lat, by_macs))
     row: dict[str, Any] = {
@@ -184,6 +190,7 @@ def run_model(name: str, chw: tuple[int, ...], args: Any) -> dict[str, Any]:
         "latency_rounds_in_search": len(info["achieved_rounds"]),
         "latency_ratio_remeasured": r_lat, "latency_ratio_remeasured_spread": spread,
         "off_target": abs(r_lat - args.target) / args.target,
+        "traced_over_eager_original": r_traced,
         "speedup": 1 / r_lat, "predicted_ratio": info["predicted"],
         "round_to_derived": info["round_to"], "search_steps": info["steps"],
         "table_seconds": info["table_s"], "compress_seconds": t_lat,
