@@ -124,6 +124,7 @@ def prune_graph(gm: fx.GraphModule, ratio: float | None = None, *, criterion: An
         per_group = lat.ratios
         layer_ms = lat.layer_ms
         info.update(allocation="latency", metric="latency", target=t_lat, achieved=lat.achieved,
+                    achieved_spread=lat.spread, achieved_rounds=list(lat.rounds),
                     predicted=lat.predicted, original_ms=lat.original_ms,
                     pruned_ms=lat.pruned_ms, round_to=lat.step, iterations=lat.iterations,
                     steps=len(lat.iterations), table_s=lat.table.measured_s if lat.table
@@ -237,8 +238,10 @@ def compress(
             per-layer latency table of the device (measured once, cached as JSON), a greedy
             allocation of importance per millisecond, and a few measured refinements.
             ``round_to`` then defaults to the width step the table measures (an int
-            overrides it); ``allocation`` does not apply. The measured ratio and the
-            iterations are in ``pruned.meta["fxprune.allocation"]``, the predicted
+            overrides it); ``allocation`` does not apply. The measured ratio (``achieved``:
+            the median over separate measurement rounds; ``achieved_spread``: half their
+            range; ``achieved_rounds``) and the iterations are in
+            ``pruned.meta["fxprune.allocation"]``, the predicted
             per-layer times in ``pruned.meta["fxprune.latency"]``.
         batch: batch size to time at with ``target_latency`` (default: the example's).
         threads: torch threads to time with (default: the current count).

@@ -366,7 +366,9 @@ def _cmd_compress(args: argparse.Namespace) -> int:
     alloc = pruned.meta.get(meta.ALLOCATION) or {}
     achieved = f"(achieved {alloc.get('achieved', float('nan')):.3f})"
     how = (f"ratio {args.ratio:g}" if args.ratio is not None else
-           f"target latency {args.target_latency:g} (measured {alloc.get('achieved', 0):.3f}, "
+           f"target latency {args.target_latency:g} (measured {alloc.get('achieved', 0):.3f} "
+           f"±{alloc.get('achieved_spread', 0):.3f} over {len(alloc.get('achieved_rounds', []))} "
+           "rounds, "
            f"predicted {alloc.get('predicted', 0):.3f}, round_to {alloc.get('round_to')}, "
            f"{alloc.get('steps', 0)} timed step(s), table {alloc.get('table_s', 0):.1f} s)"
            if args.target_latency is not None else

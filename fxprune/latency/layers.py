@@ -17,7 +17,7 @@ layout, so they are timed as one block). For each layer :func:`find_layers` reco
 
 from __future__ import annotations
 
-__all__ = ["LayerSpec", "find_layers", "ACTIVATIONS"]
+__all__ = ["LayerSpec", "find_layers", "grouped_conv_groups", "ACTIVATIONS"]
 
 import copy
 import math
@@ -196,6 +196,17 @@ def _counts(analysis: Analysis, ids: Tensor | None, axis: int, size: int, prunab
         out[g] = torch.bincount(units, minlength=analysis.groups[g].size).to(torch.float64)
         fixed -= int(sel.sum())
     return out, fixed
+
+
+def grouped_conv_groups(layers: list[LayerSpec]) -> frozenset[int]:
+    """Channel groups that set a grouped (not depthwise) conv's input or output width.
+
+    Their units are positions inside every conv group, and the width step applies to each
+    conv group's width (see :mod:`fxprune.latency.table`): they are pruned ``step`` units at a
+    time, not ``step`` channels.
+    """
+    return frozenset(gid for s in layers if s.groups > 1
+                     for gid in (*s.in_counts, *s.out_counts))
 
 
 def find_layers(analysis: Analysis) -> list[LayerSpec]:

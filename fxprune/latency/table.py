@@ -3,8 +3,25 @@
 :func:`build_table` finds the prunable layer blocks of an analyzed graph
 (:func:`fxprune.latency.layers.find_layers`), and for each distinct signature times fresh
 single-layer modules at the layer's real input shape on a small grid of widths: the fractions
-1/4, 1/2, 3/4 and 1 of each width that pruning can change (snapped up to the width step), so 16
-points for a layer whose input and output both change, 4 for one that changes on one side.
+1/10, 1/4, 1/2, 3/4 and 1 of each width that pruning can change, snapped up to the layer's
+width quantum, so up to 25 points for a layer whose input and output both change, 5 for one
+that changes on one side. 1/10 is the narrowest width the allocation can choose at its default
+``max_ratio=0.9``: a layer's fixed cost (launch, memory passes) makes linear extrapolation below
+the grid too optimistic for narrow layers (regnety_016's stage-2 downsample conv cut to 8 -> 16
+channels was predicted at 0.0 ms and measured at 0.36).
+
+The quantum is the width step for a dense conv or linear. For a *grouped* conv (groups fixed
+when pruned, so the per-group width shrinks) it is the step times the groups: the step applies
+to each conv group's width. oneDNN lays each group's channels out separately, and a group
+width off the step falls off the fast kernels. regnety_016's 14-group 3x3 conv at 14x14 (batch
+8, 2 threads, AVX-512 EPYC; group width in -> out) took 0.33 ms at 8 -> 8, 0.72 at 8 -> 24 and
+1.64 at the full 24 -> 24, but 0.94 at 12 -> 12, 2.04 at 20 -> 20 and 2.52 at 20 -> 24 (slower
+than the full layer). A grid on multiples of the step of the *total* width (the table's first
+version) mixed the two regimes, and interpolating between them was meaningless. The allocation
+uses the same quantum (:func:`fxprune.latency.layers.grouped_conv_groups`), so every width it
+can choose for a grouped conv is a grid point. [INF: the same per-group rule is assumed on
+other devices; only the dense step is probed.]
+
 Timing is :func:`fxprune.latency.measure_latency`'s: warm-up calls, then every grid point of a
 signature called in turn, interleaved (the order alternates every round), medians, the GC
 paused, threads set; CUDA calls are timed with events after a synchronize.
@@ -46,8 +63,8 @@ from ..analyze import Analysis
 from .layers import LayerSpec, find_layers
 from .measure import Clock, interleaved, timing_context
 
-FORMAT = "fxprune-latency-table/1"
-FRACTIONS = (0.25, 0.5, 0.75, 1.0)
+FORMAT = "fxprune-latency-table/2"  # /2: the 1/10 point, per-group quantum
+FRACTIONS = (0.1, 0.25, 0.5, 0.75, 1.0)
 STEPS = (1, 2, 4, 8, 16, 32)
 _PROBE = (0, 1, 2, 4, 6, 8, 9, 12, 15, 16, 17, 20, 24, 28, 31, 32)
 
@@ -186,11 +203,12 @@ def _grid_widths(full: int, q: int, varies: bool) -> list[int]:
     return sorted(ws | {full})
 
 
-def _quantum(spec: LayerSpec, step: int, side: str) -> int:
+def _quantum(spec: LayerSpec, step: int) -> int:
+    """Grid width quantum: the step per conv group (module docstring); depthwise: the
+    channel multiplier (its width follows the producer's)."""
     if spec.depthwise:
-        return max(1, spec.out_full // max(1, spec.in_full)) * (1 if side == "in" else 1)
-    g = spec.groups
-    return g * step // math.gcd(g, step)
+        return max(1, spec.out_full // max(1, spec.in_full))
+    return spec.groups * step
 
 
 def _time_blocks(blocks: list[tuple[torch.nn.Module, torch.Tensor]], device: torch.device,
@@ -248,7 +266,8 @@ def build_table(analysis: Analysis, *, batch: int = 1, threads: int | None = Non
     dt = dtype or (p.dtype if p is not None and p.is_floating_point() else torch.float32)
     n_threads = threads or torch.get_num_threads()
     key = cache_key(dev, dt, batch, n_threads)
-    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    # the format too: tables of another fxprune version live in their own file
+    digest = hashlib.sha256(json.dumps([FORMAT, key], sort_keys=True).encode()).hexdigest()[:16]
     path = None if cache is False else (
         cache_dir() if cache is True else Path(cache)) / f"{digest}.json"
     data = _load(path, key) if path is not None else {}
@@ -264,7 +283,7 @@ def build_table(analysis: Analysis, *, batch: int = 1, threads: int | None = Non
         probe = {"given": step}
     todo: dict[str, LayerSpec] = {}
     for s in layers:
-        sig = f"{s.signature}|q{_quantum(s, step, 'out')}"
+        sig = f"{s.signature}|q{_quantum(s, step)}"
         if sig not in stored and sig not in todo:
             todo[sig] = s
     for i, (sig, s) in enumerate(todo.items()):
@@ -277,7 +296,7 @@ def build_table(analysis: Analysis, *, batch: int = 1, threads: int | None = Non
     seconds = time.perf_counter() - t0
     if path is not None and (measured or probe.get("measured")):
         _save(path, {"format": FORMAT, "key": key, "layers": stored, "probes": probes_stored})
-    grids = {s.signature: Grid.from_json(stored[f"{s.signature}|q{_quantum(s, step, 'out')}"])
+    grids = {s.signature: Grid.from_json(stored[f"{s.signature}|q{_quantum(s, step)}"])
              for s in layers}
     return LatencyTable(layers=layers, grids=grids, step=step, key=key, measured_s=seconds,
                         measured=measured, probe=probe)
@@ -285,8 +304,8 @@ def build_table(analysis: Analysis, *, batch: int = 1, threads: int | None = Non
 
 def _measure_grid(s: LayerSpec, step: int, batch: int, dev: torch.device, dt: torch.dtype,
                   threads: int, warmup: int, repeat: int) -> Grid:
-    ins = _grid_widths(s.in_full, _quantum(s, step, "in"), s.varies_in)
-    outs = _grid_widths(s.out_full, _quantum(s, step, "out"), s.varies_out)
+    ins = _grid_widths(s.in_full, _quantum(s, step), s.varies_in)
+    outs = _grid_widths(s.out_full, _quantum(s, step), s.varies_out)
     points = []
     for wi in ins:
         for wo in outs:
