@@ -16,10 +16,10 @@ All timings: every model of a row in one process, interleaved medians (fxprune.m
 The search's ratio (``latency_ratio_in_search``) is the median over its measurement rounds,
 with ``latency_ratio_spread_in_search`` half their range; ``latency_ratio_remeasured`` is a
 fresh median over ``--rounds`` separate measurements after ``compress`` returns (the judge of
-the 5%). The search times the pruned model against the *traced* original, this script
-against the user's eager one; ``traced_over_eager_original`` shows how far those two differ
-(efficientnet_b0 at batch 8 showed ~0.9 here on a busy machine, with half the page faults per
-call: worth checking when a row misses). Run it on a quiet machine with the allocator
+the 5%). Both time the pruned model against the user's eager original;
+``traced_over_eager_original`` shows how far the traced graph of the original differs from it
+(efficientnet_b0 at batch 8 showed ~0.9 on a busy machine, which is why ``compress`` times
+against the eager model). Run it on a quiet machine with the allocator
 settings of the README (about 15-25 minutes for the four models on the 2-core EPYC; rows are
 written to ``--out`` as they finish)::
 
@@ -179,7 +179,7 @@ def run_model(name: str, chw: tuple[int, ...], args: Any) -> dict[str, Any]:
     r_lat, spread = ratio_of(model, lat, x, args, args.rounds)
     by_macs, f, _ = macs_at_time(model, ex, x, r_lat, args)
     r_macs, _ = ratio_of(model, by_macs, x, args, args.rounds)
-    # the search times the traced original, this script the user's eager one: how far apart
+    # the traced original against the user's eager one (what the search used to time)
     r_traced, _ = ratio_of(model, fxprune.trace(model, ex), x, args)
     t_rest = time.perf_counter() - t1
     c0, c1, c2 = (fxprune.count(m, ex) for m in (model, lat, by_macs))

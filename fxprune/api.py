@@ -283,7 +283,7 @@ def compress(
             max_ratio=max_ratio, ratios=ratios, target_flops=target_flops,
             target_params=target_params, clr_lambda=clr_lambda, residual=residual,
             check=False if fold else check, clr_cost=clr_cost, target_latency=target_latency,
-            latency={"batch": batch, "threads": threads, "device": device},
+            latency={"batch": batch, "threads": threads, "device": device, "original": model},
             attention=attention)
         if verify:
             kept = kept_mask(analysis, gm.meta[meta.KEEPSETS])

@@ -140,6 +140,20 @@ def test_target_latency_lands_on_synthetic_device(synthetic, monkeypatch, name, 
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
 
 
+def test_target_latency_is_a_fraction_of_the_users_model(synthetic, monkeypatch):
+    """compress times the pruned model against the user's own (eager) model, not its trace."""
+    seen = []
+
+    def spy(original, pruned, *args, **kwargs):
+        seen.append(original)
+        return synthetic(original, pruned, *args, **kwargs)
+
+    monkeypatch.setattr(lat_target, "measure_pair", spy)
+    model = create_model("resnet20")
+    fxprune.compress(model, target_latency=0.6, example_inputs=X, batch=8, round_to=8)
+    assert seen and all(m is model for m in seen)
+
+
 def _kept_importance(analysis) -> float:
     """Sum of the kept units' scores, normalized per group (the allocation's objective)."""
     from fxprune.allocate import _normalized
