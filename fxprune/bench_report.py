@@ -222,8 +222,9 @@ def write_report(out: Path, meta: dict[str, Any], rows: list[dict[str, Any]],
 def merge_rows(path: Path, meta: dict[str, Any], rows: list[dict[str, Any]]
                ) -> dict[str, Any]:
     """Merge ``rows`` into the report ``path`` (a ``.json`` written by :func:`write_report`;
-    created if missing): rows of the same model are replaced in place, new ones appended, and
-    the rerun is noted in the meta. Rewrites the ``.json`` and the ``.md`` beside it; returns
+    created if missing): rows of the same model are replaced in place (a row rerun without
+    Torch-Pruning keeps its old Torch-Pruning record), new ones appended, and the rerun is
+    noted in the meta. Rewrites the ``.json`` and the ``.md`` beside it; returns
     the summary."""
     path = Path(path)
     if path.suffix != ".json":
@@ -234,10 +235,13 @@ def merge_rows(path: Path, meta: dict[str, Any], rows: list[dict[str, Any]]
     merged = list(old["models"])
     where = {r["model"]: i for i, r in enumerate(merged)}
     for r in rows:
-        if r["model"] in where:
-            merged[where[r["model"]]] = r
-        else:
+        if r["model"] not in where:
             merged.append(r)
+            continue
+        old_row = merged[where[r["model"]]]
+        if "torch_pruning" in old_row and "torch_pruning" not in r:
+            r = {**r, "torch_pruning": old_row["torch_pruning"]}  # a rerun without --against
+        merged[where[r["model"]]] = r
     new_meta = dict(old["meta"])
     if meta.get("against") and not new_meta.get("against"):
         new_meta["against"] = meta["against"]

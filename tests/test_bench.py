@@ -214,12 +214,15 @@ def test_update_merges_a_rerun(tmp_path):
             "timeout": 300, "mem_gb": 8, "against": None, "cpus": 2, "torch": "t",
             "torchvision": "v", "wall_seconds": 60, "date": "d0"}
 
-    def row(model, cut):
-        return {"model": model, "family": model, "fxprune": {
+    def row(model, cut, tp=None):
+        r = {"model": model, "family": model, "fxprune": {
             "status": "pass", "verdict": "exact", "seconds": 1.0, "macs_cut": cut}}
+        return {**r, "torch_pruning": tp} if tp else r
 
     path = tmp_path / "r" / "tv.json"
-    bench_report.merge_rows(path, meta, [row("a", 0.1), row("b", 0.2)])  # creates it
+    tp = {"status": "pass", "verdict": "exact", "seconds": 2.0, "macs_cut": 0.6}
+    bench_report.merge_rows(path, {**meta, "against": "torch-pruning"},
+                            [row("a", 0.1, tp), row("b", 0.2, tp)])  # creates it
     rerun = {**meta, "command": "fxprune bench prunability --models b,c", "date": "d1"}
     summary = bench_report.merge_rows(path, rerun, [row("b", 0.7), row("c", 0.3)])
     data = json.loads(path.read_text())
@@ -227,8 +230,9 @@ def test_update_merges_a_rerun(tmp_path):
         ("a", 0.1), ("b", 0.7), ("c", 0.3)]
     assert data["meta"]["command"] == meta["command"] and summary["models"] == 3
     assert data["meta"]["reruns"][0]["models"] == ["b", "c"]
+    assert data["models"][1]["torch_pruning"] == tp  # kept: the rerun had no --against
     md = path.with_suffix(".md").read_text()
     assert "Rows of b, c rerun by `fxprune bench prunability --models b,c` (d1)." in md
-    assert "| b | b | pass | 70.0% | exact |" in md
+    assert "| b | b | pass | 70.0% | exact |" in md and "| c | c | pass | 30.0% |" in md
     with pytest.raises(ValueError, match="needs a .json report path"):
         bench_report.merge_rows(tmp_path / "r.md", meta, [])
