@@ -415,6 +415,28 @@ def test_weight_standardized_conv_with_groups(groups, expect):
     assert pruned.std.in_channels == 8
 
 
+class SamePools(nn.Module):
+    """timm's 'same'-padded pools (NASNet, PNASNet): spatial only, channels pass through."""
+
+    def __init__(self):
+        super().__init__()
+        from timm.layers.pool2d_same import AvgPool2dSame, MaxPool2dSame
+
+        self.a = cbr(3, 16)
+        self.mp, self.ap = MaxPool2dSame(3, stride=2), AvgPool2dSame(3, stride=1)
+        self.head = Head(16)
+
+    def forward(self, x):
+        return self.head(self.ap(self.mp(self.a(x))))
+
+
+def test_timm_same_pools_pass_channels_through():
+    """``timm.layers.MaxPool2dSame`` does not exist (only ``timm.layers.pool2d_same.``): the
+    rule was never registered and the pools froze their inputs."""
+    pruned = prune_and_check(SamePools(), torch.randn(2, 3, 9, 9), 0.5)
+    assert pruned.head.fc.in_features == 8
+
+
 def test_unknown_op_freezes_and_warns_once():
     class Roll(nn.Module):
         def __init__(self):

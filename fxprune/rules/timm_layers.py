@@ -96,7 +96,8 @@ class ConvMlpRule(Rule):
 
 
 register_rule(*_classes("timm.layers.Linear", "timm.layers.linear.Linear"))(LinearRule())
-register_rule(*_classes("timm.layers.AvgPool2dSame", "timm.layers.MaxPool2dSame"))(Spatial(2))
+register_rule(*_classes("timm.layers.AvgPool2dSame", "timm.layers.pool2d_same.AvgPool2dSame",
+                        "timm.layers.pool2d_same.MaxPool2dSame"))(Spatial(2))
 
 
 class PerSampleScaleRule(Passthrough):
