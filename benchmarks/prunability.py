@@ -1,6 +1,9 @@
-"""Prunability benchmark of timm models (a thin wrapper around :mod:`fxprune.bench`).
+"""Prunability benchmark of timm or torchvision models (a thin wrapper around
+:mod:`fxprune.bench`).
 
     python -P benchmarks/prunability.py --set default --against torch-pruning --out bench_out
+    python -P benchmarks/prunability.py --set torchvision --against torch-pruning \
+        --update benchmarks/results/prunability_torchvision.json
     python -P benchmarks/prunability.py --set ci
     python -P benchmarks/prunability.py --fuzz 2000
 

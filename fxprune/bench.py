@@ -1,29 +1,37 @@
-"""Benchmarks: ``prunability`` of timm models (optionally against Torch-Pruning) and fuzzing.
+"""Benchmarks: ``prunability`` of timm or torchvision models (optionally against
+Torch-Pruning) and fuzzing.
 
 Usage (also ``fxprune bench ...`` and ``python -P -m fxprune.bench ...``)::
 
-    prunability [--models m1,m2 | --set default | --set ci] [--ratio 0.5] [--timeout 300]
-                [--mem-gb 8] [--against torch-pruning] [--out DIR] [--fuzz N [--seed S]]
+    prunability [--set default|ci|torchvision] [--models m1,m2] [--ratio 0.5] [--timeout 300]
+                [--mem-gb 8] [--against torch-pruning] [--out DIR] [--update FILE.json]
+    prunability --fuzz N [--seed S] [--out DIR]
 
-Every model runs in its own child process (``sys.executable``) with a wall-clock timeout and an
-address-space cap (``RLIMIT_AS``), created with random weights (``pretrained=False``) and fed
-one random batch of the model's ``pretrained_cfg["input_size"]``. fxprune's record per model:
-status (``pass`` = exact oracle, ``approximate``, ``fail``), the failing stage (create, trace,
-analyze, select, rewrite, run, shape, oracle, save/load, timeout, oom), the seconds of
-``compress`` (no verify), MACs and params cut (:func:`fxprune.count`), the oracle's max error
-and the first line of the error. Torch-Pruning (``--against torch-pruning``, the ``bench``
-extra; imported only in its child processes) prunes the same models with
-``MetaPruner(MagnitudeImportance(p=1), pruning_ratio=ratio, ignored_layers=[classifier])``; it
-has no oracle, so its ``pass`` means: runs, same output shape, fewer MACs.
+The model sets and how a model is built are in :mod:`fxprune.bench_sets`; ``--models`` names
+models of the set's source (timm unless ``--set torchvision``). Every model runs in its own
+child process (``sys.executable``) with a wall-clock timeout and an address-space cap
+(``RLIMIT_AS``), with random weights, fed one random batch. fxprune's record per model:
+status (``pass`` = exact oracle, ``approximate``, ``fail``), the oracle's verdict, the failing
+stage (create, trace, analyze, select, rewrite, run, shape, oracle, save/load, timeout, oom),
+the seconds of ``compress`` (no verify), MACs and params cut (:func:`fxprune.count`), the
+oracle's max error and the first line of the error. Torch-Pruning (``--against
+torch-pruning``, the ``bench`` extra; imported only in its child processes) prunes the same
+models with ``MetaPruner(MagnitudeImportance(p=1), pruning_ratio=ratio,
+ignored_layers=[classifier])``; it has no oracle of its own, so fxprune's oracle checks its
+model (:mod:`fxprune.bench_oracle`): its ``pass`` means it runs, keeps the output shape, cuts
+MACs and the oracle does not reject it (``exact``, ``approximate`` or ``unverified``).
 
 Writes ``prunability.md`` and ``prunability.json`` to ``--out`` (default ``bench_out``);
-``--fuzz N`` instead runs N cases of :mod:`fxprune.fuzz` and writes ``fuzz.md``/``fuzz.json``.
+``--update FILE.json`` also merges this run's rows into FILE.json (rows of the same model
+replaced, the file created if missing) and rewrites FILE.md beside it, so a subset can be
+rerun (``--set torchvision --models vit_b_16,swin_t --update ...``). ``--fuzz N`` instead runs
+N cases of :mod:`fxprune.fuzz` and writes ``fuzz.md``/``fuzz.json``.
 """
 
 from __future__ import annotations
 
-__all__ = ["main", "build_parser", "DEFAULT_SET", "CI_SMALL", "model_set", "run_model",
-           "write_report", "summarize"]
+__all__ = ["main", "build_parser", "DEFAULT_SET", "CI_SMALL", "TORCHVISION_SET", "model_set",
+           "family_of", "run_model", "write_report", "summarize", "merge_rows"]
 
 import argparse
 import contextlib
@@ -33,7 +41,6 @@ import os
 import platform
 import shlex
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -43,98 +50,26 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-#: One or two small-ish members of each timm CNN family (checked against timm.list_models()).
-DEFAULT_SET: tuple[str, ...] = (
-    "gernet_s", "mobileone_s0",                       # byobnet
-    "botnet26t_256", "halonet26t",                    # byoanet
-    "convmixer_1024_20_ks9_p14",                      # convmixer
-    "convnext_atto",                                  # convnext
-    "cspresnet50", "cs3darknet_s",                    # cspnet
-    "densenet121",                                    # densenet
-    "dla34", "dla46x_c",                              # dla
-    "dpn68",                                          # dpn
-    "edgenext_xx_small",                              # edgenext
-    "efficientformer_l1",                             # efficientformer
-    "efficientformerv2_s0",                           # efficientformer_v2
-    "efficientnet_b0", "mobilenetv2_050", "mnasnet_small", "mixnet_s", "tinynet_e",
-    "fbnetc_100",                                     # efficientnet (incl. variants)
-    "fasternet_t0",                                   # fasternet
-    "fastvit_t8",                                     # fastvit
-    "ghostnet_100", "ghostnetv2_100",                 # ghostnet
-    "hardcorenas_a",                                  # hardcorenas
-    "hgnet_tiny", "hgnetv2_b0",                       # hgnet
-    "hrnet_w18_small",                                # hrnet
-    "inception_next_atto",                            # inception_next
-    "inception_resnet_v2",                            # inception_resnet_v2
-    "inception_v3",                                   # inception_v3
-    "inception_v4",                                   # inception_v4
-    "lcnetv2_small",                                  # lcnetv2
-    "mambaout_femto",                                 # mambaout
-    "poolformer_s12", "convformer_s18",               # metaformer
-    "mobilenetv3_small_100", "lcnet_050",             # mobilenetv3
-    "mobilenetv5_300m",                               # mobilenetv5
-    "mobilevit_xxs", "mobilevitv2_050",               # mobilevit
-    "nasnetalarge",                                   # nasnet
-    "nf_regnet_b0", "nf_resnet26",                    # nfnet
-    "pnasnet5large",                                  # pnasnet
-    "rdnet_tiny",                                     # rdnet
-    "regnetx_002", "regnety_002",                     # regnet
-    "repghostnet_050",                                # repghost
-    "repvit_m1",                                      # repvit
-    "res2net50_26w_4s", "res2next50",                 # res2net
-    "resnest14d",                                     # resnest
-    "resnet18", "resnet50",                           # resnet
-    "resnetv2_50", "resnetv2_50x1_bit",               # resnetv2
-    "rexnet_100",                                     # rexnet
-    "selecsls42b",                                    # selecsls
-    "legacy_seresnet18",                              # senet
-    "skresnet18",                                     # sknet
-    "starnet_s050",                                   # starnet
-    "tresnet_m",                                      # tresnet
-    "vgg11_bn",                                       # vgg
-    "ese_vovnet19b_dw",                               # vovnet
-    "legacy_xception",                                # xception
+from .bench_report import cell, merge_rows, pct, sec, summarize, write_report
+from .bench_sets import (
+    CI_SMALL,
+    DEFAULT_SET,
+    SETS,
+    TORCHVISION_SET,
+    classifiers,
+    family_of,
+    known_models,
+    make_model,
+    model_set,
+    source_of,
+    unzero,
 )
-
-#: Five small families added to timm's ``test_*`` models in ``--set ci``.
-CI_SMALL: tuple[str, ...] = ("resnet10t", "regnetx_002", "mobilenetv3_small_050",
-                             "ghostnet_050", "dla46_c")
 
 STAGES = ("create", "count", "trace", "analyze", "select", "rewrite", "run", "shape", "oracle",
           "save/load", "timeout", "oom", "crash")
 TOOLS = ("fxprune", "torch-pruning")
 _OOM_TEXT = ("MemoryError", "can't allocate memory", "not enough memory", "std::bad_alloc",
              "failed to map segment", "Cannot allocate memory", "out of memory")
-
-
-# --- model sets ----------------------------------------------------------------------------
-
-def _timm_names() -> set[str]:
-    import timm
-
-    return set(timm.list_models())
-
-
-def model_set(name: str) -> list[str]:
-    """The models of ``--set default`` or ``--set ci`` (only names this timm knows)."""
-    known = _timm_names()
-    if name == "default":
-        return [m for m in DEFAULT_SET if m in known]
-    if name == "ci":
-        import timm
-
-        return sorted(timm.list_models("test_*")) + [m for m in CI_SMALL if m in known]
-    raise ValueError(f"unknown model set {name!r} (choose default or ci)")
-
-
-def family_of(name: str) -> str:
-    """The timm module a model is defined in (its family), e.g. ``efficientnet``."""
-    try:
-        import timm
-
-        return timm.models.model_entrypoint(name).__module__.rsplit(".", 1)[-1]
-    except Exception:  # noqa: BLE001 - unknown to this timm
-        return "?"
 
 
 # --- child processes -----------------------------------------------------------------------
@@ -170,18 +105,6 @@ class _Recorder:
 
     def save(self) -> None:
         _write_json(self.path, self.data)
-
-
-def _make_model(name: str) -> tuple[Any, tuple[Any, ...]]:
-    import timm
-    import torch
-
-    torch.manual_seed(0)
-    model = timm.create_model(name, pretrained=False)
-    model.eval()
-    size = tuple(model.pretrained_cfg.get("input_size", (3, 224, 224)))
-    x = torch.randn((1, *size), generator=torch.Generator().manual_seed(0))
-    return model, (x,)
 
 
 def _first_tensor(out: Any) -> Any:
@@ -239,12 +162,13 @@ def _roundtrip(pruned: Any, inputs: tuple[Any, ...], out: Any) -> None:
         raise AssertionError("save/load changed the outputs")
 
 
-def _setup(rec: _Recorder, name: str) -> tuple[Any, tuple[Any, ...], Any, Any]:
+def _setup(rec: _Recorder, name: str, source: str) -> tuple[Any, tuple[Any, ...], Any, Any]:
     """Create the model and its input, run it once and count it: (model, inputs, out, count)."""
     import torch
 
     rec.stage("create")
-    model, inputs = _make_model(name)
+    model, inputs = make_model(name, source)
+    rec.data["unzeroed"] = unzero(model)  # else a zero head makes the oracle vacuous
     rec.data["input_shape"] = list(inputs[0].shape)
     with torch.no_grad():
         ref = model(*inputs)
@@ -267,14 +191,14 @@ def _run_and_count(rec: _Recorder, pruned: Any, inputs: tuple[Any, ...], ref: An
     return out, after
 
 
-def _child_fxprune(rec: _Recorder, name: str, ratio: float) -> None:
+def _child_fxprune(rec: _Recorder, name: str, ratio: float, source: str) -> None:
     import warnings
 
     import fxprune
     from fxprune.fuzz import _stage_of
 
     d = rec.data
-    model, inputs, ref, before = _setup(rec, name)
+    model, inputs, ref, before = _setup(rec, name, source)
     rec.stage("trace")
 
     def progress(stage: str, done: int, total: int) -> None:  # where a timeout hits
@@ -300,8 +224,8 @@ def _child_fxprune(rec: _Recorder, name: str, ratio: float) -> None:
     out, _ = _run_and_count(rec, pruned, inputs, ref, before)
     rec.stage("oracle")
     report = fxprune.verify(model, pruned, inputs)
-    d.update(oracle=report.status, max_abs_err=report.max_abs_err,
-             max_rel_err=report.max_rel_err)
+    d.update(oracle=report.status, verdict=report.kind, max_abs_err=report.max_abs_err,
+             max_rel_err=report.max_rel_err, vacuous=report.vacuous)
     if not report.ok:
         raise AssertionError(f"oracle: {report}")
     rec.stage("save/load")
@@ -310,30 +234,26 @@ def _child_fxprune(rec: _Recorder, name: str, ratio: float) -> None:
     d["stage"] = None
 
 
-def _classifiers(model: Any) -> list[Any]:
-    import torch.nn as nn
-
-    head = model.get_classifier() if hasattr(model, "get_classifier") else None
-    items = list(head) if isinstance(head, (tuple, list)) else [head]
-    mods = [m for m in items if isinstance(m, nn.Module)]
-    if not mods:  # fall back to the last Linear
-        lin = [m for m in model.modules() if isinstance(m, nn.Linear)]
-        mods = lin[-1:]
-    return mods
+#: Verdicts of fxprune's oracle that fail a Torch-Pruning model.
+_TP_REJECTED = ("mismatch", "structural_mismatch", "shape_mismatch", "incompatible")
 
 
-def _child_torch_pruning(rec: _Recorder, name: str, ratio: float) -> None:
+def _child_torch_pruning(rec: _Recorder, name: str, ratio: float, source: str) -> None:
+    import copy
+
     import torch_pruning as tp
 
+    from .bench_oracle import verify_sliced
 
     d = rec.data
     d["version"] = getattr(tp, "__version__", "?")
-    model, inputs, ref, before = _setup(rec, name)
+    model, inputs, ref, before = _setup(rec, name, source)
+    original = copy.deepcopy(model)  # Torch-Pruning edits in place; the oracle needs both
     rec.stage("trace")  # building Torch-Pruning's dependency graph
     t0 = time.perf_counter()
     pruner = tp.pruner.MetaPruner(model, inputs[0],
                                   importance=tp.importance.MagnitudeImportance(p=1),
-                                  pruning_ratio=ratio, ignored_layers=_classifiers(model))
+                                  pruning_ratio=ratio, ignored_layers=classifiers(model))
     rec.stage("rewrite")  # pruner.step(): the in-place surgery
     pruner.step()
     d["seconds"] = time.perf_counter() - t0
@@ -342,6 +262,13 @@ def _child_torch_pruning(rec: _Recorder, name: str, ratio: float) -> None:
     if not macs_fell and d.get("params_after", 0) >= d.get("params_before", 0):
         d["stage"] = "macs"
         raise AssertionError("neither MACs nor params fell")
+    rec.stage("oracle")
+    try:
+        d.update(verify_sliced(original, model, inputs))
+    except Exception as e:  # noqa: BLE001 - fxprune cannot analyze it: no verdict
+        d.update(verdict="unverified", verdict_note=f"fxprune's oracle: {_first_line(e)}")
+    if d["verdict"] in _TP_REJECTED:
+        raise AssertionError(f"fxprune's oracle: {d['verdict_note'] or d['verdict']}")
     d["status"] = "pass"
     d["stage"] = None
 
@@ -366,7 +293,7 @@ def _child_main(argv: list[str] | None = None) -> None:
         if job.get("threads"):
             torch.set_num_threads(int(job["threads"]))
         run = _child_fxprune if job["tool"] == "fxprune" else _child_torch_pruning
-        run(rec, job["model"], float(job["ratio"]))
+        run(rec, job["model"], float(job["ratio"]), job.get("source") or "timm")
     except BaseException as e:  # noqa: BLE001 - every failure is recorded
         text = f"{type(e).__name__}: {e}"
         rec.data["error"] = _first_line(e) if isinstance(e, Exception) else text[:400]
@@ -383,7 +310,8 @@ def _child_main(argv: list[str] | None = None) -> None:
 
 
 def run_model(name: str, tool: str, *, ratio: float = 0.5, timeout: float = 300,
-              mem_gb: float = 8, workdir: Path, threads: int | None = None) -> dict[str, Any]:
+              mem_gb: float = 8, workdir: Path, threads: int | None = None,
+              source: str = "timm") -> dict[str, Any]:
     """Run one model with one tool in a child process; returns its record."""
     workdir = Path(workdir).resolve()  # the child runs in workdir: absolute paths only
     safe = name.replace("/", "_")
@@ -392,7 +320,7 @@ def run_model(name: str, tool: str, *, ratio: float = 0.5, timeout: float = 300,
     log = workdir / f"{safe}.{tag}.log"
     result.unlink(missing_ok=True)
     job = {"tool": tool, "model": name, "ratio": ratio, "mem_gb": mem_gb,
-           "result": str(result), "threads": threads}
+           "result": str(result), "threads": threads, "source": source}
     cmd = [sys.executable]
     if sys.version_info >= (3, 11):
         cmd.append("-P")  # the checkout's fxprune/ must not shadow the installed package
@@ -443,162 +371,21 @@ def _log_tail(log: Path) -> str:
     return lines[-1][:300] if lines else ""
 
 
-# --- reports -------------------------------------------------------------------------------
-
-def _pct(v: Any) -> str:
-    return f"{100 * v:.1f}%" if isinstance(v, (int, float)) else "-"
-
-
-def _sec(v: Any) -> str:
-    return f"{v:.2f}" if isinstance(v, (int, float)) else "-"
-
-
-def _err(v: Any) -> str:
-    return f"{v:.1e}" if isinstance(v, (int, float)) else "-"
-
-
-def _cell(text: Any, n: int = 110) -> str:
-    s = str(text or "").replace("|", "\\|").replace("\n", " ").strip()
-    return s if len(s) <= n else s[: n - 1] + "…"
-
-
-def _ok(rec: dict[str, Any] | None) -> bool:
-    return bool(rec) and rec.get("status") in ("pass", "approximate")
-
-
-def summarize(rows: list[dict[str, Any]], against: bool) -> dict[str, Any]:
-    """Pass counts per tool, per-family counts and the median time ratio."""
-    fx = [r["fxprune"] for r in rows]
-    out: dict[str, Any] = {
-        "models": len(rows),
-        "fxprune": {s: sum(1 for r in fx if r.get("status") == s)
-                    for s in ("pass", "approximate", "fail")},
-        "fxprune_fail_stages": {},
-    }
-    for r in fx:
-        if r.get("status") == "fail":
-            st = r.get("stage") or "?"
-            out["fxprune_fail_stages"][st] = out["fxprune_fail_stages"].get(st, 0) + 1
-    fams: dict[str, dict[str, int]] = {}
-    for r in rows:
-        f = fams.setdefault(r["family"], {"models": 0, "pass": 0, "approximate": 0, "fail": 0,
-                                          "tp_pass": 0})
-        f["models"] += 1
-        f[r["fxprune"].get("status", "fail")] += 1
-        if r.get("torch_pruning", {}).get("status") == "pass":
-            f["tp_pass"] += 1
-    out["families"] = dict(sorted(fams.items()))
-    if against:
-        tp = [r.get("torch_pruning") or {} for r in rows]
-        out["torch_pruning"] = {s: sum(1 for r in tp if r.get("status") == s)
-                                for s in ("pass", "fail")}
-        ratios = [t["seconds"] / f["seconds"] for f, t in zip(fx, tp)
-                  if _ok(f) and t.get("status") == "pass" and f.get("seconds")
-                  and t.get("seconds") is not None]
-        out["both_pass"] = len(ratios)
-        out["median_time_ratio_tp_over_fxprune"] = statistics.median(ratios) if ratios else None
-        fx_med = [f["seconds"] for f, t in zip(fx, tp) if _ok(f) and t.get("status") == "pass"]
-        tp_med = [t["seconds"] for f, t in zip(fx, tp) if _ok(f) and t.get("status") == "pass"]
-        out["median_seconds"] = {"fxprune": statistics.median(fx_med) if fx_med else None,
-                                 "torch_pruning": statistics.median(tp_med) if tp_med else None}
-    return out
-
-
-def _markdown(meta: dict[str, Any], rows: list[dict[str, Any]], summary: dict[str, Any]
-              ) -> str:
-    against = "torch_pruning" in summary
-    ratio = meta["ratio"]
-    lines = [f"# fxprune prunability (ratio {ratio})", "",
-             f"`{meta['command']}`", "",
-             f"torch {meta['torch']}, timm {meta['timm']}"
-             + (f", torch-pruning {meta.get('torch_pruning')}" if against else "")
-             + f"; {meta['cpus']} CPUs; timeout {meta['timeout']:g} s, memory cap "
-             f"{meta['mem_gb']:g} GiB; random weights, one batch of the model's input_size; "
-             f"wall time {meta['wall_seconds'] / 60:.1f} min.", ""]
-    s = summary["fxprune"]
-    n = summary["models"]
-    lines.append(f"**fxprune: {s['pass']} pass (exact oracle), {s['approximate']} approximate, "
-                 f"{s['fail']} fail of {n} models.**")
-    if summary["fxprune_fail_stages"]:
-        stages = ", ".join(f"{k} {v}" for k, v in sorted(summary["fxprune_fail_stages"].items()))
-        lines.append(f"fxprune failures by stage: {stages}.")
-    if against:
-        t = summary["torch_pruning"]
-        ratio_txt = summary["median_time_ratio_tp_over_fxprune"]
-        lines.append(f"**Torch-Pruning: {t['pass']} pass, {t['fail']} fail of {n} models** "
-                     "(no numerical oracle: pass = runs, same output shape, MACs fell).")
-        if ratio_txt is not None:
-            med = summary["median_seconds"]
-            lines.append(f"Median pruning time ratio Torch-Pruning / fxprune over the "
-                         f"{summary['both_pass']} models both prune: **{ratio_txt:.2f}x** "
-                         f"(medians {med['fxprune']:.2f} s vs {med['torch_pruning']:.2f} s).")
-    lines.append("")
-    head = ["model", "family", "fxprune", "stage", "prune s", "MACs cut", "params cut",
-            "oracle max err"]
-    if against:
-        head += ["TP (no oracle)", "TP s", "TP MACs cut"]
-    head.append("error (first line)")
-    lines.append("| " + " | ".join(head) + " |")
-    lines.append("|" + "---|" * len(head))
-    for r in rows:
-        f = r["fxprune"]
-        cells = [r["model"], r["family"], f.get("status", "fail"), f.get("stage") or "",
-                 _sec(f.get("seconds")), _pct(f.get("macs_cut")), _pct(f.get("params_cut")),
-                 _err(f.get("max_abs_err"))]
-        err = f.get("error") or (f"(MACs not counted: {f['count_error']})"
-                                 if f.get("count_error") else "")
-        if against:
-            t = r.get("torch_pruning") or {}
-            tp_status = t.get("status", "-")
-            if tp_status == "fail" and t.get("stage"):
-                tp_status = f"fail ({t['stage']})"
-            cells += [tp_status, _sec(t.get("seconds")), _pct(t.get("macs_cut"))]
-            if t.get("status") == "fail" and t.get("error"):
-                err = (err + " / " if err else "") + "TP: " + str(t["error"])
-        cells.append(_cell(err))
-        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
-    lines += ["", "## Per family", ""]
-    fh = ["family", "models", "fxprune pass", "approximate", "fail"] + (["TP pass"] if against
-                                                                       else [])
-    lines.append("| " + " | ".join(fh) + " |")
-    lines.append("|" + "---|" * len(fh))
-    for fam, c in summary["families"].items():
-        cells = [fam, c["models"], c["pass"], c["approximate"], c["fail"]]
-        if against:
-            cells.append(c["tp_pass"])
-        lines.append("| " + " | ".join(str(x) for x in cells) + " |")
-    lines += ["", "Status: `pass` = the zero-channel oracle is exact; `approximate` = exact up "
-              "to channel statistics (LayerNorm/GroupNorm over channels, weight "
-              "standardization), structure verified; `fail` = the stage named failed. MACs "
-              "and params by `fxprune.count` (batch 1) for both tools.", ""]
-    return "\n".join(lines)
-
-
-def write_report(out: Path, meta: dict[str, Any], rows: list[dict[str, Any]]
-                 ) -> dict[str, Any]:
-    """Write ``prunability.json`` and ``prunability.md``; returns the summary."""
-    against = bool(meta.get("against"))
-    summary = summarize(rows, against)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "prunability.json").write_text(json.dumps(
-        {"meta": meta, "summary": summary, "models": rows}, indent=1, default=str))
-    (out / "prunability.md").write_text(_markdown(meta, rows, summary))
-    return summary
-
-
 # --- the commands --------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="fxprune bench", description=(__doc__ or "").split("\n\n")[0])
     sub = p.add_subparsers(dest="bench", metavar="BENCHMARK", required=True)
-    q = sub.add_parser("prunability", help="prune timm models (each in a child process)",
-                       description="Prune timm models with random weights, each in its own "
-                       "child process; write prunability.md/.json.")
-    which = q.add_mutually_exclusive_group()
-    which.add_argument("--models", help="comma-separated timm model names")
-    which.add_argument("--set", choices=("default", "ci"), help="a predefined model list")
-    which.add_argument("--fuzz", type=int, metavar="N",
-                       help="run N random-model fuzz cases (fxprune.fuzz) instead")
+    q = sub.add_parser("prunability", help="prune timm or torchvision models (each in a "
+                       "child process)", description="Prune timm or torchvision models with "
+                       "random weights, each in its own child process; write "
+                       "prunability.md/.json.")
+    q.add_argument("--set", choices=tuple(SETS), help="a predefined model list (default: "
+                   "default); torchvision: torchvision models")
+    q.add_argument("--models", help="comma-separated model names of the set's source (timm "
+                   "unless --set torchvision), instead of the whole set")
+    q.add_argument("--fuzz", type=int, metavar="N",
+                   help="run N random-model fuzz cases (fxprune.fuzz) instead")
     q.add_argument("--seed", type=int, default=0, help="first fuzz seed (with --fuzz)")
     q.add_argument("--ratio", type=float, default=0.5, help="pruning ratio (default 0.5)")
     q.add_argument("--timeout", type=float, default=300, help="seconds per model and tool")
@@ -607,6 +394,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--against", choices=("torch-pruning",),
                    help="also run Torch-Pruning (pip install torch-pruning)")
     q.add_argument("--out", default="bench_out", help="output folder (default bench_out)")
+    q.add_argument("--update", metavar="FILE.json",
+                   help="also merge the rows into this report (same models replaced; created "
+                   "if missing) and rewrite the .md beside it")
     q.add_argument("--threads", type=int, default=None, help="torch threads per child")
     q.add_argument("--strict", action="store_true",
                    help="exit 1 if any model fails with fxprune")
@@ -618,22 +408,27 @@ def build_parser() -> argparse.ArgumentParser:
 def _resolve_models(args: argparse.Namespace) -> list[str]:
     if args.models:
         names = [m.strip() for m in args.models.split(",") if m.strip()]
-        known = _timm_names()
+        source = source_of(args.set)
+        known = known_models(source)
         bad = [m for m in names if m not in known]
         if bad:
             hints = {m: difflib.get_close_matches(m, known, n=3) for m in bad}
-            raise SystemExit("fxprune bench: error: unknown timm model(s): " + "; ".join(
+            raise SystemExit(f"fxprune bench: error: unknown {source} model(s): " + "; ".join(
                 f"{m}" + (f" (did you mean {', '.join(h)}?)" if h else "")
                 for m, h in hints.items()))
         return names
     return model_set(args.set or "default")
 
 
-def _versions(against: bool) -> dict[str, str]:
+def _versions(against: bool, source: str) -> dict[str, str]:
     import timm
     import torch
 
     v = {"torch": torch.__version__, "timm": timm.__version__}
+    if source == "torchvision":
+        import torchvision
+
+        v["torchvision"] = torchvision.__version__
     if against:
         try:
             from importlib.metadata import version
@@ -662,6 +457,10 @@ def _prunability(args: argparse.Namespace, argv: list[str],
     except SystemExit as e:
         echo(str(e))
         return 2
+    if args.update and not args.update.endswith(".json"):
+        echo(f"fxprune bench: error: --update needs a .json report path, got '{args.update}'")
+        return 2
+    source = source_of(args.set)
     out = Path(args.out)
     work = out / "logs"
     work.mkdir(parents=True, exist_ok=True)
@@ -671,13 +470,15 @@ def _prunability(args: argparse.Namespace, argv: list[str],
         "command": "fxprune bench " + " ".join(shlex.quote(a) for a in argv),
         "ratio": args.ratio, "timeout": args.timeout, "mem_gb": args.mem_gb,
         "against": args.against, "cpus": os.cpu_count(), "python": platform.python_version(),
-        "date": time.strftime("%Y-%m-%d %H:%M:%S"), **_versions(against)}
+        "date": time.strftime("%Y-%m-%d %H:%M:%S"), "source": source,
+        **_versions(against, source)}
     rows: list[dict[str, Any]] = []
     for i, name in enumerate(names, 1):
-        row: dict[str, Any] = {"model": name, "family": family_of(name)}
+        row: dict[str, Any] = {"model": name, "family": family_of(name, source)}
         for tool in tools:
             rec = run_model(name, tool, ratio=args.ratio, timeout=args.timeout,
-                            mem_gb=args.mem_gb, workdir=work, threads=args.threads)
+                            mem_gb=args.mem_gb, workdir=work, threads=args.threads,
+                            source=source)
             row["fxprune" if tool == "fxprune" else "torch_pruning"] = rec
         rows.append(row)
         echo(_progress_line(i, len(names), row))
@@ -685,28 +486,33 @@ def _prunability(args: argparse.Namespace, argv: list[str],
         write_report(out, meta, rows)  # partial results survive an interrupted run
     meta["wall_seconds"] = time.perf_counter() - t_start
     summary = write_report(out, meta, rows)
+    wrote = out / "prunability.md"
+    if args.update:
+        merge_rows(Path(args.update), meta, rows)
+        wrote = Path(args.update).with_suffix(".md")
     s = summary["fxprune"]
     echo(f"fxprune: {s['pass']} pass, {s['approximate']} approximate, {s['fail']} fail of "
          f"{len(rows)}" + (f"; Torch-Pruning: {summary['torch_pruning']['pass']} pass"
                            if against else "")
-         + f"; {meta['wall_seconds']:.0f} s; wrote {out / 'prunability.md'}")
+         + f"; {meta['wall_seconds']:.0f} s; wrote {wrote}")
     return 1 if args.strict and s["fail"] else 0
 
 
 def _cut(v: Any) -> str:
-    return f"-{_pct(v)}" if isinstance(v, (int, float)) else "n/a"
+    return f"-{pct(v)}" if isinstance(v, (int, float)) else "n/a"
 
 
 def _progress_line(i: int, n: int, row: dict[str, Any]) -> str:
     f = row["fxprune"]
     text = (f"[{i}/{n}] {row['model']:<28} fxprune {f.get('status')}"
-            + (f" ({f.get('stage')}: {_cell(f.get('error'), 80)})" if f.get("status") == "fail"
-               else f" {_sec(f.get('seconds'))} s, MACs {_cut(f.get('macs_cut'))}"))
+            + (f" ({f.get('stage')}: {cell(f.get('error'), 80)})" if f.get("status") == "fail"
+               else f" {sec(f.get('seconds'))} s, MACs {_cut(f.get('macs_cut'))}"))
     t = row.get("torch_pruning")
     if t is not None:
         text += (f" | TP {t.get('status')}"
                  + (f" ({t.get('stage')})" if t.get("status") == "fail"
-                    else f" {_sec(t.get('seconds'))} s, MACs {_cut(t.get('macs_cut'))}"))
+                    else f" {sec(t.get('seconds'))} s, MACs {_cut(t.get('macs_cut'))}, "
+                         f"{t.get('verdict')}"))
     return text
 
 
@@ -733,7 +539,7 @@ def _fuzz(args: argparse.Namespace, echo: Callable[[str], None]) -> int:
              f"{len(results)} cases, {len(failed)} failed, {skipped} with nothing to prune; "
              f"{wall:.0f} s.", "", "| seed | ratio | criterion | stage | error |",
              "|---|---|---|---|---|"]
-    lines += [f"| {r.seed} | {r.ratio} | {r.criterion} | {r.stage} | {_cell(r.error, 160)} |"
+    lines += [f"| {r.seed} | {r.ratio} | {r.criterion} | {r.stage} | {cell(r.error, 160)} |"
               for r in failed]
     lines.append("\nReproduce one: `python -P -c \"from fxprune.fuzz import run_case; "
                  "print(run_case(SEED).traceback)\"`; shrink it with `fxprune.fuzz.shrink`.")
@@ -761,6 +567,9 @@ def main(argv: list[str] | None = None) -> int:
         print(msg, flush=True)
 
     if args.fuzz is not None:
+        if args.models or args.set:
+            echo("fxprune bench: error: --fuzz generates its models; drop --models/--set")
+            return 2
         return _fuzz(args, echo)
     return _prunability(args, argv, echo)
 

@@ -134,9 +134,11 @@ STACK_TRACER = "fxprune.stack_tracer"  # gm.meta: () -> {node name: stack trace}
 
 def _stack_traces(model: nn.Module, leaves: set[str]) -> dict[str, str]:
     """Trace again, recording stack traces: node names are the same as in the first trace."""
+    before = set(model.__dict__)
     with untouched(model):  # tracing runs Python code on real buffers (self.n.add_(1))
         graph = FxPruneTracer(leaves, record_stack_traces=True).trace(model)
         _scrub_proxies(model)
+    _drop_added_attrs(model, before)
     return {n.name: n.meta["stack_trace"] for n in graph.nodes if n.meta.get("stack_trace")}
 
 
@@ -189,11 +191,12 @@ def trace(
     if example_inputs is None:
         example_inputs = default_example_inputs(model)
     example_inputs = positional_inputs(model, example_inputs)
-
+    before = set(model.__dict__)  # the tracer stores tensor constants on the model
     with untouched(model):  # tracing runs Python code on real buffers (self.n.add_(1))
         graph, leaves = _trace_graph(model, _input_shapes(model, example_inputs))
     name = type(model).__name__
     gm = _GraphModule(model, graph, class_name=name)
+    _drop_added_attrs(model, before)  # gm holds its own references
     gm.meta[EXAMPLE_INPUTS] = example_inputs
     gm.meta[UNUSED] = carry_unused(model, gm)  # forward never reads them: kept as they are
     # GraphModule makes fresh containers (training=True): give them the model's flags, which
@@ -261,3 +264,12 @@ def _trace_graph(model: nn.Module, shapes: dict[str, tuple[int, ...]] | None = N
 
     _scrub_proxies(model)
     return graph, leaves
+
+
+def _drop_added_attrs(model: nn.Module, before: set[str]) -> None:
+    """Remove what torch.fx's tracer set on the model (``_tensor_constant0``, ...: tensors
+    created in ``forward``): the model stays as it was, and the next trace of it uses the same
+    names again (``fxprune.verify`` matches a re-trace with the pruned model by name)."""
+    for k in set(model.__dict__) - before:
+        if k.startswith(("_tensor_constant", "_torchbind_obj")):
+            del model.__dict__[k]

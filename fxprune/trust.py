@@ -8,6 +8,10 @@ which strings are accepted (everything else raises :class:`~fxprune.errors.Input
 * **Names** (node names, placeholder names, keyword names, module and attribute paths): ASCII
   Python identifiers that are not keywords and not dunders (``__x__``); a member name must not
   shadow a method or property of the class it is set on (``forward``, ``_parameters``, ...).
+  A part of a module or attribute path may also be decimal digits (``nn.Sequential``
+  children) or ASCII letters, digits, ``_`` and ``-`` with a ``-`` (torchvision's RegNet names
+  its blocks ``block1-0``): torch.fx writes such a part as a string literal
+  (``getattr(self.trunk, "block1-0")``), where these characters cannot become code.
 * **Functions** (``call_function`` targets, callables stored in module attributes) are reached
   from a trusted top-level package by an attribute walk in which every intermediate step is
   that package's own submodule (``torch.os`` is refused: ``os`` is a re-exported module), never
@@ -84,13 +88,22 @@ def check_name(name: Any, where: str) -> str:
     return name
 
 
-def check_path(path: Any, where: str) -> str:
-    """``path`` if it is a dotted path of :func:`check_name` names or decimal indices (the
-    children of ``nn.Sequential``: ``layer1.0.conv1``)."""
+def _member_name(part: str) -> bool:
+    """Decimal digits, or ASCII letters, digits, ``_`` and ``-`` with a ``-`` (not a dunder):
+    the module names that are not identifiers yet safe in torch.fx's code (see above)."""
+    return part.isascii() and (part.isdigit() or (
+        "-" in part and not part.startswith("__")
+        and all(c.isalnum() or c in "_-" for c in part)))
+
+
+def check_path(path: Any, where: str, *, members: bool = True) -> str:
+    """``path`` if it is a dotted path of :func:`check_name` names or, with ``members`` (a
+    module or attribute path), also decimal indices (the children of ``nn.Sequential``:
+    ``layer1.0.conv1``) and hyphenated names (``trunk.block1-0``)."""
     if not isinstance(path, str) or not path:
         raise InputError(f"{where}: expected a dotted name (str), got {path!r}")
     for part in path.split("."):
-        if not (part.isascii() and part.isdigit()):
+        if not (members and _member_name(part)):
             check_name(part, f"{where} ({path!r})")
     return path
 
@@ -111,7 +124,7 @@ def fx_module_names() -> frozenset[str]:
 def check_member(cls: type, name: Any, where: str) -> str:
     """A name that may be set on an instance of ``cls`` without replacing its behaviour: no
     method, property or other descriptor of the class, no internal attribute of nn.Module."""
-    if not (isinstance(name, str) and name.isascii() and name.isdigit()):
+    if not (isinstance(name, str) and _member_name(name)):
         check_name(name, where)
     problem = _member_problem(cls, name)
     if problem:
@@ -262,7 +275,7 @@ def _walk(path: str, extra: tuple[str, ...], where: str) -> Any:
 def resolve(path: Any, kind: str, where: str, extra: tuple[str, ...] = ()) -> Any:
     """Resolve a dotted ``path`` from a file to a ``kind`` ("function", "class" or "any":
     either) allowed by this module's policy; InputError otherwise."""
-    check_path(path, where)
+    check_path(path, where, members=False)
     obj = _walk(path, extra, where)
     if _top(path) in extra and _top(getattr(obj, "__module__", "")) in extra:
         return obj  # the user vouches for that package

@@ -8,7 +8,7 @@ import json
 import pytest
 import timm
 
-from fxprune import bench
+from fxprune import bench, bench_report, bench_sets
 
 TINY = "test_resnet,test_efficientnet"
 HAS_TP = importlib.util.find_spec("torch_pruning") is not None
@@ -40,8 +40,8 @@ def test_prunability_two_tiny_models(tmp_path, monkeypatch):
         assert rec["input_shape"][0] == 1
     assert data["summary"]["fxprune"] == {"pass": 2, "approximate": 0, "fail": 0}
     assert "**fxprune: 2 pass (exact oracle), 0 approximate, 0 fail of 2 models.**" in md
-    assert "| model | family | fxprune | stage | prune s | MACs cut |" in md
-    assert "| test_resnet | resnet | pass |" in md
+    assert "| model | family | fxprune | MACs cut | verdict | stage | prune s |" in md
+    assert "| test_resnet | resnet | pass |" in md and " | exact |  | " in md
     assert "## Per family" in md and "| efficientnet | 1 | 1 | 0 | 0 |" in md
     assert "Torch-Pruning" not in md
 
@@ -55,9 +55,12 @@ def test_against_torch_pruning(tmp_path):
     tp = data["models"][0]["torch_pruning"]
     assert tp["status"] == "pass", tp
     assert tp["macs_cut"] > 0.2 and tp["seconds"] > 0
+    assert tp["verdict"] == "exact" and tp["max_abs_err"] < 1e-3  # fxprune's oracle on TP
     assert data["summary"]["torch_pruning"] == {"pass": 1, "fail": 0}
+    assert data["summary"]["torch_pruning_verdicts"]["exact"] == 1
     assert data["summary"]["median_time_ratio_tp_over_fxprune"] > 0
-    assert "**Torch-Pruning: 1 pass, 0 fail of 1 models** (no numerical oracle" in md
+    assert "**Torch-Pruning: 1 pass, 0 fail of 1 models** (pass = runs, same output" in md
+    assert "verdicts of the passes: 1 exact, 0 approximate, 0 unverified" in md
     assert "Median pruning time ratio Torch-Pruning / fxprune" in md
 
 
@@ -83,6 +86,12 @@ def test_usage_errors(tmp_path, capsys):
     assert bench.main(["prunability", "--ratio", "1.5", "--models", "test_resnet"]) == 2
     assert bench.main(["--help"]) == 0
     assert bench.main(["nonsense"]) == 2
+    assert bench.main(["prunability", "--set", "torchvision", "--models", "resnet_50",
+                       "--out", str(tmp_path)]) == 2
+    assert "unknown torchvision model(s): resnet_50 (did you mean" in capsys.readouterr().out
+    assert bench.main(["prunability", "--fuzz", "2", "--set", "ci"]) == 2
+    assert bench.main(["prunability", "--models", "test_resnet", "--update", "r.md"]) == 2
+    assert "--update needs a .json report path" in capsys.readouterr().out
 
 
 def test_fuzz_mode(tmp_path):
@@ -114,20 +123,66 @@ def test_model_sets_cover_the_families():
     assert len([m for m in ci if not m.startswith("test_")]) == 5
 
 
+def test_torchvision_set():
+    tv = bench.model_set("torchvision")
+    assert tv == list(bench.TORCHVISION_SET) and len(tv) >= 10
+    assert {bench.family_of(m, "torchvision") for m in tv} >= {
+        "resnet", "mobilenetv3", "efficientnet", "regnet", "convnext", "vision_transformer",
+        "swin_transformer", "densenet", "shufflenetv2", "squeezenet"}
+    assert bench.family_of("squeezenet1_0") == "?"  # a torchvision name is not a timm model
+    model, (x,) = bench_sets.make_model("squeezenet1_0", "torchvision")
+    assert tuple(x.shape) == (1, 3, 224, 224) and not model.training
+    # SqueezeNet's classifier is a conv: the one Torch-Pruning must leave alone
+    assert bench_sets.classifiers(model) == [model.classifier[1]]
+
+
+def test_unzero_draws_zero_initialised_weights():
+    """A zero head (torchvision ViT) makes every output 0: the oracle would prove nothing."""
+    import torch.nn as nn
+
+    head = nn.Linear(4, 3)
+    nn.init.zeros_(head.weight)
+    nn.init.zeros_(head.bias)
+    model = nn.Sequential(nn.Linear(4, 4), head)
+    assert bench_sets.unzero(model) == ["1.weight"]  # biases (1-D) stay as they are
+    assert head.weight.abs().max() > 0 and not head.bias.any()
+    assert bench_sets.unzero(model) == []
+
+
+def test_torchvision_model_in_a_child(tmp_path):
+    """``--set torchvision --models``: one torchvision model, merged into a report file."""
+    report = tmp_path / "results" / "tv.json"
+    rc = bench.main(["prunability", "--set", "torchvision", "--models", "squeezenet1_0",
+                     "--out", str(tmp_path / "out"), "--timeout", "120", "--strict",
+                     "--update", str(report)])
+    assert rc == 0
+    data = json.loads(report.read_text())
+    assert data["meta"]["source"] == "torchvision" and data["meta"]["torchvision"]
+    (row,) = data["models"]
+    assert (row["model"], row["family"]) == ("squeezenet1_0", "squeezenet")
+    rec = row["fxprune"]
+    assert (rec["status"], rec["verdict"]) == ("pass", "exact"), rec
+    assert rec["input_shape"] == [1, 3, 224, 224] and 0.5 < rec["macs_cut"] < 1
+    md = report.with_suffix(".md").read_text()
+    assert "torchvision 0." in md and "| squeezenet1_0 | squeezenet | pass |" in md
+
+
 def test_report_from_records(tmp_path):
     """Summary and markdown from hand-made records (no child processes)."""
-    def rec(status, seconds, stage=None, error=""):
+    def rec(status, seconds, stage=None, error="", verdict="exact", note=""):
         return {"status": status, "seconds": seconds, "stage": stage, "error": error,
-                "macs_cut": 0.5, "params_cut": 0.4, "max_abs_err": 1e-7}
+                "macs_cut": 0.5, "params_cut": 0.4, "max_abs_err": 1e-7,
+                "verdict": None if status == "fail" else verdict, "verdict_note": note}
 
     rows = [
         {"model": "a", "family": "f1", "fxprune": rec("pass", 1.0),
          "torch_pruning": rec("pass", 3.0)},
-        {"model": "b", "family": "f1", "fxprune": rec("approximate", 2.0),
+        {"model": "b", "family": "f1", "fxprune": rec("approximate", 2.0, verdict="approximate"),
          "torch_pruning": rec("fail", None, "rewrite", "IndexError: x|y")},
         {"model": "c", "family": "f2", "fxprune": rec("fail", None, "analyze", "Boom"),
-         "torch_pruning": rec("pass", 1.0)},
-        {"model": "d", "family": "f2", "fxprune": rec("pass", 2.0),
+         "torch_pruning": rec("pass", 1.0, verdict="unverified", note="cut a frozen group")},
+        {"model": "d", "family": "f2", "fxprune": {**rec("pass", 2.0), "vacuous": "all 0",
+                                                   "unzeroed": ["head.weight"]},
          "torch_pruning": rec("pass", 2.0)},
     ]
     meta = {"command": "fxprune bench prunability", "ratio": 0.5, "timeout": 300, "mem_gb": 8,
@@ -139,8 +194,45 @@ def test_report_from_records(tmp_path):
     assert summary["both_pass"] == 2
     assert summary["median_time_ratio_tp_over_fxprune"] == pytest.approx(2.0)  # 3.0 and 1.0
     assert summary["families"]["f2"] == {"models": 2, "pass": 1, "approximate": 0, "fail": 1,
-                                         "tp_pass": 2}
+                                         "tp_pass": 2, "macs_cut": 0.5, "tp_macs_cut": 0.5}
+    assert summary["torch_pruning_verdicts"] == {"exact": 2, "approximate": 0,
+                                                 "unverified": 1}
     md = (tmp_path / "prunability.md").read_text()
-    assert "| c | f2 | fail | analyze | - |" in md
+    assert "| c | f2 | fail | 50.0% | - | analyze | - |" in md
+    assert "| d | f2 | pass | 50.0% | exact (vacuous) |  | 2.00 |" in md
+    assert "vacuous: all 0 |" in md and "instead (else the outputs" in md
+    assert "oracle vacuous): d (head.weight)." in md
+    assert "| f2 | 2 | 1 | 0 | 1 | 50.0% | 2 | 50.0% |" in md
+    assert "TP unverified: cut a frozen group" in md
     assert "TP: IndexError: x\\|y" in md and "fail (rewrite)" in md
     assert "**2.00x**" in md
+
+
+def test_update_merges_a_rerun(tmp_path):
+    """--update: a rerun replaces its models' rows in place and is noted in the report."""
+    meta = {"command": "fxprune bench prunability --set torchvision", "ratio": 0.5,
+            "timeout": 300, "mem_gb": 8, "against": None, "cpus": 2, "torch": "t",
+            "torchvision": "v", "wall_seconds": 60, "date": "d0"}
+
+    def row(model, cut, tp=None):
+        r = {"model": model, "family": model, "fxprune": {
+            "status": "pass", "verdict": "exact", "seconds": 1.0, "macs_cut": cut}}
+        return {**r, "torch_pruning": tp} if tp else r
+
+    path = tmp_path / "r" / "tv.json"
+    tp = {"status": "pass", "verdict": "exact", "seconds": 2.0, "macs_cut": 0.6}
+    bench_report.merge_rows(path, {**meta, "against": "torch-pruning"},
+                            [row("a", 0.1, tp), row("b", 0.2, tp)])  # creates it
+    rerun = {**meta, "command": "fxprune bench prunability --models b,c", "date": "d1"}
+    summary = bench_report.merge_rows(path, rerun, [row("b", 0.7), row("c", 0.3)])
+    data = json.loads(path.read_text())
+    assert [(r["model"], r["fxprune"]["macs_cut"]) for r in data["models"]] == [
+        ("a", 0.1), ("b", 0.7), ("c", 0.3)]
+    assert data["meta"]["command"] == meta["command"] and summary["models"] == 3
+    assert data["meta"]["reruns"][0]["models"] == ["b", "c"]
+    assert data["models"][1]["torch_pruning"] == tp  # kept: the rerun had no --against
+    md = path.with_suffix(".md").read_text()
+    assert "Rows of b, c rerun by `fxprune bench prunability --models b,c` (d1)." in md
+    assert "| b | b | pass | 70.0% | exact |" in md and "| c | c | pass | 30.0% |" in md
+    with pytest.raises(ValueError, match="needs a .json report path"):
+        bench_report.merge_rows(tmp_path / "r.md", meta, [])

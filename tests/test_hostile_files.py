@@ -135,6 +135,8 @@ def _injections(p: dict, marker: pathlib.Path):
     yield "keyword name", setter("call_method", "kwargs", {"__dict__": {f"dim={code},k": 1}})
     yield "call_module target", setter("call_module", "target", f'conv"); {code}; ("')
     yield "call_module dunder", setter("call_module", "target", "__class__")
+    yield "call_module hyphenated", setter("call_module", "target", f'a-b"); {code}; ("c-d')
+    yield "call_module hyphenated dunder", setter("call_module", "target", "__class-__")
     yield "class name", lambda q: q.__setitem__("class_name", f"A:{code}")
     for target, args in (("torch.os.system", [cmd]), ("os.system", [cmd]),
                          ("builtins.eval", [code]), ("builtins.exec", [code]),
@@ -467,8 +469,30 @@ def test_trust_policy_table():
         with pytest.raises(InputError):
             trust.check_name(name, "t")
     assert trust.check_path("layer1.0.conv1", "t")
+    assert trust.check_path("trunk.block1-0.proj", "t")  # torchvision RegNet's block names
+    assert trust.check_member(nn.Sequential, "block1-0", "t") == "block1-0"
+    for path in ("a.b-c(1)", 'a.x-"', "a.__x-y", "a.x- y", "a.ｘ-y", "a.x-y\n"):
+        with pytest.raises(InputError):
+            trust.check_path(path, "t")
+    with pytest.raises(InputError):
+        trust.check_path("torch.a-b", "t", members=False)  # functions and classes: strict
     with pytest.raises(InputError, match="forward"):
         trust.check_member(nn.Conv2d, "forward", "t")
     with pytest.raises(InputError, match="internal"):
         trust.check_member(nn.Conv2d, "_forward_hooks", "t")
     assert trust.check_member(nn.Conv2d, "in_channels", "t") == "in_channels"
+
+
+def test_hyphenated_module_names_round_trip(tmp_path):
+    """Module names like torchvision RegNet's ``block1-0`` are saved and loaded."""
+    torch.manual_seed(0)
+    model = nn.Sequential()
+    model.add_module("block1-0", nn.Conv2d(3, 8, 3, padding=1))
+    model.add_module("act", nn.ReLU())
+    model.add_module("head-1", nn.Conv2d(8, 4, 1))
+    x = torch.randn(2, 3, 8, 8)
+    small = fxprune.compress(model.eval(), 0.5, example_inputs=x)
+    fxprune.save(small, tmp_path / "s.pt")
+    again = fxprune.load(tmp_path / "s.pt")
+    assert torch.equal(again(x), small(x))
+    assert tuple(getattr(again, "block1-0").weight.shape) == (4, 3, 3, 3)

@@ -149,6 +149,32 @@ def test_trace_twice_with_per_instance_cache():
     assert set(model.cache) <= {"cpu"}, "tracing left a Proxy in the user's model"
 
 
+TRACE_ADDS_TENSOR_CONSTANTS = (
+    "trace.py: torch.fx's tracer stores a tensor made in forward on the traced model "
+    "(setattr(root, '_tensor_constant0', t)) and never removes it, so the next trace of the "
+    "same model names it '_tensor_constant1': fxprune.verify's re-trace then found tensors the "
+    "pruned model lacks ('incompatible: it has no tensor _tensor_constant22'), and the user's "
+    "model gained attributes (found by the torchvision benchmark: maxvit_t fails at the oracle)")
+
+
+class TensorMadeInForward(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.head = nn.Conv2d(3, 8, 1), nn.Conv2d(8, 4, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.relu(self.conv(x)) * torch.full((1,), 2.0))
+
+
+def test_tensor_constants_leave_the_model_as_it_was():
+    model, x = TensorMadeInForward(), torch.randn(2, 3, 8, 8)
+    attrs = set(model.__dict__)
+    small = prune_and_check(model, x, 0.5)
+    assert fxprune.verify(model, small, x).kind == "exact"  # a re-trace, same names
+    assert set(model.__dict__) == attrs, "tracing left tensor constants on the user's model"
+    assert hasattr(small, "_tensor_constant0")
+
+
 def test_fuzz_generator_is_deterministic():
     a, b = run_case(3), run_case(3)
     assert (a.ok, a.ratio, a.criterion, a.params) == (b.ok, b.ratio, b.criterion, b.params)

@@ -386,6 +386,57 @@ def test_groupnorm_and_layernorm_are_reported_approximate():
     assert fxprune.verify(model, pruned, x).status.startswith("mismatch")
 
 
+class GroupedStdConv(nn.Module):
+    """A weight-standardized conv (timm ScaledStdConv2d, non-zero gain) with ``groups``."""
+
+    def __init__(self, groups: int):
+        super().__init__()
+        from timm.layers import ScaledStdConv2d
+
+        self.a = nn.Conv2d(3, 16, 3, padding=1)
+        self.std = ScaledStdConv2d(16, 16, 3, groups=groups)
+        nn.init.uniform_(self.std.gain, 0.5, 1.5)
+        self.head = Head(16)
+
+    def forward(self, x):
+        return self.head(F.silu(self.std(F.silu(self.a(x)))))
+
+
+@pytest.mark.parametrize(("groups", "expect"), [(1, "approximate"), (4, "approximate"),
+                                                (16, "exact")])
+def test_weight_standardized_conv_with_groups(groups, expect):
+    """Each filter standardizes over its in_channels/groups inputs: pruning them changes the
+    statistics unless each group has one input (depthwise: the filter goes with its input;
+    nf_regnet_b0's grouped convs were treated as exact and failed the statistics-aware
+    oracle)."""
+    torch.manual_seed(0)
+    pruned = prune_and_check(GroupedStdConv(groups), torch.randn(2, 3, 8, 8), 0.5,
+                             expect=expect)
+    assert pruned.std.in_channels == 8
+
+
+class SamePools(nn.Module):
+    """timm's 'same'-padded pools (NASNet, PNASNet): spatial only, channels pass through."""
+
+    def __init__(self):
+        super().__init__()
+        from timm.layers.pool2d_same import AvgPool2dSame, MaxPool2dSame
+
+        self.a = cbr(3, 16)
+        self.mp, self.ap = MaxPool2dSame(3, stride=2), AvgPool2dSame(3, stride=1)
+        self.head = Head(16)
+
+    def forward(self, x):
+        return self.head(self.ap(self.mp(self.a(x))))
+
+
+def test_timm_same_pools_pass_channels_through():
+    """``timm.layers.MaxPool2dSame`` does not exist (only ``timm.layers.pool2d_same.``): the
+    rule was never registered and the pools froze their inputs."""
+    pruned = prune_and_check(SamePools(), torch.randn(2, 3, 9, 9), 0.5)
+    assert pruned.head.fc.in_features == 8
+
+
 def test_unknown_op_freezes_and_warns_once():
     class Roll(nn.Module):
         def __init__(self):

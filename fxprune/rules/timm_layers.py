@@ -33,7 +33,8 @@ def _classes(*paths: str) -> list[type]:
 
 
 class _StdConvRule(ConvRule):
-    """Weight-standardized conv: statistics span the input channels, so pruning is approximate."""
+    """Weight-standardized conv: each filter's statistics span its ``in_channels / groups``
+    inputs, so pruning them is approximate (exact only when that is one channel: depthwise)."""
 
     approx = "weight standardization spans the pruned input channels"
 
@@ -44,7 +45,7 @@ class _StdConvRule(ConvRule):
         if gain is not None and gain.shape[0] == m.out_channels:
             ctx.bind("gain", 0, out.reshape(-1), "out")
         x = ctx.ids(0, "input")
-        if m.groups == 1 and x.shape[1] > 1:
+        if m.in_channels // m.groups > 1 and x.shape[1] > 1:
             ctx.approximate(x, self.approx)
         return out
 
@@ -95,7 +96,8 @@ class ConvMlpRule(Rule):
 
 
 register_rule(*_classes("timm.layers.Linear", "timm.layers.linear.Linear"))(LinearRule())
-register_rule(*_classes("timm.layers.AvgPool2dSame", "timm.layers.MaxPool2dSame"))(Spatial(2))
+register_rule(*_classes("timm.layers.AvgPool2dSame", "timm.layers.pool2d_same.AvgPool2dSame",
+                        "timm.layers.pool2d_same.MaxPool2dSame"))(Spatial(2))
 
 
 class PerSampleScaleRule(Passthrough):
