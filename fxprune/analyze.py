@@ -224,7 +224,11 @@ class _Propagator(fx.Interpreter):
             if (isinstance(ids, Tensor) and p < ids.dim() and ids.shape[p] == size
                     and axis_ids(ids, p, size) is not None
                     and axis_ids(src_ids, axis, size) is not None):
-                ctx.union(axis_ids(src_ids, axis, size), axis_ids(ids, p, size))
+                a, b = axis_ids(src_ids, axis, size), axis_ids(ids, p, size)
+                if not torch.equal(a.sort().values, b.sort().values):
+                    # the same channels in another order (a channel shuffle) need nothing:
+                    # their count stays equal whatever is pruned
+                    ctx.union(a, b)
             else:
                 self._freeze_foreign(ctx, n, [(src.name, axis)])
 

@@ -129,6 +129,16 @@ def prune_graph(gm: fx.GraphModule, ratio: float | None = None, *, criterion: An
                     pruned_ms=lat.pruned_ms, round_to=lat.step, iterations=lat.iterations,
                     steps=len(lat.iterations), table_s=lat.table.measured_s if lat.table
                     else 0.0, table_key=lat.table.key if lat.table else {})
+        if abs(lat.achieved - t_lat) > 0.05 * t_lat:
+            warnings.warn(
+                f"target_latency={t_lat:g} not reached: the closest model measured "
+                f"{lat.achieved:.3f} of the original's time (±{lat.spread:.3f} between "
+                f"measurement rounds) after {len(lat.iterations)} tries. Either the model "
+                "cannot get faster at this batch on this device (fixed per-layer costs: the "
+                "narrowest widths max_ratio allows set a floor), or its timing varies more than "
+                "5% here. Hint: a larger batch, or more threads-to-work, makes time follow "
+                "widths; the tries are in pruned.meta['fxprune.allocation']['iterations'].",
+                stacklevel=3)
     elif target is not None:
         fit = fit_target(analysis, scores, alloc, target, metric=metric, round_to=round_to,
                          progress=progress)

@@ -317,3 +317,16 @@ def test_search_reports_spread_and_stops_when_the_remeasure_agrees(synthetic, mo
     assert info["achieved"] == pytest.approx(0.6)
     assert info["achieved_spread"] == pytest.approx(0.6 * 0.02)
     assert len(info["achieved_rounds"]) == 6
+
+
+def test_an_unreachable_target_latency_warns(synthetic, monkeypatch):
+    """A model whose time does not follow its widths (the stub says 0.8 whatever is pruned)
+    cannot land on 0.5: compress returns the closest try and says so."""
+    stub = _scripted(lambda n: 0.8 / 0.5)
+    stub.target = 0.5
+    monkeypatch.setattr(lat_target, "measure_pair", stub)
+    with pytest.warns(UserWarning, match="target_latency=0.5 not reached: the closest model "
+                                         "measured 0.800"):
+        pruned = fxprune.compress(create_model("resnet20_b"), target_latency=0.5,
+                                  example_inputs=X, batch=8, round_to=8, verify=False)
+    assert pruned.meta["fxprune.allocation"]["achieved"] == pytest.approx(0.8)
