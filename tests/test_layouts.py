@@ -290,3 +290,23 @@ def test_literal_size_channels_last_constant_follows_its_channel_axis():
     pruned = prune_and_check(ChannelsLastConstant(), torch.randn(2, 3, 4, 16), 0.5)
     assert tuple(pruned.fc1.weight.shape) == (16, 16)
     assert pruned.fc2.weight.shape[1] < 48
+
+
+class Shuffled(nn.Module):
+    """torchvision's channel_shuffle: the last view is sized with ``x.size()`` of the tensor
+    before the transpose: the same channels in another order, so nothing is frozen."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 8, 1), nn.Conv2d(8, 4, 1)
+
+    def forward(self, x):
+        from torchvision.models.shufflenetv2 import channel_shuffle
+
+        return self.b(channel_shuffle(self.a(x).relu(), 2))
+
+
+def test_channel_shuffle_sized_from_the_unshuffled_tensor_prunes():
+    torch.manual_seed(0)
+    pruned = prune_and_check(Shuffled(), torch.randn(2, 3, 6, 6), 0.5)
+    assert pruned.a.weight.shape[0] == 4 and pruned.b.weight.shape[1] == 4
