@@ -38,6 +38,7 @@ from .hooks import opaque_reason
 from .inputs import check_example_inputs, check_flags, resolve_ignore
 from .propctx import Binding, PropCtx, ScatterAdd, Unsupported, _State
 from .rules import op_name, rule_for
+from .rules._util import channel_axes_beside
 from .trace import EXAMPLE_INPUTS
 
 logger = logging.getLogger(__name__)
@@ -320,32 +321,16 @@ def _attr_ids(s: _State, n: fx.Node, value: Any) -> Any:
     return torch.full((1,) * value.dim(), FROZEN, dtype=torch.long)
 
 
-def _attr_axis(s: _State, n: fx.Node, value: Tensor, user: fx.Node) -> int | None:
-    """The channel axis of an attribute with several non-trivial axes (a positional
-    embedding ``(1, N, C)``): the one axis along which the other operands of its first
-    elementwise use (``x + pos_embed``) carry channels. None: no such single axis."""
-    found: set[int] = set()
-    for a in user.args:
-        ids = meta.get_ids(a) if isinstance(a, fx.Node) and a is not n else None
-        if not isinstance(ids, Tensor):
-            continue
-        nd = max(ids.dim(), value.dim())
-        aligned = ids.reshape((1,) * (nd - ids.dim()) + tuple(ids.shape))
-        off = nd - value.dim()
-        found |= {d for d in range(value.dim())
-                  if aligned.shape[d + off] > 1 and aligned.shape[d + off] == value.shape[d]}
-    return found.pop() if len(found) == 1 else None
-
-
 def _settle_attrs(s: _State, user: fx.Node) -> None:
     """Give the deferred attributes among ``user``'s arguments their channel axis."""
     for a in user.args:
         if not isinstance(a, fx.Node) or a.name not in s.deferred:
             continue
         value = s.deferred.pop(a.name)
-        axis = _attr_axis(s, a, value, user)
-        if axis is not None:
-            meta.set_ids(a, _bind_attr(s, a, value, axis))
+        # the axis along which the other operands of its first use carry channels
+        axes = channel_axes_beside(a, [user], tuple(value.shape), same_size=True)
+        if len(axes) == 1:
+            meta.set_ids(a, _bind_attr(s, a, value, axes.pop()))
 
 
 def _bind_attr(s: _State, n: fx.Node, value: Tensor, axis: int) -> Tensor:

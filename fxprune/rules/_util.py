@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 __all__ = ["align", "norm_dim", "tensor_args", "reshape_ids", "dims_arg", "new_shape_of",
-           "last_axes"]
+           "last_axes", "channel_axes_beside"]
 
 from typing import Any
 
@@ -69,3 +69,29 @@ def new_shape_of(ids: Tensor, old_shape: tuple[int, ...], kept: Tensor) -> tuple
 def last_axes(nd: int, k: int) -> str:
     """The last ``k`` of ``nd`` axes, for messages: ``"2..3"``, or ``"3"`` for one axis."""
     return f"{nd - k}..{nd - 1}" if k > 1 else str(nd - 1)
+
+
+def channel_axes_beside(node: fx.Node, users: Any, shape: tuple[int, ...],
+                        same_size: bool = False) -> set[int]:
+    """Axes of ``node``'s value (of ``shape``, right-aligned) along which the already
+    analysed operands next to it in ``users`` carry channels; ``same_size``: only where the
+    operand's axis has ``node``'s size there (an elementwise use, not a ``cat``)."""
+    nd = len(shape)
+    found: set[int] = set()
+
+    def visit(a: Any) -> None:
+        if isinstance(a, (list, tuple)):
+            for x in a:
+                visit(x)
+        elif isinstance(a, fx.Node) and a is not node:
+            ids = meta.get_ids(a)
+            if not isinstance(ids, Tensor):
+                return
+            off = nd - ids.dim()
+            found.update(d + off for d in range(ids.dim()) if ids.shape[d] > 1 and d + off >= 0
+                         and (not same_size or ids.shape[d] == shape[d + off]))
+
+    for user in users:
+        visit(user.args)
+    return found
+

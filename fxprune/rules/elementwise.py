@@ -28,7 +28,7 @@ from torch import Tensor
 from .. import meta
 from ..channels import FREE, at_axis, fit
 from . import Rule, register_rule
-from ._util import align, dims_arg, last_axes, norm_dim, tensor_args
+from ._util import align, channel_axes_beside, dims_arg, last_axes, norm_dim, tensor_args
 
 
 class Broadcast(Rule):
@@ -253,9 +253,8 @@ class Constant(Rule):
         out = ctx.out
         if out.dim() == 0:
             return torch.tensor(1)
-        axis = _users_channel_axis(ctx.node, out.dim())
-        if axis is None:
-            axis = 1 if out.dim() > 1 else 0
+        axes = channel_axes_beside(ctx.node, ctx.node.users, tuple(out.shape))
+        axis = axes.pop() if len(axes) == 1 else 1 if out.dim() > 1 else 0
         return at_axis(ctx.new_ids(out.shape[axis]), axis, out.dim())
 
     def is_size_arg(self, node: fx.Node, key: int | str) -> bool:
@@ -264,26 +263,6 @@ class Constant(Rule):
 
     def rewrite_node(self, node: fx.Node, ctx) -> None:  # type: ignore[no-untyped-def]
         ctx.patch_shape_args(node, first=1 if node.op == "call_method" else 0)
-
-
-def _users_channel_axis(node: fx.Node, nd: int) -> int | None:
-    """The one axis along which the already analysed operands next to ``node`` in its users
-    carry channels (right-aligned to ``nd`` dims), or None."""
-    found: set[int] = set()
-
-    def visit(a: object) -> None:
-        if isinstance(a, (list, tuple)):
-            for x in a:
-                visit(x)
-        elif isinstance(a, fx.Node) and a is not node:
-            ids = meta.get_ids(a)
-            if isinstance(ids, Tensor) and ids.dim() <= nd:
-                off = nd - ids.dim()
-                found.update(d + off for d in range(ids.dim()) if ids.shape[d] > 1)
-
-    for user in node.users:
-        visit(user.args)
-    return found.pop() if len(found) == 1 else None
 
 
 def _name(node: fx.Node) -> str:
