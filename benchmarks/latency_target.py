@@ -29,8 +29,9 @@ written to ``--out`` as they finish)::
         --out benchmarks/results/latency_target_cpu.json
 
 (``--rounds 9``: the judge is a median of 9 separate measurements; with 3 it moved by ±6% on
-EfficientNet-B0 here; a fresh ``FXPRUNE_CACHE_DIR`` so that the latency tables are timed on the quiet machine, not
-loaded from an earlier run's cache, and ``table_seconds`` is the real cost).
+EfficientNet-B0 here. A fresh ``FXPRUNE_CACHE_DIR``, so that the latency tables are timed on
+the quiet machine, not loaded from an earlier run's cache, and ``table_seconds`` is the real
+cost.)
 
 ``--models resnet50 cifar:resnet20`` runs some of them. ``--quick`` runs a tiny model (or the
 ``--models`` given) with few repeats, only to show that the script works (its numbers mean
