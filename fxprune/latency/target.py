@@ -318,9 +318,8 @@ def fit_latency(analysis: Analysis, scores: Mapping[int, Tensor], target: float,
     ``repeat``: timed calls per model in one round; ``rounds``: separate measurements per set
     (a candidate on target is measured twice as many times); ``measure``: replaces
     :func:`measure_pair` (same signature), e.g. for tests. ``original``: the model whose
-    time the target is a fraction of (:func:`fxprune.compress` passes the user's eager model:
-    its Python dispatch can cost ~10% over the traced graph at batch 8); default the traced
-    graph.
+    time the target is a fraction of (:func:`fxprune.compress` passes the user's eager model,
+    which can differ from its traced graph by a few percent); default the traced graph.
     """
     gm = analysis.gm
     ref = gm if original is None else original
