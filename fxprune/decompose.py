@@ -226,7 +226,7 @@ def decomposition(m: nn.Module, args: tuple, kwargs: dict,
     entry = _DECOMPOSITIONS.get(type(m))
     if entry is None or entry[0](m, args, kwargs) is not None:
         return None
-    why_not, fn, shaped = entry
+    _why_not, fn, shaped = entry
     if shaped:
         if shape is None:
             return None
