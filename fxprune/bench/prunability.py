@@ -324,7 +324,8 @@ def run_model(name: str, tool: str, *, ratio: float = 0.5, timeout: float = 300,
     cmd = [sys.executable]
     if sys.version_info >= (3, 11):
         cmd.append("-P")  # the checkout's fxprune/ must not shadow the installed package
-    cmd += ["-c", "from fxprune.bench.prunability import _child_main; _child_main()", json.dumps(job)]
+    cmd += ["-c", "from fxprune.bench.prunability import _child_main; _child_main()",
+            json.dumps(job)]
     env = {**os.environ, "PYTHONSAFEPATH": "1", "PYTHONWARNINGS": "ignore"}
     t0 = time.perf_counter()
     timed_out = False

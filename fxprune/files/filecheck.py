@@ -1,4 +1,5 @@
-"""Checks of a file read by :func:`fxprune.load` against itself (see also :mod:`fxprune.files.trust`).
+"""Checks of a file read by :func:`fxprune.load` against itself (see also
+:mod:`fxprune.files.trust`).
 
 Every check raises :class:`~fxprune.errors.InputError` saying what is wrong and where (field,
 node or module). :func:`fxprune.load` runs them in this order: the payload's fields and their

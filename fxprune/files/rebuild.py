@@ -2,7 +2,8 @@
 :func:`fxprune.load`), without running code from the file.
 
 Values are decoded by :class:`Decoder` (node references only inside the graph, functions and
-classes only through :func:`fxprune.files.trust.resolve`), names are checked by :mod:`fxprune.files.trust`
+classes only through :func:`fxprune.files.trust.resolve`), names are checked by
+:mod:`fxprune.files.trust`
 and the payload against itself by :mod:`fxprune.files.filecheck`; :func:`build` then runs the graph
 once on inputs of the saved shapes (``check=True``) and names the node where it fails.
 """

@@ -52,7 +52,8 @@ class ScatterAdd:
     ``conv -> BN -> ReLU [-> max-pool]`` feeding the first block): ``chain`` names the
     per-channel ops between that conv and the add; the rewrite scatters the operand into a
     full-width tensor holding what ``chain`` makes of the removed channels' zeros
-    (:func:`fxprune.core.rewrite.scatter_channels`), and the add's output is a new full-width stream.
+    (:func:`fxprune.core.rewrite.scatter_channels`), and the add's output is a new full-width
+    stream.
     """
 
     node: str

@@ -66,7 +66,8 @@ class Rule:
 
         A channel count (``x.shape[1]``...) passed as a size is recomputed after pruning (or
         patched by :meth:`rewrite_node`); passed anywhere else it is a plain number, and the
-        rewrite pins it to its original value (see :mod:`fxprune.core.size_reads`). Default: a number.
+        rewrite pins it to its original value (see :mod:`fxprune.core.size_reads`). Default: a
+        number.
         """
         return False
 

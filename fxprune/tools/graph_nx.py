@@ -3,7 +3,8 @@
 :func:`to_networkx` makes one node per fx node that computes something (modules, functions,
 methods, graph inputs and outputs; ``get_attr`` constants are left out) and one edge per tensor
 passed between them. Every attribute is a str, int, float or bool, so the graph can be written
-with ``networkx.write_graphml`` as is (:func:`write_graphml`); :mod:`fxprune.tools.graph_dot` draws the
+with ``networkx.write_graphml`` as is (:func:`write_graphml`); :mod:`fxprune.tools.graph_dot`
+draws the
 same graph as DOT.
 
 Node attributes: ``op`` (fx op), ``kind`` (module class, function or ``.method()``),

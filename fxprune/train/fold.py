@@ -6,7 +6,8 @@ Writes: a NEW GraphModule (via :func:`fxprune.rewrite`), plus one ``fxprune_fold
 
 The rewrite removes pruned channels: it computes what the model computes with every pruned
 channel zeroed at the ops that consume it (convs and linears; the oracle of
-:mod:`fxprune.core.verify`). A soft-pruned model differs from that only where a pruned channel is not
+:mod:`fxprune.core.verify`). A soft-pruned model differs from that only where a pruned channel
+is not
 zero at its consumer. With ``bn="keep"`` that is the BatchNorm constant ``relu(BN(0))`` of a
 pruned filter (SFP/FPGM leave BN alone); with ``bn="zero"`` it only happens after an op with
 ``f(0) != 0`` (a sigmoid, a ``+ 3``) on the pruned channel.

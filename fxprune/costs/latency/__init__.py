@@ -2,7 +2,8 @@
 
 - :mod:`fxprune.costs.latency.measure`: :func:`measure_latency` times models (eager modules or ONNX
   Runtime sessions) interleaved, with warm-up, medians and IQRs.
-- :mod:`fxprune.costs.latency.table`: :class:`LatencyTable`, each prunable layer's time as a function
+- :mod:`fxprune.costs.latency.table`: :class:`LatencyTable`, each prunable layer's time as a
+function
   of its (in, out) width at its real input shape, measured on a small grid of single-layer
   modules, interpolated, cached as JSON per device/dtype/batch/threads/torch version.
 - :mod:`fxprune.plan.latency_target`: ``compress(model, target_latency=0.5)``: a greedy allocation
