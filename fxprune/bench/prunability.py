@@ -195,7 +195,7 @@ def _child_fxprune(rec: _Recorder, name: str, ratio: float, source: str) -> None
     import warnings
 
     import fxprune
-    from fxprune.tools.fuzz import _stage_of
+    from fxprune.tools.fuzz.cases import stage_of
 
     d = rec.data
     model, inputs, ref, before = _setup(rec, name, source)
@@ -213,7 +213,7 @@ def _child_fxprune(rec: _Recorder, name: str, ratio: float, source: str) -> None
             pruned = fxprune.compress(model, ratio, example_inputs=inputs, progress=progress,
                                       verify=False)
     except Exception as e:
-        d["stage"] = _stage_of(e) if not isinstance(e, MemoryError) else "oom"
+        d["stage"] = stage_of(e) if not isinstance(e, MemoryError) else "oom"
         raise
     d["seconds"] = time.perf_counter() - t0
     notes = [str(w.message).splitlines()[0] for w in caught

@@ -19,9 +19,10 @@ from torch import Tensor
 
 from fxprune.core.analyze import Analysis, Progress, analyze
 from fxprune.core.rewrite import rewrite
-from fxprune.core.select import kept_mask, resolve_round_to, select
+from fxprune.core.select import kept_mask, select
 from fxprune.core.trace import EXAMPLE_INPUTS, trace
 from fxprune.core.verify import _check_inputs, verify_analyzed
+from fxprune.costs.latency import resolve_round_to
 from fxprune.criteria import CriterionCtx, get_criterion
 from fxprune.errors import InputError, VerificationError
 from fxprune.ir import meta

@@ -36,9 +36,10 @@ from torch import Tensor
 
 from fxprune.core.analyze import Analysis, analyze
 from fxprune.core.rewrite import rewrite
-from fxprune.core.select import kept_mask, resolve_round_to, set_keepsets
+from fxprune.core.select import kept_mask, set_keepsets
 from fxprune.core.trace import EXAMPLE_INPUTS, trace
 from fxprune.core.verify import align_ids
+from fxprune.costs.latency import resolve_round_to
 from fxprune.errors import InputError, VerificationError
 from fxprune.ir import meta
 from fxprune.ir.channels import FIRST_ID
