@@ -55,6 +55,7 @@ STAGE_OF_MODULE = {
     "fxprune.ir": "analyze", "fxprune.rules": "analyze", "fxprune.core.analyze": "analyze",
     "fxprune.core.groups": "analyze", "fxprune.core.size_reads": "analyze",
     "fxprune.core.trace": "trace", "fxprune.core.decompose": "trace",
+    "fxprune.core.concrete": "trace", "fxprune.core.boundary": "trace",
     "fxprune.criteria": "select", "fxprune.passes": "select", "fxprune.core.select": "select",
     "fxprune.core.clr": "select", "fxprune.plan": "select",
     "fxprune.rules.rewritectx": "rewrite", "fxprune.core.rewrite": "rewrite",
