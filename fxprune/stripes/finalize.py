@@ -307,9 +307,9 @@ def finalize(model: nn.Module, example_inputs: Any = None, *, delta: float = 0.0
 
 
 def _compare(want: Any, got: Any, rtol: float) -> None:
-    from fxprune.core.verify import _flat
+    from fxprune.core.verify import flat_tensors
 
-    a, b = _flat(want), _flat(got)
+    a, b = flat_tensors(want), flat_tensors(got)
     for x, y in zip(a, b):
         scale = float(x.abs().max()) if x.numel() else 0.0
         if x.shape != y.shape or not torch.allclose(y, x, rtol=rtol, atol=rtol * max(scale, 1e-6)):
