@@ -15,6 +15,7 @@ __all__ = [
     "measure_latency",
     "auto_round_to",
     "allocate",
+    "recalibrate_bn",
     "trace",
     "analyze",
     "score",
@@ -47,6 +48,7 @@ __all__ = [
 ]
 
 from fxprune.core.analyze import Analysis, analyze
+from fxprune.core.recalibrate import recalibrate_bn
 from fxprune.core.rewrite import rewrite
 from fxprune.core.select import select
 from fxprune.core.trace import trace
