@@ -16,6 +16,7 @@ __all__ = [
     "auto_round_to",
     "allocate",
     "recalibrate_bn",
+    "GroupScoring",
     "trace",
     "analyze",
     "score",
@@ -56,7 +57,7 @@ from fxprune.core.verify import VerifyReport, verify
 from fxprune.costs.count import count
 from fxprune.costs.latency import auto_round_to, measure_latency
 from fxprune.costs.paper_flops import paper_flops, paper_flops_cut
-from fxprune.criteria import list_criteria, register_criterion
+from fxprune.criteria import GroupScoring, list_criteria, register_criterion
 from fxprune.errors import (
     FxPruneError,
     InputError,
