@@ -4,8 +4,9 @@ installs it non-editable and runs the CLI from a fresh venv: .ci/wheel_smoke.sh)
 
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
+
+import tomllib
 
 ROOT = Path(__file__).resolve().parents[1]
 
