@@ -178,6 +178,7 @@ from . import (  # noqa: E402, F401
     indexing,
     linear,
     norm,
+    objects,
     shape,
     timm_layers,
     windows,

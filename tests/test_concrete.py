@@ -1,0 +1,78 @@
+"""The concrete-value tracer (fxprune.concrete) on replicas of what symbolic tracing cannot
+trace: every replica is pruned and checked by the oracle (fxprune.testing.prune_and_check)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn as nn
+from concrete_replicas import C2fNet, ClassifierOutput, GatedNet, HFModel, Yolo, lively
+
+import fxprune
+from fxprune.testing import prune_and_check
+
+
+def _macs(model: nn.Module, x: torch.Tensor) -> int:
+    return fxprune.count(model, x).macs
+
+
+def test_c2f_list_chunk_is_traced_and_pruned() -> None:
+    model, x = lively(C2fNet()), torch.randn(2, 3, 32, 32)
+    gm = fxprune.trace(model, x)
+    assert gm.meta["fxprune.tracer"] == "concrete"
+    assert gm.meta["fxprune.opaque"] == {}
+    pruned = prune_and_check(model, x)
+    assert _macs(pruned, x) < 0.5 * _macs(model, x)
+
+
+def test_yolo_routing_and_size_dependent_anchors() -> None:
+    model, x = lively(Yolo()), torch.randn(2, 3, 64, 64)
+    fxprune.compress(model, 0.5, example_inputs=x)
+    assert model.model[8].shape is None  # the head's cache is the user's: untouched
+    assert not hasattr(model.model[8], "anchors")
+    pruned = prune_and_check(model, x)
+    assert _macs(pruned, x) < 0.5 * _macs(model, x)
+    out, raw = pruned(x)
+    assert out.shape == (2, 7, 320) and len(raw) == 2
+    # the anchors were specialised to 64x64 inputs: another size fails loudly
+    with pytest.raises(Exception, match="fxprune traced"):
+        pruned(torch.randn(1, 3, 96, 96))
+
+
+def test_hf_style_config_branches_and_output_class() -> None:
+    model, x = lively(HFModel()), torch.randn(2, 3, 32, 32)
+    pruned = prune_and_check(model, x)
+    out = pruned(x)
+    assert isinstance(out, ClassifierOutput) and out.logits.shape == (2, 5)
+    assert _macs(pruned, x) < 0.5 * _macs(model, x)
+    names = [n.target for n in pruned.graph.nodes if n.op == "placeholder"]
+    assert names == ["pixel_values", "labels", "output_hidden_states", "return_dict"]
+    with pytest.raises(Exception, match="traced with labels=None"):
+        pruned(x, torch.tensor([0, 1]))
+
+
+def test_value_dependent_branch_is_an_opaque_leaf() -> None:
+    model, x = lively(GatedNet()), torch.randn(2, 3, 16, 16)
+    gm = fxprune.trace(model, x)
+    assert set(gm.meta["fxprune.opaque"]) == {"gate"}
+    assert "control flow" in gm.meta["fxprune.opaque"]["gate"]
+    pruned = prune_and_check(model, x, roundtrip=False)  # 'gate' is user code: not trusted
+    assert pruned.gate.conv.in_channels == 32  # kept at the opaque boundary
+    assert pruned.stem.conv.out_channels < 16  # pruned around it
+
+
+def test_traceable_models_keep_the_symbolic_trace() -> None:
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 4, 1))
+    gm = fxprune.trace(model, torch.randn(1, 3, 8, 8))
+    assert gm.meta["fxprune.tracer"] == "symbolic"
+
+
+def test_item_on_activations_is_never_specialised() -> None:
+    class Item(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            k = int(x.abs().max().item() * 0)  # content-dependent int: 0
+            return x[:, k:]
+
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), Item(), nn.Conv2d(8, 4, 1))
+    gm = fxprune.trace(model, torch.randn(1, 3, 8, 8))
+    assert "1" in gm.meta["fxprune.opaque"]
