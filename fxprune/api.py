@@ -26,7 +26,7 @@ from .errors import InputError, VerificationError
 from .inputs import check_flags
 from .rewrite import rewrite
 from .select import kept_mask, resolve_round_to, select
-from .trace import EXAMPLE_INPUTS, trace
+from .trace import EXAMPLE_INPUTS, OPAQUE, trace
 from .verify import _check_inputs, verify_analyzed
 
 
@@ -317,4 +317,12 @@ def compress(
                     f"the pruned {type(model).__name__} does not pass the oracle: {report}. "
                     "This is a bug in fxprune; please report it with the model. Hint: "
                     "ignore=[...] for the modules around the op keeps their channels meanwhile.")
+        if gm.meta.get(OPAQUE) and ratio is not None:  # prune inside the opaque modules
+            from .regions import REGIONS, prune_regions
+
+            pruned.meta[REGIONS] = prune_regions(model, pruned, gm.meta[OPAQUE],
+                                                 gm.meta[EXAMPLE_INPUTS], dict(
+                ratio=ratio, criterion=criterion, round_to=round_to, verify=verify, seed=seed,
+                allocation=allocation, max_ratio=max_ratio, residual=residual,
+                attention=attention))
     return pruned

@@ -38,6 +38,7 @@ import contextlib
 import dataclasses
 import inspect
 import operator
+from collections import OrderedDict
 from collections.abc import Iterator
 from typing import Any
 
@@ -192,6 +193,11 @@ class ConcreteProxy(fx.Proxy):
     def keys(self) -> Any:
         return list(self._cv.keys())
 
+    @property  # type: ignore[misc]
+    def __class__(self) -> type:  # isinstance(proxy, torch.Tensor) holds for a tensor's proxy
+        v = self.__dict__.get("_cv")
+        return type(v) if isinstance(v, Tensor) else type(self)
+
     def __getattr__(self, k: str) -> Any:
         if k.startswith("__") or k in ("_cv", "_dep", "_cdep"):
             raise AttributeError(k)
@@ -276,9 +282,9 @@ class ConcreteTracer(FxPruneTracer):
         if not isinstance(p, ConcreteProxy):
             return p
         p.__dict__.update(_cv=value, _dep=dep, _cdep=cdep)
-        if target is builtins.getattr or kind == "get_attr" or not isinstance(
-                value, (list, tuple, dict)) or isinstance(value, torch.Size):
-            return p
+        if target is builtins.getattr or kind == "get_attr" or type(value) not in (
+                list, tuple, dict, OrderedDict):
+            return p  # a namedtuple (topk's) stays one proxy: unpacking it still works
         return self._unpack(p, value, self._length_dep(p, kind, target, args, kwargs))
 
     def _length_dep(self, p: ConcreteProxy, kind: str, target: Any, args: Any, kwargs: Any
@@ -310,12 +316,10 @@ class ConcreteTracer(FxPruneTracer):
         if isinstance(value, dict):
             items = {k: self.create_proxy("call_function", operator.getitem, (p, k), {})
                      for k in value}
-            return items if type(value) is dict else _remake_dict(value, items)
+            return _with_node(items if type(value) is dict else _remake_dict(value, items), p)
         items = [self.create_proxy("call_function", operator.getitem, (p, i), {})
                  for i in range(len(value))]
-        if isinstance(value, list):
-            return items
-        return type(value)(*items) if hasattr(value, "_fields") else _remake(value, items)
+        return _with_node(items if isinstance(value, list) else tuple(items), p)
 
     # --- decisions Python takes on values ------------------------------------------------
     def specialise(self, p: ConcreteProxy, what: str) -> Any:
@@ -387,6 +391,10 @@ class ConcreteTracer(FxPruneTracer):
         return fn, ([self.root] if is_module else [])
 
     def create_arg(self, a: Any) -> Any:
+        if type(a) in (ConcreteProxy, ConcreteAttribute):
+            return a.node  # before torch.fx's Tensor check: a proxy passes for its tensor
+        if type(a) in _PLAIN:
+            a = _PLAIN[type(a)](a)
         if not isinstance(a, (fx.Proxy, Tensor, list, tuple, str, int, float, bool)) and (
                 dataclasses.is_dataclass(a) or _holds_proxy(a)) and _any_proxy(vars(a)):
             fields = ({f.name: getattr(a, f.name) for f in dataclasses.fields(a)}
@@ -396,6 +404,35 @@ class ConcreteTracer(FxPruneTracer):
             return self.create_node("call_function", build_object,
                                     (path, self.create_arg(fields)), {})
         return super().create_arg(a)
+
+
+class _NodeList(list):
+    """A list an op returned, unpacked, still naming its node (as torch.fx's wrapped
+    functions expect of what ``create_proxy`` returns)."""
+
+
+class _NodeTuple(tuple):  # noqa: SLOT001 - it carries .node and .tracer
+    pass
+
+
+class _NodeDict(dict):
+    pass
+
+
+_PLAIN: dict[type, type] = {_NodeList: list, _NodeTuple: tuple, _NodeDict: dict}
+
+
+def _with_node(items: Any, p: fx.Proxy) -> Any:
+    if type(items) is list:
+        out: Any = _NodeList(items)
+    elif type(items) is tuple:
+        out = _NodeTuple(items)
+    elif type(items) is dict:
+        out = _NodeDict(items)
+    else:
+        return items  # an OrderedDict: torch.fx's wrapped functions do not return those
+    out.node, out.tracer = p.node, p.tracer
+    return out
 
 
 def _arg(args: tuple, kwargs: dict, i: int, *names: str) -> Any:

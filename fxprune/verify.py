@@ -35,7 +35,7 @@ from .analyze import Analysis, analyze
 from .channels import FIRST_ID, pruned_axes
 from .compat import incompatibility
 from .errors import InputError
-from .trace import EXAMPLE_INPUTS, trace
+from .trace import EXAMPLE_INPUTS, OPAQUE, trace
 
 #: Every kind of verdict :func:`verify` gives, and whether it means the pruned model is right.
 #: ``ok`` is this explicit allow-list: a new kind is not ok until it is added here as ok.
@@ -316,9 +316,16 @@ def verify_analyzed(gm: fx.GraphModule, analysis: Analysis, kept: Tensor,
     """Oracle check. Where the zero-channel oracle is only approximate, the rewrite is still
     checked exactly against a statistics-aware oracle (the approximate ops run on the kept
     channels only); a mismatch there is reported as ``mismatch``."""
-    with untouched(pruned, eval_mode=True), torch.no_grad():
+    from .regions import boundary_inputs
+
+    opaque = sorted(gm.meta.get(OPAQUE) or ())  # their inputs are checked too
+    with untouched(pruned, eval_mode=True), torch.no_grad(), \
+            boundary_inputs(pruned, opaque) as seen:
         out = pruned(*inputs)
-    oracle = masked_outputs(gm, analysis, kept, inputs)
+    with boundary_inputs(gm, opaque) as expected:
+        oracle = masked_outputs(gm, analysis, kept, inputs)
+    if opaque:
+        out, oracle = (out, seen), (oracle, expected)
     report = compare(out, oracle, analysis, kept, rtol)
     vacuous = vacuous_reason(oracle, rtol)
     if vacuous is not None:
