@@ -22,8 +22,8 @@ from ._state import untouched
 from .allocate import ALLOCATION, Allocator, explicit_ratios, fit_target
 from .analyze import Analysis, Progress, analyze
 from .criteria import CriterionCtx, get_criterion
-from .errors import InputError, VerificationError
-from .inputs import check_flags
+from .errors import InputError, TraceFailure, VerificationError
+from .inputs import check_flags, positional_inputs
 from .rewrite import rewrite
 from .select import kept_mask, resolve_round_to, select
 from .trace import EXAMPLE_INPUTS, OPAQUE, trace
@@ -285,7 +285,17 @@ def compress(
     # failing node when the pruned model fails or has other output shapes.
     fold = bool(verify) and check is True
     with untouched(model):  # whatever the model's forward does, the user's model is restored
-        gm = trace(model, example_inputs)
+        try:
+            gm = trace(model, example_inputs)
+        except TraceFailure as e:  # its own forward cannot be: prune its children
+            if ratio is None or example_inputs is None:
+                raise
+            from .regions import prune_opaque_root
+
+            return prune_opaque_root(model, positional_inputs(model, example_inputs), dict(
+                ratio=ratio, criterion=criterion, round_to=round_to, verify=verify, seed=seed,
+                allocation=allocation, max_ratio=max_ratio, residual=residual,
+                attention=attention), str(e))  # type: ignore[return-value]
         _check_inputs(model, gm.meta[EXAMPLE_INPUTS])
         pruned, analysis = prune_graph(
             gm, ratio, criterion=criterion, ignore=ignore, round_to=round_to, strict=strict,

@@ -106,13 +106,34 @@ def _prune_children(model: nn.Module, path: str, kids: list[str], calls: dict[st
             else:
                 report[kid] = "kept: not called on the example inputs"
         if new_kid is not None:
-            replaced[kid.rsplit(".", 1)[1]] = new_kid
+            replaced[kid.rsplit(".", 1)[-1]] = new_kid
     if not replaced:
         return None
     parent = model.get_submodule(path)
     new = copy.copy(parent)
+    new._parameters, new._buffers = dict(parent._parameters), dict(parent._buffers)
     new._modules = dict(parent._modules)
     new._modules.update(replaced)
+    return new
+
+
+def prune_opaque_root(model: nn.Module, inputs: tuple, compress_kw: dict[str, Any],
+                      reason: str) -> nn.Module:
+    """The model's own forward cannot be traced (a detector's post-processing runs in it):
+    a copy of the model, of its class, whose children are pruned as opaque regions' are.
+    ``copy.fxprune_meta`` holds ``{"fxprune.opaque": {"": reason}, "fxprune.regions": ...}``.
+    Raises :class:`~fxprune.errors.TraceFailure` when no child could be pruned."""
+    from .errors import TraceFailure
+
+    kids = [n for n, c in model.named_children() if _has_params(c)]
+    report: dict[str, str] = {}
+    new = _prune_children(model, "", kids, _record_calls(model, kids, inputs), inputs,
+                          {**compress_kw, "_inputs": inputs}, report, 0)
+    if new is None:
+        kept = "; ".join(f"{k}: {v}" for k, v in report.items())[:600]
+        raise TraceFailure(f"{reason}\nNone of its children could be pruned on its own "
+                           f"either ({kept or 'none has parameters'}).")
+    new.__dict__["fxprune_meta"] = {"fxprune.opaque": {"": reason}, REGIONS: report}
     return new
 
 
