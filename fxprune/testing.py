@@ -19,11 +19,11 @@ import torch
 import torch.fx as fx
 import torch.nn as nn
 
-from ._state import untouched
-from .api import compress
-from .inputs import positional_inputs
-from .serialize import load, save
-from .verify import verify
+from fxprune.core.verify import verify
+from fxprune.files.serialize import load, save
+from fxprune.ir.inputs import positional_inputs
+from fxprune.ir.state import untouched
+from fxprune.plan.compress import compress
 
 
 def n_params(m: nn.Module) -> int:

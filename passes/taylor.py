@@ -33,7 +33,7 @@ from torch import Tensor
 
 from fxprune.criteria import CriterionCtx, register_criterion
 from fxprune.errors import InputError
-from fxprune.meta import Group
+from fxprune.ir.meta import Group
 
 # the last model scored: root -> (data, parameter versions, grads); dropped with the model
 _CACHE: weakref.WeakKeyDictionary[nn.Module, tuple[Any, tuple[int, ...], dict[int, Tensor]]] = (

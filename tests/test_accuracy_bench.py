@@ -10,9 +10,9 @@ import sys
 import pytest
 
 from fxprune import InputError
-from fxprune.accuracy import PRESETS, run
-from fxprune.accuracy.presets import METHODS, jobs
-from fxprune.accuracy.report import markdown, summarize
+from fxprune.bench.accuracy import PRESETS, run
+from fxprune.bench.accuracy.presets import METHODS, jobs
+from fxprune.bench.accuracy.report import markdown, summarize
 
 pytest.importorskip("sklearn")
 
@@ -64,7 +64,7 @@ def test_smoke_rows_have_the_table_keys_and_are_sane(smoke):
 
 
 def test_recheck_reproduces_a_row(smoke, capsys):
-    from fxprune.accuracy.cli import main
+    from fxprune.cli.bench_accuracy import main
 
     out, doc, _ = smoke
     args = ["--preset", "smoke", "--methods", "random,l1,sfp", "--out", str(out)]

@@ -10,11 +10,11 @@ import timm
 import torch
 
 import fxprune
-from fxprune import meta
-from fxprune.allocate import ALLOCATION, layer_costs
-from fxprune.api import prune_graph
 from fxprune.errors import InputError
+from fxprune.ir import meta
 from fxprune.models import create_model
+from fxprune.plan.allocate import ALLOCATION, layer_costs
+from fxprune.plan.compress import prune_graph
 
 X32 = torch.randn(2, 3, 32, 32)
 

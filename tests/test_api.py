@@ -11,7 +11,7 @@ import torch.nn as nn
 import torchvision
 
 import fxprune
-from fxprune import meta
+from fxprune.ir import meta
 from fxprune.models import create_model
 
 X = torch.randn(2, 3, 32, 32)

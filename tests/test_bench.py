@@ -8,7 +8,9 @@ import json
 import pytest
 import timm
 
-from fxprune import bench, bench_report, bench_sets
+from fxprune.bench import prunability as bench
+from fxprune.bench import report as bench_report
+from fxprune.bench import sets as bench_sets
 
 TINY = "test_resnet,test_efficientnet"
 HAS_TP = importlib.util.find_spec("torch_pruning") is not None

@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from fxprune.bench_oracle import kept_indices, verify_sliced
+from fxprune.bench.oracle import kept_indices, verify_sliced
 
 HAS_TP = importlib.util.find_spec("torch_pruning") is not None
 

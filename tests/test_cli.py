@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 
 import fxprune
-from fxprune import cli
+from fxprune.cli import app as cli
 from fxprune.models import create_model
 
 X = torch.randn(1, 3, 32, 32)
@@ -237,7 +237,7 @@ def test_main_other_failures_are_one_line(monkeypatch, capsys):
     def boom(*a, **k):
         raise RuntimeError("kaput\nsecond line")
 
-    monkeypatch.setattr(fxprune.api, "compress", boom)
+    monkeypatch.setattr(fxprune.plan.compress, "compress", boom)
     assert cli.main(["compress", *CIFAR, "--ratio", "0.5"]) == 1
     err = capsys.readouterr().err
     assert err.strip().splitlines() == [

@@ -10,8 +10,8 @@ import torch
 import torch.nn as nn
 
 import fxprune
-from fxprune import meta
-from fxprune.clr import authors_costs, ranked_groups
+from fxprune.core.clr import authors_costs, ranked_groups
+from fxprune.ir import meta
 from fxprune.models import create_model
 
 # the authors' hard-coded tables (cifar.py: flops_cfg / flops_lambda) and README settings

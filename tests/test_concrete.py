@@ -1,4 +1,4 @@
-"""The concrete-value tracer (fxprune.concrete) on replicas of what symbolic tracing cannot
+"""The concrete-value tracer (fxprune.core.concrete) on replicas of what symbolic tracing cannot
 trace: every replica is pruned and checked by the oracle (fxprune.testing.prune_and_check)."""
 
 from __future__ import annotations

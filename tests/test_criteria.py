@@ -12,9 +12,9 @@ import torch
 import torch.nn as nn
 
 import fxprune
-from fxprune import meta
 from fxprune.criteria import CriterionCtx, get_criterion
 from fxprune.errors import InputError
+from fxprune.ir import meta
 from fxprune.models import create_model
 from fxprune.passes import fpgm, rnf
 from fxprune.passes.bn_scale import norm_scales

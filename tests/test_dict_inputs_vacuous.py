@@ -14,8 +14,8 @@ import torch.nn.functional as F
 
 import fxprune
 from fxprune import InputError
+from fxprune.core.verify import vacuous_reason
 from fxprune.testing import prune_and_check
-from fxprune.verify import vacuous_reason
 
 
 class Masked(nn.Module):

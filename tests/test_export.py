@@ -11,7 +11,7 @@ import torch.nn as nn
 import torchvision
 
 import fxprune
-from fxprune.export import export_onnx, onnx_session
+from fxprune.files.export import export_onnx, onnx_session
 from fxprune.models import create_model, list_models
 
 pytest.importorskip("onnxruntime")

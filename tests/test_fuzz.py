@@ -3,7 +3,8 @@
 Seeds 0..N-1 (N = 300, or ``FXPRUNE_FUZZ_CASES``) run in chunks so that a failure names its
 seeds. Each case: random ratio in [0.1, 0.8] and criterion among l1/l2/random (derived from the
 seed), exact oracle, same output shape, untouched original, save/load round trip. A failure is
-reproduced with ``fxprune.fuzz.run_case(seed)`` and minimized with ``fxprune.fuzz.shrink``;
+reproduced with ``fxprune.tools.fuzz.run_case(seed)`` and minimized with
+``fxprune.tools.fuzz.shrink``;
 every bug found gets a named, hand-minimized test in ``tests/test_regressions.py``.
 """
 
@@ -15,7 +16,7 @@ import pytest
 import torch
 import torch.fx as fx
 
-from fxprune import fuzz
+from fxprune.tools import fuzz
 
 N_CASES = int(os.environ.get("FXPRUNE_FUZZ_CASES", "300"))
 CHUNK = 25

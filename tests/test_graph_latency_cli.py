@@ -8,7 +8,7 @@ import pytest
 import torch.nn as nn
 
 import fxprune
-from fxprune import cli
+from fxprune.cli import app as cli
 from fxprune.models import create_model
 
 CIFAR = ["cifar:resnet20", "--input", "1,3,32,32"]

@@ -19,11 +19,11 @@ import torch
 import torch.nn as nn
 
 import fxprune
-from fxprune import cli
+from fxprune.cli import app as cli
+from fxprune.core.trace import EXAMPLE_INPUTS
 from fxprune.errors import InputError
+from fxprune.files.serialize import read
 from fxprune.models.resnet_cifar import ResNetCifar
-from fxprune.serialize import read
-from fxprune.trace import EXAMPLE_INPUTS
 
 
 class Tiny(nn.Module):
@@ -437,7 +437,7 @@ def test_cli_input_shape_is_a_usage_error(capsys):
 # --- the policy itself ----------------------------------------------------------------------------
 
 def test_trust_policy_table():
-    from fxprune import trust
+    from fxprune.files import trust
 
     for path in ("torch.cat", "torch.nn.functional.relu", "torch._C._nn.gelu", "torch.zeros",
                  "torch.functional.split", "torch.Tensor.add", "torch._assert", "math.sqrt",

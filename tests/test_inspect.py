@@ -13,8 +13,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import fxprune
-from fxprune.graph_dot import render_svg, to_dot
-from fxprune.inspect import InspectReport, normalized_per_layer
+from fxprune.tools.graph_dot import render_svg, to_dot
+from fxprune.tools.inspect import InspectReport, normalized_per_layer
 
 X = torch.randn(1, 3, 16, 16)
 

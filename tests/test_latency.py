@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 
 import fxprune
-from fxprune.latency import LatencyReport
+from fxprune.costs.latency import LatencyReport
 
 X = torch.randn(1, 3, 32, 32)
 

@@ -12,11 +12,11 @@ import torch
 import torch.nn as nn
 
 import fxprune
-from fxprune.api import prune_graph
-from fxprune.latency import layers as lat_layers
-from fxprune.latency import table as lat_table
-from fxprune.latency import target as lat_target
+from fxprune.costs.latency import layers as lat_layers
+from fxprune.costs.latency import table as lat_table
 from fxprune.models import create_model
+from fxprune.plan import latency_target as lat_target
+from fxprune.plan.compress import prune_graph
 
 X = torch.randn(1, 3, 32, 32)
 PAD = 16
@@ -156,7 +156,7 @@ def test_target_latency_is_a_fraction_of_the_users_model(synthetic, monkeypatch)
 
 def _kept_importance(analysis) -> float:
     """Sum of the kept units' scores, normalized per group (the allocation's objective)."""
-    from fxprune.allocate import _normalized
+    from fxprune.plan.allocate import _normalized
 
     scores = fxprune.score(analysis, "l1")
     total = 0.0

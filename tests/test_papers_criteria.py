@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 
 import fxprune
-from fxprune import meta
+from fxprune.ir import meta
 from fxprune.models import create_model
 from fxprune.passes import fpgm
 

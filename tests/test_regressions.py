@@ -1,6 +1,6 @@
 """Named regression tests for failures found by the fuzzer (``fxprune.fuzz``).
 
-Each test is a hand-minimized module (shrunk with ``fxprune.fuzz.shrink``, then rewritten by
+Each test is a hand-minimized module (shrunk with ``fxprune.tools.fuzz.shrink``, then rewritten by
 hand) named after what it exercises. Each ``*_`` reason string below records the bug a test
 was written for (all fixed); a bug that is not fixed yet gets ``xfail(strict=True)`` until it
 is, so the fix shows up as an XPASS.
@@ -12,8 +12,8 @@ import torch
 import torch.nn as nn
 
 import fxprune
-from fxprune.fuzz import run_case
 from fxprune.testing import prune_and_check
+from fxprune.tools.fuzz import run_case
 
 SINGLE_CHANNEL_PRODUCER = (
     "select._no_empty_axes skips single-channel tensors (_axis_ids keeps only ids with "

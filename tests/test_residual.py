@@ -121,7 +121,7 @@ def test_scatter_is_the_papers_structure(name):
             assert new[n].out_channels < m.out_channels, n  # every other conv is pruned
     assert pruned.get_submodule("fc").in_features == model.get_submodule("fc").in_features
     # the result survives a save/load round trip and a re-application to a fresh model
-    fresh = fxprune.serialize.apply_manifest(make(), pruned.meta["fxprune.manifest"], (x,),
+    fresh = fxprune.files.serialize.apply_manifest(make(), pruned.meta["fxprune.manifest"], (x,),
                                              residual="scatter")
     fresh.load_state_dict(pruned.state_dict())
     torch.testing.assert_close(fresh.eval()(x), pruned.eval()(x), rtol=0, atol=0)

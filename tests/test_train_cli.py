@@ -13,10 +13,10 @@ import pytest
 import torch
 
 import fxprune
-from fxprune import cli
+from fxprune.cli import app as cli
+from fxprune.cli.train import build_model, load_pretrained
 from fxprune.errors import InputError
 from fxprune.models import create_model
-from fxprune.train.cli_train import build_model, load_pretrained
 
 pytest.importorskip("sklearn")
 BASE = ["train", "cifar:resnet20", "--data", "digits", "--epochs", "2", "--batch", "64",

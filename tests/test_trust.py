@@ -17,13 +17,13 @@ import torch.fx as fx
 import torch.nn as nn
 
 import fxprune
-import fxprune.api
 import fxprune.models
 import fxprune.models.resnet_cifar
-from fxprune import cli
+import fxprune.plan.compress
+from fxprune.cli import app as cli
+from fxprune.core.verify import OK_KINDS, VERDICTS, VerifyReport
 from fxprune.errors import is_library_file
 from fxprune.testing import n_params
-from fxprune.verify import OK_KINDS, VERDICTS, VerifyReport
 
 X = torch.randn(2, 3, 8, 8)
 
@@ -123,14 +123,14 @@ def test_incompatible_original_with_out_of_range_manifest():
 
 @pytest.mark.parametrize("kind", ["mismatch", "structural_mismatch", "shape_mismatch"])
 def test_compress_raises_on_every_bad_verdict(kind, monkeypatch):
-    real = fxprune.api.prune_graph
+    real = fxprune.plan.compress.prune_graph
     broken = _add_dim if kind == "shape_mismatch" else _perturb
 
     def prune_graph(*a, **kw):
         pruned, analysis = real(*a, **kw)
         return broken(pruned), analysis
 
-    monkeypatch.setattr(fxprune.api, "prune_graph", prune_graph)
+    monkeypatch.setattr(fxprune.plan.compress, "prune_graph", prune_graph)
     model = ConvNet("gn" if kind == "structural_mismatch" else "bn")
     with pytest.raises(fxprune.VerificationError, match="does not pass the oracle"):
         _pruned(model)  # verify=True is the default
@@ -157,7 +157,7 @@ def test_cli_exits_nonzero_on_bad_verdicts(tmp_path, monkeypatch, capsys):
     assert cli.main(["-q", "verify", "cifar:resnet20", p, "--seed", "1"]) == 1
     assert "oracle: mismatch" in capsys.readouterr().out
 
-    real = fxprune.api.prune_graph
+    real = fxprune.plan.compress.prune_graph
 
     def prune_graph(*a, **kw):
         pruned, analysis = real(*a, **kw)
@@ -165,7 +165,7 @@ def test_cli_exits_nonzero_on_bad_verdicts(tmp_path, monkeypatch, capsys):
             next(pruned.parameters()).add_(1.0)
         return pruned, analysis
 
-    monkeypatch.setattr(fxprune.api, "prune_graph", prune_graph)
+    monkeypatch.setattr(fxprune.plan.compress, "prune_graph", prune_graph)
     args = ["-q", "compress", "cifar:resnet20", "--input", "1,3,32,32", "--ratio", "0.5",
             "--no-latency"]
     assert cli.main([*args, "--verify"]) == 1
@@ -367,7 +367,7 @@ def test_library_files_are_recognized_by_real_path():
     import fxprune.passes.l1 as l1
 
     assert is_library_file(torch.nn.functional.__file__)
-    assert is_library_file(fxprune.api.__file__) and is_library_file(l1.__file__)
+    assert is_library_file(fxprune.plan.compress.__file__) and is_library_file(l1.__file__)
     assert is_library_file("<eval_with_key>.3")
     assert not is_library_file(rc.__file__)  # fxprune.models is model code: the user's
     assert not is_library_file("/tmp/x/fxprune/torch/model.py")

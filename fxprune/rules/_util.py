@@ -10,8 +10,8 @@ from typing import Any
 import torch.fx as fx
 from torch import Tensor
 
-from .. import meta
-from ..channels import compress, kept_along
+from fxprune.ir import meta
+from fxprune.ir.channels import compress, kept_along
 
 
 def align(ids: Tensor, ndim: int) -> Tensor:

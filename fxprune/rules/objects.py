@@ -1,4 +1,4 @@
-"""Objects in a concrete-value trace (:mod:`fxprune.concrete`): rebuilt outputs and guards.
+"""Objects in a concrete-value trace (:mod:`fxprune.core.concrete`): rebuilt outputs and guards.
 
 :func:`build_object` rebuilds, in the graph, an object that carries tensors but is not a
 container: a dataclass output (Hugging Face's ``ModelOutput``: the traced model returns the

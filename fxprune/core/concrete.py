@@ -1,0 +1,490 @@
+"""Concrete-value tracing: torch.fx proxies that carry the example run's values.
+
+Reads:  the user's model and its example inputs (the model is never modified)
+Writes: a torch.fx Graph (see :func:`concrete_graph`), used by :func:`fxprune.trace` when
+        symbolic tracing fails or has to keep modules opaque
+
+Every proxy holds the value the op computed on the example inputs (the real op runs while it
+is recorded), so what Python itself needs to know resolves to the example's value:
+``list(x.chunk(2, 1))``, unpacking tuples of tensors, ``len()``, iteration, ``int()`` of a
+size, ``if`` on a size. Containers an op returns (``chunk``, ``split``, ``topk``, a module
+returning a tuple or dict) are real Python containers of proxies. Each value also carries
+where it comes from (``CONST`` < ``SIZE`` < ``DATA``, for tensors separately for the shape and
+the contents):
+
+* a Python decision on a ``SIZE`` value (an input's height, a count derived from it) takes the
+  example's branch and records a guard in the graph, ``torch._assert(value == example)``, so a
+  run on an input that would branch otherwise fails loudly;
+* a decision on ``DATA`` (``bool(tensor)``, ``.item()`` of an activation, the size of a
+  ``nonzero``/``nms``/boolean-mask result) is never specialised: :class:`ValueDependent` is
+  raised, and :func:`fxprune.trace` keeps the innermost module that made it as an opaque leaf
+  (its channels are kept) with that reason.
+
+[INF] Containers split along dim 0 of a tensor whose shape depends on data (``unbind(0)`` of
+``nonzero``'s result) are data-dependent; along other dims their length is treated as a size.
+
+Objects that carry proxies but are not containers (a dataclass output such as Hugging Face's
+``ModelOutput``, torchvision's ``ImageList``) are rebuilt in the graph by :func:`build_object`,
+so a traced model returns the same output class; their tensors are kept (frozen) by the rule
+in :mod:`fxprune.rules.objects`.
+"""
+
+from __future__ import annotations
+
+__all__ = ["ConcreteTracer", "ValueDependent", "build_object", "CONST", "SIZE", "DATA"]
+
+import builtins
+import contextlib
+import dataclasses
+import inspect
+import operator
+from collections import OrderedDict
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+import torch.fx as fx
+import torch.nn as nn
+from torch import Tensor
+from torch.fx._symbolic_trace import _assert_is_none, _orig_module_call
+
+from fxprune.core.trace import FxPruneTracer
+from fxprune.rules.objects import build_object, length
+
+CONST, SIZE, DATA = 0, 1, 2
+
+#: Ops whose output's shape depends on the input's values.
+_DATA_SHAPED = frozenset(("nonzero", "masked_select", "unique", "unique_consecutive", "nms",
+                          "batched_nms", "argwhere", "repeat_interleave", "bincount"))
+#: Reads of a tensor's sizes, and of its metadata (constant for one trace).
+_SIZE_READS = frozenset(("size", "numel", "nelement", "shape", "len"))
+_META_READS = frozenset(("dim", "ndimension", "ndim", "dtype", "device", "is_cuda",
+                         "is_floating_point", "is_complex", "is_contiguous", "requires_grad",
+                         "layout", "get_device", "is_sparse", "is_quantized", "is_meta"))
+#: Ops whose scalar arguments do not change the output's shape.
+_ELEMENTWISE = frozenset(("add", "sub", "mul", "truediv", "floordiv", "pow", "mod", "div",
+                          "clamp", "clip", "where", "fill_", "masked_fill", "eq", "ne", "lt",
+                          "le", "gt", "ge", "and_", "or_", "neg", "rsub", "radd", "rmul"))
+_SPLITS = frozenset(("chunk", "split", "unbind", "tensor_split", "unsafe_chunk",
+                     "unsafe_split"))
+
+
+class ValueDependent(Exception):
+    """Python control flow on tensor contents, which a trace must not specialise."""
+
+
+def _name(target: Any) -> str:
+    return target if isinstance(target, str) else getattr(target, "__name__", "")
+
+
+def _walk(x: Any, fn: Any, memo: set[int] | None = None) -> Any:
+    """Map ``fn`` over the proxies in ``x``: containers, dataclasses and plain objects."""
+    if isinstance(x, fx.Proxy):
+        return fn(x)
+    if isinstance(x, (list, tuple)) and not isinstance(x, torch.Size):
+        items = [_walk(v, fn, memo) for v in x]
+        if isinstance(x, list):
+            return items
+        return type(x)(*items) if hasattr(x, "_fields") else _remake(x, items)
+    if isinstance(x, dict):
+        out = {k: _walk(v, fn, memo) for k, v in x.items()}
+        return out if type(x) is dict else _remake_dict(x, out)
+    if _holds_proxy(x):
+        copy = x.__class__.__new__(x.__class__)
+        copy.__dict__.update({k: _walk(v, fn, memo) for k, v in vars(x).items()})
+        return copy
+    return x
+
+
+def _remake(x: tuple, items: list) -> tuple:
+    try:
+        return type(x)(items)
+    except Exception:  # noqa: BLE001 - a tuple subclass with another constructor
+        return tuple(items)
+
+
+def _remake_dict(x: dict, out: dict) -> Any:
+    if dataclasses.is_dataclass(x):
+        return type(x)(**out)
+    try:
+        return type(x)(out)
+    except Exception:  # noqa: BLE001
+        return out
+
+
+def _holds_proxy(x: Any) -> bool:
+    d = getattr(x, "__dict__", None)
+    if not isinstance(d, dict) or isinstance(x, (nn.Module, type, fx.Proxy)) or callable(x):
+        return False
+    return any(isinstance(v, fx.Proxy) or (isinstance(v, (list, tuple, dict)) and _any_proxy(v))
+               for v in d.values())
+
+
+def _any_proxy(x: Any) -> bool:
+    found = []
+    _walk(x, lambda p: found.append(p))
+    return bool(found)
+
+
+def _proxies(x: Any) -> list[ConcreteProxy]:
+    found: list[ConcreteProxy] = []
+    _walk(x, lambda p: found.append(p) if isinstance(p, ConcreteProxy) else None)
+    return found
+
+
+def _unwrap(x: Any) -> Any:
+    return _walk(x, lambda p: p._cv)
+
+
+def _tensorish(v: Any) -> bool:
+    return isinstance(v, Tensor) or (isinstance(v, (list, tuple)) and not isinstance(
+        v, torch.Size) and any(isinstance(t, Tensor) for t in v))
+
+
+def _deps(kind: str, target: Any, args: Any, kwargs: Any, value: Any) -> tuple[int, int]:
+    """(shape or value dependence, contents dependence) of an op's result."""
+    ins = _proxies((args, kwargs))
+    tens = [p for p in ins if _tensorish(p._cv)]
+    shape = max((p._dep for p in tens), default=CONST)
+    content = max((p._cdep for p in ins), default=CONST)
+    scalars = max((p._dep for p in ins if not _tensorish(p._cv)), default=CONST)
+    name = _name(target)
+    if _tensorish(value) or kind == "call_module":
+        if name in _DATA_SHAPED or (name == "where" and len(args) + len(kwargs) == 1):
+            return DATA, max(content, DATA)
+        if name in ("getitem", "__getitem__") and len(args) > 1 and any(
+                isinstance(p._cv, Tensor) and p._cv.dtype == torch.bool
+                for p in _proxies(args[1])):
+            return max(shape, content), content  # a boolean mask selects by value
+        if name not in _ELEMENTWISE:
+            shape = max(shape, scalars)
+        return shape, content
+    if name in _SIZE_READS and tens:
+        return shape, shape
+    if name in _META_READS:
+        return CONST, CONST
+    return content, content
+
+
+class ConcreteProxy(fx.Proxy):
+    """A proxy with the example run's value (``_cv``) and where it comes from."""
+
+    def __bool__(self) -> bool:
+        return bool(self.tracer.specialise(self, "a condition"))  # type: ignore[attr-defined]
+
+    def __index__(self) -> int:
+        return operator.index(self.tracer.specialise(self, "an index"))  # type: ignore
+
+    def __int__(self) -> int:
+        return int(self.tracer.specialise(self, "int()"))  # type: ignore[attr-defined]
+
+    def __float__(self) -> float:
+        return float(self.tracer.specialise(self, "float()"))  # type: ignore[attr-defined]
+
+    def __len__(self) -> int:
+        v = self._cv
+        if isinstance(v, Tensor):
+            return self.tracer.length(self, 0)  # type: ignore[attr-defined]
+        return len(v)  # the dims of a torch.Size: static
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter([self[i] for i in range(len(self))])
+
+    def keys(self) -> Any:
+        return list(self._cv.keys())
+
+    @property  # type: ignore[misc]
+    def __class__(self) -> type:  # isinstance(proxy, torch.Tensor) holds for a tensor's proxy
+        v = self.__dict__.get("_cv")
+        return type(v) if isinstance(v, Tensor) else type(self)
+
+    def __getattr__(self, k: str) -> Any:
+        if k.startswith("__") or k in ("_cv", "_dep", "_cdep"):
+            raise AttributeError(k)
+        return ConcreteAttribute(self, k)
+
+
+class ConcreteAttribute(fx.proxy.Attribute, ConcreteProxy):
+    """``x.attr`` (a method about to be called, or a read: ``x.shape``)."""
+
+    def __init__(self, root: ConcreteProxy, attr: str):
+        super().__init__(root, attr)
+        self._cv = getattr(root._cv, attr)
+        if attr in _META_READS:
+            self._dep = self._cdep = CONST
+        elif attr == "shape" or isinstance(self._cv, Tensor):
+            self._dep, self._cdep = root._dep, (root._dep if attr == "shape" else root._cdep)
+        else:
+            self._dep = self._cdep = root._cdep
+
+
+class ConcreteTracer(FxPruneTracer):
+    """:class:`~fxprune.trace.FxPruneTracer` whose proxies carry the example's values."""
+
+    def __init__(self, inputs: tuple, extra_leaves: set[str] | None = None,
+                 shapes: dict[str, tuple[int, ...]] | None = None):
+        super().__init__(extra_leaves, shapes=shapes)
+        self.inputs = tuple(inputs)
+        self._evaluating = False
+        self._ph: dict[str, Any] = {}
+        self._guarded: set[tuple[str, str]] = set()
+
+    # --- values --------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _concrete(self) -> Iterator[None]:
+        old, self._evaluating = self._evaluating, True
+        try:
+            with torch.no_grad():
+                yield
+        finally:
+            self._evaluating = old
+
+    def proxy(self, node: fx.Node) -> fx.Proxy:
+        p = ConcreteProxy(node, self)
+        p.__dict__.update(_cv=None, _dep=CONST, _cdep=CONST)
+        return p
+
+    def getattr(self, attr: str, attr_val: Any, parameter_proxy_cache: dict) -> Any:
+        if self._evaluating:
+            return attr_val
+        return super().getattr(attr, attr_val, parameter_proxy_cache)
+
+    def call_module(self, m, forward, args, kwargs):  # type: ignore[no-untyped-def]
+        if self._evaluating:
+            return forward(*args, **kwargs)
+        return super().call_module(m, forward, args, kwargs)
+
+    def _evaluate(self, kind: str, target: Any, args: Any, kwargs: Any) -> tuple[Any, int, int]:
+        if kind == "placeholder":
+            v = self._ph[target]
+            return v, SIZE, DATA
+        with self._concrete():
+            if kind == "get_attr":
+                v = self.root
+                for part in str(target).split("."):
+                    v = getattr(v, part)
+                return v, CONST, DATA if isinstance(v, Tensor) else CONST
+            a, kw = _unwrap(args), _unwrap(kwargs)
+            if kind == "call_function":
+                v = target(*a, **kw)
+            elif kind == "call_method":
+                v = getattr(a[0], target)(*a[1:], **kw)
+            else:
+                v = _orig_module_call(self.root.get_submodule(target), *a, **kw)
+        return (v, *_deps(kind, target, args, kwargs, v))
+
+    def create_proxy(self, kind, target, args, kwargs, name=None, type_expr=None,  # type: ignore
+                     proxy_factory_fn=None):
+        if kind == "output":
+            return super().create_proxy(kind, target, args, kwargs, name, type_expr)
+        value, dep, cdep = self._evaluate(kind, target, args, kwargs)
+        p = super().create_proxy(kind, target, args, kwargs, name, type_expr, proxy_factory_fn)
+        if not isinstance(p, ConcreteProxy):
+            return p
+        p.__dict__.update(_cv=value, _dep=dep, _cdep=cdep)
+        if target is builtins.getattr or kind == "get_attr" or type(value) not in (
+                list, tuple, dict, OrderedDict):
+            return p  # a namedtuple (topk's) stays one proxy: unpacking it still works
+        return self._unpack(p, value, self._length_dep(p, kind, target, args, kwargs))
+
+    def _length_dep(self, p: ConcreteProxy, kind: str, target: Any, args: Any, kwargs: Any
+                    ) -> int:
+        """How the number of items an op returned was decided."""
+        if kind == "placeholder":
+            return SIZE
+        name = _name(target)
+        if name == "tolist":
+            return p._dep
+        if name not in _SPLITS or not args or not isinstance(args[0], ConcreteProxy):
+            return CONST
+        if name == "split" and isinstance(_arg(args, kwargs, 1, "split_size_or_sections",
+                                               "split_size"), (list, tuple)):
+            return CONST
+        dim = _arg(args, kwargs, 1 if name == "unbind" else 2, "dim") or 0
+        src = args[0]
+        if name != "unbind" and dim != 0:
+            return CONST  # n chunks of a channel or spatial axis: n, bar degenerate sizes
+        return src._dep if dim == 0 else min(src._dep, SIZE)
+
+    def _unpack(self, p: ConcreteProxy, value: Any, length_dep: int) -> Any:
+        if length_dep >= DATA:
+            raise ValueDependent(f"the number of items of {p.node.name} depends on tensor "
+                                 "values")
+        if length_dep == SIZE:
+            n = self.create_proxy("call_function", length, (p,), {})
+            self._guard(n, len(value), "number of items")
+        if isinstance(value, dict):
+            items = {k: self.create_proxy("call_function", operator.getitem, (p, k), {})
+                     for k in value}
+            return _with_node(items if type(value) is dict else _remake_dict(value, items), p)
+        items = [self.create_proxy("call_function", operator.getitem, (p, i), {})
+                 for i in range(len(value))]
+        return _with_node(items if isinstance(value, list) else tuple(items), p)
+
+    # --- decisions Python takes on values ------------------------------------------------
+    def specialise(self, p: ConcreteProxy, what: str) -> Any:
+        """The example's value of ``p`` for a Python decision; guarded if it is a size."""
+        v = p._cv
+        dep = p._cdep
+        if dep >= DATA:
+            where = self.current_path[-1] if self.current_path else "forward"
+            raise ValueDependent(f"{what} on tensor values ({p.node.name}) in '{where}'")
+        if dep == SIZE:
+            self._guard(p, v.item() if isinstance(v, Tensor) else v, what)
+        return v
+
+    def length(self, p: ConcreteProxy, dim: int) -> int:
+        n = int(p._cv.shape[dim])
+        dep = p._dep if dim == 0 else min(p._dep, SIZE)
+        if dep >= DATA:
+            raise ValueDependent(f"iteration over {p.node.name}, whose size depends on "
+                                 "tensor values")
+        if dep == SIZE:
+            size = self.create_proxy("call_method", "size", (p, dim), {})
+            self._guard(size, n, "size")
+        return n
+
+    def _guard(self, p: ConcreteProxy, value: Any, what: str) -> None:
+        key = (p.node.name, repr(value))
+        if key in self._guarded:
+            return
+        self._guarded.add(key)
+        where = self.current_path[-1] if self.current_path else "forward"
+        cond = self.create_proxy("call_function", operator.eq, (p, value), {})
+        msg = (f"fxprune traced '{where or type(self.root).__name__}' for the example's {what} "
+               f"{value!r} ({p.node.name}); this input takes another path: prune with an "
+               "example of this size")
+        self.create_proxy("call_function", torch._assert, (cond, msg), {})
+
+    # --- the root's arguments and objects ------------------------------------------------
+    def create_args_for_root(self, root_fn, is_module, concrete_args=None):  # type: ignore
+        """A placeholder per positional parameter of ``forward``: the example's tensors (and
+        containers of them) flow as proxies; other values (None, flags, numbers) and the
+        defaults of parameters left out are baked in, with a guard that they stay so."""
+        sig = inspect.signature(inspect.unwrap(root_fn))
+        params = [p for p in list(sig.parameters.values())[1 if is_module else 0:]
+                  if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+        bound: dict[str, Any] = {}
+        for i, param in enumerate(params):
+            if i >= len(self.inputs) and (param.default is param.empty or not isinstance(
+                    param.default, (type(None), bool, int, float, str))):
+                break
+            value = self.inputs[i] if i < len(self.inputs) else param.default
+            default = () if param.default is param.empty else (param.default,)
+            self._ph[param.name] = value
+            ph = self.create_proxy("placeholder", param.name, default, {})
+            if _tensorish(value) or isinstance(value, (dict, list, tuple)):
+                bound[param.name] = ph
+                continue
+            bound[param.name] = value
+            msg = (f"{type(self.root).__name__} was traced with {param.name}={value!r}; "
+                   "prune with the value you run it with")
+            if value is None:
+                self.create_proxy("call_function", _assert_is_none, (ph, msg), {})
+            else:
+                cond = self.create_proxy("call_function", operator.eq, (ph, value), {})
+                self.create_proxy("call_function", torch._assert, (cond, msg), {})
+
+        def fn(*args: Any) -> Any:
+            return root_fn(*args, **bound)
+
+        return fn, ([self.root] if is_module else [])
+
+    def create_arg(self, a: Any) -> Any:
+        if type(a) in (ConcreteProxy, ConcreteAttribute):
+            return a.node  # before torch.fx's Tensor check: a proxy passes for its tensor
+        if type(a) in _PLAIN:
+            a = _PLAIN[type(a)](a)
+        if not isinstance(a, (fx.Proxy, Tensor, list, tuple, str, int, float, bool)) and (
+                dataclasses.is_dataclass(a) or _holds_proxy(a)) and _any_proxy(vars(a)):
+            fields = ({f.name: getattr(a, f.name) for f in dataclasses.fields(a)}
+                      if dataclasses.is_dataclass(a) else dict(vars(a)))
+            cls = type(a)
+            path = f"{cls.__module__}:{cls.__qualname__}"
+            return self.create_node("call_function", build_object,
+                                    (path, self.create_arg(fields)), {})
+        return super().create_arg(a)
+
+
+class _NodeList(list):
+    """A list an op returned, unpacked, still naming its node (as torch.fx's wrapped
+    functions expect of what ``create_proxy`` returns)."""
+
+
+class _NodeTuple(tuple):  # noqa: SLOT001 - it carries .node and .tracer
+    pass
+
+
+class _NodeDict(dict):
+    pass
+
+
+_PLAIN: dict[type, type] = {_NodeList: list, _NodeTuple: tuple, _NodeDict: dict}
+
+
+def _with_node(items: Any, p: fx.Proxy) -> Any:
+    if type(items) is list:
+        out: Any = _NodeList(items)
+    elif type(items) is tuple:
+        out = _NodeTuple(items)
+    elif type(items) is dict:
+        out = _NodeDict(items)
+    else:
+        return items  # an OrderedDict: torch.fx's wrapped functions do not return those
+    out.node, out.tracer = p.node, p.tracer
+    return out
+
+
+def _arg(args: tuple, kwargs: dict, i: int, *names: str) -> Any:
+    for n in names:
+        if n in kwargs:
+            return kwargs[n]
+    return args[i] if len(args) > i else None
+
+
+_STATE_KEYS = ("_parameters", "_buffers", "_modules")
+
+
+def attrs_snapshot(model: nn.Module) -> list[tuple[nn.Module, dict[str, Any]]]:
+    """The plain attributes of every module (a forward may cache values on ``self``)."""
+    return [(m, {k: v for k, v in m.__dict__.items() if k not in _STATE_KEYS})
+            for m in model.modules()]
+
+
+def attrs_restore(snapshot: list[tuple[nn.Module, dict[str, Any]]]) -> None:
+    """Put back the attributes a trace set (proxies, caches), keeping torch.fx's constants."""
+    for m, saved in snapshot:
+        for k in [k for k in m.__dict__ if k not in saved and k not in _STATE_KEYS]:
+            if not k.startswith(("_tensor_constant", "_torchbind_obj")):
+                del m.__dict__[k]
+        for k, v in saved.items():
+            if m.__dict__.get(k, saved) is not v:
+                m.__dict__[k] = v
+
+
+def concrete_graph(model: nn.Module, inputs: tuple, shapes: dict[str, tuple[int, ...]],
+                   leaves: dict[str, str] | None = None, record_stack_traces: bool = False,
+                   max_retries: int = 32) -> tuple[fx.Graph, dict[str, str]]:
+    """Trace ``model`` on ``inputs`` with :class:`ConcreteTracer`, keeping each module whose
+    forward fails (or decides on tensor values) as an opaque leaf; returns the graph and
+    ``{leaf path: reason}``. Raises the last error when the top-level forward fails."""
+    from fxprune.errors import short_error
+
+    opaque = dict(leaves or {})
+    for _ in range(max_retries):
+        tracer = ConcreteTracer(inputs, set(opaque), shapes=shapes)
+        tracer.record_stack_traces = record_stack_traces
+        snap = attrs_snapshot(model)
+        try:
+            graph = tracer.trace(model)
+            return graph, opaque
+        except Exception as e:  # noqa: BLE001 - retried with the module opaque, or re-raised
+            failing = tracer.failed_path or ""
+            if not failing or failing in opaque:
+                raise
+            kind = "decides on tensor values" if isinstance(e, ValueDependent) else \
+                "cannot be traced"
+            opaque[failing] = f"{kind}: {short_error(e)}"
+        finally:
+            attrs_restore(snap)
+    raise RuntimeError(f"gave up after {max_retries} opaque modules")
