@@ -245,3 +245,55 @@ def lively(model: nn.Module, seed: int = 0) -> nn.Module:
                 m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.1)
                 m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
     return model.eval()
+
+
+class Proposals(nn.Module):
+    """An RPN-like module: a conv head (prunable inside) and a score threshold (data-
+    dependent: the module stays opaque, its head is pruned on its own)."""
+
+    def __init__(self, c: int):
+        super().__init__()
+        self.head = nn.Sequential(nn.Conv2d(c, 32, 3, padding=1), nn.ReLU(),
+                                  nn.Conv2d(32, 5, 1))
+
+    def forward(self, x: Any) -> Any:
+        out = self.head(x).flatten(2)  # (B, 5, HW): a score and 4 box values per position
+        scores, boxes = out[:, 0], out[:, 1:]
+        keep = scores[0] > 0
+        if keep.any():  # decided by the values
+            return boxes[0][:, keep].sum(1), scores[0][keep].max()
+        return boxes[0].sum(1) * 0, scores[0].max() * 0
+
+
+class TwoStage(nn.Module):
+    """A traceable backbone around an opaque module with a prunable child."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.backbone = nn.Sequential(Conv(3, 16, 3), Conv(16, 32, 3), Conv(32, 24, 3))
+        self.rpn = Proposals(24)
+
+    def forward(self, x: Any) -> Any:
+        f = self.backbone(x)
+        return self.rpn(f), f.mean((2, 3))
+
+
+class Detector(nn.Module):
+    """Post-processing in the model's own forward (as torchvision's RetinaNet): the root
+    cannot be traced, its children (backbone, head) are pruned one by one."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.backbone = nn.Sequential(Conv(3, 16, 3), Conv(16, 32, 3, 2), Conv(32, 24, 3))
+        self.head = nn.Sequential(Conv(24, 32, 3), Conv(32, 32, 3), nn.Conv2d(32, 6, 1))
+
+    def forward(self, images: list) -> list:
+        x = torch.stack(images)
+        logits = self.head(self.backbone(x)).flatten(2)
+        results = []
+        for per_image in logits:
+            scores = per_image[0].sigmoid()
+            keep = torch.nonzero(scores > 0.5).flatten()
+            results.append({"boxes": per_image[1:5, keep].T, "scores": scores[keep],
+                            "labels": (per_image[5, keep] > 0).long()})
+        return results

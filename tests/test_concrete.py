@@ -6,7 +6,16 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn as nn
-from concrete_replicas import C2fNet, ClassifierOutput, GatedNet, HFModel, Yolo, lively
+from concrete_replicas import (
+    C2fNet,
+    ClassifierOutput,
+    Detector,
+    GatedNet,
+    HFModel,
+    TwoStage,
+    Yolo,
+    lively,
+)
 
 import fxprune
 from fxprune.testing import prune_and_check
@@ -76,3 +85,32 @@ def test_item_on_activations_is_never_specialised() -> None:
     model = nn.Sequential(nn.Conv2d(3, 8, 3), Item(), nn.Conv2d(8, 4, 1))
     gm = fxprune.trace(model, torch.randn(1, 3, 8, 8))
     assert "1" in gm.meta["fxprune.opaque"]
+
+
+def test_opaque_module_children_are_pruned_as_regions() -> None:
+    model, x = lively(TwoStage()), torch.randn(1, 3, 16, 16)
+    gm = fxprune.trace(model, x)
+    assert set(gm.meta["fxprune.opaque"]) == {"rpn"}
+    pruned = fxprune.compress(model, 0.5, example_inputs=x)
+    assert pruned.meta["fxprune.verify"].ok  # also compares the inputs of 'rpn'
+    assert pruned.meta["fxprune.regions"]["rpn.head"].startswith("pruned (exact")
+    head = pruned.rpn.head
+    assert isinstance(head, torch.fx.GraphModule) and model.rpn.head[0].out_channels == 32
+    assert head.get_submodule("0").out_channels == 16  # pruned inside, boundary kept
+    assert type(pruned.rpn) is type(model.rpn) and pruned.rpn is not model.rpn
+    out, ref = pruned(x), model(x)
+    assert [t.shape for t in out[0]] == [t.shape for t in ref[0]]
+
+
+def test_untraceable_root_returns_its_class_with_pruned_children() -> None:
+    model = lively(Detector())
+    images = [torch.randn(3, 16, 16)]
+    pruned = fxprune.compress(model, 0.5, example_inputs=(images,))
+    assert type(pruned) is Detector and pruned is not model
+    regions = pruned.fxprune_meta["fxprune.regions"]
+    assert regions["backbone"].startswith("pruned (exact") and \
+        regions["head"].startswith("pruned (exact")
+    out, ref = pruned(images), model(images)
+    assert [sorted(d) for d in out] == [sorted(d) for d in ref]  # boxes, labels, scores
+    assert _macs(pruned, (images,)) < 0.6 * _macs(model, (images,))
+    assert isinstance(model.head, nn.Sequential)  # the user's model is untouched
