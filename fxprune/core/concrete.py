@@ -61,6 +61,8 @@ _SIZE_READS = frozenset(("size", "numel", "nelement", "shape", "len"))
 _META_READS = frozenset(("dim", "ndimension", "ndim", "dtype", "device", "is_cuda",
                          "is_floating_point", "is_complex", "is_contiguous", "requires_grad",
                          "layout", "get_device", "is_sparse", "is_quantized", "is_meta"))
+_CONSTANT_ATTRS = frozenset(("dtype", "device", "ndim", "is_cuda", "layout", "is_sparse",
+                             "is_quantized", "is_meta"))
 #: Ops whose scalar arguments do not change the output's shape.
 _ELEMENTWISE = frozenset(("add", "sub", "mul", "truediv", "floordiv", "pow", "mod", "div",
                           "clamp", "clip", "where", "fill_", "masked_fill", "eq", "ne", "lt",
@@ -201,6 +203,8 @@ class ConcreteProxy(fx.Proxy):
     def __getattr__(self, k: str) -> Any:
         if k.startswith("__") or k in ("_cv", "_dep", "_cdep"):
             raise AttributeError(k)
+        if k in _CONSTANT_ATTRS and isinstance(self._cv, Tensor):
+            return getattr(self._cv, k)  # x.dtype, weight.device: constants of the trace
         return ConcreteAttribute(self, k)
 
 
@@ -477,6 +481,9 @@ def concrete_graph(model: nn.Module, inputs: tuple, shapes: dict[str, tuple[int,
         snap = attrs_snapshot(model)
         try:
             graph = tracer.trace(model)
+            for n in reversed(graph.nodes):  # parameters read for their dtype or device only
+                if n.op == "get_attr" and not n.users:
+                    graph.erase_node(n)
             return graph, opaque
         except Exception as e:  # noqa: BLE001 - retried with the module opaque, or re-raised
             failing = tracer.failed_path or ""
