@@ -154,8 +154,10 @@ def _prune_one(path: str, child: nn.Module, seen: list[dict], compress_kw: dict[
     except Exception as e:  # noqa: BLE001 - the child is kept as it was, with the reason
         report[path] = f"kept: {type(e).__name__}: {str(e).splitlines()[0][:200]}"
         return None
-    v = small.meta.get("fxprune.verify")
-    report[path] = f"pruned ({v.status if v is not None else 'not verified'})"
-    for sub, why in small.meta.get(REGIONS, {}).items():
+    meta = getattr(small, "meta", None) or small.__dict__.get("fxprune_meta", {})
+    v = meta.get("fxprune.verify")
+    report[path] = (f"pruned ({v.status})" if v is not None else
+                    "pruned (its children, as regions)" if REGIONS in meta else "pruned")
+    for sub, why in meta.get(REGIONS, {}).items():
         report[f"{path}.{sub}"] = why
     return small
