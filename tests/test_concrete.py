@@ -114,3 +114,10 @@ def test_untraceable_root_returns_its_class_with_pruned_children() -> None:
     assert [sorted(d) for d in out] == [sorted(d) for d in ref]  # boxes, labels, scores
     assert _macs(pruned, (images,)) < 0.6 * _macs(model, (images,))
     assert isinstance(model.head, nn.Sequential)  # the user's model is untouched
+
+
+def test_inspect_lists_the_opaque_modules() -> None:
+    report = fxprune.inspect(lively(GatedNet()), torch.randn(1, 3, 16, 16))
+    assert set(report.opaque) == {"gate"}
+    assert report.to_json()["summary"]["opaque_modules"] == ["gate"]
+    assert "Opaque modules" in report.to_text()

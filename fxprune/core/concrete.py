@@ -48,124 +48,32 @@ import torch.nn as nn
 from torch import Tensor
 from torch.fx._symbolic_trace import _assert_is_none, _orig_module_call
 
+from fxprune.core.concrete_values import (
+    CONST,
+    CONSTANT_ATTRS,
+    DATA,
+    META_READS,
+    PLAIN,
+    SIZE,
+    SPLITS,
+    any_proxy,
+    arg,
+    attrs_restore,
+    attrs_snapshot,
+    deps,
+    holds_proxy,
+    op_name,
+    remake_dict,
+    tensorish,
+    unwrap,
+    with_node,
+)
 from fxprune.core.trace import FxPruneTracer
 from fxprune.rules.objects import build_object, length
-
-CONST, SIZE, DATA = 0, 1, 2
-
-#: Ops whose output's shape depends on the input's values.
-_DATA_SHAPED = frozenset(("nonzero", "masked_select", "unique", "unique_consecutive", "nms",
-                          "batched_nms", "argwhere", "repeat_interleave", "bincount"))
-#: Reads of a tensor's sizes, and of its metadata (constant for one trace).
-_SIZE_READS = frozenset(("size", "numel", "nelement", "shape", "len"))
-_META_READS = frozenset(("dim", "ndimension", "ndim", "dtype", "device", "is_cuda",
-                         "is_floating_point", "is_complex", "is_contiguous", "requires_grad",
-                         "layout", "get_device", "is_sparse", "is_quantized", "is_meta"))
-_CONSTANT_ATTRS = frozenset(("dtype", "device", "ndim", "is_cuda", "layout", "is_sparse",
-                             "is_quantized", "is_meta"))
-#: Ops whose scalar arguments do not change the output's shape.
-_ELEMENTWISE = frozenset(("add", "sub", "mul", "truediv", "floordiv", "pow", "mod", "div",
-                          "clamp", "clip", "where", "fill_", "masked_fill", "eq", "ne", "lt",
-                          "le", "gt", "ge", "and_", "or_", "neg", "rsub", "radd", "rmul"))
-_SPLITS = frozenset(("chunk", "split", "unbind", "tensor_split", "unsafe_chunk",
-                     "unsafe_split"))
 
 
 class ValueDependent(Exception):
     """Python control flow on tensor contents, which a trace must not specialise."""
-
-
-def _name(target: Any) -> str:
-    return target if isinstance(target, str) else getattr(target, "__name__", "")
-
-
-def _walk(x: Any, fn: Any, memo: set[int] | None = None) -> Any:
-    """Map ``fn`` over the proxies in ``x``: containers, dataclasses and plain objects."""
-    if isinstance(x, fx.Proxy):
-        return fn(x)
-    if isinstance(x, (list, tuple)) and not isinstance(x, torch.Size):
-        items = [_walk(v, fn, memo) for v in x]
-        if isinstance(x, list):
-            return items
-        return type(x)(*items) if hasattr(x, "_fields") else _remake(x, items)
-    if isinstance(x, dict):
-        out = {k: _walk(v, fn, memo) for k, v in x.items()}
-        return out if type(x) is dict else _remake_dict(x, out)
-    if _holds_proxy(x):
-        copy = x.__class__.__new__(x.__class__)
-        copy.__dict__.update({k: _walk(v, fn, memo) for k, v in vars(x).items()})
-        return copy
-    return x
-
-
-def _remake(x: tuple, items: list) -> tuple:
-    try:
-        return type(x)(items)
-    except Exception:  # noqa: BLE001 - a tuple subclass with another constructor
-        return tuple(items)
-
-
-def _remake_dict(x: dict, out: dict) -> Any:
-    if dataclasses.is_dataclass(x):
-        return type(x)(**out)
-    try:
-        return type(x)(out)
-    except Exception:  # noqa: BLE001
-        return out
-
-
-def _holds_proxy(x: Any) -> bool:
-    d = getattr(x, "__dict__", None)
-    if not isinstance(d, dict) or isinstance(x, (nn.Module, type, fx.Proxy)) or callable(x):
-        return False
-    return any(isinstance(v, fx.Proxy) or (isinstance(v, (list, tuple, dict)) and _any_proxy(v))
-               for v in d.values())
-
-
-def _any_proxy(x: Any) -> bool:
-    found = []
-    _walk(x, lambda p: found.append(p))
-    return bool(found)
-
-
-def _proxies(x: Any) -> list[ConcreteProxy]:
-    found: list[ConcreteProxy] = []
-    _walk(x, lambda p: found.append(p) if isinstance(p, ConcreteProxy) else None)
-    return found
-
-
-def _unwrap(x: Any) -> Any:
-    return _walk(x, lambda p: p._cv)
-
-
-def _tensorish(v: Any) -> bool:
-    return isinstance(v, Tensor) or (isinstance(v, (list, tuple)) and not isinstance(
-        v, torch.Size) and any(isinstance(t, Tensor) for t in v))
-
-
-def _deps(kind: str, target: Any, args: Any, kwargs: Any, value: Any) -> tuple[int, int]:
-    """(shape or value dependence, contents dependence) of an op's result."""
-    ins = _proxies((args, kwargs))
-    tens = [p for p in ins if _tensorish(p._cv)]
-    shape = max((p._dep for p in tens), default=CONST)
-    content = max((p._cdep for p in ins), default=CONST)
-    scalars = max((p._dep for p in ins if not _tensorish(p._cv)), default=CONST)
-    name = _name(target)
-    if _tensorish(value) or kind == "call_module":
-        if name in _DATA_SHAPED or (name == "where" and len(args) + len(kwargs) == 1):
-            return DATA, max(content, DATA)
-        if name in ("getitem", "__getitem__") and len(args) > 1 and any(
-                isinstance(p._cv, Tensor) and p._cv.dtype == torch.bool
-                for p in _proxies(args[1])):
-            return max(shape, content), content  # a boolean mask selects by value
-        if name not in _ELEMENTWISE:
-            shape = max(shape, scalars)
-        return shape, content
-    if name in _SIZE_READS and tens:
-        return shape, shape
-    if name in _META_READS:
-        return CONST, CONST
-    return content, content
 
 
 class ConcreteProxy(fx.Proxy):
@@ -203,7 +111,7 @@ class ConcreteProxy(fx.Proxy):
     def __getattr__(self, k: str) -> Any:
         if k.startswith("__") or k in ("_cv", "_dep", "_cdep"):
             raise AttributeError(k)
-        if k in _CONSTANT_ATTRS and isinstance(self._cv, Tensor):
+        if k in CONSTANT_ATTRS and isinstance(self._cv, Tensor):
             return getattr(self._cv, k)  # x.dtype, weight.device: constants of the trace
         return ConcreteAttribute(self, k)
 
@@ -214,7 +122,7 @@ class ConcreteAttribute(fx.proxy.Attribute, ConcreteProxy):
     def __init__(self, root: ConcreteProxy, attr: str):
         super().__init__(root, attr)
         self._cv = getattr(root._cv, attr)
-        if attr in _META_READS:
+        if attr in META_READS:
             self._dep = self._cdep = CONST
         elif attr == "shape" or isinstance(self._cv, Tensor):
             self._dep, self._cdep = root._dep, (root._dep if attr == "shape" else root._cdep)
@@ -268,14 +176,14 @@ class ConcreteTracer(FxPruneTracer):
                 for part in str(target).split("."):
                     v = getattr(v, part)
                 return v, CONST, DATA if isinstance(v, Tensor) else CONST
-            a, kw = _unwrap(args), _unwrap(kwargs)
+            a, kw = unwrap(args), unwrap(kwargs)
             if kind == "call_function":
                 v = target(*a, **kw)
             elif kind == "call_method":
                 v = getattr(a[0], target)(*a[1:], **kw)
             else:
                 v = _orig_module_call(self.root.get_submodule(target), *a, **kw)
-        return (v, *_deps(kind, target, args, kwargs, v))
+        return (v, *deps(kind, target, args, kwargs, v))
 
     def create_proxy(self, kind, target, args, kwargs, name=None, type_expr=None,  # type: ignore
                      proxy_factory_fn=None):
@@ -296,15 +204,15 @@ class ConcreteTracer(FxPruneTracer):
         """How the number of items an op returned was decided."""
         if kind == "placeholder":
             return SIZE
-        name = _name(target)
+        name = op_name(target)
         if name == "tolist":
             return p._dep
-        if name not in _SPLITS or not args or not isinstance(args[0], ConcreteProxy):
+        if name not in SPLITS or not args or not isinstance(args[0], ConcreteProxy):
             return CONST
-        if name == "split" and isinstance(_arg(args, kwargs, 1, "split_size_or_sections",
+        if name == "split" and isinstance(arg(args, kwargs, 1, "split_size_or_sections",
                                                "split_size"), (list, tuple)):
             return CONST
-        dim = _arg(args, kwargs, 1 if name == "unbind" else 2, "dim") or 0
+        dim = arg(args, kwargs, 1 if name == "unbind" else 2, "dim") or 0
         src = args[0]
         if name != "unbind" and dim != 0:
             return CONST  # n chunks of a channel or spatial axis: n, bar degenerate sizes
@@ -320,10 +228,10 @@ class ConcreteTracer(FxPruneTracer):
         if isinstance(value, dict):
             items = {k: self.create_proxy("call_function", operator.getitem, (p, k), {})
                      for k in value}
-            return _with_node(items if type(value) is dict else _remake_dict(value, items), p)
+            return with_node(items if type(value) is dict else remake_dict(value, items), p)
         items = [self.create_proxy("call_function", operator.getitem, (p, i), {})
                  for i in range(len(value))]
-        return _with_node(items if isinstance(value, list) else tuple(items), p)
+        return with_node(items if isinstance(value, list) else tuple(items), p)
 
     # --- decisions Python takes on values ------------------------------------------------
     def specialise(self, p: ConcreteProxy, what: str) -> Any:
@@ -377,7 +285,7 @@ class ConcreteTracer(FxPruneTracer):
             default = () if param.default is param.empty else (param.default,)
             self._ph[param.name] = value
             ph = self.create_proxy("placeholder", param.name, default, {})
-            if _tensorish(value) or isinstance(value, (dict, list, tuple)):
+            if tensorish(value) or isinstance(value, (dict, list, tuple)):
                 bound[param.name] = ph
                 continue
             bound[param.name] = value
@@ -397,10 +305,10 @@ class ConcreteTracer(FxPruneTracer):
     def create_arg(self, a: Any) -> Any:
         if type(a) in (ConcreteProxy, ConcreteAttribute):
             return a.node  # before torch.fx's Tensor check: a proxy passes for its tensor
-        if type(a) in _PLAIN:
-            a = _PLAIN[type(a)](a)
+        if type(a) in PLAIN:
+            a = PLAIN[type(a)](a)
         if not isinstance(a, (fx.Proxy, Tensor, list, tuple, str, int, float, bool)) and (
-                dataclasses.is_dataclass(a) or _holds_proxy(a)) and _any_proxy(vars(a)):
+                dataclasses.is_dataclass(a) or holds_proxy(a)) and any_proxy(vars(a)):
             fields = ({f.name: getattr(a, f.name) for f in dataclasses.fields(a)}
                       if dataclasses.is_dataclass(a) else dict(vars(a)))
             cls = type(a)
@@ -409,61 +317,6 @@ class ConcreteTracer(FxPruneTracer):
                                     (path, self.create_arg(fields)), {})
         return super().create_arg(a)
 
-
-class _NodeList(list):
-    """A list an op returned, unpacked, still naming its node (as torch.fx's wrapped
-    functions expect of what ``create_proxy`` returns)."""
-
-
-class _NodeTuple(tuple):  # noqa: SLOT001 - it carries .node and .tracer
-    pass
-
-
-class _NodeDict(dict):
-    pass
-
-
-_PLAIN: dict[type, type] = {_NodeList: list, _NodeTuple: tuple, _NodeDict: dict}
-
-
-def _with_node(items: Any, p: fx.Proxy) -> Any:
-    if type(items) is list:
-        out: Any = _NodeList(items)
-    elif type(items) is tuple:
-        out = _NodeTuple(items)
-    elif type(items) is dict:
-        out = _NodeDict(items)
-    else:
-        return items  # an OrderedDict: torch.fx's wrapped functions do not return those
-    out.node, out.tracer = p.node, p.tracer
-    return out
-
-
-def _arg(args: tuple, kwargs: dict, i: int, *names: str) -> Any:
-    for n in names:
-        if n in kwargs:
-            return kwargs[n]
-    return args[i] if len(args) > i else None
-
-
-_STATE_KEYS = ("_parameters", "_buffers", "_modules")
-
-
-def attrs_snapshot(model: nn.Module) -> list[tuple[nn.Module, dict[str, Any]]]:
-    """The plain attributes of every module (a forward may cache values on ``self``)."""
-    return [(m, {k: v for k, v in m.__dict__.items() if k not in _STATE_KEYS})
-            for m in model.modules()]
-
-
-def attrs_restore(snapshot: list[tuple[nn.Module, dict[str, Any]]]) -> None:
-    """Put back the attributes a trace set (proxies, caches), keeping torch.fx's constants."""
-    for m, saved in snapshot:
-        for k in [k for k in m.__dict__ if k not in saved and k not in _STATE_KEYS]:
-            if not k.startswith(("_tensor_constant", "_torchbind_obj")):
-                del m.__dict__[k]
-        for k, v in saved.items():
-            if m.__dict__.get(k, saved) is not v:
-                m.__dict__[k] = v
 
 
 def concrete_graph(model: nn.Module, inputs: tuple, shapes: dict[str, tuple[int, ...]],
