@@ -17,7 +17,7 @@ each layer's ratio (the fraction of its own weights below it). Two cost conventi
     cost nothing. This reproduces the authors' hard-coded ``flops_cfg`` tables exactly: VGG-16
     (their model, conv biases) ``[1.0, 18.15625, 9.07812, ..., 4.50488]`` and ResNet-56/110
     per block ``[1.0, 0.9052 x 8, 0.67278, 0.89297 x 8, 0.66667, 0.88685 x 8]``
-    (``tests/test_clr.py``). Their ImageNet ResNet-50 table (``[2, 1.5, 1, 0.5]`` per stage)
+    (``tests/core/test_clr.py``). Their ImageNet ResNet-50 table (``[2, 1.5, 1, 0.5]`` per stage)
     is hand-set; pass it as a mapping.
   * **Scores** in the weights' dtype, ``|w / c**lambda|`` (their float32 arithmetic), threshold
     = the ``int(T (1 - amount))``-th largest of the ``T`` pooled scores, layer ratio ``r`` =

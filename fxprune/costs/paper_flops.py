@@ -19,7 +19,7 @@ model:
 that prune (an axis of prunable channels: ``P``; frozen channels, e.g. the graph input or the
 full-width stream: 1), using the conv MACs measured on the example input. Depthwise and grouped
 convs scale with their output only. It reproduces the authors' calculators: CIFAR ResNet-20/56/
-110 (option A) at ``P = 0.6``: 53.96% / 52.63% / 52.31% (``tests/test_paper_flops.py``), and
+110 (option A) at ``P = 0.6``: 53.96% / 52.63% / 52.31% (``tests/costs/test_paper_flops.py``), and
 ResNet-50 at ``P = 0.7``/``0.6``: 42.22% / 53.51% on the original ResNet layout, whose
 calculator puts the stride-2 of a stage's first block in its 1x1 ``conv1``. torchvision/timm
 ResNet-50s put it in the 3x3 ``conv2`` (v1.5), so ``conv1`` runs at twice the resolution there

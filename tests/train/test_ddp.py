@@ -18,7 +18,7 @@ import torch
 
 pytest.importorskip("sklearn")
 
-import train_doubles as td  # noqa: E402  (tests/ is on sys.path: conftest.py)
+import train_helpers as td  # noqa: E402  (tests/ is on sys.path: conftest.py)
 
 
 def _load(path: Path) -> dict:
@@ -32,7 +32,7 @@ def _load(path: Path) -> dict:
     "sfp",
 ])
 def test_two_processes_equal_one(tmp_path, pruner) -> None:
-    code = (f"import train_doubles as t; t.ddp_digits({str(tmp_path / 'two.pt')!r}, "
+    code = (f"import train_helpers as t; t.ddp_digits({str(tmp_path / 'two.pt')!r}, "
             f"pruner={pruner!r})")
     results = td.launch(code, 2)
     for r in results:

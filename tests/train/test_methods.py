@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import copy
 
-import _train_helpers as H  # noqa: E402  (tests/ is on sys.path: conftest.py)
 import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+import train_helpers as H  # noqa: E402  (tests/ is on sys.path: conftest.py)
 
 import fxprune
 from fxprune.passes.l1 import l1

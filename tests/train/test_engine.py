@@ -5,10 +5,10 @@ from __future__ import annotations
 import copy
 import io
 
-import _train_helpers as H  # noqa: E402  (tests/ is on sys.path: conftest.py)
 import pytest
 import torch
 import torch.nn as nn
+import train_helpers as H  # noqa: E402  (tests/ is on sys.path: conftest.py)
 
 import fxprune
 from fxprune.train import SoftPruner, list_methods

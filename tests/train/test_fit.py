@@ -1,6 +1,6 @@
 """fxprune.train.fit on digits: training, the pruner contract, schedules, checkpoints and an
 exact resume, one-shot compress + fine-tune, and bad input. The pruner is a test double of the
-SoftPruner contract (tests/train_doubles.py); tests against the real engine are at the end."""
+SoftPruner contract (tests/train_helpers.py); tests against the real engine are at the end."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from fxprune.train.trainer import recalibrate_bn
 
 pytest.importorskip("sklearn")
 
-import train_doubles as td  # noqa: E402  (tests/ is on sys.path: conftest.py)
+import train_helpers as td  # noqa: E402  (tests/ is on sys.path: conftest.py)
 
 
 @pytest.fixture(scope="module")

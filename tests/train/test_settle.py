@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import copy
 
-import _train_helpers as H
 import pytest
 import torch
 import torch.nn.functional as F
+import train_helpers as H
 
 import fxprune
 from fxprune import InputError, SoftPruner

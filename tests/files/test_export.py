@@ -1,4 +1,4 @@
-"""ONNX export: every model of the fast test set (tests/test_zoo.py), pruned at 0.5, exported
+"""ONNX export: every model of the fast test set (tests/core/test_zoo.py), pruned at 0.5, exported
 with a dynamic batch dim and run in ONNX Runtime at another batch size: outputs match PyTorch's
 (rtol 1e-4). Also the session timing in measure_latency and the bad-input errors."""
 
@@ -17,7 +17,7 @@ from fxprune.models import create_model, list_models
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx")
 
-# the models prune_and_check runs in the fast suite (tests/test_zoo.py)
+# the models prune_and_check runs in the fast suite (tests/core/test_zoo.py)
 TIMM_TEST_MODELS = ["test_resnet", "test_efficientnet", "test_efficientnet_evos", "test_byobnet",
                     "test_convnext", "test_convnext2", "test_convnext3", "test_efficientnet_gn",
                     "test_efficientnet_ln", "test_mambaout", "test_nfnet", "test_coatnet",

@@ -5,7 +5,7 @@ seeds. Each case: random ratio in [0.1, 0.8] and criterion among l1/l2/random (d
 seed), exact oracle, same output shape, untouched original, save/load round trip. A failure is
 reproduced with ``fxprune.tools.fuzz.run_case(seed)`` and minimized with
 ``fxprune.tools.fuzz.shrink``;
-every bug found gets a named, hand-minimized test in ``tests/test_regressions.py``.
+every bug found gets a named, hand-minimized test in ``tests/core/test_regressions.py``.
 """
 
 from __future__ import annotations
