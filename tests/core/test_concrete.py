@@ -121,3 +121,24 @@ def test_inspect_lists_the_opaque_modules() -> None:
     assert set(report.opaque) == {"gate"}
     assert report.to_json()["summary"]["opaque_modules"] == ["gate"]
     assert "Opaque modules" in report.to_text()
+
+
+def test_transformers_resnet_keeps_its_output_class() -> None:
+    transformers = pytest.importorskip("transformers")
+    cfg = transformers.ResNetConfig(embedding_size=16, hidden_sizes=[16, 32], depths=[1, 1],
+                                    num_labels=4)
+    model, x = lively(transformers.ResNetForImageClassification(cfg)), torch.randn(2, 3, 32, 32)
+    pruned = prune_and_check(model, x, roundtrip=False)
+    out = pruned(x)
+    assert type(out).__name__ == "ImageClassifierOutputWithNoAttention"
+    assert out.logits.shape == (2, 4)
+    assert _macs(pruned, x) < 0.6 * _macs(model, x)
+
+
+def test_ultralytics_yolo_from_yaml() -> None:
+    ultralytics = pytest.importorskip("ultralytics")
+    model = ultralytics.nn.tasks.DetectionModel("yolov8n.yaml", verbose=False).eval()
+    x = torch.randn(1, 3, 64, 64)
+    pruned = fxprune.compress(model, 0.5, example_inputs=x)
+    assert pruned.meta["fxprune.verify"].ok
+    assert _macs(pruned, x) < 0.5 * _macs(model, x)
