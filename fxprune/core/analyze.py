@@ -268,6 +268,8 @@ def _has_tensor(x: Any) -> bool:
         return any(_has_tensor(v) for v in x)
     if isinstance(x, dict):
         return any(_has_tensor(v) for v in x.values())
+    if hasattr(x, "__dict__") and not isinstance(x, (nn.Module, type)):
+        return any(_has_tensor(v) for v in vars(x).values())  # an object carrying tensors
     return False
 
 

@@ -35,6 +35,8 @@ from fxprune.ir.unused import UNUSED, carry_unused
 from fxprune.rules import RULES
 
 EXAMPLE_INPUTS = "fxprune.example_inputs"
+OPAQUE = "fxprune.opaque"  # gm.meta: {module kept opaque by the trace: why}
+TRACER = "fxprune.tracer"  # gm.meta: "symbolic" or "concrete"
 _MAX_LEAF_RETRIES = 32
 
 
@@ -132,11 +134,18 @@ except ImportError:  # pragma: no cover - older torch
 STACK_TRACER = "fxprune.stack_tracer"  # gm.meta: () -> {node name: stack trace}, on demand
 
 
-def _stack_traces(model: nn.Module, leaves: set[str]) -> dict[str, str]:
+def _stack_traces(model: nn.Module, leaves: dict[str, str], inputs: tuple | None = None
+                  ) -> dict[str, str]:
     """Trace again, recording stack traces: node names are the same as in the first trace."""
     before = set(model.__dict__)
     with untouched(model):  # tracing runs Python code on real buffers (self.n.add_(1))
-        graph = FxPruneTracer(leaves, record_stack_traces=True).trace(model)
+        if inputs is not None:
+            from fxprune.core.concrete import concrete_graph
+
+            graph, _ = concrete_graph(model, inputs, _input_shapes(model, inputs), leaves,
+                                      record_stack_traces=True, max_retries=1)
+        else:
+            graph = FxPruneTracer(set(leaves), record_stack_traces=True).trace(model)
         _scrub_proxies(model)
     _drop_added_attrs(model, before)
     return {n.name: n.meta["stack_trace"] for n in graph.nodes if n.meta.get("stack_trace")}
@@ -193,7 +202,8 @@ def trace(
     example_inputs = positional_inputs(model, example_inputs)
     before = set(model.__dict__)  # the tracer stores tensor constants on the model
     with untouched(model):  # tracing runs Python code on real buffers (self.n.add_(1))
-        graph, leaves = _trace_graph(model, _input_shapes(model, example_inputs))
+        graph, leaves, concrete = _best_graph(model, example_inputs,
+                                              _input_shapes(model, example_inputs))
     name = type(model).__name__
     gm = _GraphModule(model, graph, class_name=name)
     _drop_added_attrs(model, before)  # gm holds its own references
@@ -206,8 +216,40 @@ def trace(
         if name in flags and m.training != flags[name]:
             m.training = flags[name]
     gm.meta["fxprune.leaf_fallbacks"] = tuple(sorted(leaves))
-    gm.meta[STACK_TRACER] = lambda: _stack_traces(model, leaves)
+    gm.meta[OPAQUE] = dict(leaves)
+    gm.meta[TRACER] = "concrete" if concrete else "symbolic"
+    gm.meta[STACK_TRACER] = lambda: _stack_traces(model, leaves, example_inputs if concrete
+                                                  else None)
     return gm
+
+
+def _best_graph(model: nn.Module, inputs: tuple, shapes: dict[str, tuple[int, ...]]
+                ) -> tuple[fx.Graph, dict[str, str], bool]:
+    """torch.fx's symbolic trace where it traces everything; else the concrete-value trace
+    (:mod:`fxprune.core.concrete`) where it keeps fewer modules opaque (or the symbolic one fails).
+    Returns the graph, ``{opaque module: reason}`` and whether the trace is concrete."""
+    from fxprune.core.concrete import attrs_restore, attrs_snapshot, concrete_graph
+
+    snap = attrs_snapshot(model)  # a forward may cache values on its modules
+    try:
+        graph, leaves = _trace_graph(model, shapes)
+    except TraceFailure as e:
+        attrs_restore(snap)
+        try:
+            cgraph, copaque = concrete_graph(model, inputs, shapes)
+        except Exception:  # noqa: BLE001 - the symbolic trace's message names the user's line
+            raise e from None
+        return cgraph, copaque, True
+    attrs_restore(snap)
+    if not leaves:
+        return graph, leaves, False
+    try:
+        cgraph, copaque = concrete_graph(model, inputs, shapes)
+    except Exception:  # noqa: BLE001 - the symbolic graph (with its opaque leaves) stands
+        return graph, leaves, False
+    if len(copaque) < len(leaves):
+        return cgraph, copaque, True
+    return graph, leaves, False
 
 
 def _input_shapes(model: nn.Module, inputs: tuple) -> dict[str, tuple[int, ...]]:
@@ -237,9 +279,9 @@ def _input_shapes(model: nn.Module, inputs: tuple) -> dict[str, tuple[int, ...]]
 
 
 def _trace_graph(model: nn.Module, shapes: dict[str, tuple[int, ...]] | None = None
-                 ) -> tuple[fx.Graph, set[str]]:
-    """Trace, retrying with each failing submodule as an opaque leaf."""
-    leaves: set[str] = set()
+                 ) -> tuple[fx.Graph, dict[str, str]]:
+    """Trace, retrying with each failing submodule as an opaque leaf ({path: reason})."""
+    leaves: dict[str, str] = {}
     for _ in range(_MAX_LEAF_RETRIES):
         tracer = FxPruneTracer(leaves, shapes=shapes)
         try:
@@ -249,7 +291,7 @@ def _trace_graph(model: nn.Module, shapes: dict[str, tuple[int, ...]] | None = N
             _scrub_proxies(model)
             failing = tracer.failed_path or ""
             if failing and failing not in leaves:
-                leaves.add(failing)  # retry with the failing submodule opaque
+                leaves[failing] = f"cannot be traced: {short_error(e)}"  # retry it opaque
                 continue
             where = _user_frame(e)
             raise TraceFailure(

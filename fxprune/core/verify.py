@@ -32,7 +32,7 @@ from torch import Tensor
 
 from fxprune.core.analyze import Analysis, analyze
 from fxprune.core.shapes import incompatibility
-from fxprune.core.trace import EXAMPLE_INPUTS, trace
+from fxprune.core.trace import EXAMPLE_INPUTS, OPAQUE, trace
 from fxprune.errors import InputError
 from fxprune.ir import meta
 from fxprune.ir.channels import FIRST_ID, pruned_axes
@@ -317,9 +317,16 @@ def verify_analyzed(gm: fx.GraphModule, analysis: Analysis, kept: Tensor,
     """Oracle check. Where the zero-channel oracle is only approximate, the rewrite is still
     checked exactly against a statistics-aware oracle (the approximate ops run on the kept
     channels only); a mismatch there is reported as ``mismatch``."""
-    with untouched(pruned, eval_mode=True), torch.no_grad():
+    from fxprune.core.boundary import boundary_inputs
+
+    opaque = sorted(gm.meta.get(OPAQUE) or ())  # their inputs are checked too
+    with untouched(pruned, eval_mode=True), torch.no_grad(), \
+            boundary_inputs(pruned, opaque) as seen:
         out = pruned(*inputs)
-    oracle = masked_outputs(gm, analysis, kept, inputs)
+    with boundary_inputs(gm, opaque) as expected:
+        oracle = masked_outputs(gm, analysis, kept, inputs)
+    if opaque:
+        out, oracle = (out, seen), (oracle, expected)
     report = compare(out, oracle, analysis, kept, rtol)
     vacuous = vacuous_reason(oracle, rtol)
     if vacuous is not None:

@@ -20,14 +20,14 @@ from torch import Tensor
 from fxprune.core.analyze import Analysis, Progress, analyze
 from fxprune.core.rewrite import rewrite
 from fxprune.core.select import kept_mask, select
-from fxprune.core.trace import EXAMPLE_INPUTS, trace
+from fxprune.core.trace import EXAMPLE_INPUTS, OPAQUE, trace
 from fxprune.core.verify import _check_inputs, verify_analyzed
 from fxprune.costs.latency import resolve_round_to
 from fxprune.criteria import CriterionCtx, get_criterion
 from fxprune.criteria.scoring import GroupScoring
-from fxprune.errors import InputError, VerificationError
+from fxprune.errors import InputError, TraceFailure, VerificationError
 from fxprune.ir import meta
-from fxprune.ir.inputs import check_flags
+from fxprune.ir.inputs import check_flags, positional_inputs
 from fxprune.ir.state import untouched
 from fxprune.plan.allocate import ALLOCATION, Allocator, explicit_ratios, fit_target
 
@@ -292,7 +292,17 @@ def compress(
     # failing node when the pruned model fails or has other output shapes.
     fold = bool(verify) and check is True
     with untouched(model):  # whatever the model's forward does, the user's model is restored
-        gm = trace(model, example_inputs)
+        try:
+            gm = trace(model, example_inputs)
+        except TraceFailure as e:  # its own forward cannot be: prune its children
+            if ratio is None or example_inputs is None:
+                raise
+            from .regions import prune_opaque_root
+
+            return prune_opaque_root(model, positional_inputs(model, example_inputs), dict(
+                ratio=ratio, criterion=criterion, round_to=round_to, verify=verify, seed=seed,
+                allocation=allocation, max_ratio=max_ratio, residual=residual,
+                attention=attention), str(e))  # type: ignore[return-value]
         _check_inputs(model, gm.meta[EXAMPLE_INPUTS])
         pruned, analysis = prune_graph(
             gm, ratio, criterion=criterion, ignore=ignore, round_to=round_to, strict=strict,
@@ -324,4 +334,12 @@ def compress(
                     f"the pruned {type(model).__name__} does not pass the oracle: {report}. "
                     "This is a bug in fxprune; please report it with the model. Hint: "
                     "ignore=[...] for the modules around the op keeps their channels meanwhile.")
+        if gm.meta.get(OPAQUE) and ratio is not None:  # prune inside the opaque modules
+            from .regions import REGIONS, prune_regions
+
+            pruned.meta[REGIONS] = prune_regions(model, pruned, gm.meta[OPAQUE],
+                                                 gm.meta[EXAMPLE_INPUTS], dict(
+                ratio=ratio, criterion=criterion, round_to=round_to, verify=verify, seed=seed,
+                allocation=allocation, max_ratio=max_ratio, residual=residual,
+                attention=attention))
     return pruned

@@ -179,6 +179,7 @@ from fxprune.rules import (  # noqa: E402, F401
     indexing,
     linear,
     norm,
+    objects,
     shape,
     timm_layers,
     windows,

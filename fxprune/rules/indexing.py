@@ -45,6 +45,8 @@ class GetItem(_Sizes):
         if isinstance(src, tuple):
             return src[idx]
         x = ctx.arg(0)
+        if not isinstance(x, Tensor):
+            raise _unsupported(f"an item of a {type(x).__name__} the analysis does not follow")
         items = _expand_index(idx, x.dim())
         raw = _expand_index(ctx.node.args[1], x.dim())
         tensors = [it for it in items if isinstance(it, Tensor)]

@@ -21,7 +21,7 @@ from torch import Tensor
 
 from fxprune.core.analyze import Analysis, analyze
 from fxprune.core.groups import node_group
-from fxprune.core.trace import EXAMPLE_INPUTS, trace
+from fxprune.core.trace import EXAMPLE_INPUTS, OPAQUE, TRACER, trace
 from fxprune.costs.count import Counts, count
 from fxprune.ir import meta
 
@@ -103,6 +103,10 @@ class InspectReport:
     macs_after: int | None = None
     params_after: int | None = None
     unsupported: dict[str, list[str]] = field(default_factory=dict)
+    #: Modules the trace kept as one op (their channels are kept), and why.
+    opaque: dict[str, str] = field(default_factory=dict)
+    #: "symbolic" (torch.fx) or "concrete" (:mod:`fxprune.core.concrete`).
+    tracer: str = "symbolic"
     analysis: Any = field(default=None, repr=False, compare=False)
 
     def to_networkx(self) -> Any:
@@ -147,6 +151,8 @@ class InspectReport:
             "frozen_groups": self.n_frozen_groups,
             "fully_frozen_groups": self.n_fully_frozen_groups,
             "unsupported_ops": sorted(self.unsupported),
+            "tracer": self.tracer,
+            "opaque_modules": sorted(self.opaque),
             "macs_before": self.macs_before,
             "params_before": self.params_before,
         }
@@ -161,6 +167,7 @@ class InspectReport:
             "groups": [_jsonable(asdict(g)) for g in self.groups],
             "layers": [_jsonable(asdict(r)) for r in self.layers],
             "unsupported": {k: list(v) for k, v in self.unsupported.items()},
+            "opaque": dict(self.opaque),
         }
 
     def to_text(self) -> str:
@@ -200,6 +207,11 @@ class InspectReport:
             f"{len(self.unsupported)} unsupported op(s)")
         parts += ["", heading + "Channel groups", "", self._groups_table(fmt), ""]
         parts += [heading + "Layers", "", self._layers_table(fmt)]
+        if self.opaque:
+            parts += ["", heading + "Opaque modules (traced as one op; their channels are kept)",
+                      ""]
+            parts.append(tabulate([[k, v] for k, v in sorted(self.opaque.items())],
+                                  ["module", "why"], tablefmt=fmt))
         if self.unsupported:
             parts += ["", heading + "Unsupported ops (their channels are kept)", ""]
             parts.append(tabulate(
@@ -463,6 +475,8 @@ def inspect(
         macs_after=c_after.macs if c_after is not None else None,
         params_after=c_after.params if c_after is not None else None,
         unsupported={k: list(v) for k, v in analysis.unsupported.items()},
+        opaque=dict(gm.meta.get(OPAQUE) or {}),
+        tracer=gm.meta.get(TRACER, "symbolic"),
         analysis=analysis,
     )
 
