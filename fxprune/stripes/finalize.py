@@ -36,12 +36,13 @@ from torch import Tensor
 
 from fxprune.core.analyze import Analysis, analyze
 from fxprune.core.rewrite import rewrite
-from fxprune.core.select import kept_mask, resolve_round_to, set_keepsets
+from fxprune.core.select import kept_mask, set_keepsets
 from fxprune.core.trace import EXAMPLE_INPUTS, trace
 from fxprune.core.verify import align_ids
 from fxprune.errors import InputError, VerificationError
 from fxprune.ir import meta
 from fxprune.ir.channels import FIRST_ID
+from fxprune.plan.checks import resolve_round_to
 from fxprune.stripes.forms import CroppedConv2d, dense_form, stripe_form, stripe_macs
 from fxprune.stripes.probe import choose
 from fxprune.stripes.skeleton import following_norms, remove_skeletons, skeleton_convs, threshold
