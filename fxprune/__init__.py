@@ -53,8 +53,6 @@ __all__ = [
     "__version__",
 ]
 
-__version__ = "0.1.0"
-
 from fxprune.core.analyze import Analysis, analyze
 from fxprune.core.rewrite import rewrite
 from fxprune.core.select import select
@@ -80,3 +78,4 @@ from fxprune.plan.options import AnalysisOptions, LatencyOptions, VerifyOptions
 from fxprune.rules import Rule, list_rules, register_rule
 from fxprune.tools.inspect import inspect
 from fxprune.train import Checkpointing, Optim, Schedule, SoftPruner
+from fxprune.version import __version__

@@ -128,7 +128,7 @@ def _count(d: dict[str, Any], model: Any, inputs: tuple[Any, ...], when: str,
            before: Any = None) -> Any:
     """fxprune.count into the record; a counting failure is noted, not fatal (the parameter
     count is then taken directly)."""
-    import fxprune
+    from fxprune.costs.count import count
 
     d[f"params_{when}"] = sum(p.numel() for p in model.parameters())
     if when == "after" and d.get("params_before"):
@@ -136,7 +136,7 @@ def _count(d: dict[str, Any], model: Any, inputs: tuple[Any, ...], when: str,
     if when == "after" and before is None:
         return None
     try:
-        c = fxprune.count(model, inputs)
+        c = count(model, inputs)
     except Exception as e:  # noqa: BLE001 - e.g. FlopCounterMode bugs on some models
         d["count_error"] = _first_line(e)
         return None
@@ -150,12 +150,12 @@ def _roundtrip(pruned: Any, inputs: tuple[Any, ...], out: Any) -> None:
     """fxprune.save + fxprune.load must give identical outputs."""
     import torch
 
-    import fxprune
+    from fxprune.files.serialize import load, save
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "pruned.pt"
-        fxprune.save(pruned, path)
-        again = fxprune.load(path)
+        save(pruned, path)
+        again = load(path)
         with torch.no_grad():
             out2 = again(*inputs)
     if not torch.equal(_first_tensor(out2), _first_tensor(out)):
@@ -194,8 +194,9 @@ def _run_and_count(rec: _Recorder, pruned: Any, inputs: tuple[Any, ...], ref: An
 def _child_fxprune(rec: _Recorder, name: str, ratio: float, source: str) -> None:
     import warnings
 
-    import fxprune
-    from fxprune.tools.fuzz import _stage_of
+    from fxprune.core.verify import verify
+    from fxprune.plan.compress import compress
+    from fxprune.tools.fuzz.cases import stage_of
 
     d = rec.data
     model, inputs, ref, before = _setup(rec, name, source)
@@ -210,10 +211,10 @@ def _child_fxprune(rec: _Recorder, name: str, ratio: float, source: str) -> None
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             # pruning time without the oracle (Torch-Pruning has none); it runs below
-            pruned = fxprune.compress(model, ratio, example_inputs=inputs, progress=progress,
-                                      verify=False)
+            pruned = compress(model, ratio, example_inputs=inputs, progress=progress,
+                              verify=False)
     except Exception as e:
-        d["stage"] = _stage_of(e) if not isinstance(e, MemoryError) else "oom"
+        d["stage"] = stage_of(e) if not isinstance(e, MemoryError) else "oom"
         raise
     d["seconds"] = time.perf_counter() - t0
     notes = [str(w.message).splitlines()[0] for w in caught
@@ -223,7 +224,7 @@ def _child_fxprune(rec: _Recorder, name: str, ratio: float, source: str) -> None
     d["leaf_fallbacks"] = len(pruned.meta.get("fxprune.leaf_fallbacks", ()) or ())
     out, _ = _run_and_count(rec, pruned, inputs, ref, before)
     rec.stage("oracle")
-    report = fxprune.verify(model, pruned, inputs)
+    report = verify(model, pruned, inputs)
     d.update(oracle=report.status, verdict=report.kind, max_abs_err=report.max_abs_err,
              max_rel_err=report.max_rel_err, vacuous=report.vacuous)
     if not report.ok:

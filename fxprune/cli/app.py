@@ -610,7 +610,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="fxprune", parents=[common],
         description="Structured channel pruning of CNNs with torch.fx.",
         epilog="Exit codes: 0 ok, 1 failure, 2 bad usage or input, 3 unsupported model.")
-    from fxprune import __version__
+    from fxprune.version import __version__
 
     parser.add_argument("--version", action="version", version=f"fxprune {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)

@@ -36,10 +36,10 @@ from fxprune.ir.channels import FIRST_ID, FREE, FROZEN, at_axis, axis_ids, fit
 from fxprune.ir.hooks import opaque_reason
 from fxprune.ir.inputs import check_example_inputs, check_flags, resolve_ignore
 from fxprune.ir.perf import gc_paused
-from fxprune.ir.propctx import Binding, PropCtx, ScatterAdd, Unsupported, _State
+from fxprune.ir.propctx import AnalysisState, Binding, PropCtx, ScatterAdd, Unsupported
 from fxprune.ir.state import untouched
 from fxprune.rules import op_name, rule_for
-from fxprune.rules._util import channel_axes_beside
+from fxprune.rules.util import channel_axes_beside
 
 logger = logging.getLogger(__name__)
 
@@ -72,7 +72,7 @@ class Analysis:
 
 
 class _Propagator(fx.Interpreter):
-    def __init__(self, gm: fx.GraphModule, state: _State, ignored: set[str], strict: bool,
+    def __init__(self, gm: fx.GraphModule, state: AnalysisState, ignored: set[str], strict: bool,
                  progress: Progress | None):
         super().__init__(gm)
         self.s = state
@@ -296,7 +296,7 @@ def _valid(ids: Any, out: Any) -> bool:
     return ids is None
 
 
-def _attr_ids(s: _State, n: fx.Node, value: Any) -> Any:
+def _attr_ids(s: AnalysisState, n: fx.Node, value: Any) -> Any:
     """A tensor attribute with one non-trivial axis (a layer scale) opens a channel space.
 
     An attribute with several non-trivial axes that is only used elementwise (a positional
@@ -321,7 +321,7 @@ def _attr_ids(s: _State, n: fx.Node, value: Any) -> Any:
     return torch.full((1,) * value.dim(), FROZEN, dtype=torch.long)
 
 
-def _settle_attrs(s: _State, user: fx.Node) -> None:
+def _settle_attrs(s: AnalysisState, user: fx.Node) -> None:
     """Give the deferred attributes among ``user``'s arguments their channel axis."""
     for a in user.args:
         if not isinstance(a, fx.Node) or a.name not in s.deferred:
@@ -333,14 +333,14 @@ def _settle_attrs(s: _State, user: fx.Node) -> None:
             meta.set_ids(a, _bind_attr(s, a, value, axes.pop()))
 
 
-def _bind_attr(s: _State, n: fx.Node, value: Tensor, axis: int) -> Tensor:
+def _bind_attr(s: AnalysisState, n: fx.Node, value: Tensor, axis: int) -> Tensor:
     ctx = PropCtx(s, n, None, (), {}, value)
     ids1d = ctx.new_ids(value.shape[axis], key=("attr", str(n.target), axis))
     ctx.bind("", axis, ids1d, "channel", target=str(n.target))
     return at_axis(ids1d, axis, value.dim())
 
 
-def _resolve(gm: fx.GraphModule, s: _State) -> Analysis:
+def _resolve(gm: fx.GraphModule, s: AnalysisState) -> Analysis:
     t = resolve_tables(s)
     return Analysis(gm=gm, **t, bindings=s.bindings, consumers=s.consumers, approx=s.approx,
                     unsupported=s.unsupported, scatters=s.scatters, residual=s.residual,
@@ -387,7 +387,7 @@ def analyze(
     ignored = resolve_ignore(gm, ignore)
     if residual not in ("coupled", "scatter"):
         raise InputError(f"residual must be 'coupled' or 'scatter', got {residual!r}")
-    state = _State()
+    state = AnalysisState()
     if attention not in ("dims", "heads"):
         raise InputError(f"attention must be 'dims' or 'heads', got {attention!r}")
     state.residual = residual
@@ -433,7 +433,7 @@ def analyze(
     return analysis
 
 
-def _freeze_partial_ties(gm: fx.GraphModule, state: _State) -> None:
+def _freeze_partial_ties(gm: fx.GraphModule, state: AnalysisState) -> None:
     """A tensor shared by several users of the graph can be cut only if every user binds the
     cut axis (conv and conv, norm and norm). When one user cannot slice it (a module without a
     rule, a multi-axis attribute), the tensor's bound channels are kept."""

@@ -31,9 +31,10 @@ from torch import Tensor
 from fxprune.core.analyze import Analysis, Progress
 from fxprune.core.clr import layer_costs  # re-exported: CLR's cost factors
 from fxprune.core.select import select
+from fxprune.costs.latency import resolve_round_to
 from fxprune.criteria import CountRule
 from fxprune.ir import meta
-from fxprune.plan.checks import Amount, check_amount, check_prunable, resolve_round_to
+from fxprune.plan.checks import Amount, check_amount, check_prunable
 from fxprune.plan.latency_target import LatencyFit, fit_latency
 from fxprune.plan.policies import (
     ALLOCATIONS,

@@ -9,22 +9,17 @@ it (tests match on the messages).
 from __future__ import annotations
 
 __all__ = ["check_ratio", "check_target", "check_amount", "check_inputs", "check_prunable",
-           "check_max_ratio", "check_clr_lambda", "resolve_round_to", "Amount"]
+           "check_max_ratio", "check_clr_lambda", "Amount"]
 
 import math
 from dataclasses import dataclass
 from typing import Any
 
-import torch
-import torch.nn as nn
-
 from fxprune.core.analyze import Analysis
-from fxprune.costs.latency import auto_round_to
 from fxprune.errors import InputError
 from fxprune.ir.inputs import (
     check_inputs,  # re-exported: the oracle (core) needs it too
-    model_device_dtype,
-)
+    )
 
 
 def _number(value: Any) -> bool:
@@ -102,19 +97,6 @@ def check_clr_lambda(clr_lambda: Any) -> float:
     if not _number(clr_lambda) or not math.isfinite(clr_lambda):
         raise InputError(f"clr_lambda must be a finite number, got {clr_lambda!r}")
     return float(clr_lambda)
-
-
-def resolve_round_to(round_to: Any, model: Any = None) -> int | None:
-    """Validate ``round_to``; ``"auto"`` becomes :func:`fxprune.costs.latency.auto_round_to` of the
-    model's device."""
-    if round_to == "auto":
-        device = (model_device_dtype(model)[0] if isinstance(model, nn.Module)
-                  else torch.device("cpu"))
-        return auto_round_to(device)
-    if round_to is not None and (isinstance(round_to, bool) or not isinstance(round_to, int)
-                                 or round_to < 1):
-        raise InputError(f"round_to must be a positive int or 'auto', got {round_to!r}")
-    return round_to
 
 
 def check_prunable(analysis: Analysis) -> None:

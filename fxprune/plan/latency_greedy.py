@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from fxprune.core.analyze import Analysis
-from fxprune.core.queries import node_group
+from fxprune.core.groups import node_group
 from fxprune.costs.latency.layers import LayerSpec, grouped_conv_groups
 from fxprune.costs.latency.table import LatencyTable
 from fxprune.ir import meta

@@ -29,7 +29,7 @@ import torch.fx as fx
 from torch import Tensor
 
 from fxprune.core.analyze import Analysis
-from fxprune.core.queries import node_group
+from fxprune.core.groups import node_group
 from fxprune.errors import InputError
 from fxprune.ir import meta
 

@@ -20,7 +20,7 @@ from tabulate import tabulate
 from torch import Tensor
 
 from fxprune.core.analyze import Analysis, analyze
-from fxprune.core.queries import node_group
+from fxprune.core.groups import node_group
 from fxprune.core.trace import EXAMPLE_INPUTS, trace
 from fxprune.costs.count import Counts, count
 from fxprune.ir import meta
@@ -419,7 +419,8 @@ def inspect(
     """
     from fxprune.core.rewrite import rewrite
     from fxprune.core.select import select
-    from fxprune.plan.checks import check_ratio, resolve_round_to
+    from fxprune.costs.latency import resolve_round_to
+    from fxprune.plan.checks import check_ratio
     from fxprune.plan.compress import score
 
     if ratio is not None:

@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+import train_helpers as td  # tests/ is on sys.path (conftest.py)
 
 import fxprune
 from fxprune.errors import InputError
 from fxprune.train import Checkpointing, Optim, Schedule, fit
 from fxprune.train.checkpoint import load_checkpoint
-
-import train_helpers as td  # noqa: E402  (tests/ is on sys.path: conftest.py)
 
 DATA = [(torch.randn(16, 1, 8, 8, generator=torch.Generator().manual_seed(i)),
          torch.randint(0, 10, (16,), generator=torch.Generator().manual_seed(100 + i)))
