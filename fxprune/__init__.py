@@ -22,6 +22,8 @@ __all__ = [
     "Optim",
     "Schedule",
     "Checkpointing",
+    "recalibrate_bn",
+    "GroupScoring",
     "trace",
     "analyze",
     "score",
@@ -54,6 +56,7 @@ __all__ = [
 ]
 
 from fxprune.core.analyze import Analysis, analyze
+from fxprune.core.recalibrate import recalibrate_bn
 from fxprune.core.rewrite import rewrite
 from fxprune.core.select import select
 from fxprune.core.trace import trace
@@ -61,7 +64,7 @@ from fxprune.core.verify import VerifyReport, verify
 from fxprune.costs.count import count
 from fxprune.costs.latency import auto_round_to, measure_latency
 from fxprune.costs.paper_flops import paper_flops, paper_flops_cut
-from fxprune.criteria import list_criteria, register_criterion
+from fxprune.criteria import GroupScoring, list_criteria, register_criterion
 from fxprune.errors import (
     FxPruneError,
     InputError,
