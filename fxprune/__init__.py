@@ -23,6 +23,7 @@ __all__ = [
     "Schedule",
     "Checkpointing",
     "recalibrate_bn",
+    "prune_iteratively",
     "GroupScoring",
     "trace",
     "analyze",
@@ -81,4 +82,5 @@ from fxprune.plan.options import AnalysisOptions, LatencyOptions, VerifyOptions
 from fxprune.rules import Rule, list_rules, register_rule
 from fxprune.tools.inspect import inspect
 from fxprune.train import Checkpointing, Optim, Schedule, SoftPruner
+from fxprune.train.gradual import prune_iteratively
 from fxprune.version import __version__
