@@ -15,6 +15,13 @@ __all__ = [
     "measure_latency",
     "auto_round_to",
     "allocate",
+    "AllocationPlan",
+    "AnalysisOptions",
+    "LatencyOptions",
+    "VerifyOptions",
+    "Optim",
+    "Schedule",
+    "Checkpointing",
     "recalibrate_bn",
     "prune_iteratively",
     "GroupScoring",
@@ -69,10 +76,11 @@ from fxprune.errors import (
 )
 from fxprune.files.serialize import apply_manifest, load, save
 from fxprune.ir.meta import Group, KeepSet, ParamSlice
-from fxprune.plan.allocate import allocate
+from fxprune.plan.allocate import AllocationPlan, allocate
 from fxprune.plan.compress import compress, score
+from fxprune.plan.options import AnalysisOptions, LatencyOptions, VerifyOptions
 from fxprune.rules import Rule, list_rules, register_rule
 from fxprune.tools.inspect import inspect
-from fxprune.train import SoftPruner
+from fxprune.train import Checkpointing, Optim, Schedule, SoftPruner
 from fxprune.train.gradual import prune_iteratively
 from fxprune.version import __version__

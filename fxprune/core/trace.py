@@ -28,7 +28,7 @@ import torch.nn as nn
 from fxprune.core.decompose import decomposes, decomposition, needs_shape
 from fxprune.errors import InputError, TraceFailure, is_library_file, short_error
 from fxprune.ir.hooks import check_root
-from fxprune.ir.inputs import positional_inputs
+from fxprune.ir.inputs import model_device_dtype, positional_inputs
 from fxprune.ir.perf import gc_paused
 from fxprune.ir.state import untouched
 from fxprune.ir.unused import UNUSED, carry_unused
@@ -96,21 +96,11 @@ class FxPruneTracer(fx.Tracer):
             self.current_path.pop()
 
 
-def _model_device_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype]:
-    for p in model.parameters():
-        if p.is_floating_point():
-            return p.device, p.dtype
-    for b in model.buffers():
-        if b.is_floating_point():
-            return b.device, b.dtype
-    return torch.device("cpu"), torch.float32
-
-
 def default_example_inputs(model: nn.Module) -> tuple[torch.Tensor, ...]:
     """A random batch of one: timm's ``pretrained_cfg["input_size"]``, else (1, 3, 224, 224)."""
     cfg = getattr(model, "pretrained_cfg", None) or getattr(model, "default_cfg", None) or {}
     size = tuple(cfg.get("input_size", (3, 224, 224))) if isinstance(cfg, dict) else (3, 224, 224)
-    device, dtype = _model_device_dtype(model)
+    device, dtype = model_device_dtype(model)
     gen = torch.Generator().manual_seed(0)
     return (torch.randn((1, *size), generator=gen).to(device=device, dtype=dtype),)
 

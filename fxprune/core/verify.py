@@ -36,6 +36,7 @@ from fxprune.core.trace import EXAMPLE_INPUTS, OPAQUE, trace
 from fxprune.errors import InputError
 from fxprune.ir import meta
 from fxprune.ir.channels import FIRST_ID, pruned_axes
+from fxprune.ir.inputs import check_inputs
 from fxprune.ir.state import untouched
 
 #: Every kind of verdict :func:`verify` gives, and whether it means the pruned model is right.
@@ -265,15 +266,6 @@ def approx_reasons(analysis: Analysis, kept: Tensor) -> list[str]:
                               if not bool(kept[ids].all())))
 
 
-def _check_inputs(model: nn.Module, inputs: tuple) -> None:
-    p = next((t for t in model.parameters()), None)
-    for x in inputs:
-        if isinstance(x, Tensor) and p is not None and x.device != p.device:
-            raise InputError(
-                f"example input is on {x.device} but the model is on {p.device}. Hint: move "
-                f"the input with x.to('{p.device}') (or the model with model.to(...)).")
-
-
 def verify(original: nn.Module, pruned: fx.GraphModule, example_inputs: Any = None,
            *, rtol: float = 1e-4) -> VerifyReport:
     """Compare a pruned model with the zero-channel oracle built from the original.
@@ -297,7 +289,7 @@ def verify(original: nn.Module, pruned: fx.GraphModule, example_inputs: Any = No
     with untouched(original):
         gm = trace(original, example_inputs)
         inputs = gm.meta[EXAMPLE_INPUTS]
-        _check_inputs(original, inputs)
+        check_inputs(original, inputs)
         import warnings
 
         with warnings.catch_warnings():

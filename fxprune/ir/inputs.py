@@ -5,12 +5,14 @@ Each raises :class:`~fxprune.errors.InputError` saying what is wrong, where, and
 
 from __future__ import annotations
 
-__all__ = ["check_flags", "check_example_inputs", "resolve_ignore", "positional_inputs"]
+__all__ = ["check_flags", "check_example_inputs", "check_inputs", "resolve_ignore",
+           "positional_inputs", "model_device_dtype"]
 
 import inspect
 from collections.abc import Mapping
 from typing import Any
 
+import torch
 import torch.fx as fx
 import torch.nn as nn
 from torch import Tensor
@@ -25,6 +27,28 @@ def check_flags(**flags: Any) -> None:
         if not isinstance(value, bool):
             raise InputError(f"{name} must be True or False, got {value!r} "
                              f"({type(value).__name__}). Hint: pass {name}=True or {name}=False.")
+
+
+def model_device_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype]:
+    """Device and dtype of the model's first floating-point parameter (else buffer; else CPU,
+    float32): where its example inputs are made."""
+    for p in model.parameters():
+        if p.is_floating_point():
+            return p.device, p.dtype
+    for b in model.buffers():
+        if b.is_floating_point():
+            return b.device, b.dtype
+    return torch.device("cpu"), torch.float32
+
+
+def check_inputs(model: nn.Module, inputs: tuple) -> None:
+    """Every example input tensor is on the model's device."""
+    p = next((t for t in model.parameters()), None)
+    for x in inputs:
+        if isinstance(x, Tensor) and p is not None and x.device != p.device:
+            raise InputError(
+                f"example input is on {x.device} but the model is on {p.device}. Hint: move "
+                f"the input with x.to('{p.device}') (or the model with model.to(...)).")
 
 
 def positional_inputs(model: nn.Module, example_inputs: Any) -> tuple:

@@ -1,6 +1,8 @@
-"""How much each layer loses: the one allocation plan (:mod:`.allocate`), the latency target
-search (:mod:`.latency_target`), argument checks (:mod:`.checks`) and the pipeline that runs
-them all (:func:`.compress.compress`).
+"""How much each layer loses: the one allocation plan (:mod:`.allocate`: ``AllocationPlan``),
+its policies (:mod:`.policies`), the MACs/params target search (:mod:`.target_search`), the
+latency target (:mod:`.latency_target`, :mod:`.latency_greedy`), argument checks
+(:mod:`.checks`), the option groups (:mod:`.options`) and the pipeline that runs them all
+(:func:`.compress.compress`).
 
 Layer 6: imports costs, the core and below."""
 

@@ -1,16 +1,18 @@
 """The one-call entry point, :func:`compress`, and the steps it shares with the CLI.
 
-:func:`prune_graph` runs analyze → score → allocate (:mod:`fxprune.plan.allocate`) → select →
-rewrite on a traced graph; :func:`compress` traces first and optionally verifies.
+:func:`prune_graph` runs analyze → score → the allocation plan (:mod:`fxprune.plan.allocate`:
+ratios, then select) → rewrite on a traced graph; :func:`compress` traces first and optionally
+verifies. Their options come grouped (:class:`~fxprune.plan.allocate.AllocationPlan`,
+:mod:`fxprune.plan.options`), or as keywords of the same names.
 """
 
 from __future__ import annotations
 
 __all__ = ["compress", "score", "prune_graph"]
 
-import math
 import warnings
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 import torch.fx as fx
@@ -19,17 +21,25 @@ from torch import Tensor
 
 from fxprune.core.analyze import Analysis, Progress, analyze
 from fxprune.core.rewrite import rewrite
-from fxprune.core.select import kept_mask, select
+from fxprune.core.select import kept_mask
 from fxprune.core.trace import EXAMPLE_INPUTS, OPAQUE, trace
-from fxprune.core.verify import _check_inputs, verify_analyzed
-from fxprune.costs.latency import resolve_round_to
+from fxprune.core.verify import verify_analyzed
 from fxprune.criteria import CriterionCtx, get_criterion
 from fxprune.criteria.scoring import GroupScoring
 from fxprune.errors import InputError, TraceFailure, VerificationError
 from fxprune.ir import meta
 from fxprune.ir.inputs import check_flags, positional_inputs
 from fxprune.ir.state import untouched
-from fxprune.plan.allocate import ALLOCATION, Allocator, explicit_ratios, fit_target
+from fxprune.plan.allocate import ALLOCATION, AllocationPlan
+from fxprune.plan.checks import check_inputs, check_prunable, check_ratio
+from fxprune.plan.options import (
+    AnalysisOptions,
+    LatencyOptions,
+    VerifyOptions,
+    route_keywords,
+    with_keywords,
+)
+from fxprune.plan.regions import REGIONS, prune_opaque_root, prune_regions
 
 
 def score(analysis: Analysis, criterion: Any = "l1", *, data: Any = None, seed: int = 0,
@@ -45,229 +55,110 @@ def score(analysis: Analysis, criterion: Any = "l1", *, data: Any = None, seed: 
     return {g.id: crit(g, ctx) for g in analysis.groups if g.prunable > 0 and g.size > 1}
 
 
-def _check_ratio(ratio: Any) -> float:
-    if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or math.isnan(ratio):
-        raise InputError(f"ratio must be a number in [0, 1), got {ratio!r}")
-    if not 0.0 <= float(ratio) < 1.0:
-        raise InputError(
-            f"ratio must be in [0, 1) (the fraction of channels to remove), got {ratio}. "
-            "Hint: 0.5 removes half of the channels of every group; 1.0 would remove all.")
-    return float(ratio)
-
-
-def _check_target(name: str, value: Any) -> float | None:
+def _option(owner: str, name: str, value: Any, cls: type) -> Any:
     if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value) \
-            or not 0.0 < float(value) <= 1.0:
-        raise InputError(
-            f"{name} must be the fraction of the original to KEEP, in (0, 1], got {value!r}. "
-            f"Hint: {name}=0.5 keeps half.")
-    return float(value)
+        return cls()
+    if not isinstance(value, cls):
+        article = "an" if cls.__name__[0] in "AEIOU" else "a"
+        raise InputError(f"{owner}: {name}= must be {article} {cls.__name__}, got "
+                         f"{type(value).__name__}. Hint: {name}={cls.__name__}(...), or give "
+                         "its fields as keywords.")
+    return value
+
+
+def _grouped(owner: str, ratio: Any, keywords: Mapping[str, Any], **objects: Any
+             ) -> dict[str, Any]:
+    """The option objects of ``owner`` (``{keyword: (class, value)}`` in ``objects``) with the
+    keywords of their fields, and ``ratio``, merged in."""
+    classes = {name: cls for name, (cls, _) in objects.items()}
+    given = route_keywords(owner, keywords, classes, skip=("ratio", "oracle"))
+    if ratio is not None:
+        given["plan"]["ratio"] = ratio
+    return {name: with_keywords(_option(owner, name, value, cls), given[name], owner)
+            for name, (cls, value) in objects.items()}
 
 
 def prune_graph(gm: fx.GraphModule, ratio: float | None = None, *, criterion: Any = "l1",
-                ignore: Any = None, round_to: int | None = None, strict: bool = False,
-                data: Any = None, seed: int = 0, progress: Progress | None = None,
-                allocation: str = "uniform", max_ratio: float | None = None,
-                ratios: Mapping[str, float] | None = None, target_flops: float | None = None,
-                target_params: float | None = None, clr_lambda: float = 1.0,
-                residual: str = "coupled", check: bool | str = True, clr_cost: Any = "authors",
-                target_latency: float | None = None, latency: Mapping[str, Any] | None = None,
-                attention: str = "dims") -> tuple[fx.GraphModule, Analysis]:
+                plan: AllocationPlan | None = None, analysis: AnalysisOptions | None = None,
+                latency: LatencyOptions | Mapping[str, Any] | None = None,
+                check: bool | str = True, data: Any = None, seed: int = 0,
+                progress: Progress | None = None, **keywords: Any
+                ) -> tuple[fx.GraphModule, Analysis]:
     """Analyze, score, allocate, select and rewrite a traced graph; returns (pruned, analysis).
 
-    The arguments are those of :func:`compress` (``latency``: the keyword arguments of
-    :func:`fxprune.plan.latency_target.fit_latency`: batch, threads, device...). The graph is
-    analyzed and scored once; a ``target_flops``/``target_params``/``target_latency`` search
-    then only re-runs select + rewrite (and, for latency, a timing) per step.
+    The arguments are those of :func:`compress` (``latency``: a
+    :class:`~fxprune.plan.options.LatencyOptions` or the keyword arguments of
+    :func:`fxprune.plan.latency_target.fit_latency`: batch, threads, device...; ``keywords``:
+    the fields of ``plan`` and ``analysis``). The graph is analyzed and scored once; a
+    ``target_flops``/``target_params``/``target_latency`` search then only re-runs select +
+    rewrite (and, for latency, a timing) per step.
     """
-    t_lat = _check_target("target_latency", target_latency)
-    if t_lat is not None and (target_flops is not None or target_params is not None
-                              or ratio is not None or ratios):
-        raise InputError("target_latency chooses every group's width from measured time: give "
-                         "it alone, without ratio, ratios, target_flops or target_params")
-    target = _check_target("target_flops", target_flops)
-    t_params = _check_target("target_params", target_params)
-    if target is not None and t_params is not None:
-        raise InputError("give target_flops or target_params, not both")
-    metric = "macs" if target is not None else "params"
-    target = target if target is not None else t_params
-    if target is not None and ratio is not None:
-        raise InputError(f"give ratio or target_{'flops' if metric == 'macs' else 'params'}, "
-                         "not both: the target search chooses the ratio")
-    if ratio is None and target is None and not ratios and t_lat is None:
+    opts = _grouped("prune_graph", ratio, keywords, plan=(AllocationPlan, plan),
+                    analysis=(AnalysisOptions, analysis))
+    plan, graph = opts["plan"], opts["analysis"]
+    plan.amount()  # the amount's errors come before the analysis
+    if plan.empty:
         raise InputError("nothing to do: give ratio=, ratios={...}, target_flops= or "
                          "target_params=. Hint: compress(model, 0.5) removes half of the "
                          "channels of every group.")
-    amount = 0.0 if ratio is None else _check_ratio(ratio)
-    analysis = analyze(gm, ignore=ignore, strict=strict, residual=residual, attention=attention,
-                       progress=progress)
-    wants = amount > 0 or bool(ratios) or (target is not None and target < 1.0) or \
-        (t_lat is not None and t_lat < 1.0)
-    if wants and not any(g.prunable > 0 and g.size > 1 for g in analysis.groups):
-        reasons = sorted({g.frozen_reason for g in analysis.groups if g.frozen_reason})[:5]
-        raise InputError(
-            "nothing to prune: every channel of this model is frozen"
-            + (f" ({'; '.join(reasons)})" if reasons else "")
-            + ". Hint: fxprune prunes the channels between layers (conv/linear outputs that feed"
-            " other layers); a model whose every channel reaches the output or an unsupported "
-            "op has none.")
-    scores = score(analysis, criterion, data=data, seed=seed)
-    fixed = explicit_ratios(analysis, ratios) if ratios else {}
-    alloc = Allocator(analysis, scores, allocation, max_ratio=max_ratio, fixed=fixed,
-                      clr_lambda=clr_lambda, clr_cost=clr_cost,
-                      count_rule=get_criterion(criterion).count_rule)
-    info: dict[str, Any] = {"allocation": allocation}
-    layer_ms = None
-    if allocation == "clr":
-        info["clr_cost"] = clr_cost if isinstance(clr_cost, str) else "given"
-    if t_lat is not None:
-        from fxprune.plan.latency_target import fit_latency
-
-        lat = fit_latency(analysis, scores, t_lat, round_to=round_to,
-                          max_ratio=0.9 if max_ratio is None else max_ratio,
-                          progress=progress, **dict(latency or {}))
-        per_group = lat.ratios
-        layer_ms = lat.layer_ms
-        info.update(allocation="latency", metric="latency", target=t_lat, achieved=lat.achieved,
-                    achieved_spread=lat.spread, achieved_rounds=list(lat.rounds),
-                    predicted=lat.predicted, original_ms=lat.original_ms,
-                    pruned_ms=lat.pruned_ms, round_to=lat.step, iterations=lat.iterations,
-                    steps=len(lat.iterations), table_s=lat.table.measured_s if lat.table
-                    else 0.0, table_key=lat.table.key if lat.table else {})
-        if abs(lat.achieved - t_lat) > 0.05 * t_lat:
-            warnings.warn(
-                f"target_latency={t_lat:g} not reached: the closest model measured "
-                f"{lat.achieved:.3f} of the original's time (±{lat.spread:.3f} between "
-                f"measurement rounds) after {len(lat.iterations)} tries. Either the model "
-                "cannot get faster at this batch on this device (fixed per-layer costs: the "
-                "narrowest widths max_ratio allows set a floor), or its timing varies more than "
-                "5% here. Hint: a larger batch, or more threads-to-work, makes time follow "
-                "widths; the tries are in pruned.meta['fxprune.allocation']['iterations'].",
-                stacklevel=3)
-    elif target is not None:
-        fit = fit_target(analysis, scores, alloc, target, metric=metric, round_to=round_to,
-                         progress=progress)
-        per_group = fit.ratios
-        info.update(amount=fit.amount, metric=metric, target=target, achieved=fit.achieved,
-                    steps=fit.steps)
-    else:
-        per_group = alloc.ratios(amount)
-        info.update(amount=amount)
-        if progress is not None:
-            progress("select", 1, 1)
-        select(analysis, scores, per_group, round_to=round_to)
+    result = analyze(gm, ignore=graph.ignore, strict=graph.strict, residual=graph.residual,
+                     attention=graph.attention, progress=progress)
+    if plan.prunes():
+        check_prunable(result)
+    scores = score(result, criterion, data=data, seed=seed)
+    if isinstance(latency, LatencyOptions):
+        latency = latency.kwargs()
+    chosen = plan.apply(result, scores, count_rule=get_criterion(criterion).count_rule,
+                        progress=progress, latency=latency)
     pruned = rewrite(gm, check=check)
-    pruned.meta[ALLOCATION] = {**info, "ratios": dict(per_group)}
-    if layer_ms is not None:
-        pruned.meta[meta.LATENCY] = dict(layer_ms)
-    return pruned, analysis
+    pruned.meta[ALLOCATION] = chosen.record()
+    if chosen.layer_ms is not None:
+        pruned.meta[meta.LATENCY] = dict(chosen.layer_ms)
+    return pruned, result
 
 
-def compress(
-    model: nn.Module,
-    ratio: float | None = None,
-    *,
-    criterion: Any = "l1",
-    example_inputs: Any = None,
-    ignore: Any = None,
-    round_to: int | str | None = None,
-    strict: bool = False,
-    verify: bool = True,
-    data: Any = None,
-    seed: int = 0,
-    progress: Progress | None = None,
-    allocation: str = "uniform",
-    max_ratio: float | None = None,
-    ratios: Mapping[str, float] | None = None,
-    target_flops: float | None = None,
-    target_params: float | None = None,
-    clr_lambda: float = 1.0,
-    residual: str = "coupled",
-    check: bool | str = True,
-    clr_cost: Any = "authors",
-    target_latency: float | None = None,
-    batch: int | None = None,
-    threads: int | None = None,
-    device: Any = None,
-    attention: str = "dims",
-) -> fx.GraphModule:
+def compress(model: nn.Module, ratio: float | None = None, *, criterion: Any = "l1",
+             example_inputs: Any = None, plan: AllocationPlan | None = None,
+             analysis: AnalysisOptions | None = None, latency: LatencyOptions | None = None,
+             verify: bool | VerifyOptions = True, data: Any = None, seed: int = 0,
+             progress: Progress | None = None, **keywords: Any) -> fx.GraphModule:
     """Prune ``model`` and return a new, smaller, dense GraphModule.
+
+    The options come in groups, each a dataclass with defaults; every field of a group is
+    also a keyword of its own name, so ``compress(model, 0.5, allocation="global",
+    round_to=8, residual="scatter", verify=False)`` and ``compress(model,
+    plan=AllocationPlan(0.5, allocation="global", round_to=8),
+    analysis=AnalysisOptions(residual="scatter"), verify=VerifyOptions(oracle=False))`` are
+    the same call. An option given both ways with two values raises :class:`InputError`.
 
     Args:
         model: any ``nn.Module`` (timm, torchvision, your own); it is never modified.
-        ratio: the amount to prune, in [0, 1): with ``allocation="uniform"`` the fraction of
-            the channels of every coupled group, with ``"global"`` the fraction of all
-            prunable channels (ranked across groups), with ``"clr"`` the fraction of the
-            ranked layers' weights below CLR's global threshold (the authors' ``pr_target``).
-            A criterion with its own rounding (``fpgm_mix``) sets the per-layer counts under
-            ``"uniform"``. Leave it out with a target.
+        ratio: the amount to prune, in [0, 1) (``AllocationPlan.ratio``: with
+            ``allocation="uniform"`` the fraction of the channels of every coupled group);
+            leave it out with a target.
         criterion: a registered criterion name (``fxprune.list_criteria()``) or a function
             ``(group, ctx) -> scores``.
         example_inputs: inputs for tracing and checking: a tensor, a tuple of ``forward``'s
             positional arguments, or a dict of its keyword arguments (``model(**inputs)``)
             (default: timm's input size, else ``(1, 3, 224, 224)``, on the model's device and
             dtype).
-        ignore: modules whose output channels are kept: instances, qualified names (globs
-            allowed) or types. Channels reaching the graph output are always kept.
-        round_to: make every pruned group's kept width a multiple of this; ``"auto"``: the
-            multiple the model's device runs fastest (16 on AVX-512 CPUs, else 8; see
-            :func:`fxprune.costs.latency.auto_round_to`). Recommended when latency matters: on an
-            AVX-512 CPU, resnet50 at 50% MACs ran 1.57-1.59x faster without it, 1.76-1.83x
-            with 16 and 1.85-1.89x with 16 and ``allocation="global"`` (README, "Is the
-            pruned model faster?").
-        strict: raise :class:`UnsupportedOpError` listing every op without a channel rule,
-            instead of keeping their channels with a warning.
-        verify: ``True`` (default) checks the result against the zero-channel oracle (one
-            more forward pass of the original and of the pruned model) and raises
-            :class:`VerificationError` unless the verdict is ``exact`` or ``approximate``
-            (structure verified exactly); the report is in ``pruned.meta["fxprune.verify"]``.
-            ``False`` skips it (see the README for the measured cost).
+        plan: how much each group loses, an :class:`~fxprune.AllocationPlan`: ``ratio``,
+            ``allocation``, ``ratios``, ``max_ratio``, ``target_flops``, ``target_params``,
+            ``target_latency``, ``clr_lambda``, ``clr_cost``, ``round_to``.
+        analysis: how the graph is read, an :class:`~fxprune.AnalysisOptions`: ``ignore``,
+            ``strict``, ``residual``, ``attention``.
+        latency: how a ``target_latency`` is timed, a :class:`~fxprune.LatencyOptions`:
+            ``batch``, ``threads``, ``device``.
+        verify: ``True`` (default) checks the result against the zero-channel oracle and
+            raises :class:`VerificationError` unless the verdict is ``exact`` or
+            ``approximate``; the report is in ``pruned.meta["fxprune.verify"]``. ``False``
+            skips it (see the README for the measured cost). A
+            :class:`~fxprune.VerifyOptions` also sets the rewrite's ``check``.
         data: calibration batches for data-driven criteria.
         seed: seed for randomized criteria.
         progress: optional callback ``(stage, done, total)``.
-        allocation: ``"uniform"`` (default), ``"global"`` or ``"clr"``; see
-            :mod:`fxprune.plan.allocate`.
-        max_ratio: no group loses more than this fraction of its units. Default: 0.9 under
-            ``"global"`` and during a target search, no cap under ``"clr"`` (as the authors).
-        ratios: explicit ratios ``{module name or glob: ratio}``; a group takes the ratio when
-            all of its producer modules match; the other groups follow ``allocation``.
-        target_flops: fraction of the original MACs to KEEP (e.g. 0.5); the amount is searched
-            so that the MACs of the rewritten model land within 1% of it.
-        target_params: the same for the parameter count.
-        clr_lambda: CLR's exponent on the per-layer cost (``|w| / c_l**clr_lambda``); the
-            authors used 0.5 (VGG-16), 10 (ResNet-56), 5 (ResNet-110), 0.4 (ResNet-50).
-        clr_cost: ``"authors"`` (default: CLR-RNF's code — inner convs only, their cost
-            factors, ``int(N(1-r))`` rounding), ``"macs"`` (fxprune's: MACs per filter, every
-            group), or the authors' table itself: a sequence of costs in the ranked convs'
-            graph order, or ``{module name or glob: cost}``. See :mod:`fxprune.core.clr`.
-        residual: ``"coupled"`` (default: one keep-set per residual group, the stream
-            narrows) or ``"scatter"`` (the SFP/FPGM convention: every residual-output conv
-            keeps its own channels and is ``index_add``-ed into a full-width stream, with the
-            BatchNorm constants of its removed channels folded in; exact).
-        check: the rewrite's postcondition (see :func:`fxprune.rewrite`): ``True`` runs the
-            pruned module once and checks its output shapes (with ``verify=True`` the oracle's
-            run of the pruned model does that; the node-by-node check then runs only to name
-            a failing node), ``"nodes"`` checks every node's shape, ``False`` skips it.
-        target_latency: fraction of the original's *measured* latency to keep (e.g. 0.5), on
-            ``device`` at ``batch`` with ``threads`` (see :mod:`fxprune.plan.latency_target`): a
-            per-layer latency table of the device (measured once, cached as JSON), a greedy
-            allocation of importance per millisecond, and a few measured refinements.
-            ``round_to`` then defaults to the width step the table measures (an int
-            overrides it); ``allocation`` does not apply. The measured ratio (``achieved``:
-            the median over separate measurement rounds; ``achieved_spread``: half their
-            range; ``achieved_rounds``) and the iterations are in
-            ``pruned.meta["fxprune.allocation"]``, the predicted
-            per-layer times in ``pruned.meta["fxprune.latency"]``.
-        batch: batch size to time at with ``target_latency`` (default: the example's).
-        threads: torch threads to time with (default: the current count).
-        device: device to time on (default: the model's).
-        attention: how attention is pruned (:mod:`fxprune.rules.attention`): ``"dims"``
-            (default: every head keeps its place and loses the same dims; q and k share
-            them) or ``"heads"`` (whole heads are removed, their q/k/v rows together).
-            Either way the embed dim is pruned through the residual stream and its
-            LayerNorms (approximate) and the MLP hidden widths like any Linear.
+        **keywords: any field of ``plan``, ``analysis``, ``latency`` or ``verify``
+            (``check``) by name.
 
     Returns:
         A ``torch.fx.GraphModule``: train/eval, state_dict, optimizers, ``torch.save``,
@@ -281,65 +172,73 @@ def compress(
         >>> half = fxprune.compress(timm.create_model("resnet50"), target_flops=0.5,
         ...                         allocation="global", criterion="fpgm")
     """
-    check_flags(strict=strict, verify=verify)
-    if target_latency is not None and round_to == "auto":
-        round_to = None  # the latency table measures the step
-    round_to = resolve_round_to(round_to, model)
-    if ratio is not None:
-        ratio = _check_ratio(ratio)
+    if not isinstance(verify, VerifyOptions):
+        verify = VerifyOptions(oracle=verify)  # type: ignore[arg-type]
+    opts = _grouped("compress", ratio, keywords, plan=(AllocationPlan, plan),
+                    analysis=(AnalysisOptions, analysis), latency=(LatencyOptions, latency),
+                    verify=(VerifyOptions, verify))
+    plan, graph, timing, checks = opts["plan"], opts["analysis"], opts["latency"], opts["verify"]
+    check_flags(strict=graph.strict, verify=checks.oracle)
+    plan = plan.resolved(model)
+    if plan.ratio is not None:
+        plan = replace(plan, ratio=check_ratio(plan.ratio))
     # The oracle runs the pruned model and compares its output shapes too: with verify=True,
     # check=True's forward pass is left to it, and the rewrite's check runs only to name the
     # failing node when the pruned model fails or has other output shapes.
-    fold = bool(verify) and check is True
+    fold = bool(checks.oracle) and checks.check is True
     with untouched(model):  # whatever the model's forward does, the user's model is restored
         try:
             gm = trace(model, example_inputs)
-        except TraceFailure as e:  # its own forward cannot be: prune its children
-            if ratio is None or example_inputs is None:
+        except TraceFailure as e:  # its own forward cannot be traced: prune its children
+            if plan.ratio is None or example_inputs is None:
                 raise
-            from .regions import prune_opaque_root
-
-            return prune_opaque_root(model, positional_inputs(model, example_inputs), dict(
-                ratio=ratio, criterion=criterion, round_to=round_to, verify=verify, seed=seed,
-                allocation=allocation, max_ratio=max_ratio, residual=residual,
-                attention=attention), str(e))  # type: ignore[return-value]
-        _check_inputs(model, gm.meta[EXAMPLE_INPUTS])
-        pruned, analysis = prune_graph(
-            gm, ratio, criterion=criterion, ignore=ignore, round_to=round_to, strict=strict,
-            data=data, seed=seed, progress=progress, allocation=allocation,
-            max_ratio=max_ratio, ratios=ratios, target_flops=target_flops,
-            target_params=target_params, clr_lambda=clr_lambda, residual=residual,
-            check=False if fold else check, clr_cost=clr_cost, target_latency=target_latency,
-            latency={"batch": batch, "threads": threads, "device": device, "original": model},
-            attention=attention)
-        if verify:
-            kept = kept_mask(analysis, gm.meta[meta.KEEPSETS])
-            try:
-                report = verify_analyzed(gm, analysis, kept, pruned, gm.meta[EXAMPLE_INPUTS])
-            except Exception:
-                if fold:
-                    rewrite(gm, check=True)  # raises a RewriteError naming the node
-                raise
-            if fold and report.kind == "shape_mismatch":
-                rewrite(gm, check=True)
-            pruned.meta[meta.VERIFY] = report
-            if report.ok and report.vacuous:
-                warnings.warn(
-                    f"the oracle's check of the pruned {type(model).__name__} is vacuous: "
-                    f"{report.vacuous}, so any model emitting the same would pass. Hint: verify "
-                    "with trained weights or other example inputs (two or more samples), e.g. "
-                    "fxprune.verify(model, pruned, example_inputs).", stacklevel=2)
-            if not report.ok:
-                raise VerificationError(
-                    f"the pruned {type(model).__name__} does not pass the oracle: {report}. "
-                    "This is a bug in fxprune; please report it with the model. Hint: "
-                    "ignore=[...] for the modules around the op keeps their channels meanwhile.")
-        if gm.meta.get(OPAQUE) and ratio is not None:  # prune inside the opaque modules
-            from .regions import REGIONS, prune_regions
-
-            pruned.meta[REGIONS] = prune_regions(model, pruned, gm.meta[OPAQUE],
-                                                 gm.meta[EXAMPLE_INPUTS], dict(
-                ratio=ratio, criterion=criterion, round_to=round_to, verify=verify, seed=seed,
-                allocation=allocation, max_ratio=max_ratio, residual=residual,
-                attention=attention))
+            return prune_opaque_root(model, positional_inputs(model, example_inputs),
+                                     _region_options(criterion, plan, graph, checks, seed),
+                                     str(e), compress)  # type: ignore[return-value]
+        check_inputs(model, gm.meta[EXAMPLE_INPUTS])
+        pruned, result = prune_graph(
+            gm, criterion=criterion, plan=plan, analysis=graph,
+            latency={**timing.kwargs(), "original": model},
+            check=False if fold else checks.check, data=data, seed=seed, progress=progress)
+        if checks.oracle:
+            _oracle(model, gm, result, pruned, fold)
+        if gm.meta.get(OPAQUE) and plan.ratio is not None:  # prune inside the opaque modules
+            pruned.meta[REGIONS] = prune_regions(
+                model, pruned, gm.meta[OPAQUE], gm.meta[EXAMPLE_INPUTS],
+                _region_options(criterion, plan, graph, checks, seed), compress)
     return pruned
+
+
+def _region_options(criterion: Any, plan: AllocationPlan, graph: AnalysisOptions,
+                   checks: VerifyOptions, seed: int) -> dict[str, Any]:
+    """What each opaque region's own :func:`compress` gets: the same criterion, ratio and
+    policies as the whole model."""
+    return dict(ratio=plan.ratio, criterion=criterion, round_to=plan.round_to,
+                verify=checks.oracle, seed=seed, allocation=plan.allocation,
+                max_ratio=plan.max_ratio, residual=graph.residual, attention=graph.attention)
+
+
+def _oracle(model: nn.Module, gm: fx.GraphModule, analysis: Analysis, pruned: fx.GraphModule,
+            fold: bool) -> None:
+    """Check ``pruned`` against the zero-channel oracle; the report goes to its meta."""
+    kept = kept_mask(analysis, gm.meta[meta.KEEPSETS])
+    try:
+        report = verify_analyzed(gm, analysis, kept, pruned, gm.meta[EXAMPLE_INPUTS])
+    except Exception:
+        if fold:
+            rewrite(gm, check=True)  # raises a RewriteError naming the node
+        raise
+    if fold and report.kind == "shape_mismatch":
+        rewrite(gm, check=True)
+    pruned.meta[meta.VERIFY] = report
+    if report.ok and report.vacuous:
+        warnings.warn(
+            f"the oracle's check of the pruned {type(model).__name__} is vacuous: "
+            f"{report.vacuous}, so any model emitting the same would pass. Hint: verify "
+            "with trained weights or other example inputs (two or more samples), e.g. "
+            "fxprune.verify(model, pruned, example_inputs).", stacklevel=3)
+    if not report.ok:
+        raise VerificationError(
+            f"the pruned {type(model).__name__} does not pass the oracle: {report}. "
+            "This is a bug in fxprune; please report it with the model. Hint: "
+            "ignore=[...] for the modules around the op keeps their channels meanwhile.")

@@ -24,6 +24,7 @@ __all__ = ["prune_regions", "prune_opaque_root", "REGIONS"]
 import copy
 import inspect
 import warnings
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -62,9 +63,12 @@ def _record_calls(model: nn.Module, paths: list[str], inputs: tuple) -> dict[str
 
 
 def prune_regions(model: nn.Module, pruned: nn.Module, opaque: dict[str, str], inputs: tuple,
-                  compress_kw: dict[str, Any], depth: int = 0) -> dict[str, str]:
-    """Prune the children of every opaque module of ``model`` and put them into ``pruned``
-    (which holds the opaque modules under the same paths); returns ``{path: outcome}``."""
+                  compress_kw: dict[str, Any], compress: Callable[..., Any], depth: int = 0
+                  ) -> dict[str, str]:
+    """Prune the children of every opaque module of ``model`` with ``compress`` (called as
+    ``compress(child, example_inputs=..., **compress_kw)``) and put them into ``pruned`` (which
+    holds the opaque modules under the same paths); returns ``{path: outcome}``."""
+    compress_kw = {**compress_kw, "_compress": compress}
     report: dict[str, str] = {}
     if depth >= _MAX_DEPTH or not opaque:
         return report
@@ -114,7 +118,7 @@ def _prune_children(model: nn.Module, path: str, kids: list[str], calls: dict[st
 
 
 def prune_opaque_root(model: nn.Module, inputs: tuple, compress_kw: dict[str, Any],
-                      reason: str) -> nn.Module:
+                      reason: str, compress: Callable[..., Any]) -> nn.Module:
     """The model's own forward cannot be traced (a detector's post-processing runs in it):
     a copy of the model, of its class, whose children are pruned as opaque regions' are.
     ``copy.fxprune_meta`` holds ``{"fxprune.opaque": {"": reason}, "fxprune.regions": ...}``.
@@ -124,7 +128,7 @@ def prune_opaque_root(model: nn.Module, inputs: tuple, compress_kw: dict[str, An
     kids = [n for n, c in model.named_children() if _has_params(c)]
     report: dict[str, str] = {}
     new = _prune_children(model, "", kids, _record_calls(model, kids, inputs), inputs,
-                          {**compress_kw, "_inputs": inputs}, report, 0)
+                          {**compress_kw, "_inputs": inputs, "_compress": compress}, report, 0)
     if new is None:
         kept = "; ".join(f"{k}: {v}" for k, v in report.items())[:600]
         raise TraceFailure(f"{reason}\nNone of its children could be pruned on its own "
@@ -140,8 +144,8 @@ def _has_params(m: nn.Module) -> bool:
 def _prune_one(path: str, child: nn.Module, seen: list[dict], compress_kw: dict[str, Any],
                report: dict[str, str]) -> nn.Module | None:
     from fxprune.core.verify import verify
-    from fxprune.plan.compress import compress
 
+    compress = compress_kw["_compress"]
     kw = {k: v for k, v in compress_kw.items() if not k.startswith("_")}
     try:
         with warnings.catch_warnings():

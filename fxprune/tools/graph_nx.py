@@ -29,6 +29,7 @@ import torch.fx as fx
 from torch import Tensor
 
 from fxprune.core.analyze import Analysis
+from fxprune.core.groups import node_group
 from fxprune.errors import InputError
 from fxprune.ir import meta
 
@@ -98,8 +99,6 @@ def to_networkx(gm_analyzed: fx.GraphModule | Analysis, *, name: str | None = No
             inspect report's layer rows).
         times: ``{module name: {"predicted_ms": ..., "measured_ms": ...}}``.
     """
-    from fxprune.core.groups import node_group
-
     analysis = analysis_of(gm_analyzed)
     gm = analysis.gm
     g = nx.DiGraph(name=name or type(gm).__name__)

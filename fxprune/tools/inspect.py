@@ -432,10 +432,11 @@ def inspect(
     from fxprune.core.rewrite import rewrite
     from fxprune.core.select import select
     from fxprune.costs.latency import resolve_round_to
-    from fxprune.plan.compress import _check_ratio, score
+    from fxprune.plan.checks import check_ratio
+    from fxprune.plan.compress import score
 
     if ratio is not None:
-        ratio = _check_ratio(ratio)
+        ratio = check_ratio(ratio)
     round_to = resolve_round_to(round_to, model)
     gm = trace(model, example_inputs)
     inputs = gm.meta[EXAMPLE_INPUTS]

@@ -8,12 +8,14 @@ Python) and the history so far, plus the run's settings, which a resume must mat
 
 from __future__ import annotations
 
-__all__ = ["FORMAT", "rng_state", "set_rng_state", "save_checkpoint", "load_checkpoint"]
+__all__ = ["FORMAT", "rng_state", "set_rng_state", "save_checkpoint", "load_checkpoint",
+           "STATE_FORMAT", "pruner_state", "read_pruner_state"]
 
 import logging
 import os
 import pickle
 import random
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +23,10 @@ import numpy as np
 import torch
 
 from fxprune.errors import InputError
+from fxprune.ir.meta import Group, KeepSet
 
 FORMAT = "fxprune.train/1"
+STATE_FORMAT = "fxprune.softpruner/1"  # a SoftPruner's state_dict
 logger = logging.getLogger("fxprune.train")
 
 
@@ -83,3 +87,32 @@ def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict[str, An
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise InputError(f"{path} is not a fxprune training checkpoint (format {FORMAT})")
     return ckpt
+
+
+def pruner_state(method: str, epoch: int, groups: Sequence[Group], keep: Mapping[int, KeepSet],
+                 method_state: dict[str, Any]) -> dict[str, Any]:
+    """A SoftPruner's state as plain data: masks as keep-sets, the method's state, the epoch."""
+    return {"format": STATE_FORMAT, "method": method, "epoch": epoch,
+            "sizes": [g.size for g in groups],
+            "keep": {g: list(k.indices) for g, k in keep.items()},
+            "method_state": method_state}
+
+
+def read_pruner_state(state: Mapping[str, Any], method: str, groups: Sequence[Group]
+                      ) -> tuple[int, dict[int, KeepSet], Any]:
+    """``(epoch, keep-sets, method state)`` of :func:`pruner_state`'s ``state``, checked
+    against the pruner that loads it (same method, same analysis)."""
+    if not isinstance(state, Mapping) or state.get("format") != STATE_FORMAT:
+        raise InputError("not a SoftPruner state_dict (missing format "
+                         f"'{STATE_FORMAT}')")
+    if state["method"] != method:
+        raise InputError(f"state_dict is for method '{state['method']}', this pruner runs "
+                         f"'{method}'")
+    sizes = [g.size for g in groups]
+    if list(state["sizes"]) != sizes:
+        raise InputError("state_dict was saved for another model or analysis (group sizes "
+                         "differ): build the pruner with the same model, ignore= and "
+                         "residual=")
+    keep = {int(g): KeepSet(int(g), sizes[int(g)], tuple(int(i) for i in ix))
+            for g, ix in state["keep"].items()}
+    return int(state["epoch"]), keep, state["method_state"]

@@ -27,28 +27,26 @@ import torch.nn as nn
 from fxprune.core.analyze import analyze
 from fxprune.core.rewrite import rewrite
 from fxprune.core.select import select, set_keepsets
-from fxprune.core.trace import EXAMPLE_INPUTS, _model_device_dtype, trace
-from fxprune.core.verify import _check_inputs
+from fxprune.core.trace import EXAMPLE_INPUTS, trace
 from fxprune.costs.count import count
-from fxprune.costs.latency import resolve_round_to
 from fxprune.criteria import get_criterion
 from fxprune.errors import InputError
 from fxprune.ir import meta
-from fxprune.plan.allocate import ALLOCATION, Allocator, explicit_ratios, fit_target
-from fxprune.plan.compress import _check_ratio, _check_target, score
+from fxprune.plan.allocate import ALLOCATION, AllocationPlan
+from fxprune.plan.checks import check_inputs, check_prunable
+from fxprune.plan.compress import score
+from fxprune.train.arguments import (
+    AUTO_GRAD_NORM,
+    allocation_plan,
+    check_options,
+    first_inputs,
+)
+from fxprune.train.checkpoint import pruner_state, read_pruner_state
 from fxprune.train.fold import compile_compact
-from fxprune.train.masks import BN_MODES, Masks, Snapshot
+from fxprune.train.masks import Masks, Snapshot
 from fxprune.train.methods import Keep, get_method
 from fxprune.train.methods._attribute import run_eval
 
-HOLDS = ("step", "epoch")
-# max_grad_norm="auto" for hold="epoch" methods. A filter zeroed at an epoch end has batch
-# variance 0 under BatchNorm, so its first gradient is scaled by gamma / sqrt(eps) (316x at
-# eps=1e-5): measured on digits (SFP, ResNet-20, ratio 0.4, 12 epochs), the regrown filters'
-# norms went from ~6 to ~250 and accuracy after the final mask fell to 55%; with the gradient
-# norm clipped at 5 the norms stayed ~6 and accuracy was 97%.
-AUTO_GRAD_NORM = 5.0
-STATE_FORMAT = "fxprune.softpruner/1"
 TRAIN_META = "fxprune.train"  # compact gm.meta: {"method", "epoch", "bn", "residual", ...}
 
 
@@ -62,18 +60,6 @@ class _Handles:
         for h in self.handles:
             h.remove()
         self.handles = []
-
-
-def _first_inputs(data: Any, model: nn.Module) -> tuple | None:
-    """The first sample of the first batch of ``data``, on the model's device."""
-    try:
-        batch = next(iter(data))
-    except (TypeError, StopIteration):
-        return None
-    x = batch[0] if isinstance(batch, (tuple, list)) else batch
-    if not isinstance(x, torch.Tensor) or x.dim() == 0:
-        return None
-    return (x[:1].to(_model_device_dtype(model)[0]),)
 
 
 def _criterion_name(c: Any) -> str | None:
@@ -95,9 +81,16 @@ class SoftPruner:
         criterion: a criterion name or function (default: the method's).
         example_inputs: inputs at the training resolution (default: the first batch of
             ``data``, else timm's input size or 1x3x224x224). Finalize is exact at this size.
-        target_flops, target_params, ratios, allocation, max_ratio, clr_lambda, round_to,
-            ignore, residual: as in :func:`fxprune.compress`; the per-group amounts are fixed
-            at construction (the kept widths, hence ``kept_macs``, do not change in training).
+        target_flops, target_params, ratios, allocation, max_ratio, clr_lambda, clr_cost,
+            round_to: the allocation, as in :func:`fxprune.compress` (the fields of
+            :class:`~fxprune.AllocationPlan`; ``max_ratio`` defaults to 0.9 here, and
+            ``target_latency`` is compress's only). The per-group amounts are fixed at
+            construction (the kept widths, hence ``kept_macs``, do not change in training);
+            for the same options and criterion they are those of :func:`fxprune.compress`.
+        plan: the same options as one :class:`~fxprune.AllocationPlan`
+            (``SoftPruner(model, plan=AllocationPlan(0.5, allocation="global"))``); keywords
+            set beside it are merged in, an option given both ways with two values raises.
+        ignore, residual: as in :func:`fxprune.compress` (:class:`~fxprune.AnalysisOptions`).
         interval: re-select every ``interval`` epochs (SFP's ``epoch_prune``).
         data: an iterable of ``(x, y)`` batches of a **validation split of the training data**
             (never the test set), for methods that evaluate masks (mfp, fppmo) and data-driven
@@ -138,32 +131,17 @@ class SoftPruner:
                  criterion: Any = None, example_inputs: Any = None,
                  target_flops: float | None = None, target_params: float | None = None,
                  ratios: Mapping[str, float] | None = None, allocation: str = "uniform",
-                 max_ratio: float = 0.9, clr_lambda: float = 1.0, round_to: Any = None,
-                 ignore: Any = None, residual: str = "coupled", interval: int = 1,
-                 data: Any = None, seed: int = 0, bn: str = "keep", hold: str | None = None,
-                 epochs: int | None = None, settle: int = 1,
-                 max_grad_norm: float | str | None = "auto", **method_options: Any):
-        if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
-            raise InputError("SoftPruner needs the unwrapped model: pass ddp_model.module, or "
-                             "create the pruner before wrapping the model in DDP.")
-        if not isinstance(model, nn.Module):
-            raise InputError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-        if isinstance(interval, bool) or not isinstance(interval, int) or interval < 1:
-            raise InputError(f"interval must be a positive int (epochs), got {interval!r}")
-        if bn not in BN_MODES:
-            raise InputError(f"bn must be one of {', '.join(BN_MODES)}, got {bn!r}")
-        if hold is not None and hold not in HOLDS:
-            raise InputError(f"hold must be 'step', 'epoch' or None, got {hold!r}")
-        if isinstance(seed, bool) or not isinstance(seed, int):
-            raise InputError(f"seed must be an int, got {seed!r}")
-        for name, v, low in (("epochs", epochs, 1), ("settle", settle, 0)):
-            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < low):
-                raise InputError(f"{name} must be an int >= {low}, got {v!r}")
-        if max_grad_norm not in (None, "auto") and (
-                isinstance(max_grad_norm, bool) or not isinstance(max_grad_norm, (int, float))
-                or not max_grad_norm > 0):
-            raise InputError(f"max_grad_norm must be a number > 0, 'auto' or None, got "
-                             f"{max_grad_norm!r}")
+                 max_ratio: float = 0.9, clr_lambda: float = 1.0, clr_cost: Any = "authors",
+                 round_to: Any = None, plan: AllocationPlan | None = None, ignore: Any = None,
+                 residual: str = "coupled", interval: int = 1, data: Any = None, seed: int = 0,
+                 bn: str = "keep", hold: str | None = None, epochs: int | None = None,
+                 settle: int = 1, max_grad_norm: float | str | None = "auto",
+                 **method_options: Any):
+        check_options(model, interval, bn, hold, seed, epochs, settle, max_grad_norm)
+        plan = allocation_plan(plan, ratio=ratio, target_flops=target_flops,
+                               target_params=target_params, ratios=ratios,
+                               allocation=allocation, max_ratio=max_ratio,
+                               clr_lambda=clr_lambda, clr_cost=clr_cost, round_to=round_to)
         self.epochs, self.settle = epochs, settle
         self.method_name = method
         self.method = get_method(method)(**method_options)
@@ -174,13 +152,14 @@ class SoftPruner:
         self.criterion = criterion if criterion is not None else self.method.default_criterion
         if self.criterion is not None:
             get_criterion(self.criterion)
-        self.round_to = resolve_round_to(round_to, model)
+        plan = plan.resolved(model)
+        self.round_to: int | None = plan.round_to  # type: ignore[assignment]
         self.residual = residual
         if example_inputs is None and data is not None:
-            example_inputs = _first_inputs(data, model)
+            example_inputs = first_inputs(data, model)
         gm = trace(model, example_inputs)
         self.inputs: tuple = gm.meta[EXAMPLE_INPUTS]
-        _check_inputs(model, self.inputs)
+        check_inputs(model, self.inputs)
         self.analysis = analyze(gm, ignore=ignore, residual=residual)
         self.epoch = 0
         # time spent inside the pruner (wall and process CPU seconds): masks in the optimizer
@@ -193,49 +172,34 @@ class SoftPruner:
         self.keep: Keep = {}
         self.masks: Masks | None = None
         with self._timed("select"):
-            self.ratios, self.allocation = self._allocate(
-                ratio, target_flops, target_params, ratios, allocation, max_ratio, clr_lambda)
+            self.ratios, self.allocation = self._allocate(plan)
             self.counts = {g: len(k.indices) for g, k in self.select(self._alloc_scores).items()}
             self._set_keep(self.method.initial(self))
         self.apply_masks()
 
     # --- selection --------------------------------------------------------------------------
-    def _allocate(self, ratio: Any, target_flops: Any, target_params: Any, ratios: Any,
-                  allocation: str, max_ratio: float, clr_lambda: float
-                  ) -> tuple[dict[int, float], dict[str, Any]]:
-        t_flops = _check_target("target_flops", target_flops)
-        t_params = _check_target("target_params", target_params)
-        target = t_flops if t_flops is not None else t_params
-        if t_flops is not None and t_params is not None:
-            raise InputError("give target_flops or target_params, not both")
-        if target is not None and ratio is not None:
-            raise InputError("give ratio or a target, not both: the target search chooses "
-                             "the ratio")
-        if ratio is None and target is None and not ratios:
+    def _allocate(self, plan: AllocationPlan) -> tuple[dict[int, float], dict[str, Any]]:
+        """The per-group ratios, fixed for the run: the plan :func:`fxprune.compress` runs,
+        scored with the method's criterion (``"l2"`` for a method without one)."""
+        plan.amount()
+        if plan.target_latency is not None:
+            raise InputError("SoftPruner has no target_latency (it times pruned models): give "
+                             "ratio=, ratios=, target_flops= or target_params=. Hint: "
+                             "fxprune.compress(model, target_latency=...) then fine-tune.")
+        if plan.empty:
             if not self.method.channel_selection:
-                self._alloc_scores = {}
+                self._alloc_scores: dict[int, torch.Tensor] = {}
                 return {g.id: 0.0 for g in self.analysis.groups}, {"allocation": "none"}
             raise InputError("nothing to prune: give ratio=, target_flops=, target_params= or "
                              "ratios={...}. Hint: SoftPruner(model, 0.4) soft-prunes 40% of the "
                              "channels of every group.")
-        amount = 0.0 if ratio is None else _check_ratio(ratio)
-        groups = [g for g in self.analysis.groups if g.prunable > 0 and g.size > 1]
-        if not groups:
-            raise InputError("nothing to prune: every channel of this model is frozen (graph "
-                             "inputs/outputs, ignored modules or ops without a channel rule).")
-        self._alloc_scores = self.scores(self.criterion or "l2")
-        fixed = explicit_ratios(self.analysis, ratios) if ratios else {}
-        alloc = Allocator(self.analysis, self._alloc_scores, allocation, max_ratio=max_ratio,
-                          fixed=fixed, clr_lambda=clr_lambda)
-        info: dict[str, Any] = {"allocation": allocation}
-        if target is not None:
-            metric = "macs" if t_flops is not None else "params"
-            fit = fit_target(self.analysis, self._alloc_scores, alloc, target, metric=metric,
-                             round_to=self.round_to)
-            info.update(amount=fit.amount, metric=metric, target=target, achieved=fit.achieved)
-            return dict(fit.ratios), info
-        info.update(amount=amount)
-        return alloc.ratios(amount), info
+        if plan.prunes():
+            check_prunable(self.analysis)
+        criterion = self.criterion or "l2"
+        self._alloc_scores = self.scores(criterion)
+        chosen = plan.apply(self.analysis, self._alloc_scores,
+                            count_rule=get_criterion(criterion).count_rule)
+        return dict(chosen.ratios), chosen.info
 
     def scores(self, criterion: Any) -> dict[int, torch.Tensor]:
         """Scores of every prunable group under ``criterion``, on the current weights."""
@@ -395,30 +359,17 @@ class SoftPruner:
     def state_dict(self) -> dict[str, Any]:
         """Masks (keep-sets), method state (RNG included) and epoch; ``torch.save``-able and
         loadable with ``weights_only=True``."""
-        return {"format": STATE_FORMAT, "method": self.method_name, "epoch": self.epoch,
-                "sizes": [g.size for g in self.analysis.groups],
-                "keep": {g: list(k.indices) for g, k in self.keep.items()},
-                "method_state": self.method.state_dict()}
+        return pruner_state(self.method_name, self.epoch, self.analysis.groups, self.keep,
+                            self.method.state_dict())
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore :meth:`state_dict` into a pruner built with the same arguments. Weights are
         not touched: load the model's own state dict as well (masks are already applied in
         it)."""
-        if not isinstance(state, Mapping) or state.get("format") != STATE_FORMAT:
-            raise InputError("not a SoftPruner state_dict (missing format "
-                             f"'{STATE_FORMAT}')")
-        if state["method"] != self.method_name:
-            raise InputError(f"state_dict is for method '{state['method']}', this pruner runs "
-                             f"'{self.method_name}'")
-        sizes = [g.size for g in self.analysis.groups]
-        if list(state["sizes"]) != sizes:
-            raise InputError("state_dict was saved for another model or analysis (group sizes "
-                             "differ): build the pruner with the same model, ignore= and "
-                             "residual=")
-        self.epoch = int(state["epoch"])
-        self._set_keep({int(g): meta.KeepSet(int(g), sizes[int(g)], tuple(int(i) for i in ix))
-                        for g, ix in state["keep"].items()})
-        self.method.load_state_dict(state["method_state"])
+        self.epoch, keep, method_state = read_pruner_state(state, self.method_name,
+                                                           self.analysis.groups)
+        self._set_keep(keep)
+        self.method.load_state_dict(method_state)
 
     def broadcast(self, src: int = 0) -> None:
         """Make masks, method state and masked weights those of rank ``src`` (no-op without an

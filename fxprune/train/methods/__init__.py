@@ -4,7 +4,8 @@ A method decides *which* units each group keeps, and when; the engine
 (:class:`fxprune.train.SoftPruner`) owns everything shared: the analysis, the allocation
 (per-group ratios, fixed at construction), masks, optimizer hooks, checkpoints and the compact
 model. The interface is :class:`Method`; a method is one subclass decorated with
-:func:`register_method` in a file of this package (imported below).
+:func:`register_method` in a file of this package (imported below). A method sees the engine
+through :class:`~fxprune.train.context.PrunerContext` (the methods do not import the engine).
 
 Built in: ``"sfp"`` (and ``"soft"``: SFP's schedule with any ``criterion=``), ``"fpgm"``,
 ``"mfp"``, ``"fppmo"``. A method that is not a channel selection (SWP's filter skeletons) plugs
@@ -15,22 +16,20 @@ in the same way: :meth:`Method.attach` may register its own optimizer hooks (a r
 
 from __future__ import annotations
 
-__all__ = ["Method", "register_method", "get_method", "list_methods", "METHODS"]
+__all__ = ["Method", "register_method", "get_method", "list_methods", "METHODS", "Keep",
+           "PrunerContext"]
 
 import importlib
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from fxprune.errors import InputError
-from fxprune.ir.meta import KeepSet
+from fxprune.train.context import Keep, PrunerContext
 
 if TYPE_CHECKING:
     import torch.fx as fx
     import torch.optim
 
-    from fxprune.train.engine import SoftPruner
-
-Keep = dict[int, KeepSet]
 METHODS: dict[str, type[Method]] = {}
 
 
@@ -68,26 +67,26 @@ class Method:
                              f"options are: {valid}")
         self.opts = {**self.options, **options}
 
-    def prepare(self, pruner: SoftPruner) -> None:
+    def prepare(self, pruner: PrunerContext) -> None:
         """Called once before the first selection (validate options, add parameters...)."""
 
-    def initial(self, pruner: SoftPruner) -> Keep:
+    def initial(self, pruner: PrunerContext) -> Keep:
         """The selection applied at construction (before the first epoch)."""
         raise NotImplementedError
 
-    def update(self, pruner: SoftPruner) -> Keep | None:
+    def update(self, pruner: PrunerContext) -> Keep | None:
         """The selection at a due ``epoch_end``; None keeps the current one."""
         return None
 
-    def final(self, pruner: SoftPruner) -> Keep | None:
+    def final(self, pruner: PrunerContext) -> Keep | None:
         """The selection to compile in ``finalize``; None keeps the current one."""
         return None
 
-    def attach(self, pruner: SoftPruner, optimizer: torch.optim.Optimizer) -> list[Any]:
+    def attach(self, pruner: PrunerContext, optimizer: torch.optim.Optimizer) -> list[Any]:
         """Extra optimizer hooks; returns their removable handles."""
         return []
 
-    def finalize(self, pruner: SoftPruner, compact: fx.GraphModule) -> fx.GraphModule:
+    def finalize(self, pruner: PrunerContext, compact: fx.GraphModule) -> fx.GraphModule:
         """Post-process (or replace) the compact model."""
         return compact
 

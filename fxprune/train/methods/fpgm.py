@@ -22,12 +22,8 @@ from __future__ import annotations
 
 __all__ = ["FPGM"]
 
-from typing import TYPE_CHECKING
 
-from fxprune.train.methods import Keep, Method, register_method
-
-if TYPE_CHECKING:
-    from fxprune.train.engine import SoftPruner
+from fxprune.train.methods import Keep, Method, PrunerContext, register_method
 
 
 @register_method("fpgm")
@@ -39,5 +35,5 @@ class FPGM(Method):
     hold = "step"
     mask_grads = True
 
-    def initial(self, pruner: SoftPruner) -> Keep:
+    def initial(self, pruner: PrunerContext) -> Keep:
         return pruner.select(pruner.scores(pruner.criterion))

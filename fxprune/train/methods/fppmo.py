@@ -32,18 +32,15 @@ from __future__ import annotations
 __all__ = ["FPPMO"]
 
 import math
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from fxprune.errors import InputError
 from fxprune.ir.meta import KeepSet
-from fxprune.train.methods import Keep, Method, register_method
+from fxprune.train.methods import Keep, Method, PrunerContext, register_method
 from fxprune.train.methods._attribute import check_data, make_attribute
-
-if TYPE_CHECKING:
-    from fxprune.train.engine import SoftPruner
 
 
 def _positive(name: str, v: Any, *, upper: float | None = None) -> None:
@@ -87,7 +84,7 @@ class FPPMO(Method):
     options = {"lam": 2, "eta": None, "theta_min": None, "init": "norm", "tau": 0.25,
                "attribute": "loss", "eval_batches": None, "loss_fn": None}
 
-    def prepare(self, pruner: SoftPruner) -> None:
+    def prepare(self, pruner: PrunerContext) -> None:
         o = self.opts
         if isinstance(o["lam"], bool) or not isinstance(o["lam"], int) or o["lam"] < 2:
             raise InputError(f"fppmo lam (candidate masks per step) must be an int >= 2, got "
@@ -111,7 +108,7 @@ class FPPMO(Method):
         tmin = self.opts["theta_min"] if self.opts["theta_min"] is not None else 0.1 / size
         return float(eta), float(tmin)
 
-    def _init_theta(self, pruner: SoftPruner) -> None:
+    def _init_theta(self, pruner: PrunerContext) -> None:
         scores = pruner.scores(pruner.criterion) if self.opts["init"] == "norm" else {}
         for g in pruner.analysis.groups:
             n = g.size - pruner.counts[g.id]
@@ -132,19 +129,19 @@ class FPPMO(Method):
             theta[free] = theta[free].clamp(tmin, 1 - tmin)
             self.theta[g.id] = theta
 
-    def _free(self, pruner: SoftPruner, gid: int) -> Tensor:
+    def _free(self, pruner: PrunerContext, gid: int) -> Tensor:
         free = torch.ones(pruner.analysis.groups[gid].size, dtype=torch.bool)
         free[list(pruner.analysis.groups[gid].frozen_units)] = False
         return free
 
-    def _keep(self, pruner: SoftPruner, pruned: dict[int, Tensor]) -> Keep:
+    def _keep(self, pruner: PrunerContext, pruned: dict[int, Tensor]) -> Keep:
         keep: Keep = {}
         for g in pruner.analysis.groups:
             drop = set(pruned[g.id].tolist()) if g.id in pruned else set()
             keep[g.id] = KeepSet(g.id, g.size, tuple(i for i in range(g.size) if i not in drop))
         return keep
 
-    def sample(self, pruner: SoftPruner) -> Keep:
+    def sample(self, pruner: PrunerContext) -> Keep:
         """One candidate: per group, ``n_g`` units drawn without replacement by ``theta``."""
         pruned = {}
         for gid, theta in self.theta.items():
@@ -156,7 +153,7 @@ class FPPMO(Method):
             pruned[gid] = torch.topk(keys, n).indices
         return self._keep(pruner, pruned)
 
-    def deterministic(self, pruner: SoftPruner) -> Keep:
+    def deterministic(self, pruner: PrunerContext) -> Keep:
         """Per group, prune the ``n_g`` units of highest ``theta`` (ties: lower index)."""
         pruned = {}
         for gid, theta in self.theta.items():
@@ -173,7 +170,7 @@ class FPPMO(Method):
         n_lo, n_hi = values.count(lo), values.count(hi)
         return [1.0 / n_lo if v == lo else -1.0 / n_hi if v == hi else 0.0 for v in values]
 
-    def step(self, pruner: SoftPruner) -> Keep:
+    def step(self, pruner: PrunerContext) -> Keep:
         """Sample ``lam`` masks, evaluate them, update ``theta``; returns the best mask."""
         cands = [pruner.normalize(self.sample(pruner)) for _ in range(self.opts["lam"])]
         values = [pruner.evaluate(k, self.attribute) for k in cands]
@@ -194,14 +191,14 @@ class FPPMO(Method):
         return cands[best]
 
     # --- Method interface -------------------------------------------------------------------
-    def initial(self, pruner: SoftPruner) -> Keep:
+    def initial(self, pruner: PrunerContext) -> Keep:
         self._init_theta(pruner)
         return self.step(pruner)
 
-    def update(self, pruner: SoftPruner) -> Keep:
+    def update(self, pruner: PrunerContext) -> Keep:
         return self.step(pruner)
 
-    def final(self, pruner: SoftPruner) -> Keep:
+    def final(self, pruner: PrunerContext) -> Keep:
         return self.deterministic(pruner)
 
     def state_dict(self) -> dict[str, Any]:

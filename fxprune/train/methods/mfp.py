@@ -24,15 +24,12 @@ from __future__ import annotations
 
 __all__ = ["MFP", "DEFAULT_POOL"]
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from fxprune.criteria import get_criterion
 from fxprune.errors import InputError
-from fxprune.train.methods import Keep, Method, register_method
+from fxprune.train.methods import Keep, Method, PrunerContext, register_method
 from fxprune.train.methods._attribute import check_data, make_attribute
-
-if TYPE_CHECKING:
-    from fxprune.train.engine import SoftPruner
 
 DEFAULT_POOL = ("l1", "l2", "fpgm", "fpgm_l1", "fpgm_cosine")
 
@@ -52,7 +49,7 @@ class MFP(Method):
     options = {"pool": DEFAULT_POOL, "switch": "global", "attribute": "loss",
                "eval_batches": None, "loss_fn": None}
 
-    def prepare(self, pruner: SoftPruner) -> None:
+    def prepare(self, pruner: PrunerContext) -> None:
         o = self.opts
         if pruner.criterion is not None:
             raise InputError("method 'mfp' chooses among pool=[...] criteria; criterion= is not "
@@ -70,13 +67,13 @@ class MFP(Method):
         self.choice: dict[int, int] = {}  # group id -> index into pool
         self.history: list[dict[str, Any]] = []
 
-    def initial(self, pruner: SoftPruner) -> Keep:
+    def initial(self, pruner: PrunerContext) -> Keep:
         return self._switch(pruner)
 
-    def update(self, pruner: SoftPruner) -> Keep:
+    def update(self, pruner: PrunerContext) -> Keep:
         return self._switch(pruner)
 
-    def _switch(self, pruner: SoftPruner) -> Keep:
+    def _switch(self, pruner: PrunerContext) -> Keep:
         keeps = [pruner.select(pruner.scores(c)) for c in self.pool]
         values: list[float] = []
         for i, k in enumerate(keeps):

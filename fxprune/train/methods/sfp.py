@@ -16,12 +16,7 @@ from __future__ import annotations
 
 __all__ = ["SFP"]
 
-from typing import TYPE_CHECKING
-
-from fxprune.train.methods import Keep, Method, register_method
-
-if TYPE_CHECKING:
-    from fxprune.train.engine import SoftPruner
+from fxprune.train.methods import Keep, Method, PrunerContext, register_method
 
 
 @register_method("sfp", "soft")
@@ -32,8 +27,8 @@ class SFP(Method):
     default_criterion = "l2"
     hold = "epoch"
 
-    def initial(self, pruner: SoftPruner) -> Keep:
+    def initial(self, pruner: PrunerContext) -> Keep:
         return pruner.select(pruner.scores(pruner.criterion))
 
-    def update(self, pruner: SoftPruner) -> Keep:
+    def update(self, pruner: PrunerContext) -> Keep:
         return pruner.select(pruner.scores(pruner.criterion))

@@ -24,13 +24,11 @@ from typing import TYPE_CHECKING, Any
 from fxprune.errors import InputError
 from fxprune.stripes import StripePruner
 from fxprune.stripes import finalize as stripe_finalize
-from fxprune.train.methods import Keep, Method, register_method
+from fxprune.train.methods import Keep, Method, PrunerContext, register_method
 
 if TYPE_CHECKING:
     import torch.fx as fx
     import torch.optim
-
-    from fxprune.train.engine import SoftPruner
 
 
 @register_method("swp")
@@ -47,7 +45,7 @@ class SWP(Method):
         super().__init__(**options)
         self.stripes: StripePruner | None = None
 
-    def prepare(self, pruner: SoftPruner) -> None:
+    def prepare(self, pruner: PrunerContext) -> None:
         o = self.opts
         self.stripes = StripePruner(pruner.model, alpha=o["alpha"], delta=o["delta"],
                                     kernel=o["kernel"], density=o["density"])
@@ -57,17 +55,17 @@ class SWP(Method):
             raise InputError("method 'swp' is used before SoftPruner prepared it")
         return self.stripes
 
-    def initial(self, pruner: SoftPruner) -> Keep:
+    def initial(self, pruner: PrunerContext) -> Keep:
         """Every channel kept: SWP removes channels only at finalize, where no stripe lives."""
         from fxprune.ir.meta import KeepSet
 
         return {g.id: KeepSet(g.id, g.size, tuple(range(g.size)))
                 for g in pruner.analysis.groups}
 
-    def attach(self, pruner: SoftPruner, optimizer: torch.optim.Optimizer) -> list[Any]:
+    def attach(self, pruner: PrunerContext, optimizer: torch.optim.Optimizer) -> list[Any]:
         return [self._stripes().attach(optimizer)]
 
-    def finalize(self, pruner: SoftPruner, compact: fx.GraphModule) -> fx.GraphModule:
+    def finalize(self, pruner: PrunerContext, compact: fx.GraphModule) -> fx.GraphModule:
         sp = self._stripes()
         sp.apply_masks()
         out = stripe_finalize(pruner.model, pruner.inputs, delta=sp.delta, kernel=sp.kernel,
@@ -77,7 +75,7 @@ class SWP(Method):
         out.train(pruner.model.training)
         return out
 
-    def kept_macs(self, pruner: SoftPruner) -> float:
+    def kept_macs(self, pruner: PrunerContext) -> float:
         """MACs kept under SWP's stripe convention (see :meth:`StripePruner.kept_macs`)."""
         return self._stripes().kept_macs(pruner.inputs)
 
