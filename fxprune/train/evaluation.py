@@ -11,6 +11,7 @@ import torch
 import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel
 
+from fxprune.core.recalibrate import recalibrate_bn as core_recalibrate_bn
 from fxprune.train import distributed as D
 
 
@@ -51,8 +52,7 @@ def evaluate(model: nn.Module, loader: Iterable, device: torch.device | str | No
 @torch.no_grad()
 def recalibrate_bn(model: nn.Module, batches: Iterable, n: int,
                    device: torch.device | str | None = None) -> int:
-    """Recompute BatchNorm running statistics as the plain average over ``n`` batches
-    (train mode, no gradients; "precise BN"). Returns the number of batches used.
+    """:func:`fxprune.recalibrate_bn` over ``n`` batches (0: nothing); returns the batches used.
 
     After a soft-pruning step zeroes filters, the running statistics of the following
     BatchNorms still describe the unmasked network, so eval-mode accuracy right after the
@@ -60,28 +60,6 @@ def recalibrate_bn(model: nn.Module, batches: Iterable, n: int,
     accuracy after the first epoch's mask, 78.5% with 20 batches of recalibration). The
     weights are untouched, so ``finalize()`` stays exact.
     """
-    bns = [m for m in model.modules()
-           if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
-    if not bns or n <= 0:
+    if n <= 0:
         return 0
-    if device is None:
-        device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    flags = {m: m.training for m in model.modules()}
-    momenta = {m: m.momentum for m in bns}
-    for m in bns:
-        m.reset_running_stats()
-        m.momentum = None  # cumulative average
-    model.train()
-    used = 0
-    try:
-        for x, _ in batches:
-            if used >= n:
-                break
-            model(x.to(device, non_blocking=True))
-            used += 1
-    finally:
-        for m, mom in momenta.items():
-            m.momentum = mom
-        for m, t in flags.items():
-            m.training = t
-    return used
+    return core_recalibrate_bn(model, batches, n, device)
