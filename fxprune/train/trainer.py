@@ -45,6 +45,7 @@ from torch.nn.parallel import DistributedDataParallel
 from fxprune.errors import FxPruneError, InputError
 from fxprune.train import distributed as D
 from fxprune.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from fxprune.train.distill import Distiller
 from fxprune.train.evaluation import evaluate, recalibrate_bn
 from fxprune.train.fit_options import (
     AMP_DTYPES,
@@ -84,8 +85,10 @@ def _autocast(amp: str | None, device: torch.device) -> Any:
 
 
 def _train_epoch(net: nn.Module, batches: Any, opt: torch.optim.Optimizer, loss_fn: nn.Module,
-                 device: torch.device, amp: str | None = None) -> torch.Tensor:
-    """One pass over ``batches``; returns [loss sum, correct, count] (this rank's)."""
+                 device: torch.device, amp: str | None = None,
+                 distiller: Distiller | None = None) -> torch.Tensor:
+    """One pass over ``batches``; returns [loss sum, correct, count] (this rank's). With a
+    ``distiller`` the loss mixes in the teacher's softened outputs (the reported loss too)."""
     net.train()
     sums = torch.zeros(3, dtype=torch.float64, device=device)
     for step, (x, y) in enumerate(batches):
@@ -93,6 +96,8 @@ def _train_epoch(net: nn.Module, batches: Any, opt: torch.optim.Optimizer, loss_
         with _autocast(amp, device):
             out = net(x)
             loss = loss_fn(out.float(), y)
+            if distiller is not None:
+                loss = distiller.loss(out, x, loss)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()  # the pruner's step hooks keep the masks here
@@ -156,6 +161,7 @@ class _Run:
     optim: Optim
     epochs: int
     bn_recalibration: int
+    distiller: Distiller | None = None
 
     def epoch(self, epoch: int, progress: bool) -> EpochRecord:
         """Train one epoch, tell the pruner, evaluate; the epoch's record."""
@@ -167,7 +173,7 @@ class _Run:
                     f"epoch {epoch + 1}/{self.epochs}")
         loss_fn = nn.CrossEntropyLoss(label_smoothing=self.optim.label_smoothing)
         sums = D.all_reduce_sum(_train_epoch(self.net, bar, self.opt, loss_fn, self.device,
-                                             self.optim.amp), self.info)
+                                             self.optim.amp, self.distiller), self.info)
         seconds = time.perf_counter() - t0
         if sums[2] == 0:
             raise InputError("the training loader yielded no batch: lower the batch size")
@@ -227,6 +233,9 @@ def fit(
     seed: int | None = 0,
     progress: bool = True,
     callback: Callable[[EpochRecord], None] | None = None,
+    teacher: nn.Module | None = None,
+    distill: float = 0.0,
+    temperature: float = 4.0,
     **keywords: Any,
 ) -> History:
     """Train ``model`` in place for ``epochs`` epochs; return the :class:`History`.
@@ -265,6 +274,11 @@ def fit(
             RNG alone (sampler seed 0).
         progress: a tqdm bar per epoch on stderr (rank 0; needs tqdm).
         callback: called with each :class:`EpochRecord` (rank 0 only).
+        teacher: distil from this model (typically the dense original) with weight
+            ``distill`` in ``[0, 1]`` and ``temperature`` T: the loss is ``(1 - distill) *
+            cross-entropy + distill * T^2 * KL`` (:mod:`fxprune.train.distill`). The teacher
+            is copied (the given model is not changed) and runs in eval mode without gradients
+            on every rank (under DDP nothing of it is communicated).
         **keywords: any field of ``optim``, ``schedule`` or ``checkpoint`` by name (the
             spelling of earlier releases: ``momentum=``, ``milestones=``, ``resume=``...).
 
@@ -274,14 +288,18 @@ def fit(
     """
     optim, sched, ckpt = fit_options(lr, optim, schedule, checkpoint, keywords)
     check_fit(model, epochs, optim, pruner, bn_recalibration)
+    if teacher is None and distill:
+        raise InputError("distill > 0 needs teacher= (the dense model to distil from)")
     _set_run_length(pruner, epochs)
     if device is None:
         device = next((p.device for p in model.parameters()), torch.device("cpu"))
     device = torch.device(device)
     info = D.init_distributed(device)
+    distiller = Distiller(teacher, distill, temperature, device) \
+        if teacher is not None and distill else None
     try:
         return _fit(model, train_loader, val_loader, epochs, optim, sched, ckpt, pruner,
-                    bn_recalibration, device, info, seed, progress, callback)
+                    bn_recalibration, device, info, seed, progress, callback, distiller)
     finally:
         if info.created:
             import torch.distributed as dist
@@ -292,7 +310,8 @@ def fit(
 def _fit(model: nn.Module, train_loader: Iterable, val_loader: Iterable | None, epochs: int,
          optim: Optim, schedule: Schedule, ckpt: Checkpointing, pruner: Any,
          bn_recalibration: int, device: torch.device, info: D.DistInfo, seed: int | None,
-         progress: bool, callback: Callable[[EpochRecord], None] | None) -> History:
+         progress: bool, callback: Callable[[EpochRecord], None] | None,
+         distiller: Distiller | None = None) -> History:
     """:func:`fit` once its options are checked and the process group is up."""
     model.to(device)
     if seed is not None:
@@ -301,6 +320,8 @@ def _fit(model: nn.Module, train_loader: Iterable, val_loader: Iterable | None, 
     val = D.shard_eval_loader(val_loader, info)
     settings = _settings(epochs, optim, schedule, getattr(train_loader, "batch_size", None),
                          bn_recalibration)
+    if distiller is not None:  # (absent otherwise: checkpoints of earlier releases resume)
+        settings.update(distill=distiller.alpha, temperature=distiller.temperature)
     opt = torch.optim.SGD(model.parameters(), lr=optim.lr, momentum=optim.momentum,
                           nesterov=optim.nesterov, weight_decay=optim.weight_decay)
     sched = make_scheduler(opt, schedule, epochs)
@@ -317,7 +338,7 @@ def _fit(model: nn.Module, train_loader: Iterable, val_loader: Iterable | None, 
         net = DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
     run = _Run(model, net, opt, sched, loader, sampler, val, pruner, info, device, optim,
-               epochs, bn_recalibration)
+               epochs, bn_recalibration, distiller)
     for epoch in range(start, epochs):
         rec = run.epoch(epoch, progress)
         history.epochs.append(rec)

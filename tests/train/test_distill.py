@@ -65,3 +65,41 @@ def test_bad_arguments(kw, match) -> None:
     args = {"alpha": 0.5, "temperature": 2.0, **kw}
     with pytest.raises(InputError, match=match):
         Distiller(nn.Linear(2, 2), **args)
+
+
+def _digits_like():
+    from torch.utils.data import DataLoader, TensorDataset
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(64, 1, 8, 8, generator=g)
+    y = torch.randint(0, 4, (64,), generator=g)
+    return DataLoader(TensorDataset(x, y), batch_size=16)
+
+
+def _tiny(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4))
+
+
+def test_fit_with_a_teacher_and_a_soft_pruner(tmp_path) -> None:
+    """fit(teacher=, distill=, temperature=) trains a SoftPruner's model, resumes (the settings
+    hold the distillation), and leaves the teacher untouched."""
+    import fxprune
+    from fxprune.train import fit
+
+    teacher = _tiny(1).eval()
+    state = {k: v.clone() for k, v in teacher.state_dict().items()}
+    model = _tiny(0)
+    x = torch.randn(2, 1, 8, 8)
+    pruner = fxprune.SoftPruner(model, 0.5, method="sfp", example_inputs=(x,))
+    hist = fit(model, _digits_like(), None, 2, lr=0.05, pruner=pruner, teacher=teacher,
+               distill=0.5, temperature=2.0, progress=False, checkpoint=tmp_path / "k.ckpt",
+               amp="bf16")
+    assert len(hist.epochs) == 2
+    assert all(torch.equal(v, state[k]) for k, v in teacher.state_dict().items())
+    with pytest.raises(InputError, match="settings differ"):
+        fit(_tiny(0), _digits_like(), None, 2, lr=0.05, teacher=teacher, distill=0.25,
+            progress=False, checkpoint=tmp_path / "k.ckpt", resume=True, amp="bf16")
+    with pytest.raises(InputError, match="teacher"):
+        fit(_tiny(0), _digits_like(), None, 1, lr=0.05, distill=0.5, progress=False)
