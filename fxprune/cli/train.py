@@ -33,7 +33,7 @@ from fxprune.cli.common import change, criterion_names, general, human
 from fxprune.cli.common import round_to as round_to_arg
 from fxprune.cli.train_model import build_model, load_pretrained
 from fxprune.errors import InputError
-from fxprune.train.methods import Method, get_method, list_methods
+from fxprune.train.methods import Method, get_method, list_methods, needs_data
 
 ONESHOT = "oneshot"  # not a training method: compress, then fine-tune
 # flag (its dest) -> the method option it sets, for methods that have that option (SWP's)
@@ -196,13 +196,13 @@ def method_options(args: argparse.Namespace, method: type[Method]) -> dict[str, 
     return {**opts, **dict(args.option or ())}
 
 
-def _needs_data(args: argparse.Namespace, method: type[Method] | None) -> bool:
+def _needs_data(args: argparse.Namespace) -> bool:
     """Whether the method or its criterion reads the validation batches (the registries say)."""
     from fxprune.criteria import get_criterion
 
-    crit = args.criterion or (method.default_criterion if method is not None else "l1")
-    return bool((method is not None and method.needs_data)
-                or (isinstance(crit, str) and get_criterion(crit).needs_data))
+    if args.method != ONESHOT:
+        return needs_data(args.method, args.criterion)
+    return get_criterion(args.criterion or "l1").needs_data
 
 
 def _make_pruner(args: argparse.Namespace, model: nn.Module, x: torch.Tensor, val: Any) -> Any:
@@ -218,7 +218,7 @@ def _make_pruner(args: argparse.Namespace, model: nn.Module, x: torch.Tensor, va
         kw["criterion"] = args.criterion
     if args.target_flops is not None:
         kw["target_flops"] = args.target_flops
-    if _needs_data(args, method):
+    if _needs_data(args):
         kw["data"] = val
     kw.update(method_options(args, method))
     return SoftPruner(model, args.ratio, **kw)
@@ -233,7 +233,7 @@ def _oneshot(args: argparse.Namespace, model: nn.Module, x: torch.Tensor, val: A
                           "ignore": args.ignore, "residual": args.residual, "seed": args.seed}
     if args.target_flops is not None:
         kw["target_flops"] = args.target_flops
-    if _needs_data(args, None):
+    if _needs_data(args):
         kw["data"] = val
     return compress(model, args.ratio, **kw)
 
