@@ -23,22 +23,15 @@ import logging
 import sys
 import traceback
 import warnings
-from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 from fxprune.cli import bench, compress, export, graph, inspect, lists, plot, train, verify
 from fxprune.cli.common import general, load_model, parse_shape
 from fxprune.errors import InputError, UnsupportedOpError
+from fxprune.version import __version__
 
 # The command modules, in the order of ``fxprune --help``.
 COMMANDS = (inspect, compress, train, verify, export, graph, plot, lists, bench)
-
-
-def _version() -> str:
-    try:
-        return version("fxprune")
-    except PackageNotFoundError:  # run from a source tree that is not installed
-        return "unknown"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -47,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="fxprune", parents=[general()],
         description="Structured channel pruning of CNNs with torch.fx.",
         epilog="Exit codes: 0 ok, 1 failure, 2 bad usage or input, 3 unsupported model.")
-    parser.add_argument("--version", action="version", version=f"fxprune {_version()}")
+    parser.add_argument("--version", action="version", version=f"fxprune {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for command in COMMANDS:
         command.add_parser(sub)

@@ -9,11 +9,13 @@ channel ids.
 
 from __future__ import annotations
 
-__all__ = ["components", "resolve_tables"]
+__all__ = ["components", "resolve_tables", "node_group"]
 
+from collections import Counter
 from typing import Any
 
 import torch
+import torch.fx as fx
 from torch import Tensor
 
 from fxprune.ir import meta
@@ -156,3 +158,29 @@ def _build_groups(s: Any, unit: Tensor, group_of: Tensor, unit_index: Tensor, fr
             frozen_why=tuple(reasons[g])[:3],
             approx="; ".join(list(approx_of[g])[:3]) or None))
     return tuple(out)
+
+
+def _flat_ids(ids: Any) -> list[Tensor]:
+    if isinstance(ids, Tensor):
+        return [ids.reshape(-1)]
+    if isinstance(ids, (list, tuple)):
+        return [t for v in ids for t in _flat_ids(v)]
+    return []
+
+
+def node_group(analysis: Any, node: fx.Node) -> int | None:
+    """The most common non-negative group id of a node's output channels (None if none).
+
+    ``analysis`` is an :class:`~fxprune.core.analyze.Analysis` (its ``n_ids`` and ``group_of``)."""
+    flat = _flat_ids(meta.get_ids(node))
+    if not flat:
+        return None
+    ids = torch.cat(flat)
+    ids = ids[(ids >= 0) & (ids < analysis.n_ids)]
+    if not ids.numel():
+        return None
+    g = analysis.group_of[ids]
+    g = g[g >= 0]
+    if not g.numel():
+        return None
+    return int(Counter(g.tolist()).most_common(1)[0][0])

@@ -13,7 +13,6 @@ from __future__ import annotations
 __all__ = ["select", "set_keepsets", "kept_mask", "keep_count"]
 
 import math
-from typing import Any
 
 import torch
 import torch.fx as fx
@@ -23,22 +22,6 @@ from fxprune.core.analyze import Analysis
 from fxprune.errors import InputError
 from fxprune.ir import meta
 from fxprune.ir.channels import FIRST_ID, pruned_axes
-
-
-def resolve_round_to(round_to: Any, model: Any = None) -> int | None:
-    """Validate ``round_to``; ``"auto"`` becomes :func:`fxprune.costs.latency.auto_round_to` of the
-    model's device."""
-    if round_to == "auto":
-        from fxprune.core.trace import _model_device_dtype
-        from fxprune.costs.latency import auto_round_to
-
-        device = (_model_device_dtype(model)[0] if isinstance(model, torch.nn.Module)
-                  else torch.device("cpu"))
-        return auto_round_to(device)
-    if round_to is not None and (isinstance(round_to, bool) or not isinstance(round_to, int)
-                                 or round_to < 1):
-        raise InputError(f"round_to must be a positive int or 'auto', got {round_to!r}")
-    return round_to
 
 
 def keep_count(group: meta.Group, ratio: float, round_to: int | None = None) -> int:

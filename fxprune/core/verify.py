@@ -18,7 +18,8 @@ constant would pass. ``VerifyReport.vacuous`` then says why (:func:`vacuous_reas
 
 from __future__ import annotations
 
-__all__ = ["verify", "VerifyReport", "VERDICTS", "masked_outputs", "kept_from_manifest",
+__all__ = ["verify", "VerifyReport", "VERDICTS", "flat_tensors",
+           "masked_outputs", "kept_from_manifest",
            "incompatibility", "vacuous_reason"]
 
 from dataclasses import dataclass, replace
@@ -92,7 +93,7 @@ def vacuous_reason(outputs: Any, rtol: float = 1e-4) -> str | None:
     bias). With a batch of one, a head whose output is a non-constant bias is not detected:
     use two or more samples as example inputs to cover it.
     """
-    ts = [t for t in _flat(outputs) if t.numel() and t.is_floating_point()]
+    ts = [t for t in flat_tensors(outputs) if t.numel() and t.is_floating_point()]
     if not ts:
         return None
     scale = max(float(t.double().abs().max()) for t in ts)
@@ -227,19 +228,19 @@ def kept_from_manifest(analysis: Analysis, manifest: dict[str, dict[int, list[in
     return kept
 
 
-def _flat(x: Any) -> list[Tensor]:
+def flat_tensors(x: Any) -> list[Tensor]:
     if isinstance(x, Tensor):
         return [x]
     if isinstance(x, (list, tuple)):
-        return [t for v in x for t in _flat(v)]
+        return [t for v in x for t in flat_tensors(v)]
     if isinstance(x, dict):
-        return [t for k in sorted(x) for t in _flat(x[k])]
+        return [t for k in sorted(x) for t in flat_tensors(x[k])]
     return []
 
 
 def compare(pruned_out: Any, oracle_out: Any, analysis: Analysis, kept: Tensor,
             rtol: float = 1e-4) -> VerifyReport:
-    a, b = _flat(pruned_out), _flat(oracle_out)
+    a, b = flat_tensors(pruned_out), flat_tensors(oracle_out)
     if len(a) != len(b) or any(x.shape != y.shape for x, y in zip(a, b)):
         shapes = [tuple(x.shape) for x in a], [tuple(y.shape) for y in b]
         return VerifyReport(f"mismatch: output shapes differ {shapes[0]} vs {shapes[1]}",

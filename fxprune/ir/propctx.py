@@ -1,7 +1,7 @@
 """The propagation context of the dependency analysis: what a channel rule sees.
 
 Reads:  nothing on its own; :mod:`fxprune.core.analyze` creates one :class:`PropCtx` per node
-Writes: the analysis' bookkeeping (``_State``): id spaces, couplings, freezes, bindings
+Writes: the analysis' bookkeeping (``AnalysisState``): id spaces, couplings, freezes, bindings
 
 A rule gets a :class:`PropCtx` with the node, its concrete inputs and output, and the methods
 to couple channels (``union``), allocate channel spaces (``new_ids``), bind parameter axes
@@ -66,7 +66,7 @@ class ScatterAdd:
 
 
 
-class _State:
+class AnalysisState:
     """Mutable bookkeeping while propagating (ids allocation, edges, freezes)."""
 
     def __init__(self) -> None:
@@ -143,7 +143,7 @@ class _State:
 class PropCtx:
     """What a rule sees: the node, its concrete inputs/output, and the id bookkeeping."""
 
-    def __init__(self, state: _State, node: fx.Node, module: nn.Module | None, args: tuple,
+    def __init__(self, state: AnalysisState, node: fx.Node, module: nn.Module | None, args: tuple,
                  kwargs: dict, out: Any):
         self._s = state
         self.node = node

@@ -124,7 +124,7 @@ class _Groups:
 def _rest_weights(analysis: Analysis, layers: list[LayerSpec], free: set[int]
                   ) -> tuple[dict[int, float], float]:
     """Activation elements of the ops outside layer blocks, per group and in total."""
-    from fxprune.tools.inspect import node_group
+    from fxprune.core.groups import node_group
 
     covered = {n for s in layers for n in s.nodes}
     per: dict[int, float] = {}

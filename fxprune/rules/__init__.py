@@ -33,8 +33,8 @@ import torch.fx as fx
 import torch.nn as nn
 
 if TYPE_CHECKING:
-    from fxprune.core.analyze import PropCtx
-    from fxprune.core.rewrite import RewriteCtx
+    from fxprune.ir.propctx import PropCtx
+    from fxprune.rules.rewritectx import RewriteCtx
 
 OpKey = type | Callable[..., Any] | str
 T = TypeVar("T")

@@ -31,7 +31,7 @@ from torch import Tensor
 
 from fxprune.ir.channels import FREE
 from fxprune.rules import Rule, register_rule
-from fxprune.rules._util import align
+from fxprune.rules.util import align
 
 
 def _unsupported(msg: str) -> Exception:

@@ -28,7 +28,7 @@ from torch import Tensor
 from fxprune.ir import meta
 from fxprune.ir.channels import FREE, at_axis, fit
 from fxprune.rules import Rule, register_rule
-from fxprune.rules._util import (
+from fxprune.rules.util import (
     align,
     channel_axes_beside,
     dims_arg,
@@ -206,7 +206,7 @@ class Spatial(Rule):
             if result is None:  # fresh (frozen) channels of the resized axes
                 result = ctx.opaque_ids(out.shape, f"output of {name} over channels")
         elif result is None:
-            from fxprune.core.analyze import Unsupported
+            from fxprune.ir.propctx import Unsupported
 
             raise Unsupported("changes the size of a channel axis")
         return tuple(result for _ in ctx.out) if isinstance(ctx.out, tuple) else result
@@ -216,7 +216,7 @@ class AlongDim(Rule):
     """Mixes values along ``dim`` (softmax, cumsum): channels must not vary along it."""
 
     def propagate(self, ctx):  # type: ignore[no-untyped-def]
-        from fxprune.core.analyze import Unsupported
+        from fxprune.ir.propctx import Unsupported
 
         ids = ctx.ids(0, "input")
         dim = getattr(ctx.module, "dim", None) if ctx.module is not None else ctx.arg(1, "dim")

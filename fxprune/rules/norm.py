@@ -28,7 +28,7 @@ from torch import Tensor
 
 from fxprune.ir import meta
 from fxprune.rules import Rule, register_rule
-from fxprune.rules._util import align, last_axes
+from fxprune.rules.util import align, last_axes
 
 _PER_CHANNEL_ATTRS = ("num_features", "num_channels", "num_parameters", "channels")
 

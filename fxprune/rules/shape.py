@@ -22,7 +22,7 @@ from torch import Tensor
 
 from fxprune.ir.channels import at_axis
 from fxprune.rules import Rule, register_rule
-from fxprune.rules._util import align, norm_dim, reshape_ids
+from fxprune.rules.util import align, norm_dim, reshape_ids
 
 
 class _Sizes(Rule):
@@ -33,7 +33,7 @@ class _Sizes(Rule):
 
 
 def _unsupported(msg: str) -> Exception:
-    from fxprune.core.analyze import Unsupported
+    from fxprune.ir.propctx import Unsupported
 
     return Unsupported(msg)
 

@@ -21,7 +21,7 @@ import torch
 
 from fxprune.ir.channels import FREE, FROZEN
 from fxprune.rules import Rule, register_rule
-from fxprune.rules._util import align, dims_arg
+from fxprune.rules.util import align, dims_arg
 
 
 @register_rule(torch.roll, "roll")

@@ -36,9 +36,10 @@ from torch import Tensor
 
 from fxprune.core.analyze import Analysis, analyze
 from fxprune.core.rewrite import rewrite
-from fxprune.core.select import kept_mask, resolve_round_to, set_keepsets
+from fxprune.core.select import kept_mask, set_keepsets
 from fxprune.core.trace import EXAMPLE_INPUTS, trace
 from fxprune.core.verify import align_ids
+from fxprune.costs.latency import resolve_round_to
 from fxprune.errors import InputError, VerificationError
 from fxprune.ir import meta
 from fxprune.ir.channels import FIRST_ID
@@ -306,9 +307,9 @@ def finalize(model: nn.Module, example_inputs: Any = None, *, delta: float = 0.0
 
 
 def _compare(want: Any, got: Any, rtol: float) -> None:
-    from fxprune.core.verify import _flat
+    from fxprune.core.verify import flat_tensors
 
-    a, b = _flat(want), _flat(got)
+    a, b = flat_tensors(want), flat_tensors(got)
     for x, y in zip(a, b):
         scale = float(x.abs().max()) if x.numel() else 0.0
         if x.shape != y.shape or not torch.allclose(y, x, rtol=rtol, atol=rtol * max(scale, 1e-6)):

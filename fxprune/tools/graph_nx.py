@@ -98,7 +98,7 @@ def to_networkx(gm_analyzed: fx.GraphModule | Analysis, *, name: str | None = No
             inspect report's layer rows).
         times: ``{module name: {"predicted_ms": ..., "measured_ms": ...}}``.
     """
-    from fxprune.tools.inspect import node_group
+    from fxprune.core.groups import node_group
 
     analysis = analysis_of(gm_analyzed)
     gm = analysis.gm

@@ -11,17 +11,16 @@ from __future__ import annotations
 __all__ = ["inspect", "InspectReport", "GroupRow", "LayerRow", "normalized_per_layer"]
 
 import warnings
-from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-import torch
 import torch.fx as fx
 import torch.nn as nn
 from tabulate import tabulate
 from torch import Tensor
 
 from fxprune.core.analyze import Analysis, analyze
+from fxprune.core.groups import node_group
 from fxprune.core.trace import EXAMPLE_INPUTS, trace
 from fxprune.costs.count import Counts, count
 from fxprune.ir import meta
@@ -328,30 +327,6 @@ def _channels(mod: nn.Module) -> tuple[int | None, int | None]:
     return None, None
 
 
-def _flat_ids(ids: Any) -> list[Tensor]:
-    if isinstance(ids, Tensor):
-        return [ids.reshape(-1)]
-    if isinstance(ids, (list, tuple)):
-        return [t for v in ids for t in _flat_ids(v)]
-    return []
-
-
-def node_group(analysis: Analysis, node: fx.Node) -> int | None:
-    """The most common non-negative group id of a node's output channels (None if none)."""
-    flat = _flat_ids(meta.get_ids(node))
-    if not flat:
-        return None
-    ids = torch.cat(flat)
-    ids = ids[(ids >= 0) & (ids < analysis.n_ids)]
-    if not ids.numel():
-        return None
-    g = analysis.group_of[ids]
-    g = g[g >= 0]
-    if not g.numel():
-        return None
-    return int(Counter(g.tolist()).most_common(1)[0][0])
-
-
 def _group_rows(analysis: Analysis, keep: dict[int, meta.KeepSet] | None) -> list[GroupRow]:
     rows = []
     for g in analysis.groups:
@@ -443,7 +418,8 @@ def inspect(
         >>> print(fxprune.inspect(timm.create_model("resnet18"), ratio=0.5))
     """
     from fxprune.core.rewrite import rewrite
-    from fxprune.core.select import resolve_round_to, select
+    from fxprune.core.select import select
+    from fxprune.costs.latency import resolve_round_to
     from fxprune.plan.compress import _check_ratio, score
 
     if ratio is not None:

@@ -26,10 +26,11 @@ import torch.nn as nn
 
 from fxprune.core.analyze import analyze
 from fxprune.core.rewrite import rewrite
-from fxprune.core.select import resolve_round_to, select, set_keepsets
+from fxprune.core.select import select, set_keepsets
 from fxprune.core.trace import EXAMPLE_INPUTS, _model_device_dtype, trace
 from fxprune.core.verify import _check_inputs
 from fxprune.costs.count import count
+from fxprune.costs.latency import resolve_round_to
 from fxprune.criteria import get_criterion
 from fxprune.errors import InputError
 from fxprune.ir import meta

@@ -17,6 +17,7 @@ import torch
 import torch.fx as fx
 
 from fxprune.tools import fuzz
+from fxprune.tools.fuzz.shrink import _walk as walk_spec
 
 N_CASES = int(os.environ.get("FXPRUNE_FUZZ_CASES", "300"))
 CHUNK = 25
@@ -56,7 +57,7 @@ def test_random_models_are_small_traceable_and_varied():
         gm = fx.symbolic_trace(model)  # plain torch.fx: no data-dependent control flow
         with torch.no_grad():
             torch.testing.assert_close(gm(x), model(x))
-        kinds |= {n["op"] for _, n in fuzz._walk(spec) if isinstance(n, dict) and "op" in n}
+        kinds |= {n["op"] for _, n in walk_spec(spec) if isinstance(n, dict) and "op" in n}
     assert {"res", "cat", "split", "dw", "se", "sgate"} <= kinds, kinds
 
 
@@ -91,3 +92,21 @@ def test_shrink_keeps_the_failure():
     again = fuzz.run_spec(small, 0.578, "l2")
     assert not again.ok and again.stage == first.stage
     assert len(repr(small)) < len(repr(spec))
+
+
+def test_every_compiler_module_has_a_stage() -> None:
+    """The stage table is keyed by the layout, so a new module cannot go unclassified."""
+    import pkgutil
+
+    import fxprune
+    from fxprune.tools.fuzz.cases import stage_of_module
+
+    for sub in ("ir", "rules", "criteria", "core", "plan", "files"):
+        pkg = __import__(f"fxprune.{sub}", fromlist=["_"])
+        names = [m.name for m in pkgutil.walk_packages(pkg.__path__, prefix=f"fxprune.{sub}.")
+                 if not m.ispkg]
+        for name in names:
+            assert stage_of_module(name), f"{name} has no pipeline stage in STAGE_OF_MODULE"
+    assert stage_of_module("fxprune.passes.l1") == "select"
+    assert stage_of_module("fxprune.tools.inspect") is None
+    assert fxprune.compress  # the facade itself is no stage

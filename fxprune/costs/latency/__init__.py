@@ -13,13 +13,15 @@ function
 
 from __future__ import annotations
 
-__all__ = ["measure_latency", "LatencyReport", "auto_round_to", "PAGE_FAULT_WARN",
+__all__ = ["measure_latency", "LatencyReport", "auto_round_to", "resolve_round_to",
+           "PAGE_FAULT_WARN",
            "LatencyTable", "build_table", "cache_dir"]
 
 from fxprune.costs.latency.measure import (
-    PAGE_FAULT_WARN,
-    LatencyReport,
-    auto_round_to,
-    measure_latency,
+           PAGE_FAULT_WARN,
+           LatencyReport,
+           auto_round_to,
+           measure_latency,
+           resolve_round_to,
 )
 from fxprune.costs.latency.table import LatencyTable, build_table, cache_dir

@@ -220,6 +220,17 @@ def auto_round_to(device: str | torch.device = "cpu") -> int:
         return 16 if cap.startswith("AVX512") else 8
     return 8
 
+def resolve_round_to(round_to: Any, model: Any = None) -> int | None:
+    """Validate ``round_to``; ``"auto"`` becomes :func:`auto_round_to` of the model's device."""
+    if round_to == "auto":
+        first = next(model.parameters(), None) if isinstance(model, torch.nn.Module) else None
+        return auto_round_to(first.device if first is not None else torch.device("cpu"))
+    if round_to is not None and (isinstance(round_to, bool) or not isinstance(round_to, int)
+                                 or round_to < 1):
+        raise InputError(f"round_to must be a positive int or 'auto', got {round_to!r}")
+    return round_to
+
+
 
 def _device_of(model: nn.Module) -> torch.device:
     for t in model.parameters():
