@@ -16,6 +16,7 @@ __all__ = [
     "auto_round_to",
     "allocate",
     "recalibrate_bn",
+    "prune_iteratively",
     "GroupScoring",
     "trace",
     "analyze",
@@ -73,4 +74,5 @@ from fxprune.plan.compress import compress, score
 from fxprune.rules import Rule, list_rules, register_rule
 from fxprune.tools.inspect import inspect
 from fxprune.train import SoftPruner
+from fxprune.train.gradual import prune_iteratively
 from fxprune.version import __version__
