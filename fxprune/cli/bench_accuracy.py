@@ -10,7 +10,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from fxprune.bench.accuracy.presets import METHODS, PRESETS
+from fxprune.bench.accuracy.presets import METHODS, PRESETS, method_names
 from fxprune.errors import InputError
 
 
@@ -25,7 +25,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=Path("bench_out/accuracy"))
     p.add_argument("--workers", type=int, default=2, help="worker processes (default 2)")
     p.add_argument("--threads", type=int, default=1, help="torch threads per worker")
-    p.add_argument("--methods", help=f"comma-separated subset of: {', '.join(METHODS)}")
+    p.add_argument("--methods", help=f"comma-separated subset of: {', '.join(METHODS)}; or "
+                   "any registered training method or criterion")
     p.add_argument("--seeds", type=int, nargs="+", help="override the preset's seeds")
     p.add_argument("--limit", type=int, help="stop after this many new rows")
     p.add_argument("--no-progress", action="store_true")
@@ -42,10 +43,11 @@ def main(argv: list[str] | None = None) -> int:
     preset = PRESETS[args.preset]
     if args.methods:
         names = tuple(m.strip() for m in args.methods.split(",") if m.strip())
-        bad = [m for m in names if m not in METHODS]
+        known = method_names()
+        bad = [m for m in names if m not in known]
         if bad:
             print(f"fxprune bench accuracy: unknown method(s) {', '.join(bad)}; choose from "
-                  f"{', '.join(METHODS)}", file=sys.stderr)
+                  f"{', '.join(known)}", file=sys.stderr)
             return 2
         preset = dataclasses.replace(preset, methods=names)
     if args.seeds:

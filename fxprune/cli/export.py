@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-__all__ = ["add_parser"]
+__all__ = ["add_parser", "run"]
 
 import argparse
 from typing import Any
 
 import torch
 
+from fxprune.cli.common import general, model_and_inputs
 from fxprune.errors import InputError
 
 
-def _cmd_export(args: argparse.Namespace) -> int:
-    from fxprune.cli.app import _model_and_inputs
+def run(args: argparse.Namespace) -> int:
     from fxprune.costs.latency import measure_latency
     from fxprune.files.export import export_onnx, onnx_session
 
@@ -23,7 +23,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
         raise InputError(f"--threads must be >= 1, got {args.threads}")
     if not args.onnx.lower().endswith(".onnx"):
         raise InputError(f"--onnx must name a .onnx file, got {args.onnx!r}")
-    model, x = _model_and_inputs(args, args.model)
+    model, x = model_and_inputs(args, args.model)
     report = export_onnx(model, args.onnx, x, dynamic_batch=True, check=True,
                          dynamo=args.dynamo)
     print(f"wrote {args.onnx} (dynamic batch); ONNX Runtime {report}")
@@ -42,8 +42,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
-    p = sub.add_parser("export", parents=[common],
+def add_parser(sub: Any) -> None:
+    p = sub.add_parser("export", parents=[general()],
                        help="export to ONNX (dynamic batch), check in ONNX Runtime, time both")
     p.add_argument("model", metavar="MODEL",
                    help="a pruned .pt file (fxprune.save) or any MODEL the other commands take")
@@ -56,4 +56,4 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--repeat", type=int, default=20, help="timed runs per engine (default 20)")
     p.add_argument("--warmup", type=int, default=3, help="warm-up runs per engine (default 3)")
     p.add_argument("--no-latency", action="store_true", help="skip the latency measurement")
-    p.set_defaults(func=_cmd_export)
+    p.set_defaults(func=run)

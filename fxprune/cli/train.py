@@ -7,100 +7,42 @@ the compact model, saves it with :func:`fxprune.save` and prints test accuracy, 
 and measured latency before and after. ``--method oneshot --criterion l1|fpgm|rnf`` is
 :func:`fxprune.compress` followed by fine-tuning. Under ``torchrun --nproc_per_node N`` the
 same command trains with DDP; only rank 0 prints and writes files.
+
+The methods are the training-method registry's (:mod:`fxprune.train.methods`): ``--method``
+offers every registered name (and ``oneshot``), a method whose ``needs_data`` is set (or whose
+criterion needs data) gets the validation split as ``data=``, a method that is not a channel
+selection (``channel_selection = False``, as SWP) takes no ``--ratio``, and ``--option
+NAME=VALUE`` sets any of a method's own ``options``.
 """
 
 from __future__ import annotations
 
-__all__ = ["add_train_parser", "build_model", "load_pretrained"]
+__all__ = ["add_parser", "run", "build_model", "load_pretrained", "method_choices",
+           "method_options"]
 
 import argparse
+import ast
 import dataclasses
 import os
-from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn as nn
 
+from fxprune.cli.common import change, criterion_names, general, human
+from fxprune.cli.common import round_to as round_to_arg
+from fxprune.cli.train_model import build_model, load_pretrained
 from fxprune.errors import InputError
+from fxprune.train.methods import Method, get_method, list_methods, needs_data
 
-METHODS = ("oneshot", "sfp", "fpgm", "mfp", "fppmo", "soft", "swp")
-_DATA_METHODS = ("mfp", "fppmo")  # their engine needs validation batches (data=)
-
-
-def build_model(spec: str, num_classes: int, in_chans: int) -> nn.Module:
-    """MODEL sized for the data: ``cifar:NAME`` / fxprune.models and timm names get
-    ``num_classes`` and ``in_chans``; torchvision models get ``num_classes`` (3-channel data
-    only); factories and files are used as they are (checked by the caller)."""
-    from fxprune import models
-    from fxprune.cli.app import load_model
-
-    name = spec[6:] if spec.startswith("cifar:") else spec
-    if spec.startswith("cifar:") or (":" not in spec and name in models.list_models()):
-        if name not in models.list_models():
-            raise InputError(f"unknown fxprune.models model '{name}'. Available: "
-                             f"{', '.join(models.list_models())}")
-        return models.create_model(name, num_classes=num_classes, in_chans=in_chans)
-    is_file = spec.lower().endswith((".pt", ".pth", ".pkl", ".bin")) or Path(spec).is_file()
-    if is_file or (":" in spec and not spec.startswith(("tv:", "timm:"))):
-        return load_model(spec)[0]
-    import timm
-    import torchvision
-
-    bare = spec.split(":", 1)[1] if spec.startswith(("tv:", "timm:")) else spec
-    if not spec.startswith("tv:") and timm.is_model(bare):
-        return timm.create_model(bare, pretrained=False, num_classes=num_classes,
-                                 in_chans=in_chans)
-    if bare in torchvision.models.list_models():
-        if in_chans != 3:
-            raise InputError(f"torchvision's {bare} takes 3-channel images but the data has "
-                             f"{in_chans}: use a cifar: or timm model (they take in_chans)")
-        return torchvision.models.get_model(bare, weights=None, num_classes=num_classes)
-    return load_model(spec)[0]  # raises InputError with suggestions
+ONESHOT = "oneshot"  # not a training method: compress, then fine-tune
+# flag (its dest) -> the method option it sets, for methods that have that option (SWP's)
+_OPTION_FLAGS = {"alpha": "alpha", "delta": "delta", "stripe_kernel": "kernel"}
 
 
-def load_pretrained(model: nn.Module, path: str | Path, trust_pickle: bool = False) -> None:
-    """Load weights into ``model``: a state_dict, a dict holding one under ``"model"`` or
-    ``"state_dict"`` (e.g. a ``fit`` checkpoint; DDP's ``module.`` prefix is stripped), read
-    as plain data (``weights_only=True``: no code from the file runs), or, only with
-    ``trust_pickle=True`` (``--trust-pickle``), a whole pickled module.
-
-    Raises:
-        InputError: unreadable file or keys/shapes that do not match the model.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"--pretrained: no such file {path}")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as plain:  # noqa: BLE001 - maybe a pickled module
-        if not trust_pickle:
-            raise InputError(
-                f"--pretrained: {path} is not plain data (a state_dict or checkpoint of "
-                f"tensors): {type(plain).__name__}. Unpickling it could run any code the file "
-                "holds; fxprune does that only with --trust-pickle (use it for files you "
-                "trust), or save the weights with torch.save(model.state_dict(), path)."
-            ) from plain
-        try:
-            obj = torch.load(path, map_location="cpu", weights_only=False)
-        except Exception as e:  # noqa: BLE001 - reported as bad input
-            raise InputError(f"--pretrained: cannot read {path}: {e}") from e
-    if isinstance(obj, nn.Module):
-        obj = obj.state_dict()
-    if isinstance(obj, dict):
-        for key in ("model", "state_dict"):
-            if isinstance(obj.get(key), dict):
-                obj = obj[key]
-                break
-    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise InputError(f"--pretrained: {path} holds no state_dict (a dict of tensors, or one "
-                         "under 'model' / 'state_dict')")
-    sd = {k.removeprefix("module."): v for k, v in obj.items()}
-    try:
-        model.load_state_dict(sd)
-    except RuntimeError as e:
-        raise InputError(f"--pretrained: {path} does not fit the model: "
-                         f"{str(e).splitlines()[0]} (same MODEL, --data and classes?)") from e
+def method_choices() -> list[str]:
+    """The values of ``--method``: ``oneshot`` and every registered training method."""
+    return [ONESHOT, *list_methods()]
 
 
 def _default_device() -> str:
@@ -109,12 +51,10 @@ def _default_device() -> str:
     return "cpu"
 
 
-def add_train_parser(sub: Any, common: argparse.ArgumentParser) -> None:
+def add_parser(sub: Any) -> None:
     """Register ``fxprune train`` on the CLI's subparsers."""
-    from fxprune.cli.app import _round_to
-
     p = sub.add_parser(
-        "train", parents=[common], help="prune while training; save the result",
+        "train", parents=[general()], help="prune while training; save the result",
         description="Train MODEL on --data with a soft-pruning --method (or --method oneshot: "
                     "compress, then fine-tune), finalize the compact model, print test "
                     "accuracy, MACs, params and latency before/after and save it (-o). Under "
@@ -129,9 +69,20 @@ def add_train_parser(sub: Any, common: argparse.ArgumentParser) -> None:
                    help="part of train held out for validation (default 0.1)")
     g.add_argument("--no-augment", action="store_true", help="no random crops/flips")
     g.add_argument("--workers", type=int, default=0, help="DataLoader workers (default 0)")
-    g = p.add_argument_group("pruning")
-    g.add_argument("--method", choices=METHODS, default="sfp", help="default sfp")
-    g.add_argument("--criterion", default=None,
+    _pruning_args(p.add_argument_group("pruning"))
+    _training_args(p.add_argument_group("training"))
+    g = p.add_argument_group("report")
+    g.add_argument("--latency-batch", type=int, default=8, help="batch for latency (default 8)")
+    g.add_argument("--threads", type=int, default=None, help="torch threads for latency")
+    g.add_argument("--repeat", type=int, default=20, help="timed latency runs (default 20)")
+    g.add_argument("--no-latency", action="store_true", help="skip the latency measurement")
+    p.add_argument("-o", "--output", metavar="PATH", help="save the compact model (fxprune.save)")
+    p.set_defaults(func=run)
+
+
+def _pruning_args(g: Any) -> None:
+    g.add_argument("--method", choices=method_choices(), default="sfp", help="default sfp")
+    g.add_argument("--criterion", default=None, choices=criterion_names(), metavar="CRITERION",
                    help="channel criterion (oneshot default l1; soft: any; others: optional)")
     how = g.add_mutually_exclusive_group()  # one of them, except for swp (learned amounts)
     how.add_argument("--ratio", type=float, help="fraction of channels to remove, in [0, 1)")
@@ -139,7 +90,7 @@ def add_train_parser(sub: Any, common: argparse.ArgumentParser) -> None:
                      help="fraction of the original MACs to keep, in (0, 1]")
     g.add_argument("--allocation", choices=("uniform", "global", "clr"), default="uniform")
     g.add_argument("--residual", choices=("coupled", "scatter"), default="coupled")
-    g.add_argument("--round-to", type=_round_to, default=None, metavar="N|auto")
+    g.add_argument("--round-to", type=round_to_arg, default=None, metavar="N|auto")
     g.add_argument("--ignore", nargs="+", default=None, metavar="NAME")
     g.add_argument("--interval", type=int, default=1, help="epochs between re-selections")
     g.add_argument("--settle", type=int, default=1, metavar="N",
@@ -148,13 +99,18 @@ def add_train_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     g.add_argument("--max-grad-norm", type=_grad_norm, default="auto", metavar="X|auto|none",
                    help="clip the gradient norm in the pruner's step hook (default auto: 5 "
                         "for per-epoch masks (sfp, soft, mfp, fppmo), none otherwise)")
-    g.add_argument("--alpha", type=float, default=1e-5,
+    g.add_argument("--alpha", type=float, default=None,
                    help="swp: L1 weight of the Filter Skeleton (default 1e-5, the paper's)")
-    g.add_argument("--delta", type=float, default=0.01,
+    g.add_argument("--delta", type=float, default=None,
                    help="swp: stripes with |FS| <= delta die (default 0.01, the paper's)")
     g.add_argument("--stripe-kernel", choices=("probe", "density", "dense", "stripe"),
-                   default="probe", help="swp: how each layer's conv form is chosen")
-    g = p.add_argument_group("training")
+                   default=None, help="swp: how each layer's conv form is chosen (default probe)")
+    g.add_argument("--option", action="append", default=None, type=_option, metavar="NAME=VALUE",
+                   help="one of the method's own options (a Python literal or a string), e.g. "
+                        "--option switch=layer for mfp; repeatable")
+
+
+def _training_args(g: Any) -> None:
     g.add_argument("--epochs", type=int, default=10, help="default 10")
     g.add_argument("--batch", type=int, default=64, help="global batch size (default 64)")
     g.add_argument("--lr", type=float, default=0.1, help="default 0.1 (0.01 from pretrained)")
@@ -177,31 +133,6 @@ def add_train_parser(sub: Any, common: argparse.ArgumentParser) -> None:
                    help="written every epoch (default: OUTPUT.ckpt when -o is given)")
     g.add_argument("--resume", action="store_true", help="continue from --checkpoint")
     g.add_argument("--device", default=None, help="default: cuda:LOCAL_RANK if any, else cpu")
-    g = p.add_argument_group("report")
-    g.add_argument("--latency-batch", type=int, default=8, help="batch for latency (default 8)")
-    g.add_argument("--threads", type=int, default=None, help="torch threads for latency")
-    g.add_argument("--repeat", type=int, default=20, help="timed latency runs (default 20)")
-    g.add_argument("--no-latency", action="store_true", help="skip the latency measurement")
-    p.add_argument("-o", "--output", metavar="PATH", help="save the compact model (fxprune.save)")
-
-    p.set_defaults(func=run_train)
-
-
-def _check(args: argparse.Namespace) -> None:
-    for name, low in (("epochs", 1), ("batch", 1), ("interval", 1), ("latency_batch", 1),
-                      ("repeat", 1), ("workers", 0), ("warmup_epochs", 0),
-                      ("recalibrate_bn", 0)):
-        if getattr(args, name) < low:
-            raise InputError(f"--{name.replace('_', '-')} must be >= {low}, got "
-                             f"{getattr(args, name)}")
-    amount = args.ratio is not None or args.target_flops is not None
-    if args.method == "swp" and amount:
-        raise InputError("--method swp learns how much each layer keeps: drop --ratio / "
-                         "--target-flops and set the sparsity with --alpha / --delta")
-    if args.method != "swp" and not amount:
-        raise InputError(f"--method {args.method} needs --ratio R or --target-flops F")
-    if args.resume and not (args.checkpoint or args.output):
-        raise InputError("--resume needs --checkpoint PATH (or -o OUTPUT: OUTPUT.ckpt)")
 
 
 def _grad_norm(text: str) -> float | str | None:
@@ -218,9 +149,66 @@ def _grad_norm(text: str) -> float | str | None:
     return v
 
 
+def _option(text: str) -> tuple[str, Any]:
+    """argparse type of ``--option NAME=VALUE``: the value as a Python literal, else a string."""
+    name, eq, value = text.partition("=")
+    if not eq or not name.strip().isidentifier():
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
+    try:
+        return name.strip(), ast.literal_eval(value.strip())
+    except (ValueError, SyntaxError):
+        return name.strip(), value.strip()
+
+
+def _method(args: argparse.Namespace) -> type[Method] | None:
+    """The registered method ``--method`` names (None for ``oneshot``)."""
+    return None if args.method == ONESHOT else get_method(args.method)
+
+
+def _check(args: argparse.Namespace) -> None:
+    for name, low in (("epochs", 1), ("batch", 1), ("interval", 1), ("latency_batch", 1),
+                      ("repeat", 1), ("workers", 0), ("warmup_epochs", 0),
+                      ("recalibrate_bn", 0)):
+        if getattr(args, name) < low:
+            raise InputError(f"--{name.replace('_', '-')} must be >= {low}, got "
+                             f"{getattr(args, name)}")
+    amount = args.ratio is not None or args.target_flops is not None
+    method = _method(args)
+    learned = method is not None and not method.channel_selection
+    if learned and amount:
+        how = (" and set the sparsity with --alpha / --delta"
+               if {"alpha", "delta"} <= set(method.options) else "")
+        raise InputError(f"--method {args.method} learns how much each layer keeps: drop "
+                         f"--ratio / --target-flops{how}")
+    if not learned and not amount:
+        raise InputError(f"--method {args.method} needs --ratio R or --target-flops F")
+    if method is None and args.option is not None:
+        raise InputError("--option sets a training method's options; --method oneshot has none")
+    if args.resume and not (args.checkpoint or args.output):
+        raise InputError("--resume needs --checkpoint PATH (or -o OUTPUT: OUTPUT.ckpt)")
+
+
+def method_options(args: argparse.Namespace, method: type[Method]) -> dict[str, Any]:
+    """The method's options the command line sets: ``--option NAME=VALUE``, and ``--alpha``,
+    ``--delta``, ``--stripe-kernel`` where the method has an option of that name."""
+    opts = {opt: getattr(args, flag) for flag, opt in _OPTION_FLAGS.items()
+            if opt in method.options and getattr(args, flag) is not None}
+    return {**opts, **dict(args.option or ())}
+
+
+def _needs_data(args: argparse.Namespace) -> bool:
+    """Whether the method or its criterion reads the validation batches (the registries say)."""
+    from fxprune.criteria import get_criterion
+
+    if args.method != ONESHOT:
+        return needs_data(args.method, args.criterion)
+    return get_criterion(args.criterion or "l1").needs_data
+
+
 def _make_pruner(args: argparse.Namespace, model: nn.Module, x: torch.Tensor, val: Any) -> Any:
     from fxprune.train.engine import SoftPruner
 
+    method = get_method(args.method)
     kw: dict[str, Any] = {"method": args.method, "example_inputs": (x,),
                           "allocation": args.allocation, "round_to": args.round_to,
                           "ignore": args.ignore, "residual": args.residual,
@@ -230,14 +218,14 @@ def _make_pruner(args: argparse.Namespace, model: nn.Module, x: torch.Tensor, va
         kw["criterion"] = args.criterion
     if args.target_flops is not None:
         kw["target_flops"] = args.target_flops
-    if args.method in _DATA_METHODS:
+    if _needs_data(args):
         kw["data"] = val
-    if args.method == "swp":
-        kw.update(alpha=args.alpha, delta=args.delta, kernel=args.stripe_kernel)
+    kw.update(method_options(args, method))
     return SoftPruner(model, args.ratio, **kw)
 
 
-def _oneshot(args: argparse.Namespace, model: nn.Module, x: torch.Tensor) -> nn.Module:
+def _oneshot(args: argparse.Namespace, model: nn.Module, x: torch.Tensor, val: Any
+             ) -> nn.Module:
     from fxprune.plan.compress import compress
 
     kw: dict[str, Any] = {"criterion": args.criterion or "l1", "example_inputs": (x,),
@@ -245,6 +233,8 @@ def _oneshot(args: argparse.Namespace, model: nn.Module, x: torch.Tensor) -> nn.
                           "ignore": args.ignore, "residual": args.residual, "seed": args.seed}
     if args.target_flops is not None:
         kw["target_flops"] = args.target_flops
+    if _needs_data(args):
+        kw["data"] = val
     return compress(model, args.ratio, **kw)
 
 
@@ -252,7 +242,6 @@ def _report(args: argparse.Namespace, model: nn.Module, small: nn.Module, x: tor
             acc: tuple[float, float]) -> None:
     from tabulate import tabulate
 
-    from fxprune.cli.app import _change, _human
     from fxprune.costs.count import count
     from fxprune.costs.latency import measure_latency
 
@@ -260,9 +249,9 @@ def _report(args: argparse.Namespace, model: nn.Module, small: nn.Module, x: tor
     rows: list[list[Any]] = [
         ["test accuracy", f"{100 * acc[0]:.2f}%", f"{100 * acc[1]:.2f}%",
          f"{100 * (acc[1] - acc[0]):+.2f} pt"],
-        ["MACs", _human(before.macs), _human(after.macs), _change(before.macs, after.macs)],
-        ["params", _human(before.params), _human(after.params),
-         _change(before.params, after.params)]]
+        ["MACs", human(before.macs), human(after.macs), change(before.macs, after.macs)],
+        ["params", human(before.params), human(after.params),
+         change(before.params, after.params)]]
     if not args.no_latency:
         xb = x.expand(args.latency_batch, *x.shape[1:]).contiguous()
         lat = measure_latency(model, small, (xb,), repeat=args.repeat, threads=args.threads)
@@ -274,15 +263,51 @@ def _report(args: argparse.Namespace, model: nn.Module, small: nn.Module, x: tor
                    disable_numparse=True))
 
 
-def run_train(args: argparse.Namespace) -> int:  # noqa: PLR0915 - the command, step by step
+def _model_for(args: argparse.Namespace, splits: Any, device: torch.device
+               ) -> tuple[nn.Module, torch.Tensor]:
+    """MODEL sized for the data, on ``device``, checked on one example input."""
+    torch.manual_seed(args.seed)
+    model = build_model(args.model, splits.num_classes, splits.in_chans)
+    if args.pretrained:
+        load_pretrained(model, args.pretrained, args.trust_pickle)
+    model.to(device)
+    x = splits.example_input().to(device)
+    with torch.no_grad():
+        out = model.eval()(x)
+    if not isinstance(out, torch.Tensor) or out.shape != (1, splits.num_classes):
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise InputError(f"{args.model} gives {shape} on a {tuple(x.shape)} input, not "
+                         f"(1, {splits.num_classes}): it does not fit --data {args.data}")
+    return model, x
+
+
+def _amount(args: argparse.Namespace) -> str:
+    if args.ratio is not None:
+        return f"ratio {args.ratio:g}"
+    if args.target_flops is not None:
+        return f"target FLOPs {args.target_flops:g}"
+    method = get_method(args.method)
+    opts = {**method.options, **method_options(args, method)}
+    return ", ".join(f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}"
+                     for k, v in opts.items() if k in ("alpha", "delta")) or "learned amounts"
+
+
+def _banner(args: argparse.Namespace, splits: Any, world_size: int, device: torch.device
+            ) -> None:
+    print(f"{args.model} on {splits.name} ({len(splits.train)} train / "
+          f"{len(splits.val)} val / {len(splits.test)} test, "
+          f"{'x'.join(map(str, (splits.in_chans, *splits.image_size)))}, "
+          f"{splits.num_classes} classes): method {args.method}, {_amount(args)}, "
+          f"{args.epochs} epochs, global batch {args.batch}, lr {args.lr:g}, "
+          f"{world_size} process(es) on {device.type}", flush=True)
+
+
+def run(args: argparse.Namespace) -> int:
     """The ``fxprune train`` command."""
     import torch.distributed as dist
 
-    from fxprune.costs.count import count
-    from fxprune.files.serialize import save
     from fxprune.train.data import load_data, make_loaders
     from fxprune.train.distributed import init_distributed
-    from fxprune.train.trainer import evaluate, fit
 
     _check(args)
     device = torch.device(args.device or _default_device())
@@ -291,67 +316,55 @@ def run_train(args: argparse.Namespace) -> int:  # noqa: PLR0915 - the command, 
         splits = load_data(args.data, data_dir=args.data_dir, val_fraction=args.val_fraction,
                            seed=args.seed, augment=not args.no_augment,
                            image_size=args.image_size)
-        torch.manual_seed(args.seed)
-        model = build_model(args.model, splits.num_classes, splits.in_chans)
-        if args.pretrained:
-            load_pretrained(model, args.pretrained, args.trust_pickle)
-        model.to(device)
-        x = splits.example_input().to(device)
-        with torch.no_grad():
-            out = model.eval()(x)
-        if not isinstance(out, torch.Tensor) or out.shape != (1, splits.num_classes):
-            shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-            raise InputError(f"{args.model} gives {shape} on a {tuple(x.shape)} input, not "
-                             f"(1, {splits.num_classes}): it does not fit --data {args.data}")
-        train, val, test = make_loaders(splits, args.batch, num_workers=args.workers)
-        main = info.is_main
-        if main:
-            print(f"{args.model} on {splits.name} ({len(splits.train)} train / "
-                  f"{len(splits.val)} val / {len(splits.test)} test, "
-                  f"{'x'.join(map(str, (splits.in_chans, *splits.image_size)))}, "
-                  f"{splits.num_classes} classes): method {args.method}, "
-                  + (f"ratio {args.ratio:g}" if args.ratio is not None
-                     else f"target FLOPs {args.target_flops:g}" if args.target_flops is not None
-                     else f"alpha {args.alpha:g}, delta {args.delta:g}")
-                  + f", {args.epochs} epochs, global batch {args.batch}, lr {args.lr:g}, "
-                  f"{info.world_size} process(es) on {device.type}", flush=True)
-        acc_before = evaluate(model, test, device)[1] if main else 0.0
-        dense_macs = count(model, (x,)).macs
-        pruner, trained, kept = None, model, None
-        if args.method == "oneshot":
-            trained = _oneshot(args, model, x)
-            kept = count(trained, (x,)).macs / max(dense_macs, 1)
-            if main:
-                print(f"compressed to {kept:.3f} of the MACs: test accuracy "
-                      f"{100 * evaluate(trained, test, device)[1]:.2f}% before fine-tuning",
-                      flush=True)
-        else:
-            pruner = _make_pruner(args, model, x, val)
-
-        def show(rec: Any) -> None:
-            if rec.kept_macs is None:
-                rec = dataclasses.replace(rec, kept_macs=kept)
-            print(rec.line(args.epochs), flush=True)
-
-        checkpoint = args.checkpoint or (f"{args.output}.ckpt" if args.output else None)
-        fit(trained, train, val, args.epochs, lr=args.lr, momentum=args.momentum,
-            weight_decay=args.weight_decay, schedule=args.schedule,
-            warmup_epochs=args.warmup_epochs, label_smoothing=args.label_smoothing,
-            pruner=pruner, bn_recalibration=args.recalibrate_bn, amp=args.amp,
-            checkpoint=checkpoint,
-            resume=args.resume, device=device, seed=args.seed, progress=not args.quiet,
-            callback=show)
-        if not main:
-            return 0
-        small = pruner.finalize() if pruner is not None else trained
-        acc_after = evaluate(small, test, device)[1]
-        _report(args, model, small, x, (acc_before, acc_after))
-        if args.output:
-            save(small, args.output)
-            print(f"saved {args.output}" + (f" (checkpoint {checkpoint})" if checkpoint else ""))
-        else:
-            print("not saved (give -o PATH to save the compact model)")
-        return 0
+        model, x = _model_for(args, splits, device)
+        loaders = make_loaders(splits, args.batch, num_workers=args.workers)
+        if info.is_main:
+            _banner(args, splits, info.world_size, device)
+        return _train(args, model, x, loaders, device, info.is_main)
     finally:
         if info.created and dist.is_initialized():
             dist.destroy_process_group()
+
+
+def _train(args: argparse.Namespace, model: nn.Module, x: torch.Tensor, loaders: Any,
+           device: torch.device, main: bool) -> int:
+    """Prune (one-shot, or a pruner for the training), train, finalize, report and save."""
+    from fxprune.costs.count import count
+    from fxprune.files.serialize import save
+    from fxprune.train.trainer import evaluate, fit
+
+    train, val, test = loaders
+    acc_before = evaluate(model, test, device)[1] if main else 0.0
+    pruner, trained, kept = None, model, None
+    if args.method == ONESHOT:
+        trained = _oneshot(args, model, x, val)
+        kept = count(trained, (x,)).macs / max(count(model, (x,)).macs, 1)
+        if main:
+            print(f"compressed to {kept:.3f} of the MACs: test accuracy "
+                  f"{100 * evaluate(trained, test, device)[1]:.2f}% before fine-tuning",
+                  flush=True)
+    else:
+        pruner = _make_pruner(args, model, x, val)
+
+    def show(rec: Any) -> None:
+        if rec.kept_macs is None:
+            rec = dataclasses.replace(rec, kept_macs=kept)
+        print(rec.line(args.epochs), flush=True)
+
+    checkpoint = args.checkpoint or (f"{args.output}.ckpt" if args.output else None)
+    fit(trained, train, val, args.epochs, lr=args.lr, momentum=args.momentum,
+        weight_decay=args.weight_decay, schedule=args.schedule,
+        warmup_epochs=args.warmup_epochs, label_smoothing=args.label_smoothing,
+        pruner=pruner, bn_recalibration=args.recalibrate_bn, amp=args.amp,
+        checkpoint=checkpoint, resume=args.resume, device=device, seed=args.seed,
+        progress=not args.quiet, callback=show)
+    if not main:
+        return 0
+    small = pruner.finalize() if pruner is not None else trained
+    _report(args, model, small, x, (acc_before, evaluate(small, test, device)[1]))
+    if args.output:
+        save(small, args.output)
+        print(f"saved {args.output}" + (f" (checkpoint {checkpoint})" if checkpoint else ""))
+    else:
+        print("not saved (give -o PATH to save the compact model)")
+    return 0

@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
-__all__ = ["Preset", "PRESETS", "METHODS", "Job", "jobs", "row_key"]
+__all__ = ["Preset", "PRESETS", "METHODS", "Job", "jobs", "row_key", "method_spec",
+           "method_names"]
 
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from fxprune.criteria import list_criteria
+from fxprune.errors import InputError
+from fxprune.train.methods import get_method, list_methods
+
 # name: (tool, kind, how). kind: "oneshot" (compress, then fine-tune), "soft" (SoftPruner
-# during the same epochs, then finalize), "swp" (learned budget), "tp" (Torch-Pruning, tuned
-# to the same MACs, then fine-tuned).
+# during the same epochs, then finalize), "swp" (learned budget, a row per preset alpha),
+# "learned" (a method that learns its amounts: one row), "tp" (Torch-Pruning, tuned to the
+# same MACs, then fine-tuned). The benchmark also runs any name of the registries that is not
+# a row here (see method_spec): a new training method or criterion needs no edit of this file.
 METHODS: dict[str, tuple[str, str, dict[str, Any]]] = {
     "random": ("fxprune", "oneshot", {"criterion": "random"}),
     "l1": ("fxprune", "oneshot", {"criterion": "l1"}),
@@ -23,6 +30,40 @@ METHODS: dict[str, tuple[str, str, dict[str, Any]]] = {
     "tp-magnitude": ("torch-pruning", "tp", {"importance": "magnitude"}),
     "tp-group": ("torch-pruning", "tp", {"importance": "group"}),
 }
+
+
+def _registered() -> dict[str, tuple[str, str, dict[str, Any]]]:
+    """The registries' names that are not rows of METHODS: training methods (soft pruning, or
+    learned amounts where ``channel_selection`` is False), then criteria (one-shot)."""
+    out: dict[str, tuple[str, str, dict[str, Any]]] = {}
+    for m in list_methods():
+        kind = "soft" if get_method(m).channel_selection else "learned"
+        out.setdefault(m, ("fxprune", kind, {"method": m}))
+    for c in list_criteria():
+        out.setdefault(c.name, ("fxprune", "oneshot", {"criterion": c.name}))
+    return {k: v for k, v in out.items() if k not in METHODS}
+
+
+def method_names() -> list[str]:
+    """Every name ``--methods`` accepts: the rows of METHODS, then the registries' others."""
+    return [*METHODS, *_registered()]
+
+
+def method_spec(name: str) -> tuple[str, str, dict[str, Any]]:
+    """``(tool, kind, how)`` of a benchmark method: its row of METHODS, else a registered
+    training method (``how = {"method": name}``), else a registered criterion (one-shot,
+    ``how = {"criterion": name}``).
+
+    Raises:
+        InputError: ``name`` is none of them.
+    """
+    if name in METHODS:
+        return METHODS[name]
+    spec = _registered().get(name)
+    if spec is None:
+        raise InputError(f"unknown benchmark method {name!r}; choose from "
+                         f"{', '.join(method_names())}")
+    return spec
 
 
 @dataclass(frozen=True)
@@ -108,7 +149,8 @@ def jobs(p: Preset) -> tuple[list[Job], list[Job]]:
     """(dense baselines, method rows) of preset ``p``; method rows ordered seed-major, so a
     run cut short has whole seeds."""
     dense, rows = [], []
-    with_tp = any(METHODS[m][0] == "torch-pruning" for m in p.methods)
+    specs = {m: method_spec(m) for m in p.methods}
+    with_tp = any(tool == "torch-pruning" for tool, _, _ in specs.values())
     for seed in p.seeds:
         for model in p.models:
             dense.append(Job(model, "dense", "dense", None, seed))
@@ -119,9 +161,10 @@ def jobs(p: Preset) -> tuple[list[Job], list[Job]]:
         for model in p.models:
             twin = p.tp_models.get(model)
             for m in p.methods:
-                tool, kind, _ = METHODS[m]
-                if kind == "swp":
-                    rows += [Job(model, tool, m, None, seed, a) for a in p.swp_alpha]
+                tool, kind, _ = specs[m]
+                if kind in ("swp", "learned"):
+                    alphas = p.swp_alpha if kind == "swp" else (None,)
+                    rows += [Job(model, tool, m, None, seed, a) for a in alphas]
                     continue
                 for t in p.targets:
                     if kind == "tp":

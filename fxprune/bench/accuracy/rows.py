@@ -3,8 +3,8 @@
 Every method starts from the same dense baseline (per model and seed, trained once and kept in
 ``OUT/dense/``) and gets the same epochs, learning rate and cosine schedule: fine-tuning after a
 one-shot cut, or soft-pruning epochs then ``finalize()``. The validation split (carved from the
-training set) scores MFP/FPPMO masks and data-driven criteria; the test set is used only for
-the reported accuracies.
+training set) scores the masks of methods and criteria registered with ``needs_data`` (MFP,
+FPPMO, Taylor); the test set is used only for the reported accuracies.
 """
 
 from __future__ import annotations
@@ -20,13 +20,15 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from fxprune.bench.accuracy.presets import METHODS, Job, Preset
+from fxprune.bench.accuracy.presets import Job, Preset, method_spec
 from fxprune.costs.count import count
 from fxprune.costs.latency import measure_latency
 from fxprune.costs.paper_flops import paper_flops_cut
+from fxprune.criteria import get_criterion
 from fxprune.plan.allocate import ALLOCATION
 from fxprune.plan.compress import compress
 from fxprune.train import SoftPruner, data, evaluate, fit
+from fxprune.train.methods import needs_data
 
 _SPLITS: dict[tuple, data.DataSplits] = {}
 
@@ -109,10 +111,10 @@ def _run_method(p: Preset, job: Job, model: nn.Module, x: torch.Tensor, train: A
                 ) -> tuple[nn.Module, float | None]:
     """Prune and train ``model`` (a copy of the dense baseline) the way ``job`` says; returns
     the compact model and the uniform keep rate (None for non-uniform allocations)."""
-    _, kind, how = METHODS[job.method]
+    _, kind, how = method_spec(job.method)
     keep_rate = None
     if kind == "oneshot":
-        data_kw = {"data": val_batches} if how["criterion"] == "taylor" else {}
+        data_kw = {"data": val_batches} if get_criterion(how["criterion"]).needs_data else {}
         small = compress(model, target_flops=job.target, criterion=how["criterion"],
                          allocation=how.get("allocation", "uniform"), example_inputs=(x,),
                          seed=job.seed, **data_kw)
@@ -130,9 +132,9 @@ def _run_method(p: Preset, job: Job, model: nn.Module, x: torch.Tensor, train: A
     kw: dict[str, Any] = {"example_inputs": (x,), "seed": job.seed, "method": how["method"]}
     if kind == "swp":
         kw["alpha"] = row["alpha"] = job.option
-    else:
+    elif kind != "learned":
         kw["target_flops"] = job.target
-    if how["method"] in ("mfp", "fppmo"):
+    if needs_data(how["method"]):
         kw["data"] = val_batches
     pruner = SoftPruner(model, **kw)
     if pruner.allocation.get("amount") is not None:

@@ -4,7 +4,11 @@ A method decides *which* units each group keeps, and when; the engine
 (:class:`fxprune.train.SoftPruner`) owns everything shared: the analysis, the allocation
 (per-group ratios, fixed at construction), masks, optimizer hooks, checkpoints and the compact
 model. The interface is :class:`Method`; a method is one subclass decorated with
-:func:`register_method` in a file of this package (imported below). A method sees the engine
+:func:`register_method` in a file of this package: every public module here is imported when
+the registry is first read, so a new file is all a new method needs. The registry is the
+single source for the command line (``fxprune train --method``: the names, which methods need
+``data=`` (:attr:`Method.needs_data`), which learn their amounts
+(:attr:`Method.channel_selection`)) and the accuracy benchmark. A method sees the engine
 through :class:`~fxprune.train.context.PrunerContext` (the methods do not import the engine).
 
 Built in: ``"sfp"`` (and ``"soft"``: SFP's schedule with any ``criterion=``), ``"fpgm"``,
@@ -16,13 +20,16 @@ in the same way: :meth:`Method.attach` may register its own optimizer hooks (a r
 
 from __future__ import annotations
 
-__all__ = ["Method", "register_method", "get_method", "list_methods", "METHODS", "Keep",
-           "PrunerContext"]
+__all__ = ["Method", "register_method", "get_method", "list_methods", "needs_data", "METHODS",
+           "Keep", "PrunerContext"]
 
+import functools
 import importlib
+import pkgutil
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from fxprune.criteria import get_criterion
 from fxprune.errors import InputError
 from fxprune.train.context import Keep, PrunerContext
 
@@ -108,9 +115,12 @@ def register_method(*names: str) -> Callable[[type[Method]], type[Method]]:
     return deco
 
 
+@functools.cache
 def _load_builtin() -> None:
-    for mod in ("sfp", "fpgm", "mfp", "fppmo", "swp"):
-        importlib.import_module(f"{__name__}.{mod}")
+    """Import every public module of this package (a new method file registers itself)."""
+    for info in pkgutil.iter_modules(__path__):
+        if not info.name.startswith("_"):
+            importlib.import_module(f"{__name__}.{info.name}")
 
 
 def get_method(name: str) -> type[Method]:
@@ -125,5 +135,15 @@ def get_method(name: str) -> type[Method]:
 
 
 def list_methods() -> list[str]:
+    """The registered ``method=`` names, sorted."""
     _load_builtin()
     return sorted(METHODS)
+
+
+def needs_data(method: str, criterion: Any = None) -> bool:
+    """Whether ``SoftPruner(method=method, criterion=criterion)`` needs ``data=``: the method
+    says so (:attr:`Method.needs_data`) or its criterion (``criterion``, else the method's
+    default) is registered with ``needs_data=True``."""
+    cls = get_method(method)
+    crit = criterion if criterion is not None else cls.default_criterion
+    return cls.needs_data or (isinstance(crit, str) and get_criterion(crit).needs_data)
