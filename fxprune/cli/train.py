@@ -22,6 +22,7 @@ __all__ = ["add_parser", "run", "build_model", "load_pretrained", "method_choice
 
 import argparse
 import ast
+import copy
 import dataclasses
 import os
 from typing import Any
@@ -125,6 +126,10 @@ def _training_args(g: Any) -> None:
     g.add_argument("--recalibrate-bn", type=int, default=0, metavar="N",
                    help="after each mask update, recompute BatchNorm statistics on N training "
                         "batches (default 0: as the authors)")
+    g.add_argument("--distill", type=float, default=0.0, metavar="ALPHA",
+                   help="distil from the dense model with weight ALPHA in [0, 1] (default 0)")
+    g.add_argument("--temperature", type=float, default=4.0, metavar="T",
+                   help="distillation temperature (default 4)")
     g.add_argument("--pretrained", metavar="CKPT", help="start from these weights")
     g.add_argument("--trust-pickle", action="store_true",
                    help="let --pretrained unpickle a whole pickled module (runs code from the "
@@ -336,6 +341,7 @@ def _train(args: argparse.Namespace, model: nn.Module, x: torch.Tensor, loaders:
     train, val, test = loaders
     acc_before = evaluate(model, test, device)[1] if main else 0.0
     pruner, trained, kept = None, model, None
+    teacher = copy.deepcopy(model).eval() if args.distill else None  # before any mask
     if args.method == ONESHOT:
         trained = _oneshot(args, model, x, val)
         kept = count(trained, (x,)).macs / max(count(model, (x,)).macs, 1)
@@ -357,7 +363,8 @@ def _train(args: argparse.Namespace, model: nn.Module, x: torch.Tensor, loaders:
         warmup_epochs=args.warmup_epochs, label_smoothing=args.label_smoothing,
         pruner=pruner, bn_recalibration=args.recalibrate_bn, amp=args.amp,
         checkpoint=checkpoint, resume=args.resume, device=device, seed=args.seed,
-        progress=not args.quiet, callback=show)
+        progress=not args.quiet, callback=show, teacher=teacher, distill=args.distill,
+        temperature=args.temperature)
     if not main:
         return 0
     small = pruner.finalize() if pruner is not None else trained

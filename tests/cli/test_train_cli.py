@@ -179,3 +179,25 @@ def test_torchrun_two_processes(tmp_path) -> None:
     assert r.stdout.count("2 process(es) on cpu") == 1  # rank 0 only
     assert r.stdout.count("epoch 1/1") == 1 and f"saved {out}" in r.stdout
     assert fxprune.load(out)(torch.randn(1, 1, 8, 8)).shape == (1, 10)
+
+
+def test_distill_reaches_fit(tmp_path, capsys, monkeypatch) -> None:
+    """--distill/--temperature: fit gets a dense teacher (a copy taken before any mask)."""
+    from fxprune.train import trainer
+
+    seen = {}
+    real = trainer.fit
+
+    def spy(*a, **k):
+        seen.update(k)
+        return real(*a, **k)
+
+    monkeypatch.setattr(trainer, "fit", spy)
+    assert cli.main([*BASE, "--method", "sfp", "--ratio", "0.4", "--distill", "0.5",
+                     "--temperature", "3", "--no-latency"]) == 0
+    assert seen["distill"] == 0.5 and seen["temperature"] == 3.0
+    teacher = seen["teacher"]
+    assert teacher is not None and not teacher.training
+    convs = [m for m in teacher.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert all(bool((c.weight.flatten(1).abs().sum(1) > 0).all()) for c in convs)  # unmasked
+    capsys.readouterr()
