@@ -360,6 +360,7 @@ def analyze(
     residual: str = "coupled",
     attention: str = "dims",
     progress: Progress | None = None,
+    warn: bool = True,
 ) -> Analysis:
     """Propagate channel ids through ``gm`` and partition all channels into coupled groups.
 
@@ -376,6 +377,8 @@ def analyze(
             ``(heads, dims)`` keeps every head and prunes the same dims in each) or
             ``"heads"`` (whole heads are pruned; see :mod:`fxprune.rules.attention`).
         progress: optional callback ``(stage, done, total)``.
+        warn: warn about ops without a channel rule (``False``: only the analysis records
+            them; unlike ``warnings.catch_warnings``, safe in threads).
 
     Returns:
         An :class:`Analysis`; its groups are also stored in ``gm.meta["fxprune.groups"]``.
@@ -422,9 +425,10 @@ def analyze(
                 f"{n} op(s) have no channel rule:\n{lines}\nHint: register a rule with "
                 "@fxprune.register_rule(...), or pass strict=False to keep their channels "
                 "unpruned.", sorted(state.unsupported))
-        warnings.warn(f"{n} op(s) have no channel rule; their channels are kept unpruned:\n"
-                      f"{lines}\nHint: register a rule with @fxprune.register_rule(...) to "
-                      "prune them.", stacklevel=2)
+        if warn:
+            warnings.warn(f"{n} op(s) have no channel rule; their channels are kept unpruned:\n"
+                          f"{lines}\nHint: register a rule with @fxprune.register_rule(...) "
+                          "to prune them.", stacklevel=2)
     analysis = _resolve(gm, state)
     gm.meta[meta.GROUPS] = analysis.groups
     gm.meta[meta.ANALYSIS] = analysis

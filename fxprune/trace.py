@@ -33,6 +33,7 @@ from .errors import InputError, TraceFailure, is_library_file, short_error
 from .hooks import check_root
 from .inputs import positional_inputs
 from .rules import RULES
+from .threads import locked_trace
 
 EXAMPLE_INPUTS = "fxprune.example_inputs"
 _MAX_LEAF_RETRIES = 32
@@ -61,6 +62,11 @@ class FxPruneTracer(fx.Tracer):
         self.shapes = dict(shapes or {})  # module path -> input shape on the example inputs
         self.current_path: list[str] = []
         self.failed_path: str | None = None
+
+    def trace(self, root: Any, concrete_args: Any = None) -> fx.Graph:  # type: ignore[override]
+        # torch.fx patches nn.Module's class while tracing: one trace at a time, and other
+        # threads keep running their modules unpatched (see fxprune.threads)
+        return locked_trace(self, root, concrete_args)
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
         t = type(m)

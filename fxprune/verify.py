@@ -297,12 +297,8 @@ def verify(original: nn.Module, pruned: fx.GraphModule, example_inputs: Any = No
         gm = trace(original, example_inputs)
         inputs = gm.meta[EXAMPLE_INPUTS]
         _check_inputs(original, inputs)
-        import warnings
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            analysis = analyze(gm, residual=pruned.meta.get(meta.RESIDUAL, "coupled"),
-                               attention=pruned.meta.get(meta.ATTENTION, "dims"))
+        analysis = analyze(gm, residual=pruned.meta.get(meta.RESIDUAL, "coupled"),
+                           attention=pruned.meta.get(meta.ATTENTION, "dims"), warn=False)
         why = incompatibility(gm, analysis, pruned, manifest)
         if why is not None:
             return VerifyReport(f"mismatch: the pruned model was not made from this original "
