@@ -35,7 +35,7 @@ from .counts import SIZE_DEPS, arg_deps, direct_count, size_deps, size_uses
 from .errors import FxPruneError, InputError, UnsupportedOpError, node_location, short_error
 from .groups import resolve_tables
 from .hooks import opaque_reason
-from .inputs import check_example_inputs, check_flags, resolve_ignore
+from .inputs import check_example_inputs, check_flags, copied, resolve_ignore
 from .propctx import Binding, PropCtx, ScatterAdd, Unsupported, _State
 from .rules import op_name, rule_for
 from .rules._util import channel_axes_beside
@@ -401,7 +401,7 @@ def analyze(
     try:
         # the run must not change the user's modules (gm shares them): flags, buffers, ties
         with untouched(gm, eval_mode=True), torch.no_grad():
-            prop.run(*inputs)
+            prop.run(*copied(inputs))  # a forward may write into its inputs
     except FxPruneError:
         raise
     except Exception as e:

@@ -23,7 +23,7 @@ from .allocate import ALLOCATION, Allocator, explicit_ratios, fit_target
 from .analyze import Analysis, Progress, analyze
 from .criteria import CriterionCtx, get_criterion
 from .errors import InputError, VerificationError
-from .inputs import check_flags
+from .inputs import check_flags, check_not_scripted, check_seed
 from .rewrite import rewrite
 from .select import kept_mask, resolve_round_to, select
 from .trace import EXAMPLE_INPUTS, trace
@@ -34,7 +34,7 @@ def score(analysis: Analysis, criterion: Any = "l1", *, data: Any = None, seed: 
           ) -> dict[int, Tensor]:
     """Score every group that has prunable units: ``{group id: Tensor[group.size]}``."""
     crit = get_criterion(criterion)
-    ctx = CriterionCtx(root=analysis.gm, data=data, seed=seed)
+    ctx = CriterionCtx(root=analysis.gm, data=data, seed=check_seed(seed))
     return {g.id: crit(g, ctx) for g in analysis.groups if g.prunable > 0 and g.size > 1}
 
 
@@ -275,6 +275,8 @@ def compress(
         ...                         allocation="global", criterion="fpgm")
     """
     check_flags(strict=strict, verify=verify)
+    check_not_scripted(model)
+    check_seed(seed)
     if target_latency is not None and round_to == "auto":
         round_to = None  # the latency table measures the step
     round_to = resolve_round_to(round_to, model)

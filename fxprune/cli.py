@@ -334,9 +334,11 @@ def _cmd_compress(args: argparse.Namespace) -> int:
     from .api import compress
     from .count import count
     from .latency import PAGE_FAULT_WARN, measure_latency
-    from .serialize import save
+    from .serialize import save, writable
 
     kwargs = _compress_kwargs(args)
+    if args.output:
+        writable(args.output)  # before pruning: a missing folder is reported at once
     if args.batch < 1:
         raise InputError(f"--batch must be >= 1, got {args.batch}")
     if args.threads is not None and args.threads < 1:

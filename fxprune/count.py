@@ -20,7 +20,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from ._state import untouched
 from .errors import InputError
-from .inputs import positional_inputs
+from .inputs import copied, positional_inputs
 from .threads import this_thread_only
 from .trace import default_example_inputs
 
@@ -53,8 +53,8 @@ def count(model: nn.Module, example_inputs: Any = None) -> Counts:
         example_inputs = getattr(model, "meta", {}).get("fxprune.example_inputs") or \
             default_example_inputs(model)
     example_inputs = positional_inputs(model, example_inputs)
-    inputs = tuple(x[:1] if isinstance(x, torch.Tensor) and x.dim() > 0 else x
-                   for x in example_inputs)
+    inputs = copied(tuple(x[:1] if isinstance(x, torch.Tensor) and x.dim() > 0 else x
+                          for x in example_inputs))
     counter = FlopCounterMode(display=False, depth=None)
     tracker = getattr(counter, "mod_tracker", None)  # its module hooks are global: other
     for name in ("_fw_pre_hook", "_fw_post_hook"):  # threads' modules must not count here

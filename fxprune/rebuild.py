@@ -21,6 +21,7 @@ from torch import Tensor
 
 from . import filecheck, meta, trust
 from .errors import InputError, short_error
+from .inputs import copied
 from .trace import EXAMPLE_INPUTS
 
 _MAX_DEPTH = 32
@@ -245,7 +246,7 @@ def _self_check(gm: fx.GraphModule, inputs: tuple[Tensor, ...]) -> None:
     try:
         gm.eval()
         with torch.no_grad():
-            _Checker(gm).run(*inputs)
+            _Checker(gm).run(*copied(inputs))
     finally:
         for m, f in flags.items():
             m.training = f

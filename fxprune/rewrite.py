@@ -37,6 +37,7 @@ from .channels import kept_along
 from .counts import pin_args
 from .errors import FxPruneError, InputError, RewriteError, node_location, short_error
 from .hooks import normalized_weight, restore_weight_norm, weight_norms
+from .inputs import copied
 from .rules import rule_for
 from .rules._util import new_shape_of
 from .select import kept_mask
@@ -438,7 +439,7 @@ def _output_ok(pruned: fx.GraphModule, old_of: dict[fx.Node, fx.Node], ctx: Rewr
     """Run the compiled module once; True when it runs and every output has its shape."""
     try:
         with torch.no_grad():
-            out = pruned(*inputs)
+            out = pruned(*copied(inputs))
     except Exception:  # noqa: BLE001 - the node-by-node run reports where and why
         return False
     out_node = next(n for n in reversed(pruned.graph.nodes) if n.op == "output")
@@ -474,7 +475,7 @@ def check_shapes(pruned: fx.GraphModule, old_of: dict[fx.Node, fx.Node], ctx: Re
     checker = _ShapeCheck(pruned, old_by_new, ctx)
     try:
         with untouched(pruned, eval_mode=True), torch.no_grad():
-            checker.run(*inputs)
+            checker.run(*copied(inputs))
     except FxPruneError:
         raise
     except Exception as e:

@@ -178,7 +178,23 @@ def save(pruned: fx.GraphModule, path: str | Path) -> None:
     }
     if len(payload["example_input_dtypes"]) != len(inputs):
         del payload["example_input_dtypes"]  # non-float inputs: float32 is used at load
-    torch.save(payload, str(path))
+    torch.save(payload, str(writable(path)))
+
+
+def writable(path: str | Path) -> Path:
+    """``path`` as a file that can be written, or an InputError (one line) saying why not."""
+    if not isinstance(path, (str, Path)) or not str(path):
+        raise InputError(f"save: path must be a file name (str or pathlib.Path), got {path!r}")
+    p = Path(path).expanduser()
+    if p.is_dir():
+        raise InputError(f"save: {str(path)!r} is a directory; give a file name in it, e.g. "
+                         f"{str(p / 'pruned.pt')!r}")
+    parent = p.parent
+    if not parent.is_dir():
+        what = "is not a directory" if parent.exists() else "does not exist"
+        raise InputError(f"save: the folder of {str(path)!r} ({str(parent)!r}) {what}; create "
+                         f"it first (e.g. mkdir -p {parent}) or save elsewhere")
+    return p
 
 
 def read(path: str | Path) -> dict[str, Any]:

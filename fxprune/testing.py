@@ -24,7 +24,7 @@ import torch.nn as nn
 from ._state import untouched
 from .api import compress
 from .count import count
-from .inputs import positional_inputs
+from .inputs import copied, positional_inputs
 from .serialize import load, save
 from .verify import verify
 
@@ -35,7 +35,7 @@ def n_params(m: nn.Module) -> int:
 
 def _outputs(m: nn.Module, inputs: tuple) -> Any:
     with untouched(m, eval_mode=True), torch.no_grad():
-        return m(*inputs)
+        return m(*copied(inputs))
 
 
 def prune_and_check(

@@ -31,7 +31,7 @@ from ._unused import UNUSED, carry_unused
 from .decompose import decomposes, decomposition, needs_shape
 from .errors import InputError, TraceFailure, is_library_file, short_error
 from .hooks import check_root
-from .inputs import positional_inputs
+from .inputs import check_not_scripted, copied, positional_inputs
 from .rules import RULES
 from .threads import locked_trace
 
@@ -193,10 +193,11 @@ def trace(
             "Hint: pass the model object itself (e.g. timm.create_model('resnet18')), "
             "not its state_dict or class."
         )
+    check_not_scripted(model)
     check_root(model)  # hooks on the model itself are not traced
     if example_inputs is None:
         example_inputs = default_example_inputs(model)
-    example_inputs = positional_inputs(model, example_inputs)
+    example_inputs = copied(positional_inputs(model, example_inputs))  # the user's stay theirs
     before = set(model.__dict__)  # the tracer stores tensor constants on the model
     with untouched(model):  # tracing runs Python code on real buffers (self.n.add_(1))
         graph, leaves = _trace_graph(model, _input_shapes(model, example_inputs))
@@ -233,7 +234,7 @@ def _input_shapes(model: nn.Module, inputs: tuple) -> dict[str, tuple[int, ...]]
     handles = [m.register_forward_pre_hook(record(name)) for name, m in wanted.items()]
     try:
         with untouched(model, eval_mode=True), torch.no_grad():
-            model(*inputs)
+            model(*copied(inputs))
     except Exception:  # noqa: BLE001 - the trace or the analysis reports bad inputs
         return {}
     finally:

@@ -35,6 +35,7 @@ from .analyze import Analysis, analyze
 from .channels import FIRST_ID, pruned_axes
 from .compat import incompatibility
 from .errors import InputError
+from .inputs import check_not_scripted, copied
 from .trace import EXAMPLE_INPUTS, trace
 
 #: Every kind of verdict :func:`verify` gives, and whether it means the pruned model is right.
@@ -204,7 +205,7 @@ def masked_outputs(gm: fx.GraphModule, analysis: Analysis, kept: Tensor, inputs:
                    structural: bool = False) -> Any:
     """Run the original graph with pruned channels zeroed at their consumers."""
     with untouched(gm, eval_mode=True), torch.no_grad():
-        return _Masked(gm, analysis, kept, structural).run(*inputs)
+        return _Masked(gm, analysis, kept, structural).run(*copied(inputs))
 
 
 def kept_from_manifest(analysis: Analysis, manifest: dict[str, dict[int, list[int]]]) -> Tensor:
@@ -288,6 +289,7 @@ def verify(original: nn.Module, pruned: fx.GraphModule, example_inputs: Any = No
         A :class:`VerifyReport`: ``exact``, ``approximate: <why>`` or ``mismatch``; its
         ``vacuous`` says why the check proves little when the outputs are (near) constant.
     """
+    check_not_scripted(original, "original")
     manifest = pruned.meta.get(meta.MANIFEST) if isinstance(pruned, fx.GraphModule) else None
     if manifest is None:
         raise InputError("verify() needs a pruned GraphModule made by fxprune (no manifest found)")
@@ -313,7 +315,7 @@ def verify_analyzed(gm: fx.GraphModule, analysis: Analysis, kept: Tensor,
     checked exactly against a statistics-aware oracle (the approximate ops run on the kept
     channels only); a mismatch there is reported as ``mismatch``."""
     with untouched(pruned, eval_mode=True), torch.no_grad():
-        out = pruned(*inputs)
+        out = pruned(*copied(inputs))  # every run gets its own inputs
     oracle = masked_outputs(gm, analysis, kept, inputs)
     report = compare(out, oracle, analysis, kept, rtol)
     vacuous = vacuous_reason(oracle, rtol)
