@@ -278,9 +278,28 @@ def rewrite(gm: fx.GraphModule, *, check: bool | str = True) -> fx.GraphModule:
     pruned.meta[meta.MANIFEST] = {
         (f"{t}.{p}" if p else t): {d: idx.tolist() for d, idx in c}
         for (t, p), c in cuts.items()}
+    pruned.meta[meta.MANIFEST_WIDTHS] = _widths(gm, cuts)
     if check:
         check_shapes(pruned, old_of, ctx, nodes=check == "nodes")
     return pruned
+
+
+def _widths(gm: fx.GraphModule, cuts: dict[tuple[str, str], Any]) -> dict[str, dict[int, int]]:
+    """The original width of every manifest entry (a weight under the old weight_norm hook:
+    of its direction ``weight_v``); saved files record them so that a load can check the
+    manifest's indices without the original."""
+    out: dict[str, dict[int, int]] = {}
+    for (t, p), c in cuts.items():
+        path = f"{t}.{p}" if p else t
+        for name in (path, f"{path}_v"):
+            try:
+                value = _get(gm, name)
+            except AttributeError:
+                continue
+            if isinstance(value, Tensor):
+                out[path] = {d: int(value.shape[d]) for d, _idx in c if d < value.dim()}
+                break
+    return out
 
 
 def _copy_graph(gm: fx.GraphModule, modules: dict[str, nn.Module],

@@ -35,6 +35,7 @@ from torch import Tensor
 from . import filecheck, meta, trust
 from .errors import FxPruneError, InputError, short_error
 from .rebuild import build
+from .records import check_records, records
 
 FORMAT = "fxprune/1"
 _MODULE_INTERNALS = set(nn.Module().__dict__) - {"training"}
@@ -159,6 +160,8 @@ def save(pruned: fx.GraphModule, path: str | Path) -> None:
                 obj = getattr(obj, part)
             attrs[n.target] = {"value": obj.detach() if isinstance(obj, Tensor) else _enc(obj),
                                "parameter": isinstance(obj, nn.Parameter)}
+            if isinstance(obj, nn.Parameter):
+                attrs[n.target]["requires_grad"] = bool(obj.requires_grad)
     inputs = [x for x in pruned.meta.get("fxprune.example_inputs") or ()
               if isinstance(x, Tensor)]
     payload = {
@@ -175,6 +178,7 @@ def save(pruned: fx.GraphModule, path: str | Path) -> None:
         "example_input_shapes": [list(x.shape) for x in inputs],
         "example_input_dtypes": [str(x.dtype).replace("torch.", "") for x in inputs
                                  if x.is_floating_point()],
+        **records(pruned, modules, attrs, pruned.meta.get(meta.MANIFEST_WIDTHS)),
     }
     if len(payload["example_input_dtypes"]) != len(inputs):
         del payload["example_input_dtypes"]  # non-float inputs: float32 is used at load
@@ -262,6 +266,7 @@ def from_payload(payload: dict[str, Any], source: str | Path = "<payload>",
         trust.check_name(t, "trusted_modules")
     try:
         filecheck.check_payload(payload)
+        check_records(payload)
         if model is not None:
             return _reapply(payload, model)
         return build(payload, extra, check)
