@@ -5,7 +5,7 @@
 
 import sys
 
-from fxprune.accuracy.cli import main
+from fxprune.cli.bench_accuracy import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -30,8 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from latency_target import macs_at_time, ratio_of  # noqa: E402
 
 import fxprune  # noqa: E402
-from fxprune.accuracy import PRESETS  # noqa: E402
-from fxprune.accuracy.rows import _fit, _model, dense_path, load_splits  # noqa: E402
+from fxprune.bench.accuracy import PRESETS  # noqa: E402
+from fxprune.bench.accuracy.rows import _fit, _model, dense_path, load_splits  # noqa: E402
 from fxprune.train import data, evaluate  # noqa: E402
 
 

@@ -109,7 +109,7 @@ def macs_at_time(model: torch.nn.Module, ex: torch.Tensor, x: torch.Tensor, t: f
 
 def onnx_row(model: torch.nn.Module, pruned: torch.nn.Module, x: torch.Tensor, args: Any,
              ex: torch.Tensor) -> dict[str, Any]:
-    from fxprune.export import export_onnx, onnx_session
+    from fxprune.files.export import export_onnx, onnx_session
 
     out: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as d:

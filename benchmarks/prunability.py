@@ -1,5 +1,5 @@
 """Prunability benchmark of timm or torchvision models (a thin wrapper around
-:mod:`fxprune.bench`).
+:mod:`fxprune.bench.prunability`).
 
     python -P benchmarks/prunability.py --set default --against torch-pruning --out bench_out
     python -P benchmarks/prunability.py --set torchvision --against torch-pruning \
@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import sys
 
-from fxprune.bench import main
+from fxprune.bench.prunability import main
 
 if __name__ == "__main__":
     sys.exit(main(["prunability", *sys.argv[1:]]))

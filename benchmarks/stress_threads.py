@@ -11,7 +11,7 @@ Every fourth job instead reads one shared model and its pruned result (trace, an
 verify, save, load), which the other threads use at the same time. After the last round a
 single-threaded compress must still work and ``nn.Module`` must be unpatched.
 
-It also measures the cost of :data:`fxprune.threads.TRACE_LOCK`: the time threads waited for
+It also measures the cost of :data:`fxprune.ir.threads.TRACE_LOCK`: the time threads waited for
 it and held it during the run, and, without contention, tracing with the lock and the
 per-thread patches against torch.fx's plain ``Tracer.trace`` (alternating, medians).
 """
@@ -36,9 +36,9 @@ import torch
 import torch.fx as fx
 
 import fxprune
-import fxprune.threads as fxthreads
+import fxprune.ir.threads as fxthreads
+from fxprune.core.trace import FxPruneTracer
 from fxprune.testing import checked_compress
-from fxprune.trace import FxPruneTracer
 
 MODELS = ["resnet18", "mobilenetv3_small_050", "efficientnet_b0", "regnetx_002",
           "convnext_atto", "vit_tiny_patch16_224", "densenet121", "resnet50"]

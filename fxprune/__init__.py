@@ -46,14 +46,16 @@ __all__ = [
     "__version__",
 ]
 
-__version__ = "0.1.0"
-
-from .allocate import allocate
-from .analyze import Analysis, analyze
-from .api import compress, score
-from .count import count
-from .criteria import list_criteria, register_criterion
-from .errors import (
+from fxprune.core.analyze import Analysis, analyze
+from fxprune.core.rewrite import rewrite
+from fxprune.core.select import select
+from fxprune.core.trace import trace
+from fxprune.core.verify import VerifyReport, verify
+from fxprune.costs.count import count
+from fxprune.costs.latency import auto_round_to, measure_latency
+from fxprune.costs.paper_flops import paper_flops, paper_flops_cut
+from fxprune.criteria import list_criteria, register_criterion
+from fxprune.errors import (
     FxPruneError,
     InputError,
     RewriteError,
@@ -61,14 +63,11 @@ from .errors import (
     UnsupportedOpError,
     VerificationError,
 )
-from .inspect import inspect
-from .latency import auto_round_to, measure_latency
-from .meta import Group, KeepSet, ParamSlice
-from .paper_flops import paper_flops, paper_flops_cut
-from .rewrite import rewrite
-from .rules import Rule, list_rules, register_rule
-from .select import select
-from .serialize import apply_manifest, load, save
-from .trace import trace
-from .train import SoftPruner
-from .verify import VerifyReport, verify
+from fxprune.files.serialize import apply_manifest, load, save
+from fxprune.ir.meta import Group, KeepSet, ParamSlice
+from fxprune.plan.allocate import allocate
+from fxprune.plan.compress import compress, score
+from fxprune.rules import Rule, list_rules, register_rule
+from fxprune.tools.inspect import inspect
+from fxprune.train import SoftPruner
+from fxprune.version import __version__

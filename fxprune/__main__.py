@@ -6,7 +6,7 @@ __all__: list[str] = []
 
 import sys
 
-from .cli import main
+from fxprune.cli.app import main
 
 if __name__ == "__main__":
     sys.exit(main())

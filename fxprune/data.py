@@ -2,5 +2,5 @@
 
 from __future__ import annotations
 
-from .train.data import *  # noqa: F403
-from .train.data import __all__  # noqa: F401
+from fxprune.train.data import *  # noqa: F403
+from fxprune.train.data import __all__  # noqa: F401

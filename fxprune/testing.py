@@ -5,7 +5,7 @@ compression: the zero-channel oracle holds (and its check is not vacuous), the o
 unchanged, parameters went down (when something was prunable), the user's model is untouched,
 and a save/load round trip gives identical outputs. :func:`checked_compress` checks the same
 invariants without touching process-wide state (no warnings filters, no training flags set on
-the user's model), so threads may run it at once (``tests/test_threads.py``).
+the user's model), so threads may run it at once (``tests/ir/test_threads.py``).
 """
 
 from __future__ import annotations
@@ -21,12 +21,12 @@ import torch
 import torch.fx as fx
 import torch.nn as nn
 
-from ._state import untouched
-from .api import compress
-from .count import count
-from .inputs import copied, positional_inputs
-from .serialize import load, save
-from .verify import verify
+from fxprune.core.verify import verify
+from fxprune.costs.count import count
+from fxprune.files.serialize import load, save
+from fxprune.ir.inputs import copied, positional_inputs
+from fxprune.ir.state import untouched
+from fxprune.plan.compress import compress
 
 
 def n_params(m: nn.Module) -> int:

@@ -12,7 +12,7 @@ __all__ = ["InvertedResidual", "MobileNetV2Cifar", "MOBILENETV2_CIFAR_CFG", "mob
 import torch
 from torch import nn
 
-from ._registry import register_model
+from fxprune.models._registry import register_model
 
 #: Inverted-residual settings ``(expansion t, out channels c, repeats n, stride s)``.
 MOBILENETV2_CIFAR_CFG: list[tuple[int, int, int, int]] = [

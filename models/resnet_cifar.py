@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._registry import register_model
+from fxprune.models._registry import register_model
 
 
 class PadShortcut(nn.Module):

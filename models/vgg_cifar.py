@@ -12,7 +12,7 @@ __all__ = ["VGGCifar", "VGG_CFGS", "vgg16_bn", "vgg19_bn"]
 import torch
 from torch import nn
 
-from ._registry import register_model
+from fxprune.models._registry import register_model
 
 VGG_CFGS: dict[str, list[int | str]] = {
     "vgg16": [64, 64, "M", 128, 128, "M", 256, 256, 256, "M",

@@ -21,9 +21,8 @@ import torch.nn as nn
 from torch import Tensor
 
 from fxprune.criteria import CriterionCtx, average_members, register_criterion
-from fxprune.meta import Group, ParamSlice
-
-from .l1 import l1
+from fxprune.ir.meta import Group, ParamSlice
+from fxprune.passes.l1 import l1
 
 
 def _param(root: nn.Module, m: ParamSlice) -> Tensor | None:

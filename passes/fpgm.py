@@ -51,7 +51,7 @@ from fxprune.criteria import (
     register_criterion,
 )
 from fxprune.errors import InputError
-from fxprune.meta import Group
+from fxprune.ir.meta import Group
 
 DISTANCES = ("l2", "l1", "cosine")
 

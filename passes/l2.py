@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from fxprune.criteria import CriterionCtx, producer_scores, register_criterion
-from fxprune.meta import Group
+from fxprune.ir.meta import Group
 
 
 @register_criterion("l2")

@@ -34,7 +34,7 @@ import torch
 from torch import Tensor
 
 from fxprune.criteria import CriterionCtx, producer_scores, register_criterion
-from fxprune.meta import Group
+from fxprune.ir.meta import Group
 
 
 def worst_ranks(w: Tensor) -> Tensor:

@@ -33,7 +33,7 @@ from torch import Tensor
 
 from fxprune.criteria import CriterionCtx, register_criterion
 from fxprune.errors import FxPruneError, InputError, short_error
-from fxprune.meta import Group
+from fxprune.ir.meta import Group
 
 
 def _loss(out: Any) -> Tensor:

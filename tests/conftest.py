@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-# test helper modules (train_doubles, _train_helpers) import by name, here and in the
+# test helper modules (train_helpers) import by name, here and in the
 # subprocesses the DDP tests start (which get the same folder on PYTHONPATH)
 sys.path.insert(0, str(Path(__file__).parent))
 

@@ -1,4 +1,4 @@
-"""Jobs of the concurrency tests (tests/test_threads.py), in a module of their own so that a
+"""Jobs of the concurrency tests (tests/ir/test_threads.py), in a module of their own so that a
 spawned process can import them by name (conftest puts this folder on sys.path)."""
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ import torch.fx as fx
 import torch.nn as nn
 
 import fxprune
-from fxprune.fuzz import random_model
 from fxprune.models import create_model
 from fxprune.testing import checked_compress
+from fxprune.tools.fuzz import random_model
 
 
 class Attn(nn.Module):

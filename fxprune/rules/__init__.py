@@ -33,8 +33,8 @@ import torch.fx as fx
 import torch.nn as nn
 
 if TYPE_CHECKING:
-    from ..analyze import PropCtx
-    from ..rewrite import RewriteCtx
+    from fxprune.ir.propctx import PropCtx
+    from fxprune.rules.rewritectx import RewriteCtx
 
 OpKey = type | Callable[..., Any] | str
 T = TypeVar("T")
@@ -66,7 +66,8 @@ class Rule:
 
         A channel count (``x.shape[1]``...) passed as a size is recomputed after pruning (or
         patched by :meth:`rewrite_node`); passed anywhere else it is a plain number, and the
-        rewrite pins it to its original value (see :mod:`fxprune.counts`). Default: a number.
+        rewrite pins it to its original value (see :mod:`fxprune.core.size_reads`). Default: a
+        number.
         """
         return False
 
@@ -171,7 +172,7 @@ def list_rules() -> list[tuple[str, str]]:
 
 
 # Rule families register themselves on import.
-from . import (  # noqa: E402, F401
+from fxprune.rules import (  # noqa: E402, F401
     attention,
     conv,
     elementwise,

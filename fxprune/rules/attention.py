@@ -29,13 +29,13 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..channels import FREE
-from . import Rule, register_rule
-from ._util import align
+from fxprune.ir.channels import FREE
+from fxprune.rules import Rule, register_rule
+from fxprune.rules.util import align
 
 
 def _unsupported(msg: str) -> Exception:
-    from ..propctx import Unsupported
+    from fxprune.ir.propctx import Unsupported
 
     return Unsupported(msg)
 

@@ -14,8 +14,8 @@ __all__ = ["ConvRule", "ConvTransposeRule", "conv_input_error"]
 import torch.nn as nn
 from torch import Tensor
 
-from ..channels import at_axis
-from . import Rule, register_rule
+from fxprune.ir.channels import at_axis
+from fxprune.rules import Rule, register_rule
 
 
 def conv_input_error(m: nn.Module, args: tuple) -> str | None:

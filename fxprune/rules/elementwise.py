@@ -25,10 +25,17 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from .. import meta
-from ..channels import FREE, at_axis, fit
-from . import Rule, register_rule
-from ._util import align, channel_axes_beside, dims_arg, last_axes, norm_dim, tensor_args
+from fxprune.ir import meta
+from fxprune.ir.channels import FREE, at_axis, fit
+from fxprune.rules import Rule, register_rule
+from fxprune.rules.util import (
+    align,
+    channel_axes_beside,
+    dims_arg,
+    last_axes,
+    norm_dim,
+    tensor_args,
+)
 
 
 class Broadcast(Rule):
@@ -199,7 +206,7 @@ class Spatial(Rule):
             if result is None:  # fresh (frozen) channels of the resized axes
                 result = ctx.opaque_ids(out.shape, f"output of {name} over channels")
         elif result is None:
-            from ..analyze import Unsupported
+            from fxprune.ir.propctx import Unsupported
 
             raise Unsupported("changes the size of a channel axis")
         return tuple(result for _ in ctx.out) if isinstance(ctx.out, tuple) else result
@@ -209,7 +216,7 @@ class AlongDim(Rule):
     """Mixes values along ``dim`` (softmax, cumsum): channels must not vary along it."""
 
     def propagate(self, ctx):  # type: ignore[no-untyped-def]
-        from ..analyze import Unsupported
+        from fxprune.ir.propctx import Unsupported
 
         ids = ctx.ids(0, "input")
         dim = getattr(ctx.module, "dim", None) if ctx.module is not None else ctx.arg(1, "dim")

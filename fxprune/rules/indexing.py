@@ -16,9 +16,9 @@ import torch
 import torch.fx as fx
 from torch import Tensor
 
-from . import register_rule
-from ._util import norm_dim
-from .shape import _one_channel_frozen, _Sizes, _unsupported, _val
+from fxprune.rules import register_rule
+from fxprune.rules.shape import _one_channel_frozen, _Sizes, _unsupported, _val
+from fxprune.rules.util import norm_dim
 
 
 def _expand_index(idx: object, ndim: int) -> list[object]:

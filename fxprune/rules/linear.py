@@ -13,9 +13,9 @@ import torch.fx as fx
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..channels import at_axis
-from . import Rule, register_rule
-from ._util import align
+from fxprune.ir.channels import at_axis
+from fxprune.rules import Rule, register_rule
+from fxprune.rules.util import align
 
 
 @register_rule(nn.Linear)
@@ -59,7 +59,7 @@ def _param_target(ctx, i: int, name: str) -> str | None:  # type: ignore[no-unty
     if node is None:
         return None
     if not isinstance(node, fx.Node) or node.op != "get_attr":
-        from ..analyze import Unsupported
+        from fxprune.ir.propctx import Unsupported
 
         raise Unsupported("weight computed in the graph (make its module a leaf)")
     return str(node.target)
@@ -71,7 +71,7 @@ class FunctionalWeightRule(Rule):
     """F.linear / F.conv2d on parameters read with get_attr (ungrouped): like the modules."""
 
     def propagate(self, ctx):  # type: ignore[no-untyped-def]
-        from ..analyze import Unsupported
+        from fxprune.ir.propctx import Unsupported
 
         w_target = _param_target(ctx, 1, "weight")
         b_target = _param_target(ctx, 2, "bias")

@@ -26,9 +26,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from .. import meta
-from . import Rule, register_rule
-from ._util import align, last_axes
+from fxprune.ir import meta
+from fxprune.rules import Rule, register_rule
+from fxprune.rules.util import align, last_axes
 
 _PER_CHANNEL_ATTRS = ("num_features", "num_channels", "num_parameters", "channels")
 
@@ -222,7 +222,7 @@ class LayerNormRule(Rule):
         self.axis = axis
 
     def propagate(self, ctx):  # type: ignore[no-untyped-def]
-        from ..propctx import Unsupported
+        from fxprune.ir.propctx import Unsupported
 
         m = ctx.module
         x = align(ctx.ids(0, "input"), ctx.out.dim())

@@ -20,9 +20,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..channels import at_axis
-from . import Rule, register_rule
-from ._util import align, norm_dim, reshape_ids
+from fxprune.ir.channels import at_axis
+from fxprune.rules import Rule, register_rule
+from fxprune.rules.util import align, norm_dim, reshape_ids
 
 
 class _Sizes(Rule):
@@ -33,7 +33,7 @@ class _Sizes(Rule):
 
 
 def _unsupported(msg: str) -> Exception:
-    from ..analyze import Unsupported
+    from fxprune.ir.propctx import Unsupported
 
     return Unsupported(msg)
 

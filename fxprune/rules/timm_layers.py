@@ -12,12 +12,12 @@ import importlib
 
 import torch.nn as nn
 
-from ..channels import at_axis
-from . import Rule, register_rule
-from .conv import ConvRule
-from .elementwise import Passthrough, Spatial
-from .linear import LinearRule
-from .norm import ChannelParams, GroupNormRule, LayerNormRule
+from fxprune.ir.channels import at_axis
+from fxprune.rules import Rule, register_rule
+from fxprune.rules.conv import ConvRule
+from fxprune.rules.elementwise import Passthrough, Spatial
+from fxprune.rules.linear import LinearRule
+from fxprune.rules.norm import ChannelParams, GroupNormRule, LayerNormRule
 
 
 def _classes(*paths: str) -> list[type]:

@@ -19,9 +19,9 @@ __all__ = ["Roll", "PatchMergingPad", "NoChannels", "RelativePositionBias", "Win
 
 import torch
 
-from ..channels import FREE, FROZEN
-from . import Rule, register_rule
-from ._util import align, dims_arg
+from fxprune.ir.channels import FREE, FROZEN
+from fxprune.rules import Rule, register_rule
+from fxprune.rules.util import align, dims_arg
 
 
 @register_rule(torch.roll, "roll")
@@ -29,7 +29,7 @@ class Roll(Rule):
     """roll: elements move along axes without channels; ids pass through."""
 
     def propagate(self, ctx):  # type: ignore[no-untyped-def]
-        from ..propctx import Unsupported
+        from fxprune.ir.propctx import Unsupported
 
         x = ctx.arg(0, "input")
         ids = align(ctx.ids(0, "input"), x.dim())
@@ -50,7 +50,7 @@ class PatchMergingPad(Rule):
     """Swin patch merging: (..., H, W, C) -> (..., H/2, W/2, 4C), the channels four times."""
 
     def propagate(self, ctx):  # type: ignore[no-untyped-def]
-        from ..propctx import Unsupported
+        from fxprune.ir.propctx import Unsupported
 
         x = ctx.arg(0, "x")
         ids = align(ctx.ids(0, "x"), x.dim())
@@ -80,7 +80,7 @@ class RelativePositionBias(Rule):
     def propagate(self, ctx):  # type: ignore[no-untyped-def]
         import torch.fx as fx
 
-        from ..channels import at_axis
+        from fxprune.ir.channels import at_axis
 
         table = ctx.arg_node(0, "relative_position_bias_table")
         value = ctx.arg(0, "relative_position_bias_table")
@@ -100,8 +100,8 @@ class WindowReverse(Rule):
         self.axis = axis
 
     def propagate(self, ctx):  # type: ignore[no-untyped-def]
-        from ..channels import at_axis
-        from ..propctx import Unsupported
+        from fxprune.ir.channels import at_axis
+        from fxprune.ir.propctx import Unsupported
 
         x = ctx.arg(0, "windows")
         ids = align(ctx.ids(0, "windows"), x.dim())
@@ -119,8 +119,8 @@ class ResamplePosEmbed(Rule):
     def propagate(self, ctx):  # type: ignore[no-untyped-def]
         import torch.fx as fx
 
-        from ..channels import at_axis
-        from ..propctx import Unsupported
+        from fxprune.ir.channels import at_axis
+        from fxprune.ir.propctx import Unsupported
 
         node, value = ctx.arg_node(0, "posemb"), ctx.arg(0, "posemb")
         nd = ctx.out.dim()
@@ -141,7 +141,7 @@ class ResamplePosEmbed(Rule):
 def _register_timm() -> None:
     import importlib
 
-    from .elementwise import Broadcast
+    from fxprune.rules.elementwise import Broadcast
 
     names = {"timm.models.swin_transformer": ("window_reverse",),
              "timm.models.swin_transformer_v2": ("window_reverse",),

@@ -22,7 +22,7 @@ __all__ = [
     "STRIPES",
 ]
 
-from .finalize import STRIPES, LayerReport, finalize, fold
-from .forms import CroppedConv2d, StripeConv2d
-from .pruner import StripePruner
-from .skeleton import SkeletonConv2d, insert_skeletons, remove_skeletons
+from fxprune.stripes.finalize import STRIPES, LayerReport, finalize, fold
+from fxprune.stripes.forms import CroppedConv2d, StripeConv2d
+from fxprune.stripes.pruner import StripePruner
+from fxprune.stripes.skeleton import SkeletonConv2d, insert_skeletons, remove_skeletons

@@ -6,7 +6,7 @@ In order, on a copy (the user's model is not modified):
     ``fs`` is folded into the conv weights (:func:`fold`);
 (b) the exact channel clean-up: units (coupled channels) whose every producing filter is zero
     and whose value is 0 at every node that carries them are removed through the normal
-    keep-set machinery (:func:`fxprune.select.set_keepsets` + :func:`fxprune.rewrite`), so
+    keep-set machinery (:func:`fxprune.core.select.set_keepsets` + :func:`fxprune.rewrite`), so
     the next layers lose those inputs too. Frozen units (graph outputs...) and units through
     approximately-prunable ops stay;
 (c)+(d) per skeleton conv: kernel positions dead for every remaining filter are dropped
@@ -34,17 +34,18 @@ import torch.fx as fx
 import torch.nn as nn
 from torch import Tensor
 
-from .. import meta
-from ..analyze import Analysis, analyze
-from ..channels import FIRST_ID
-from ..errors import InputError, VerificationError
-from ..rewrite import rewrite
-from ..select import kept_mask, resolve_round_to, set_keepsets
-from ..trace import EXAMPLE_INPUTS, trace
-from ..verify import align_ids
-from .forms import CroppedConv2d, dense_form, stripe_form, stripe_macs
-from .probe import choose
-from .skeleton import following_norms, remove_skeletons, skeleton_convs, threshold
+from fxprune.core.analyze import Analysis, analyze
+from fxprune.core.rewrite import rewrite
+from fxprune.core.select import kept_mask, set_keepsets
+from fxprune.core.trace import EXAMPLE_INPUTS, trace
+from fxprune.core.verify import align_ids
+from fxprune.costs.latency import resolve_round_to
+from fxprune.errors import InputError, VerificationError
+from fxprune.ir import meta
+from fxprune.ir.channels import FIRST_ID
+from fxprune.stripes.forms import CroppedConv2d, dense_form, stripe_form, stripe_macs
+from fxprune.stripes.probe import choose
+from fxprune.stripes.skeleton import following_norms, remove_skeletons, skeleton_convs, threshold
 
 STRIPES = "fxprune.stripes"  # finalized gm.meta: {conv name: LayerReport}
 
@@ -306,9 +307,9 @@ def finalize(model: nn.Module, example_inputs: Any = None, *, delta: float = 0.0
 
 
 def _compare(want: Any, got: Any, rtol: float) -> None:
-    from ..verify import _flat
+    from fxprune.core.verify import flat_tensors
 
-    a, b = _flat(want), _flat(got)
+    a, b = flat_tensors(want), flat_tensors(got)
     for x, y in zip(a, b):
         scale = float(x.abs().max()) if x.numel() else 0.0
         if x.shape != y.shape or not torch.allclose(y, x, rtol=rtol, atol=rtol * max(scale, 1e-6)):

@@ -22,9 +22,9 @@ import torch.fx as fx
 import torch.nn as nn
 from torch import Tensor
 
-from ..errors import InputError
-from .finalize import finalize
-from .skeleton import (
+from fxprune.errors import InputError
+from fxprune.stripes.finalize import finalize
+from fxprune.stripes.skeleton import (
     following_norms,
     insert_skeletons,
     live_stripes,
@@ -116,7 +116,7 @@ class StripePruner:
         are dense. Not measured on a rewrite (the finalized model's MACs are in
         ``fxprune.count(pruner.finalize())``); the dense per-layer MACs are counted once."""
         if self._layer_macs is None:
-            from ..count import count
+            from fxprune.costs.count import count
 
             inputs = example_inputs if example_inputs is not None else self.example_inputs
             c = count(self.model, inputs)

@@ -25,8 +25,8 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from ..rules import RULES
-from ..rules.conv import ConvRule
+from fxprune.rules import RULES
+from fxprune.rules.conv import ConvRule
 
 
 class SkeletonConv2d(nn.Conv2d):
@@ -116,7 +116,7 @@ def following_norms(model: nn.Module, convs: list[str]) -> dict[str, str]:
     same width (found on a symbolic trace; an untraceable model gets ``{}``)."""
     import torch.fx as fx
 
-    from ..trace import FxPruneTracer
+    from fxprune.core.trace import FxPruneTracer
 
     try:
         graph = FxPruneTracer().trace(model)

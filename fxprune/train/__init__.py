@@ -12,7 +12,7 @@ from __future__ import annotations
 __all__ = ["SoftPruner", "Method", "register_method", "get_method", "list_methods",
            "fit", "evaluate", "History", "EpochRecord", "data"]
 
-from . import data
-from .engine import SoftPruner
-from .methods import Method, get_method, list_methods, register_method
-from .trainer import EpochRecord, History, evaluate, fit
+from fxprune.train import data
+from fxprune.train.engine import SoftPruner
+from fxprune.train.methods import Method, get_method, list_methods, register_method
+from fxprune.train.trainer import EpochRecord, History, evaluate, fit

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import InputError
+from fxprune.errors import InputError
 
 FORMAT = "fxprune.train/1"
 logger = logging.getLogger("fxprune.train")

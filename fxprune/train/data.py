@@ -47,7 +47,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from ..errors import InputError
+from fxprune.errors import InputError
 
 _TEST_SEED = 0  # carving a test split (digits, single-folder ImageFolder) never depends on seed
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -246,7 +246,7 @@ def _tensor_splits(name: str, train_x: torch.Tensor, train_y: torch.Tensor,
     size = (int(train_x.shape[-2]), int(train_x.shape[-1]))
     t_train, t_eval = _transforms(size, mean, std, augment, pad, flip)
     num_classes = int(max(int(train_y.max()), int(test_y.max())) + 1)
-    from .batched import BatchAugment
+    from fxprune.train.batched import BatchAugment
 
     sets = (TensorImageDataset(train_x[keep], train_y[keep], t_train),
             TensorImageDataset(train_x[val], train_y[val], t_eval),
@@ -375,7 +375,7 @@ def make_loaders(splits: DataSplits, batch_size: int, *, eval_batch_size: int | 
     """
     if batch_size < 1:
         raise InputError(f"batch size must be >= 1, got {batch_size}")
-    from .batched import BatchedView, collate
+    from fxprune.train.batched import BatchedView, collate
 
     def view(ds: Any) -> Any:
         if batched and isinstance(ds, TensorImageDataset) and ds.batch_transform is not None:

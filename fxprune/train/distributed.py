@@ -24,7 +24,7 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, DistributedSampler, IterableDataset, Sampler
 from torch.utils.data import SequentialSampler as _Sequential
 
-from ..errors import InputError
+from fxprune.errors import InputError
 
 
 @dataclass(frozen=True)

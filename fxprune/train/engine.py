@@ -24,21 +24,22 @@ import torch
 import torch.fx as fx
 import torch.nn as nn
 
-from .. import meta
-from ..allocate import ALLOCATION, Allocator, explicit_ratios, fit_target
-from ..analyze import analyze
-from ..api import _check_ratio, _check_target, score
-from ..count import count
-from ..criteria import get_criterion
-from ..errors import InputError
-from ..rewrite import rewrite
-from ..select import resolve_round_to, select, set_keepsets
-from ..trace import EXAMPLE_INPUTS, _model_device_dtype, trace
-from ..verify import _check_inputs
-from .fold import compile_compact
-from .masks import BN_MODES, Masks, Snapshot
-from .methods import Keep, get_method
-from .methods._attribute import run_eval
+from fxprune.core.analyze import analyze
+from fxprune.core.rewrite import rewrite
+from fxprune.core.select import select, set_keepsets
+from fxprune.core.trace import EXAMPLE_INPUTS, _model_device_dtype, trace
+from fxprune.core.verify import _check_inputs
+from fxprune.costs.count import count
+from fxprune.costs.latency import resolve_round_to
+from fxprune.criteria import get_criterion
+from fxprune.errors import InputError
+from fxprune.ir import meta
+from fxprune.plan.allocate import ALLOCATION, Allocator, explicit_ratios, fit_target
+from fxprune.plan.compress import _check_ratio, _check_target, score
+from fxprune.train.fold import compile_compact
+from fxprune.train.masks import BN_MODES, Masks, Snapshot
+from fxprune.train.methods import Keep, get_method
+from fxprune.train.methods._attribute import run_eval
 
 HOLDS = ("step", "epoch")
 # max_grad_norm="auto" for hold="epoch" methods. A filter zeroed at an epoch end has batch

@@ -6,7 +6,8 @@ Writes: a NEW GraphModule (via :func:`fxprune.rewrite`), plus one ``fxprune_fold
 
 The rewrite removes pruned channels: it computes what the model computes with every pruned
 channel zeroed at the ops that consume it (convs and linears; the oracle of
-:mod:`fxprune.verify`). A soft-pruned model differs from that only where a pruned channel is not
+:mod:`fxprune.core.verify`). A soft-pruned model differs from that only where a pruned channel
+is not
 zero at its consumer. With ``bn="keep"`` that is the BatchNorm constant ``relu(BN(0))`` of a
 pruned filter (SFP/FPGM leave BN alone); with ``bn="zero"`` it only happens after an op with
 ``f(0) != 0`` (a sigmoid, a ``+ 3``) on the pruned channel.
@@ -36,12 +37,12 @@ import torch.fx as fx
 import torch.nn as nn
 from torch import Tensor
 
-from .. import meta
-from ..analyze import Analysis
-from ..errors import FxPruneError, VerificationError
-from ..rewrite import rewrite
-from ..select import kept_mask, set_keepsets
-from ..verify import align_ids, compare
+from fxprune.core.analyze import Analysis
+from fxprune.core.rewrite import rewrite
+from fxprune.core.select import kept_mask, set_keepsets
+from fxprune.core.verify import align_ids, compare
+from fxprune.errors import FxPruneError, VerificationError
+from fxprune.ir import meta
 
 FOLD_META = "fxprune.folds"  # compact gm.meta: [(consumer node, buffer name, shape)]
 

@@ -35,10 +35,10 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from .. import meta
-from ..analyze import Analysis
-from ..errors import InputError
-from ..select import kept_mask
+from fxprune.core.analyze import Analysis
+from fxprune.core.select import kept_mask
+from fxprune.errors import InputError
+from fxprune.ir import meta
 
 BN_MODES = ("zero", "keep")
 _ADDITIVE = ("bias", "running_mean")

@@ -37,9 +37,9 @@ import torch
 import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel
 
-from ..errors import FxPruneError, InputError
-from . import distributed as D
-from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from fxprune.errors import FxPruneError, InputError
+from fxprune.train import distributed as D
+from fxprune.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 
 logger = logging.getLogger("fxprune.train")
 

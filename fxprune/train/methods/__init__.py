@@ -21,14 +21,14 @@ import importlib
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from ...errors import InputError
-from ...meta import KeepSet
+from fxprune.errors import InputError
+from fxprune.ir.meta import KeepSet
 
 if TYPE_CHECKING:
     import torch.fx as fx
     import torch.optim
 
-    from ..engine import SoftPruner
+    from fxprune.train.engine import SoftPruner
 
 Keep = dict[int, KeepSet]
 METHODS: dict[str, type[Method]] = {}

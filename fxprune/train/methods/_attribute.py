@@ -18,7 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from ...errors import InputError
+from fxprune.errors import InputError
 
 ATTRIBUTES = ("loss", "accuracy")
 Attribute = Callable[[nn.Module], float]

@@ -24,10 +24,10 @@ __all__ = ["FPGM"]
 
 from typing import TYPE_CHECKING
 
-from . import Keep, Method, register_method
+from fxprune.train.methods import Keep, Method, register_method
 
 if TYPE_CHECKING:
-    from ..engine import SoftPruner
+    from fxprune.train.engine import SoftPruner
 
 
 @register_method("fpgm")

@@ -37,13 +37,13 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
-from ...errors import InputError
-from ...meta import KeepSet
-from . import Keep, Method, register_method
-from ._attribute import check_data, make_attribute
+from fxprune.errors import InputError
+from fxprune.ir.meta import KeepSet
+from fxprune.train.methods import Keep, Method, register_method
+from fxprune.train.methods._attribute import check_data, make_attribute
 
 if TYPE_CHECKING:
-    from ..engine import SoftPruner
+    from fxprune.train.engine import SoftPruner
 
 
 def _positive(name: str, v: Any, *, upper: float | None = None) -> None:

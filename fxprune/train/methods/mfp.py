@@ -26,13 +26,13 @@ __all__ = ["MFP", "DEFAULT_POOL"]
 
 from typing import TYPE_CHECKING, Any
 
-from ...criteria import get_criterion
-from ...errors import InputError
-from . import Keep, Method, register_method
-from ._attribute import check_data, make_attribute
+from fxprune.criteria import get_criterion
+from fxprune.errors import InputError
+from fxprune.train.methods import Keep, Method, register_method
+from fxprune.train.methods._attribute import check_data, make_attribute
 
 if TYPE_CHECKING:
-    from ..engine import SoftPruner
+    from fxprune.train.engine import SoftPruner
 
 DEFAULT_POOL = ("l1", "l2", "fpgm", "fpgm_l1", "fpgm_cosine")
 

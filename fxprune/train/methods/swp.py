@@ -21,16 +21,16 @@ __all__ = ["SWP"]
 
 from typing import TYPE_CHECKING, Any
 
-from ...errors import InputError
-from ...stripes import StripePruner
-from ...stripes import finalize as stripe_finalize
-from . import Keep, Method, register_method
+from fxprune.errors import InputError
+from fxprune.stripes import StripePruner
+from fxprune.stripes import finalize as stripe_finalize
+from fxprune.train.methods import Keep, Method, register_method
 
 if TYPE_CHECKING:
     import torch.fx as fx
     import torch.optim
 
-    from ..engine import SoftPruner
+    from fxprune.train.engine import SoftPruner
 
 
 @register_method("swp")
@@ -59,7 +59,7 @@ class SWP(Method):
 
     def initial(self, pruner: SoftPruner) -> Keep:
         """Every channel kept: SWP removes channels only at finalize, where no stripe lives."""
-        from ...meta import KeepSet
+        from fxprune.ir.meta import KeepSet
 
         return {g.id: KeepSet(g.id, g.size, tuple(range(g.size)))
                 for g in pruner.analysis.groups}

@@ -1,0 +1,180 @@
+"""Compute one row of the accuracy benchmark (runs in a worker process).
+
+Every method starts from the same dense baseline (per model and seed, trained once and kept in
+``OUT/dense/``) and gets the same epochs, learning rate and cosine schedule: fine-tuning after a
+one-shot cut, or soft-pruning epochs then ``finalize()``. The validation split (carved from the
+training set) scores MFP/FPPMO masks and data-driven criteria; the test set is used only for
+the reported accuracies.
+"""
+
+from __future__ import annotations
+
+__all__ = ["run_job", "load_splits", "tp_prune"]
+
+import copy
+import dataclasses
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from fxprune.bench.accuracy.presets import METHODS, Job, Preset
+from fxprune.costs.count import count
+from fxprune.costs.latency import measure_latency
+from fxprune.costs.paper_flops import paper_flops_cut
+from fxprune.plan.allocate import ALLOCATION
+from fxprune.plan.compress import compress
+from fxprune.train import SoftPruner, data, evaluate, fit
+
+_SPLITS: dict[tuple, data.DataSplits] = {}
+
+
+def load_splits(p: Preset, seed: int) -> data.DataSplits:
+    """The preset's dataset; the validation split is carved with ``seed``, and the training
+    split is cut to ``p.subset`` images (a seeded choice) when set."""
+    key = (p.dataset, p.subset, seed)
+    if key not in _SPLITS:
+        s = data.load_data(p.dataset, seed=seed)
+        if p.subset is not None and p.subset < len(s.train):
+            g = torch.Generator().manual_seed(1000 + seed)
+            idx = torch.randperm(len(s.train), generator=g)[: p.subset].sort().values
+            old = s.train
+            train = data.TensorImageDataset(old.images[idx], old.labels[idx], old.transform)
+            train.batch_transform = old.batch_transform
+            s = dataclasses.replace(s, train=train)
+        _SPLITS[key] = s
+    return _SPLITS[key]
+
+
+def _model(name: str, splits: data.DataSplits) -> nn.Module:
+    from fxprune.models import create_model
+
+    return create_model(name, in_chans=splits.in_chans, num_classes=splits.num_classes)
+
+
+def dense_path(out: Path, model: str, seed: int) -> Path:
+    return out / "dense" / f"{model}_s{seed}.pt"
+
+
+def _fit(p: Preset, model: nn.Module, train: Any, epochs: int, lr: float, seed: int,
+         pruner: Any = None) -> None:
+    fit(model, train, None, epochs, lr=lr, seed=seed, progress=False, pruner=pruner,
+        amp=p.amp, bn_recalibration=p.bn_recalibration if pruner is not None else 0)
+
+
+def _tp_importance(kind: str) -> Any:
+    import torch_pruning as tp
+
+    if kind == "magnitude":  # per layer: the root conv's L2 norm (MagnitudeImportance(p=2)
+        # with its defaults equals the group importance in 1.6.1)
+        return tp.importance.MagnitudeImportance(p=2, group_reduction="first", normalizer=None)
+    return tp.importance.GroupMagnitudeImportance(p=2)  # DepGraph's default (GroupNorm)
+
+
+def tp_prune(model: nn.Module, x: torch.Tensor, target: float, kind: str,
+             tol: float = 0.02) -> tuple[nn.Module, float, int]:
+    """Torch-Pruning's uniform ratio bisected until the pruned copy keeps ``target`` of the
+    MACs within ``tol`` (relative). Returns (pruned copy, ratio, trials)."""
+    import torch_pruning as tp
+
+    base = count(model, (x,)).macs
+    lo, hi, best = 0.0, 0.95, None
+    for trial in range(1, 25):
+        r = (lo + hi) / 2
+        m = copy.deepcopy(model)
+        pr = tp.pruner.MetaPruner(m, x, importance=_tp_importance(kind), pruning_ratio=r,
+                                  ignored_layers=[mod for mod in m.modules()
+                                                  if isinstance(mod, nn.Linear)])
+        pr.step()
+        kept = count(m, (x,)).macs / base
+        if best is None or abs(kept - target) < abs(best[1] - target):
+            best = (m, kept, r)
+        if abs(kept - target) <= tol * target:
+            return m, r, trial
+        lo, hi = (r, hi) if kept > target else (lo, r)
+    assert best is not None
+    return best[0], best[2], 24
+
+
+def _latency(dense: nn.Module, small: nn.Module, x: torch.Tensor, batch: int) -> float | None:
+    xb = x.expand(batch, *x.shape[1:]).contiguous()
+    r = measure_latency(dense.eval(), small.eval(), xb, warmup=2, repeat=10, threads=1)
+    return r.speedup
+
+
+def _run_method(p: Preset, job: Job, model: nn.Module, x: torch.Tensor, train: Any,
+                val_batches: list, test: Any, row: dict[str, Any]
+                ) -> tuple[nn.Module, float | None]:
+    """Prune and train ``model`` (a copy of the dense baseline) the way ``job`` says; returns
+    the compact model and the uniform keep rate (None for non-uniform allocations)."""
+    _, kind, how = METHODS[job.method]
+    keep_rate = None
+    if kind == "oneshot":
+        data_kw = {"data": val_batches} if how["criterion"] == "taylor" else {}
+        small = compress(model, target_flops=job.target, criterion=how["criterion"],
+                         allocation=how.get("allocation", "uniform"), example_inputs=(x,),
+                         seed=job.seed, **data_kw)
+        alloc = small.meta.get(ALLOCATION, {})
+        if alloc.get("allocation") == "uniform" and alloc.get("amount") is not None:
+            keep_rate = 1.0 - float(alloc["amount"])
+        row["acc_oneshot"] = evaluate(small, test)[1]
+        _fit(p, small, train, p.epochs, p.lr, job.seed)
+        return small, keep_rate
+    if kind == "tp":
+        small, ratio, trials = tp_prune(model, x, float(job.target), how["importance"])
+        row.update(tp_ratio=ratio, tp_trials=trials, acc_oneshot=evaluate(small, test)[1])
+        _fit(p, small, train, p.epochs, p.lr, job.seed)
+        return small, None
+    kw: dict[str, Any] = {"example_inputs": (x,), "seed": job.seed, "method": how["method"]}
+    if kind == "swp":
+        kw["alpha"] = row["alpha"] = job.option
+    else:
+        kw["target_flops"] = job.target
+    if how["method"] in ("mfp", "fppmo"):
+        kw["data"] = val_batches
+    pruner = SoftPruner(model, **kw)
+    if pruner.allocation.get("amount") is not None:
+        keep_rate = 1.0 - float(pruner.allocation["amount"])
+    row["acc_oneshot"] = evaluate(model, test)[1] if kind == "soft" else None
+    _fit(p, model, train, p.epochs, p.lr, job.seed, pruner=pruner)
+    return pruner.finalize(), keep_rate
+
+
+def run_job(p: Preset, job: Job, out: Path) -> dict[str, Any]:
+    """Compute ``job``; returns its row (the keys of the issue's table and a few more)."""
+    splits = load_splits(p, job.seed)
+    train, val, test = data.make_loaders(splits, p.batch)
+    x = splits.example_input()
+    row: dict[str, Any] = {"key": job.key, "model": job.model, "tool": job.tool,
+                           "method": job.method, "target": job.target, "seed": job.seed,
+                           "epochs": p.epochs, "train_images": len(splits.train),
+                           "lr": p.lr, "amp": p.amp}
+    torch.manual_seed(job.seed)
+    dense = _model(job.model, splits)
+    t0 = time.perf_counter()
+    if job.method == "dense":
+        _fit(p, dense, train, p.dense_epochs, p.dense_lr, job.seed)
+        path = dense_path(out, job.model, job.seed)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(dense.state_dict(), path)
+        row.update(epochs=p.dense_epochs, lr=p.dense_lr, acc=evaluate(dense, test)[1],
+                   acc_oneshot=None, macs_kept=1.0, params_kept=1.0, paper_flops_cut=0.0,
+                   speedup=1.0, seconds=time.perf_counter() - t0)
+        return row
+    dense.load_state_dict(torch.load(dense_path(out, job.model, job.seed), weights_only=True))
+    dense.eval()
+    base = count(dense, (x,))
+    val_batches = [b for _, b in zip(range(p.eval_batches), val)]
+    t0 = time.perf_counter()
+    small, keep_rate = _run_method(p, job, copy.deepcopy(dense), x, train, val_batches, test,
+                                   row)
+    row["seconds"] = time.perf_counter() - t0
+    after = count(small, (x,))
+    row.update(acc=evaluate(small, test)[1], macs_kept=after.macs / base.macs,
+               params_kept=after.params / base.params,
+               paper_flops_cut=(paper_flops_cut(dense, keep_rate, example_inputs=(x,))
+                                if keep_rate is not None else None),
+               speedup=_latency(dense, small, x, p.latency_batch))
+    return row

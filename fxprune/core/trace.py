@@ -1,0 +1,282 @@
+"""Trace a model to a torch.fx GraphModule that fxprune can analyze.
+
+Reads:  the user's model (never modified)
+Writes: a GraphModule sharing the model's submodules; ``gm.meta["fxprune.example_inputs"]``
+
+Leaf modules (kept opaque as ``call_module`` nodes): torch.nn's own modules and every module
+type that has a channel rule (so timm's ``BatchNormAct2d`` is one node with one rule). timm's
+registered no-trace modules without a rule are first traced *through*, so that their channels
+can be pruned; any submodule whose forward cannot be traced (timm's no-trace modules that need
+it, data-dependent control flow) is retried as an opaque leaf: it then needs a rule, or its
+channels are frozen. timm's no-trace functions stay ``call_function`` nodes. A failure in the
+top-level forward is reported with the user's source line. Values that tracing leaves in the
+model's own caches (timm caches attention biases per device) are removed afterwards, so the
+user's model is not changed.
+"""
+
+from __future__ import annotations
+
+__all__ = ["trace", "default_example_inputs", "FxPruneTracer", "EXAMPLE_INPUTS"]
+
+import traceback
+from typing import Any
+
+import torch
+import torch.fx as fx
+import torch.nn as nn
+
+from fxprune.core.decompose import decomposes, decomposition, needs_shape
+from fxprune.errors import InputError, TraceFailure, is_library_file, short_error
+from fxprune.ir.hooks import check_root
+from fxprune.ir.inputs import check_not_scripted, copied, positional_inputs
+from fxprune.ir.perf import gc_paused
+from fxprune.ir.state import untouched
+from fxprune.ir.threads import locked_trace
+from fxprune.ir.unused import UNUSED, carry_unused
+from fxprune.rules import RULES
+
+EXAMPLE_INPUTS = "fxprune.example_inputs"
+_MAX_LEAF_RETRIES = 32
+
+
+def _timm_notrace() -> tuple[set[type], list[Any]]:
+    try:
+        from timm.layers import get_notrace_functions, get_notrace_modules
+    except Exception:  # timm missing or too old: nothing extra to honour
+        return set(), []
+    return set(get_notrace_modules()), list(get_notrace_functions())
+
+
+class FxPruneTracer(fx.Tracer):
+    """A tracer that keeps rule-carrying and timm no-trace modules as leaves."""
+
+    def __init__(self, extra_leaves: set[str] | None = None, record_stack_traces: bool = False,
+                 shapes: dict[str, tuple[int, ...]] | None = None):
+        mods, fns = _timm_notrace()
+        super().__init__(autowrap_functions=tuple(fns))
+        # Stack traces cost a third of the tracing time; they are recorded lazily, only when
+        # a message needs a source line (see STACK_TRACER and fxprune.errors.node_location).
+        self.record_stack_traces = record_stack_traces
+        self._notrace = mods
+        self.extra_leaves = set(extra_leaves or ())
+        self.shapes = dict(shapes or {})  # module path -> input shape on the example inputs
+        self.current_path: list[str] = []
+        self.failed_path: str | None = None
+
+    def trace(self, root: Any, concrete_args: Any = None) -> fx.Graph:  # type: ignore[override]
+        # torch.fx patches nn.Module's class while tracing: one trace at a time, and other
+        # threads keep running their modules unpatched (see fxprune.ir.threads)
+        return locked_trace(self, root, concrete_args)
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        t = type(m)
+        if module_qualified_name in self.extra_leaves:
+            return True
+        if decomposes(m):
+            return False  # call_module traces its decomposition, or keeps it one op
+        if t in RULES:
+            return True
+        if t in self._notrace:
+            return False  # try tracing through; a failure makes it a leaf (see trace())
+        if isinstance(m, (nn.Sequential, nn.ModuleList, nn.ModuleDict)):
+            return False
+        return super().is_leaf_module(m, module_qualified_name)
+
+    def call_module(self, m, forward, args, kwargs):  # type: ignore[no-untyped-def]
+        path = self.path_of_module(m)
+        self.current_path.append(path)
+        try:
+            if decomposes(m) and path not in self.extra_leaves:
+                fn = decomposition(m, args, kwargs, self.shapes.get(path))
+                if fn is None:  # this call stays one opaque op
+                    return self.create_proxy("call_module", path, args, kwargs)
+                forward = fn
+            return super().call_module(m, forward, args, kwargs)
+        except Exception:
+            if self.failed_path is None:  # innermost module whose forward failed
+                self.failed_path = self.current_path[-1]
+            raise
+        finally:
+            self.current_path.pop()
+
+
+def _model_device_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype]:
+    for p in model.parameters():
+        if p.is_floating_point():
+            return p.device, p.dtype
+    for b in model.buffers():
+        if b.is_floating_point():
+            return b.device, b.dtype
+    return torch.device("cpu"), torch.float32
+
+
+def default_example_inputs(model: nn.Module) -> tuple[torch.Tensor, ...]:
+    """A random batch of one: timm's ``pretrained_cfg["input_size"]``, else (1, 3, 224, 224)."""
+    cfg = getattr(model, "pretrained_cfg", None) or getattr(model, "default_cfg", None) or {}
+    size = tuple(cfg.get("input_size", (3, 224, 224))) if isinstance(cfg, dict) else (3, 224, 224)
+    device, dtype = _model_device_dtype(model)
+    gen = torch.Generator().manual_seed(0)
+    return (torch.randn((1, *size), generator=gen).to(device=device, dtype=dtype),)
+
+
+def _user_frame(exc: BaseException) -> str:
+    """The innermost traceback frame outside torch and fxprune's own code: the user's line
+    (see :func:`fxprune.errors.is_library_file`)."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    for fr in reversed(frames):
+        if is_library_file(fr.filename):
+            continue
+        return f"{fr.filename}:{fr.lineno} ({fr.name}): {fr.line}"
+    return ""
+
+
+try:  # generates and compiles forward() on first use: the pipeline only interprets the graph
+    from torch.fx._lazy_graph_module import _LazyGraphModule as _GraphModule
+except ImportError:  # pragma: no cover - older torch
+    _GraphModule = fx.GraphModule
+
+STACK_TRACER = "fxprune.stack_tracer"  # gm.meta: () -> {node name: stack trace}, on demand
+
+
+def _stack_traces(model: nn.Module, leaves: set[str]) -> dict[str, str]:
+    """Trace again, recording stack traces: node names are the same as in the first trace."""
+    before = set(model.__dict__)
+    with untouched(model):  # tracing runs Python code on real buffers (self.n.add_(1))
+        graph = FxPruneTracer(leaves, record_stack_traces=True).trace(model)
+        _scrub_proxies(model)
+    _drop_added_attrs(model, before)
+    return {n.name: n.meta["stack_trace"] for n in graph.nodes if n.meta.get("stack_trace")}
+
+
+def _scrub_proxies(model: nn.Module) -> None:
+    """Remove fx Proxies that tracing left in module attributes or caches (e.g. timm's
+    ``attention_bias_cache``): tracing must not change the user's model."""
+    for m in model.modules():
+        for k, v in list(m.__dict__.items()):
+            if isinstance(v, fx.Proxy):
+                del m.__dict__[k]
+            elif isinstance(v, dict) and not k.startswith("_"):
+                for kk in [kk for kk, vv in v.items() if isinstance(vv, fx.Proxy)]:
+                    del v[kk]
+
+
+@gc_paused
+def trace(
+    model: nn.Module,
+    example_inputs: tuple[Any, ...] | Any | None = None,
+) -> fx.GraphModule:
+    """Symbolically trace ``model`` to a GraphModule (which shares the model's submodules).
+
+    Args:
+        model: any ``nn.Module``; it is not modified.
+        example_inputs: a tensor, a tuple of ``forward``'s positional arguments or a dict of
+            its keyword arguments (``model(**inputs)``), used by later passes; defaults to
+            :func:`default_example_inputs`. Stored in ``gm.meta`` as the positional tuple.
+
+    Returns:
+        The traced GraphModule.
+
+    Raises:
+        InputError: ``model`` is not an ``nn.Module``.
+        TraceFailure: the top-level forward uses a construct torch.fx cannot trace.
+
+    Example::
+
+        >>> import fxprune, timm
+        >>> gm = fxprune.trace(timm.create_model("resnet18"))
+    """
+    if isinstance(model, fx.GraphModule) and not isinstance(model, nn.Module):
+        raise InputError("model must be a torch.nn.Module")
+    if not isinstance(model, nn.Module):
+        raise InputError(
+            f"fxprune expects a torch.nn.Module, got {type(model).__name__}. "
+            "Hint: pass the model object itself (e.g. timm.create_model('resnet18')), "
+            "not its state_dict or class."
+        )
+    check_not_scripted(model)
+    check_root(model)  # hooks on the model itself are not traced
+    if example_inputs is None:
+        example_inputs = default_example_inputs(model)
+    example_inputs = copied(positional_inputs(model, example_inputs))  # the user's stay theirs
+    before = set(model.__dict__)  # the tracer stores tensor constants on the model
+    with untouched(model):  # tracing runs Python code on real buffers (self.n.add_(1))
+        graph, leaves = _trace_graph(model, _input_shapes(model, example_inputs))
+    name = type(model).__name__
+    gm = _GraphModule(model, graph, class_name=name)
+    _drop_added_attrs(model, before)  # gm holds its own references
+    gm.meta[EXAMPLE_INPUTS] = example_inputs
+    gm.meta[UNUSED] = carry_unused(model, gm)  # forward never reads them: kept as they are
+    # GraphModule makes fresh containers (training=True): give them the model's flags, which
+    # the rewrite copies to the result module by module
+    flags = {name: m.training for name, m in model.named_modules()}
+    for name, m in gm.named_modules():
+        if name in flags and m.training != flags[name]:
+            m.training = flags[name]
+    gm.meta["fxprune.leaf_fallbacks"] = tuple(sorted(leaves))
+    gm.meta[STACK_TRACER] = lambda: _stack_traces(model, leaves)
+    return gm
+
+
+def _input_shapes(model: nn.Module, inputs: tuple) -> dict[str, tuple[int, ...]]:
+    """The first input's shape of every module whose decomposition specialises on it, from one
+    forward pass on the example inputs (none when the model has no such module)."""
+    wanted = {name: m for name, m in model.named_modules() if needs_shape(m)}
+    if not wanted:
+        return {}
+    shapes: dict[str, tuple[int, ...]] = {}
+
+    def record(name: str) -> Any:
+        def hook(_m: nn.Module, args: tuple) -> None:
+            if args and isinstance(args[0], torch.Tensor):
+                shapes.setdefault(name, tuple(args[0].shape))
+        return hook
+
+    handles = [m.register_forward_pre_hook(record(name)) for name, m in wanted.items()]
+    try:
+        with untouched(model, eval_mode=True), torch.no_grad():
+            model(*copied(inputs))
+    except Exception:  # noqa: BLE001 - the trace or the analysis reports bad inputs
+        return {}
+    finally:
+        for h in handles:
+            h.remove()
+    return shapes
+
+
+def _trace_graph(model: nn.Module, shapes: dict[str, tuple[int, ...]] | None = None
+                 ) -> tuple[fx.Graph, set[str]]:
+    """Trace, retrying with each failing submodule as an opaque leaf."""
+    leaves: set[str] = set()
+    for _ in range(_MAX_LEAF_RETRIES):
+        tracer = FxPruneTracer(leaves, shapes=shapes)
+        try:
+            graph = tracer.trace(model)
+            break
+        except Exception as e:  # noqa: BLE001 - re-raised below with context
+            _scrub_proxies(model)
+            failing = tracer.failed_path or ""
+            if failing and failing not in leaves:
+                leaves.add(failing)  # retry with the failing submodule opaque
+                continue
+            where = _user_frame(e)
+            raise TraceFailure(
+                f"torch.fx could not trace {type(model).__name__}: {short_error(e)}\n"
+                f"  where: {where or 'top-level forward'}\n"
+                "Hint: data-dependent Python control flow (if/for on tensor values) cannot be "
+                "traced. Move it into a submodule (fxprune then treats that submodule as one op), "
+                "or wrap the function with torch.fx.wrap."
+            ) from e
+    else:  # pragma: no cover - pathological models
+        raise TraceFailure(f"gave up tracing {type(model).__name__} after {len(leaves)} retries")
+
+    _scrub_proxies(model)
+    return graph, leaves
+
+
+def _drop_added_attrs(model: nn.Module, before: set[str]) -> None:
+    """Remove what torch.fx's tracer set on the model (``_tensor_constant0``, ...: tensors
+    created in ``forward``): the model stays as it was, and the next trace of it uses the same
+    names again (``fxprune.verify`` matches a re-trace with the pruned model by name)."""
+    for k in set(model.__dict__) - before:
+        if k.startswith(("_tensor_constant", "_torchbind_obj")):
+            del model.__dict__[k]

@@ -1,0 +1,113 @@
+"""The accuracy benchmark (fxprune bench accuracy): protocol, resumable rows, the table."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import subprocess
+import sys
+
+import pytest
+
+from fxprune import InputError
+from fxprune.bench.accuracy import PRESETS, run
+from fxprune.bench.accuracy.presets import METHODS, jobs
+from fxprune.bench.accuracy.report import markdown, summarize
+
+pytest.importorskip("sklearn")
+
+ROW_KEYS = {"model", "tool", "method", "target", "seed", "macs_kept", "params_kept",
+            "acc_oneshot", "acc", "epochs", "train_images"}
+
+
+def test_cpu_preset_expands_to_every_method_target_and_seed():
+    p = PRESETS["cpu"]
+    dense, rows = jobs(p)
+    assert len(dense) == 6  # resnet20 and its option-B twin (for Torch-Pruning), 3 seeds
+    per_seed = (4 + 4) * 2 + len(p.swp_alpha) + 2 * 2 + 2  # fxprune, swp, tp, l1 on the twin
+    assert len(rows) == 3 * per_seed
+    assert len({j.key for j in dense + rows}) == len(dense) + len(rows)
+    assert {j.model for j in rows if j.tool == "torch-pruning"} == {"resnet20_b"}
+    assert [j.seed for j in rows] == sorted(j.seed for j in rows)  # whole seeds first
+    assert {m for m in METHODS} == {j.method for j in rows}
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    out = tmp_path_factory.mktemp("acc")
+    cmd = [sys.executable, "-m", "fxprune", "bench", "accuracy", "--preset", "smoke",
+           "--methods", "random,l1,sfp", "--workers", "1", "--out", str(out), "--no-progress"]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr
+    return out, json.loads((out / "accuracy_smoke.json").read_text()), r.stdout
+
+
+def test_smoke_rows_have_the_table_keys_and_are_sane(smoke):
+    out, doc, stdout = smoke
+    rows = doc["rows"]
+    assert len(rows) == 1 + 3 * 2 and not any("error" in r for r in rows)
+    for r in rows:
+        assert set(r) >= ROW_KEYS, r
+    dense = [r for r in rows if r["method"] == "dense"][0]
+    assert dense["tool"] == "dense" and dense["macs_kept"] == 1.0
+    assert dense["acc"] > 0.5  # digits: far above the 10% of a random-init network
+    for r in rows:
+        if r["method"] == "dense":
+            continue
+        assert abs(r["macs_kept"] - r["target"]) < 0.03 * r["target"] + 0.01, r
+        assert 0 <= r["acc"] <= 1 and r["acc_oneshot"] is not None
+        assert r["params_kept"] < 1 and r["speedup"] > 0 and r["seconds"] > 0
+    assert doc["meta"]["command"].startswith("fxprune bench accuracy --preset smoke")
+    table = (out / "accuracy_smoke.md").read_text()
+    assert "| resnet20 | fxprune | l1" in table and "Δ vs dense" in table
+    assert "rows (0 failed)" in stdout
+
+
+def test_recheck_reproduces_a_row(smoke, capsys):
+    from fxprune.cli.bench_accuracy import main
+
+    out, doc, _ = smoke
+    args = ["--preset", "smoke", "--methods", "random,l1,sfp", "--out", str(out)]
+    assert main([*args, "--recheck", "resnet20/fxprune/l1/0.5/0", "--tolerance", "0"]) == 0
+    assert "+0.00 pt" in capsys.readouterr().out  # same seed, same process setup: identical
+    assert main([*args, "--recheck", "resnet20/fxprune/nosuch/0.5/0"]) == 2
+
+
+def test_resume_skips_finished_rows_and_refuses_another_configuration(smoke):
+    out, doc, _ = smoke
+    p = dataclasses.replace(PRESETS["smoke"], methods=("random", "l1", "sfp"))
+    seen = []
+    again = run(p, out, workers=1, on_row=lambda *a: seen.append(a))
+    assert seen == [] and len(again["rows"]) == len(doc["rows"])
+    with pytest.raises(InputError, match="another configuration"):
+        run(dataclasses.replace(p, dense_epochs=2), out, workers=1)
+    # another method budget keeps the dense baselines and redoes the rows
+    seen.clear()
+    redone = run(dataclasses.replace(p, epochs=2, methods=("l1",)), out, workers=1,
+                 on_row=lambda row, *a: seen.append(row["key"]))
+    assert sorted(seen) == ["resnet20/fxprune/l1/0.25/0", "resnet20/fxprune/l1/0.5/0"]
+    assert all(r["epochs"] == 2 for r in redone["rows"] if r["method"] == "l1")
+
+
+def test_report_means_and_deltas_per_seed():
+    rows = [{"key": f"d{s}", "model": "m", "tool": "dense", "method": "dense", "target": None,
+             "seed": s, "acc": a, "macs_kept": 1.0, "params_kept": 1.0}
+            for s, a in ((0, 0.90), (1, 0.80))]
+    rows += [{"key": f"l{s}", "model": "m", "tool": "fxprune", "method": "l1", "target": 0.5,
+              "seed": s, "acc": a, "acc_oneshot": 0.1, "macs_kept": 0.5, "params_kept": 0.4,
+              "speedup": 1.5, "seconds": 3.0} for s, a in ((0, 0.85), (1, 0.79))]
+    rows.append({"key": "x", "model": "m", "tool": "fxprune", "method": "sfp", "target": 0.5,
+                 "seed": 0, "error": "RuntimeError: boom"})
+    s = {e["method"]: e for e in summarize(rows)}
+    assert s["l1"]["delta"] == pytest.approx([-0.05, -0.01])
+    assert "sfp" not in s
+    md = markdown({"meta": {"preset": {"name": "t", "latency_batch": 64}}, "rows": rows})
+    assert "82.00 ± 4.24" in md and "-3.00 ± 2.83" in md and "1 row(s) failed" in md
+
+
+def test_torch_pruning_missing_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "torch_pruning", None)
+    p = dataclasses.replace(PRESETS["smoke"], methods=("l1", "tp-group"),
+                            tp_models={"resnet20": "resnet20_b"})
+    with pytest.raises(InputError, match="pip install"):
+        run(p, tmp_path, workers=1)
