@@ -3,8 +3,8 @@
     python benchmarks/stress_threads.py --rounds 50 --threads 8 \
         --out benchmarks/results/stress_threads.json
 
-Every round starts ``--threads`` jobs at once (a barrier). Job ``k`` creates a fresh timm model
-(``--models``, in turn) and runs :func:`fxprune.testing.checked_compress` on it: compress with
+Every round starts ``--threads`` jobs at once (a barrier). A job creates a fresh timm model
+(``--models``, each in turn) and runs :func:`fxprune.testing.checked_compress` on it: compress with
 its oracle, an independent ``fxprune.verify``, the user's model and inputs unchanged, fewer
 parameters and MACs by ``fxprune.count``, and a save/load round trip with identical outputs.
 Every fourth job instead reads one shared model and its pruned result (trace, analyze, count,
@@ -93,7 +93,8 @@ def _shared_reads(model: torch.nn.Module, pruned: fx.GraphModule, x: torch.Tenso
 
 
 def _job(k: int, models: list[str], size: int, shared: tuple) -> dict[str, Any]:
-    name = "shared:" + models[0] if k % 4 == 3 else models[k % len(models)]
+    # jobs 3, 7, 11... read the shared model; the others take the models in turn
+    name = "shared:" + models[0] if k % 4 == 3 else models[(k - k // 4) % len(models)]
     t = time.perf_counter()
     try:
         if k % 4 == 3:
@@ -176,6 +177,8 @@ def main() -> None:
         "jobs": len(jobs), "failures": len(failures), "failed_jobs": failures[:20],
         "statuses": {s: sum(j.get("status") == s for j in jobs)
                      for s in sorted({j.get("status") for j in jobs if j["ok"]})},
+        "jobs_per_model": {m: sum(j["model"] == m for j in jobs)
+                           for m in sorted({j["model"] for j in jobs})},
         "single_threaded_after": single, "nn_module_unpatched_after": unpatched,
         "wall_s": round(wall, 1), "round_s_median": statistics.median(rounds),
         "trace_lock": {"acquired": lock.acquired, "waited_s": round(lock.waited, 2),

@@ -38,6 +38,7 @@ from fxprune.ir import meta
 from fxprune.ir.channels import FIRST_ID, pruned_axes
 from fxprune.ir.inputs import check_not_scripted, copied
 from fxprune.ir.state import untouched
+from fxprune.ir.threads import model_guard
 
 #: Every kind of verdict :func:`verify` gives, and whether it means the pruned model is right.
 #: ``ok`` is this explicit allow-list: a new kind is not ok until it is added here as ok.
@@ -296,7 +297,8 @@ def verify(original: nn.Module, pruned: fx.GraphModule, example_inputs: Any = No
         raise InputError("verify() needs a pruned GraphModule made by fxprune (no manifest found)")
     if example_inputs is None:
         example_inputs = pruned.meta.get(EXAMPLE_INPUTS)
-    with untouched(original):
+    # both at once: another thread running either waits, and none waits holding one of them
+    with model_guard(original, pruned), untouched(original):
         gm = trace(original, example_inputs)
         inputs = gm.meta[EXAMPLE_INPUTS]
         _check_inputs(original, inputs)

@@ -37,6 +37,7 @@ from fxprune.files import filecheck, trust
 from fxprune.files.rebuild import build
 from fxprune.files.records import check_records, records
 from fxprune.ir import meta
+from fxprune.ir.threads import model_guard
 
 FORMAT = "fxprune/1"
 _MODULE_INTERNALS = set(nn.Module().__dict__) - {"training"}
@@ -148,6 +149,13 @@ def save(pruned: fx.GraphModule, path: str | Path) -> None:
     if not isinstance(pruned, fx.GraphModule):
         raise InputError(f"save() expects the GraphModule returned by compress(), got "
                          f"{type(pruned).__name__}")
+    path = writable(path)
+    with model_guard(pruned):  # not while another thread runs it (eval mode, buffers)
+        payload = _payload(pruned)
+    torch.save(payload, str(path))
+
+
+def _payload(pruned: fx.GraphModule) -> dict[str, Any]:
     graph, modules, attrs = [], {}, {}
     for n in pruned.graph.nodes:
         target = n.target if isinstance(n.target, str) else {"__ref__": _qualname(n.target)}
@@ -183,7 +191,7 @@ def save(pruned: fx.GraphModule, path: str | Path) -> None:
     }
     if len(payload["example_input_dtypes"]) != len(inputs):
         del payload["example_input_dtypes"]  # non-float inputs: float32 is used at load
-    torch.save(payload, str(writable(path)))
+    return payload
 
 
 def writable(path: str | Path) -> Path:
