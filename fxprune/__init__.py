@@ -15,6 +15,9 @@ __all__ = [
     "measure_latency",
     "auto_round_to",
     "allocate",
+    "recalibrate_bn",
+    "prune_iteratively",
+    "GroupScoring",
     "trace",
     "analyze",
     "score",
@@ -47,6 +50,7 @@ __all__ = [
 ]
 
 from fxprune.core.analyze import Analysis, analyze
+from fxprune.core.recalibrate import recalibrate_bn
 from fxprune.core.rewrite import rewrite
 from fxprune.core.select import select
 from fxprune.core.trace import trace
@@ -54,7 +58,7 @@ from fxprune.core.verify import VerifyReport, verify
 from fxprune.costs.count import count
 from fxprune.costs.latency import auto_round_to, measure_latency
 from fxprune.costs.paper_flops import paper_flops, paper_flops_cut
-from fxprune.criteria import list_criteria, register_criterion
+from fxprune.criteria import GroupScoring, list_criteria, register_criterion
 from fxprune.errors import (
     FxPruneError,
     InputError,
@@ -70,4 +74,5 @@ from fxprune.plan.compress import compress, score
 from fxprune.rules import Rule, list_rules, register_rule
 from fxprune.tools.inspect import inspect
 from fxprune.train import SoftPruner
+from fxprune.train.gradual import prune_iteratively
 from fxprune.version import __version__

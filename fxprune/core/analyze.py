@@ -27,19 +27,19 @@ import torch.fx as fx
 import torch.nn as nn
 from torch import Tensor
 
+from fxprune.core.attrs import attr_ids, settle_attrs
 from fxprune.core.groups import resolve_tables
 from fxprune.core.size_reads import SIZE_DEPS, arg_deps, direct_count, size_deps, size_uses
 from fxprune.core.trace import EXAMPLE_INPUTS
 from fxprune.errors import FxPruneError, InputError, UnsupportedOpError, node_location, short_error
 from fxprune.ir import meta
-from fxprune.ir.channels import FIRST_ID, FREE, FROZEN, at_axis, axis_ids, fit
+from fxprune.ir.channels import FIRST_ID, axis_ids, fit
 from fxprune.ir.hooks import opaque_reason
 from fxprune.ir.inputs import check_example_inputs, check_flags, copied, resolve_ignore
 from fxprune.ir.perf import gc_paused
 from fxprune.ir.propctx import AnalysisState, Binding, PropCtx, ScatterAdd, Unsupported
 from fxprune.ir.state import untouched
 from fxprune.rules import op_name, rule_for
-from fxprune.rules.util import channel_axes_beside
 
 logger = logging.getLogger(__name__)
 
@@ -116,7 +116,7 @@ class _Propagator(fx.Interpreter):
                 ctx.freeze(ids, "reaches the graph output")
             return None
         if n.op == "get_attr":
-            return _attr_ids(self.s, n, out)
+            return attr_ids(self.s, n, out)
         mod = self.module_map[str(n.target)] if n.op == "call_module" else None
         ctx = PropCtx(self.s, n, mod, args, kwargs, out)
         if not _has_tensor(out) and n.op != "call_module":
@@ -129,7 +129,7 @@ class _Propagator(fx.Interpreter):
                     self.s.pins[n.name] = pins
             return None
         if self.s.deferred:
-            _settle_attrs(self.s, n)
+            settle_attrs(self.s, n)
         rule = rule_for(n, self.module_map)
         self._check_size_args(ctx, n, rule)
         ids = None
@@ -294,50 +294,6 @@ def _valid(ids: Any, out: Any) -> bool:
         return (isinstance(ids, tuple) and len(ids) == len(out)
                 and all(_valid(i, o) for i, o in zip(ids, out)))
     return ids is None
-
-
-def _attr_ids(s: AnalysisState, n: fx.Node, value: Any) -> Any:
-    """A tensor attribute with one non-trivial axis (a layer scale) opens a channel space.
-
-    An attribute with several non-trivial axes that is only used elementwise (a positional
-    embedding added to the tokens) takes its channel axis from the other operands of its first
-    use (:func:`_settle_attrs`). Other attributes with several non-trivial axes (weights read
-    by traced functional code) are frozen: coupling a channel to them keeps it.
-    """
-    if not isinstance(value, Tensor):
-        return None
-    big = [d for d, size in enumerate(value.shape) if size > 1]
-    if not big:
-        return torch.full((1,) * value.dim(), FREE, dtype=torch.long)
-    if not (value.is_floating_point() or value.is_complex()):
-        # an index table (Swin's relative_position_index), not per-channel values
-        return torch.full((1,) * value.dim(), FROZEN, dtype=torch.long)
-    if len(big) == 1:
-        return _bind_attr(s, n, value, big[0])
-    from fxprune.rules.elementwise import Broadcast
-
-    if n.users and all(isinstance(rule_for(u, s.modules), Broadcast) for u in n.users):
-        s.deferred[n.name] = value  # its first elementwise use tells the axis
-    return torch.full((1,) * value.dim(), FROZEN, dtype=torch.long)
-
-
-def _settle_attrs(s: AnalysisState, user: fx.Node) -> None:
-    """Give the deferred attributes among ``user``'s arguments their channel axis."""
-    for a in user.args:
-        if not isinstance(a, fx.Node) or a.name not in s.deferred:
-            continue
-        value = s.deferred.pop(a.name)
-        # the axis along which the other operands of its first use carry channels
-        axes = channel_axes_beside(a, [user], tuple(value.shape), same_size=True)
-        if len(axes) == 1:
-            meta.set_ids(a, _bind_attr(s, a, value, axes.pop()))
-
-
-def _bind_attr(s: AnalysisState, n: fx.Node, value: Tensor, axis: int) -> Tensor:
-    ctx = PropCtx(s, n, None, (), {}, value)
-    ids1d = ctx.new_ids(value.shape[axis], key=("attr", str(n.target), axis))
-    ctx.bind("", axis, ids1d, "channel", target=str(n.target))
-    return at_axis(ids1d, axis, value.dim())
 
 
 def _resolve(gm: fx.GraphModule, s: AnalysisState) -> Analysis:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 __all__ = ["CriterionCtx", "Criterion", "register_criterion", "get_criterion",
            "list_criteria", "producer_scores", "checked_scores", "average_members", "CRITERIA",
-           "CountRule"]
+           "CountRule", "GroupScoring"]
 
 import importlib
 from collections.abc import Callable, Iterable
@@ -22,17 +22,20 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
+from fxprune.criteria.scoring import GroupScoring, combine, scored_members
 from fxprune.errors import InputError
 from fxprune.ir.meta import Group, ParamSlice
 
 
 @dataclass(frozen=True)
 class CriterionCtx:
-    """What a criterion may read: the model holding the parameters, and optional data."""
+    """What a criterion may read: the model holding the parameters, optional data, a seed, and
+    which of a group's slices magnitude criteria score (:class:`GroupScoring`)."""
 
     root: nn.Module
     data: Any = None
     seed: int = 0
+    scoring: GroupScoring = GroupScoring()
     #: What a criterion computes once per scoring run (e.g. taylor's gradients): this run's
     #: own, never shared with other runs or threads.
     cache: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
@@ -143,53 +146,28 @@ def list_criteria() -> list[Criterion]:
 
 def producer_scores(group: Group, ctx: CriterionCtx,
                     per_entry: Callable[[Tensor], Tensor]) -> Tensor:
-    """Combine a per-filter statistic over the group's members into one score per unit.
+    """Combine a per-entry statistic over the group's slices into one score per unit.
 
-    ``per_entry`` maps a parameter slice viewed as ``[len, rest]`` to ``[len]``. The members
-    used are the producers' filters (role ``"out"``); a group without producers (e.g. a
-    depthwise chain fed by a frozen input) falls back to its per-channel parameters, then to
-    its consumers' slices.
-    Each member's unit scores are normalized by their mean (over the units it feeds), and a
-    unit's score is the *average* over the members that feed it. A residual group whose units
-    are fed by different numbers of producers (option-A CIFAR ResNets: channels 0-15 of the
-    stream by every stage, 32-63 by stage 3 only) is then ranked without a bias towards the
-    units with more producers; a sum would prune only the units with the fewest.
+    ``per_entry`` maps a parameter slice viewed as ``[len, rest]`` to ``[len]``. Which slices
+    and how they combine is ``ctx.scoring`` (:class:`~fxprune.criteria.scoring.GroupScoring`).
+    By default the members used are the producers' filters (role ``"out"``); a group without
+    producers (e.g. a depthwise chain fed by a frozen input) falls back to its per-channel
+    parameters, then to its consumers' slices. Each member's unit scores are normalized by
+    their mean (over the units it feeds), and a unit's score is the *average* over the members
+    that feed it. A residual group whose units are fed by different numbers of producers
+    (option-A CIFAR ResNets: channels 0-15 of the stream by every stage, 32-63 by stage 3
+    only) is then ranked without a bias towards the units with more producers; a sum would
+    prune only the units with the fewest.
     """
-    for roles in (("out",), ("channel",), ("in",)):
-        members = [m for m in group.members if m.role in roles]
-        if members:
-            break
-    else:
+    members = scored_members(group, ctx.root, ctx.scoring.members)
+    if not members:
         return torch.zeros(group.size)
-    # a producer's bias is not a second producer: score filters by their weights only
-    weighted = {m.node for m in members if m.tensor(ctx.root).dim() > 1}
-    members = [m for m in members if m.node not in weighted or m.tensor(ctx.root).dim() > 1]
     tensors = [(m, m.tensor(ctx.root)) for m in members]
-    return average_members(group, ((m, per_entry(w.reshape(w.shape[0], -1)).double())
-                                   for m, w in tensors))
+    return combine(group, ((m, per_entry(w.reshape(w.shape[0], -1)).double())
+                           for m, w in tensors), ctx.scoring)
 
 
 def average_members(group: Group, parts: Iterable[tuple[ParamSlice, Tensor]]) -> Tensor:
     """Per-unit scores from per-entry scores of several members: each member's scores divided by
     their mean over the units it feeds, then averaged over the members that feed each unit."""
-    total = torch.zeros(group.size, dtype=torch.float64)
-    feeds = torch.zeros(group.size, dtype=torch.float64)
-    for m, entry_scores in parts:
-        s, present = _normalized(group, m, entry_scores.double())
-        total += s
-        feeds += present
-    return total / feeds.clamp_min(1.0)
-
-
-def _normalized(group: Group, m: ParamSlice, entry_scores: Tensor) -> tuple[Tensor, Tensor]:
-    """The member's per-unit scores divided by their mean, and the units it feeds.
-
-    A unit's score is the mean over its entries in this member: where a member feeds units
-    with different numbers of entries (a packed q/k/v projection, whose q/k units hold a q and
-    a k row per head and whose v units a v row), sums would favour the larger units."""
-    s = group.reduce(m, entry_scores)
-    entries = group.reduce(m, torch.ones_like(entry_scores))
-    s = s / entries.clamp_min(1.0)
-    present = entries > 0
-    mean = s[present].mean() if bool(present.any()) else s.new_tensor(0.0)
-    return (s / mean if float(mean) > 0 else s), present
+    return combine(group, parts)

@@ -24,6 +24,7 @@ from fxprune.core.trace import EXAMPLE_INPUTS, trace
 from fxprune.core.verify import _check_inputs, verify_analyzed
 from fxprune.costs.latency import resolve_round_to
 from fxprune.criteria import CriterionCtx, get_criterion
+from fxprune.criteria.scoring import GroupScoring
 from fxprune.errors import InputError, VerificationError
 from fxprune.ir import meta
 from fxprune.ir.inputs import check_flags, check_not_scripted, check_seed
@@ -31,11 +32,16 @@ from fxprune.ir.state import untouched
 from fxprune.plan.allocate import ALLOCATION, Allocator, explicit_ratios, fit_target
 
 
-def score(analysis: Analysis, criterion: Any = "l1", *, data: Any = None, seed: int = 0
-          ) -> dict[int, Tensor]:
-    """Score every group that has prunable units: ``{group id: Tensor[group.size]}``."""
+def score(analysis: Analysis, criterion: Any = "l1", *, data: Any = None, seed: int = 0,
+          scoring: Any = None) -> dict[int, Tensor]:
+    """Score every group that has prunable units: ``{group id: Tensor[group.size]}``.
+
+    ``scoring``: which slices magnitude criteria read and how they combine, a
+    :class:`~fxprune.criteria.scoring.GroupScoring` or ``"members[/normalize[/reduction]]"``
+    (default: the producers' filters, mean-normalized, averaged)."""
     crit = get_criterion(criterion)
-    ctx = CriterionCtx(root=analysis.gm, data=data, seed=check_seed(seed))
+    ctx = CriterionCtx(root=analysis.gm, data=data, seed=check_seed(seed),
+                       scoring=GroupScoring.parse(scoring))
     return {g.id: crit(g, ctx) for g in analysis.groups if g.prunable > 0 and g.size > 1}
 
 
