@@ -6,8 +6,9 @@ A file loaded without the original model is believed only as far as it agrees wi
   padding and padding modes, norm epsilons, momenta and flags, dropout rates, ``inplace``);
 - BatchNorm-style running statistics are finite, with non-negative variance
   (:func:`check_options`);
-- every ``state_dict`` entry is the rebuilt module's tensor of that name: same names, shapes,
-  dtypes and values (:func:`check_state_dict`);
+- every tensor of the rebuilt module is the ``state_dict`` entry of that name: same shape,
+  dtype and values (:func:`check_state_dict`; entries beyond them are the parameters
+  ``forward`` never reads, which only ``load(model=...)`` uses);
 - manifest indices are within the original widths the file records, and the tensors of one
   module that share a channel axis (a conv's weight and bias, a BatchNorm's four vectors) keep
   the same indices (:func:`check_manifest_widths`);
@@ -147,15 +148,16 @@ def _same(a: Tensor, b: Tensor) -> bool:
 
 
 def check_state_dict(state: dict[str, Tensor], gm: nn.Module) -> None:
-    """Field 'state_dict' holds exactly the rebuilt module's state, entry for entry."""
+    """Field 'state_dict' holds the rebuilt module's state, entry for entry. It may hold more:
+    parameters and buffers that ``forward`` never reads, which only ``load(model=...)`` uses
+    (and checks against that model)."""
     own = gm.state_dict()
-    extra, missing = sorted(set(state) - set(own)), sorted(set(own) - set(state))
-    if extra or missing:
-        what = (f"names {extra[:3]}, which the saved modules do not define" if extra
-                else f"lacks {missing[:3]}, which the saved modules define")
-        raise InputError(f"field 'state_dict' {what}")
-    for k, t in state.items():
-        mine = own[k]
+    missing = sorted(set(own) - set(state))
+    if missing:
+        raise InputError(f"field 'state_dict' lacks {missing[:3]}, which the saved modules "
+                         "define")
+    for k, mine in own.items():
+        t = state[k]
         if tuple(t.shape) != tuple(mine.shape) or t.dtype != mine.dtype:
             raise InputError(f"state_dict['{k}']: shape {tuple(t.shape)} ({t.dtype}), but the "
                              f"rebuilt module's {k} is {tuple(mine.shape)} ({mine.dtype})")

@@ -49,7 +49,6 @@ def _state_lies(p: dict[str, Any]) -> Iterator[Lie]:
         yield f"state_dict['{k}'] reshaped", reshape
         yield f"state_dict['{k}'] other values", revalue
     yield "state_dict entry dropped", lambda q: q["state_dict"].pop(next(iter(q["state_dict"])))
-    yield "state_dict entry added", lambda q: q["state_dict"].update(extra=torch.zeros(1))
 
 
 def _coupled_entry(p: dict[str, Any]) -> str | None:
