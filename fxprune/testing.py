@@ -3,12 +3,14 @@
 :func:`prune_and_check` prunes a model, then checks the invariants that define a correct
 compression: the zero-channel oracle holds (and its check is not vacuous), the output shape is
 unchanged, parameters went down (when something was prunable), the user's model is untouched,
-and a save/load round trip gives identical outputs.
+and a save/load round trip gives identical outputs. :func:`checked_compress` checks the same
+invariants without touching process-wide state (no warnings filters, no training flags set on
+the user's model), so threads may run it at once (``tests/ir/test_threads.py``).
 """
 
 from __future__ import annotations
 
-__all__ = ["prune_and_check", "n_params"]
+__all__ = ["prune_and_check", "checked_compress", "n_params"]
 
 import tempfile
 import warnings
@@ -20,8 +22,9 @@ import torch.fx as fx
 import torch.nn as nn
 
 from fxprune.core.verify import verify
+from fxprune.costs.count import count
 from fxprune.files.serialize import load, save
-from fxprune.ir.inputs import positional_inputs
+from fxprune.ir.inputs import copied, positional_inputs
 from fxprune.ir.state import untouched
 from fxprune.plan.compress import compress
 
@@ -32,7 +35,7 @@ def n_params(m: nn.Module) -> int:
 
 def _outputs(m: nn.Module, inputs: tuple) -> Any:
     with untouched(m, eval_mode=True), torch.no_grad():
-        return m(*inputs)
+        return m(*copied(inputs))
 
 
 def prune_and_check(
@@ -92,3 +95,39 @@ def prune_and_check(
             again = load(path)
             torch.testing.assert_close(_outputs(again, example_inputs), out, rtol=0, atol=0)
     return pruned
+
+
+def checked_compress(model: nn.Module, example_inputs: Any, ratio: float = 0.5, *,
+                     expect: str = "exact", **kwargs: Any) -> dict[str, Any]:
+    """:func:`prune_and_check`'s invariants, safe to run in several threads at once.
+
+    compress (with its oracle), an independent :func:`fxprune.verify`, the user's model and
+    example inputs unchanged (values and training flags), fewer parameters and MACs
+    (:func:`fxprune.count`), and a save/load round trip with identical outputs. Returns
+    ``{"status", "params": (before, after), "macs": (before, after)}``; raises
+    ``AssertionError`` naming the broken invariant.
+    """
+    inputs = positional_inputs(model, example_inputs)
+    given = [x.clone() if isinstance(x, torch.Tensor) else x for x in inputs]
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    flags = [m.training for m in model.modules()]
+    pruned = compress(model, ratio, example_inputs=inputs, **kwargs)
+    report = verify(model, pruned, inputs)
+    assert report.status.startswith(expect), f"oracle: {report} (expected {expect})"
+    assert [m.training for m in model.modules()] == flags, "compress() changed training flags"
+    after = model.state_dict()
+    assert before.keys() == after.keys(), "compress() changed the model's state_dict keys"
+    for k, v in before.items():
+        assert torch.equal(v, after[k]), f"compress() modified the user's model: {k}"
+    for i, (x, g) in enumerate(zip(inputs, given)):
+        assert not isinstance(x, torch.Tensor) or torch.equal(x, g), f"example input {i} changed"
+    c0, c1 = count(model, inputs), count(pruned, inputs)
+    assert c1.params < c0.params and c1.macs <= c0.macs, f"not smaller: {c0} -> {c1}"
+    out = _outputs(pruned, inputs)
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / "pruned.pt"
+        save(pruned, path)
+        again = load(path)
+    torch.testing.assert_close(_outputs(again, inputs), out, rtol=0, atol=0)
+    return {"status": report.status, "params": (c0.params, c1.params),
+            "macs": (c0.macs, c1.macs)}

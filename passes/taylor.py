@@ -15,14 +15,14 @@ and ``0.5 * ||y||^2 / batch`` for any other floating output; the losses of all o
 model's ``k`` inputs (extra items, e.g. labels, are ignored). The gradients are taken with
 ``torch.autograd.grad`` on ``ctx.root`` (which shares the user's parameters) in eval mode; the
 training flags and ``requires_grad`` flags are restored and no ``.grad`` is written. They are
-computed once per (model, data) pair and cached, so a one-shot iterator is read only once.
+computed once per scoring run (cached in ``ctx.cache``, which belongs to that run: concurrent
+runs in other threads do not share it), so a one-shot iterator is read only once.
 """
 
 from __future__ import annotations
 
 __all__ = ["taylor", "calibration_grads"]
 
-import weakref
 from typing import Any
 
 import torch
@@ -32,12 +32,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from fxprune.criteria import CriterionCtx, register_criterion
-from fxprune.errors import InputError
+from fxprune.errors import FxPruneError, InputError, short_error
 from fxprune.ir.meta import Group
-
-# the last model scored: root -> (data, parameter versions, grads); dropped with the model
-_CACHE: weakref.WeakKeyDictionary[nn.Module, tuple[Any, tuple[int, ...], dict[int, Tensor]]] = (
-    weakref.WeakKeyDictionary())
 
 
 def _loss(out: Any) -> Tensor:
@@ -69,13 +65,17 @@ def _n_inputs(root: nn.Module) -> int | None:
     return None
 
 
-def calibration_grads(root: nn.Module, data: Any) -> dict[int, Tensor]:
-    """``{id(param): dL/dparam}`` averaged over the batches of ``data`` (see module docstring)."""
+def calibration_grads(root: nn.Module, data: Any, cache: dict[str, Any] | None = None
+                      ) -> dict[int, Tensor]:
+    """``{id(param): dL/dparam}`` averaged over the batches of ``data`` (see module docstring).
+
+    ``cache``: a dict owned by the caller (a scoring run's ``ctx.cache``) that keeps the result
+    for the same root, data and parameter values."""
     params = [p for p in root.parameters() if p.is_floating_point()]
     versions = tuple(p._version for p in params)
-    hit = _CACHE.get(root)
-    if hit is not None and hit[0] is data and hit[1] == versions:
-        return hit[2]
+    hit = None if cache is None else cache.get("taylor")
+    if hit is not None and hit[0] is root and hit[1] is data and hit[2] == versions:
+        return hit[3]
     k = _n_inputs(root)
     training = {m: m.training for m in root.modules()}
     requires = [p.requires_grad for p in params]
@@ -88,7 +88,7 @@ def calibration_grads(root: nn.Module, data: Any) -> dict[int, Tensor]:
         with torch.enable_grad():
             for batch in data:
                 inputs = tuple(batch) if isinstance(batch, (tuple, list)) else (batch,)
-                loss = _loss(root(*(inputs[:k] if k is not None else inputs)))
+                loss = _loss(_forward(root, inputs[:k] if k is not None else inputs, n))
                 grads = torch.autograd.grad(loss, params, allow_unused=True)
                 for s, g in zip(sums, grads):
                     if g is not None:
@@ -103,15 +103,37 @@ def calibration_grads(root: nn.Module, data: Any) -> dict[int, Tensor]:
         raise InputError("criterion 'taylor': the calibration data yielded no batches. Hint: "
                          "pass data=[batch, ...] (a list can be read more than once).")
     grads = {id(p): s / n for p, s in zip(params, sums)}
-    _CACHE.clear()
-    _CACHE[root] = (data, versions, grads)
+    if cache is not None:
+        cache["taylor"] = (root, data, versions, grads)
     return grads
+
+
+def _forward(root: nn.Module, inputs: tuple, i: int) -> Any:
+    """The model on calibration batch ``i``, or an InputError saying that it does not fit."""
+    try:
+        return root(*inputs)
+    except FxPruneError:
+        raise
+    except Exception as e:  # noqa: BLE001 - reported as bad data, with the shapes
+        shapes = ", ".join(str(tuple(x.shape)) if isinstance(x, Tensor) else type(x).__name__
+                           for x in inputs)
+        want = ", ".join(str(tuple(x.shape)) for x in _example_inputs(root))
+        raise InputError(
+            f"criterion 'taylor': data= batch {i} ({shapes}) does not fit the model: "
+            f"{short_error(e).splitlines()[0][:300]}. Hint: every batch must be shaped like "
+            f"the model's example inputs{f' ({want})' if want else ''} apart from the batch "
+            "size: a tensor, or a tuple whose first items are forward's arguments.") from e
+
+
+def _example_inputs(root: nn.Module) -> list[Tensor]:
+    inputs = getattr(root, "meta", {}).get("fxprune.example_inputs") or ()
+    return [x for x in inputs if isinstance(x, Tensor)]
 
 
 @register_criterion("taylor", needs_data=True)
 def taylor(group: Group, ctx: CriterionCtx) -> Tensor:
     """First-order Taylor |sum w*dL/dw| per unit (Molchanov et al.); needs calibration data."""
-    grads = calibration_grads(ctx.root, ctx.data)
+    grads = calibration_grads(ctx.root, ctx.data, ctx.cache)
     total = torch.zeros(group.size, dtype=torch.float64)
     for roles in (("out", "channel"), ("in",)):
         used = 0

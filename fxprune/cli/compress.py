@@ -77,8 +77,11 @@ def run(args: argparse.Namespace) -> int:
     from tabulate import tabulate
 
     from fxprune.costs.count import count
+    from fxprune.files.serialize import writable
 
     kwargs = compress_kwargs(args)
+    if args.output:
+        writable(args.output)  # before pruning: a missing folder is reported at once
     if args.batch < 1:
         raise InputError(f"--batch must be >= 1, got {args.batch}")
     if args.threads is not None and args.threads < 1:

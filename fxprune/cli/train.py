@@ -311,10 +311,13 @@ def run(args: argparse.Namespace) -> int:
     """The ``fxprune train`` command."""
     import torch.distributed as dist
 
+    from fxprune.files.serialize import writable
     from fxprune.train.data import load_data, make_loaders
     from fxprune.train.distributed import init_distributed
 
     _check(args)
+    if args.output:
+        writable(args.output)  # before training: a missing folder is reported at once
     device = torch.device(args.device or _default_device())
     info = init_distributed(device)
     try:

@@ -35,7 +35,7 @@ from fxprune.errors import FxPruneError, InputError, UnsupportedOpError, node_lo
 from fxprune.ir import meta
 from fxprune.ir.channels import FIRST_ID, axis_ids, fit
 from fxprune.ir.hooks import opaque_reason
-from fxprune.ir.inputs import check_example_inputs, check_flags, resolve_ignore
+from fxprune.ir.inputs import check_example_inputs, check_flags, copied, resolve_ignore
 from fxprune.ir.perf import gc_paused
 from fxprune.ir.propctx import AnalysisState, Binding, PropCtx, ScatterAdd, Unsupported
 from fxprune.ir.state import untouched
@@ -318,6 +318,7 @@ def analyze(
     residual: str = "coupled",
     attention: str = "dims",
     progress: Progress | None = None,
+    warn: bool = True,
 ) -> Analysis:
     """Propagate channel ids through ``gm`` and partition all channels into coupled groups.
 
@@ -334,6 +335,8 @@ def analyze(
             ``(heads, dims)`` keeps every head and prunes the same dims in each) or
             ``"heads"`` (whole heads are pruned; see :mod:`fxprune.rules.attention`).
         progress: optional callback ``(stage, done, total)``.
+        warn: warn about ops without a channel rule (``False``: only the analysis records
+            them; unlike ``warnings.catch_warnings``, safe in threads).
 
     Returns:
         An :class:`Analysis`; its groups are also stored in ``gm.meta["fxprune.groups"]``.
@@ -356,7 +359,7 @@ def analyze(
     try:
         # the run must not change the user's modules (gm shares them): flags, buffers, ties
         with untouched(gm, eval_mode=True), torch.no_grad():
-            prop.run(*inputs)
+            prop.run(*copied(inputs))  # a forward may write into its inputs
     except FxPruneError:
         raise
     except Exception as e:
@@ -380,9 +383,10 @@ def analyze(
                 f"{n} op(s) have no channel rule:\n{lines}\nHint: register a rule with "
                 "@fxprune.register_rule(...), or pass strict=False to keep their channels "
                 "unpruned.", sorted(state.unsupported))
-        warnings.warn(f"{n} op(s) have no channel rule; their channels are kept unpruned:\n"
-                      f"{lines}\nHint: register a rule with @fxprune.register_rule(...) to "
-                      "prune them.", stacklevel=2)
+        if warn:
+            warnings.warn(f"{n} op(s) have no channel rule; their channels are kept unpruned:\n"
+                          f"{lines}\nHint: register a rule with @fxprune.register_rule(...) "
+                          "to prune them.", stacklevel=2)
     analysis = _resolve(gm, state)
     gm.meta[meta.GROUPS] = analysis.groups
     gm.meta[meta.ANALYSIS] = analysis

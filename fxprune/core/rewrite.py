@@ -35,6 +35,7 @@ from fxprune.core.trace import EXAMPLE_INPUTS
 from fxprune.errors import FxPruneError, InputError, RewriteError, node_location, short_error
 from fxprune.ir import meta
 from fxprune.ir.hooks import normalized_weight, restore_weight_norm, weight_norms
+from fxprune.ir.inputs import copied
 from fxprune.ir.perf import gc_paused
 from fxprune.ir.state import untouched
 from fxprune.ir.unused import UNUSED, carry_unused
@@ -216,9 +217,28 @@ def rewrite(gm: fx.GraphModule, *, check: bool | str = True) -> fx.GraphModule:
     pruned.meta[meta.MANIFEST] = {
         (f"{t}.{p}" if p else t): {d: idx.tolist() for d, idx in c}
         for (t, p), c in cuts.items()}
+    pruned.meta[meta.MANIFEST_WIDTHS] = _widths(gm, cuts)
     if check:
         check_shapes(pruned, old_of, ctx, nodes=check == "nodes")
     return pruned
+
+
+def _widths(gm: fx.GraphModule, cuts: dict[tuple[str, str], Any]) -> dict[str, dict[int, int]]:
+    """The original width of every manifest entry (a weight under the old weight_norm hook:
+    of its direction ``weight_v``); saved files record them so that a load can check the
+    manifest's indices without the original."""
+    out: dict[str, dict[int, int]] = {}
+    for (t, p), c in cuts.items():
+        path = f"{t}.{p}" if p else t
+        for name in (path, f"{path}_v"):
+            try:
+                value = _get(gm, name)
+            except AttributeError:
+                continue
+            if isinstance(value, Tensor):
+                out[path] = {d: int(value.shape[d]) for d, _idx in c if d < value.dim()}
+                break
+    return out
 
 
 def _copy_graph(gm: fx.GraphModule, modules: dict[str, nn.Module],
@@ -377,7 +397,7 @@ def _output_ok(pruned: fx.GraphModule, old_of: dict[fx.Node, fx.Node], ctx: Rewr
     """Run the compiled module once; True when it runs and every output has its shape."""
     try:
         with torch.no_grad():
-            out = pruned(*inputs)
+            out = pruned(*copied(inputs))
     except Exception:  # noqa: BLE001 - the node-by-node run reports where and why
         return False
     out_node = next(n for n in reversed(pruned.graph.nodes) if n.op == "output")
@@ -413,7 +433,7 @@ def check_shapes(pruned: fx.GraphModule, old_of: dict[fx.Node, fx.Node], ctx: Re
     checker = _ShapeCheck(pruned, old_by_new, ctx)
     try:
         with untouched(pruned, eval_mode=True), torch.no_grad():
-            checker.run(*inputs)
+            checker.run(*copied(inputs))
     except FxPruneError:
         raise
     except Exception as e:

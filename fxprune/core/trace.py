@@ -28,9 +28,10 @@ import torch.nn as nn
 from fxprune.core.decompose import decomposes, decomposition, needs_shape
 from fxprune.errors import InputError, TraceFailure, is_library_file, short_error
 from fxprune.ir.hooks import check_root
-from fxprune.ir.inputs import model_device_dtype, positional_inputs
+from fxprune.ir.inputs import check_not_scripted, copied, model_device_dtype, positional_inputs
 from fxprune.ir.perf import gc_paused
 from fxprune.ir.state import untouched
+from fxprune.ir.threads import locked_trace
 from fxprune.ir.unused import UNUSED, carry_unused
 from fxprune.rules import RULES
 
@@ -63,6 +64,11 @@ class FxPruneTracer(fx.Tracer):
         self.shapes = dict(shapes or {})  # module path -> input shape on the example inputs
         self.current_path: list[str] = []
         self.failed_path: str | None = None
+
+    def trace(self, root: Any, concrete_args: Any = None) -> fx.Graph:  # type: ignore[override]
+        # torch.fx patches nn.Module's class while tracing: one trace at a time, and other
+        # threads keep running their modules unpatched (see fxprune.ir.threads)
+        return locked_trace(self, root, concrete_args)
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
         t = type(m)
@@ -186,10 +192,11 @@ def trace(
             "Hint: pass the model object itself (e.g. timm.create_model('resnet18')), "
             "not its state_dict or class."
         )
+    check_not_scripted(model)
     check_root(model)  # hooks on the model itself are not traced
     if example_inputs is None:
         example_inputs = default_example_inputs(model)
-    example_inputs = positional_inputs(model, example_inputs)
+    example_inputs = copied(positional_inputs(model, example_inputs))  # the user's stay theirs
     before = set(model.__dict__)  # the tracer stores tensor constants on the model
     with untouched(model):  # tracing runs Python code on real buffers (self.n.add_(1))
         graph, leaves, concrete = _best_graph(model, example_inputs,
@@ -259,7 +266,7 @@ def _input_shapes(model: nn.Module, inputs: tuple) -> dict[str, tuple[int, ...]]
     handles = [m.register_forward_pre_hook(record(name)) for name, m in wanted.items()]
     try:
         with untouched(model, eval_mode=True), torch.no_grad():
-            model(*inputs)
+            model(*copied(inputs))
     except Exception:  # noqa: BLE001 - the trace or the analysis reports bad inputs
         return {}
     finally:

@@ -36,8 +36,9 @@ from fxprune.core.trace import EXAMPLE_INPUTS, OPAQUE, trace
 from fxprune.errors import InputError
 from fxprune.ir import meta
 from fxprune.ir.channels import FIRST_ID, pruned_axes
-from fxprune.ir.inputs import check_inputs
+from fxprune.ir.inputs import check_inputs, check_not_scripted, copied
 from fxprune.ir.state import untouched
+from fxprune.ir.threads import model_guard
 
 #: Every kind of verdict :func:`verify` gives, and whether it means the pruned model is right.
 #: ``ok`` is this explicit allow-list: a new kind is not ok until it is added here as ok.
@@ -206,7 +207,7 @@ def masked_outputs(gm: fx.GraphModule, analysis: Analysis, kept: Tensor, inputs:
                    structural: bool = False) -> Any:
     """Run the original graph with pruned channels zeroed at their consumers."""
     with untouched(gm, eval_mode=True), torch.no_grad():
-        return _Masked(gm, analysis, kept, structural).run(*inputs)
+        return _Masked(gm, analysis, kept, structural).run(*copied(inputs))
 
 
 def kept_from_manifest(analysis: Analysis, manifest: dict[str, dict[int, list[int]]]) -> Tensor:
@@ -281,21 +282,19 @@ def verify(original: nn.Module, pruned: fx.GraphModule, example_inputs: Any = No
         A :class:`VerifyReport`: ``exact``, ``approximate: <why>`` or ``mismatch``; its
         ``vacuous`` says why the check proves little when the outputs are (near) constant.
     """
+    check_not_scripted(original, "original")
     manifest = pruned.meta.get(meta.MANIFEST) if isinstance(pruned, fx.GraphModule) else None
     if manifest is None:
         raise InputError("verify() needs a pruned GraphModule made by fxprune (no manifest found)")
     if example_inputs is None:
         example_inputs = pruned.meta.get(EXAMPLE_INPUTS)
-    with untouched(original):
+    # both at once: another thread running either waits, and none waits holding one of them
+    with model_guard(original, pruned), untouched(original):
         gm = trace(original, example_inputs)
         inputs = gm.meta[EXAMPLE_INPUTS]
         check_inputs(original, inputs)
-        import warnings
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            analysis = analyze(gm, residual=pruned.meta.get(meta.RESIDUAL, "coupled"),
-                               attention=pruned.meta.get(meta.ATTENTION, "dims"))
+        analysis = analyze(gm, residual=pruned.meta.get(meta.RESIDUAL, "coupled"),
+                           attention=pruned.meta.get(meta.ATTENTION, "dims"), warn=False)
         why = incompatibility(gm, analysis, pruned, manifest)
         if why is not None:
             return VerifyReport(f"mismatch: the pruned model was not made from this original "
@@ -314,7 +313,7 @@ def verify_analyzed(gm: fx.GraphModule, analysis: Analysis, kept: Tensor,
     opaque = sorted(gm.meta.get(OPAQUE) or ())  # their inputs are checked too
     with untouched(pruned, eval_mode=True), torch.no_grad(), \
             boundary_inputs(pruned, opaque) as seen:
-        out = pruned(*inputs)
+        out = pruned(*copied(inputs))  # every run gets its own inputs
     with boundary_inputs(gm, opaque) as expected:
         oracle = masked_outputs(gm, analysis, kept, inputs)
     if opaque:

@@ -19,8 +19,10 @@ import torch.nn as nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from fxprune.core.trace import default_example_inputs
-from fxprune.ir.inputs import positional_inputs
+from fxprune.errors import InputError
+from fxprune.ir.inputs import copied, positional_inputs
 from fxprune.ir.state import untouched
+from fxprune.ir.threads import this_thread_only
 
 
 @dataclass(frozen=True)
@@ -38,14 +40,26 @@ def count(model: nn.Module, example_inputs: Any = None) -> Counts:
 
     ``per_layer`` is keyed by ``model.named_modules()`` names (the root is ``""``); each entry
     has ``macs`` (including its submodules) and ``params`` (its own).
+
+    Raises:
+        InputError: ``model`` is not an ``nn.Module``.
     """
+    if not isinstance(model, nn.Module):
+        raise InputError(
+            f"fxprune.count(model): model must be a torch.nn.Module, got "
+            f"{'None' if model is None else type(model).__name__}. Hint: pass the model itself, "
+            "e.g. fxprune.count(timm.create_model('resnet18')) or the result of compress().")
     if example_inputs is None:
         example_inputs = getattr(model, "meta", {}).get("fxprune.example_inputs") or \
             default_example_inputs(model)
     example_inputs = positional_inputs(model, example_inputs)
-    inputs = tuple(x[:1] if isinstance(x, torch.Tensor) and x.dim() > 0 else x
-                   for x in example_inputs)
+    inputs = copied(tuple(x[:1] if isinstance(x, torch.Tensor) and x.dim() > 0 else x
+                          for x in example_inputs))
     counter = FlopCounterMode(display=False, depth=None)
+    tracker = getattr(counter, "mod_tracker", None)  # its module hooks are global: other
+    for name in ("_fw_pre_hook", "_fw_post_hook"):  # threads' modules must not count here
+        if hasattr(tracker, name):
+            setattr(tracker, name, this_thread_only(getattr(tracker, name)))
     # flags and buffers are restored (a forward may update them). Not under no_grad:
     # FlopCounterMode's module tracker hooks the inputs that require grad, and a view of a
     # parameter made under no_grad (timm's latent.expand) has none

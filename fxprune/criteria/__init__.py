@@ -15,7 +15,7 @@ __all__ = ["CriterionCtx", "Criterion", "register_criterion", "get_criterion",
 
 import importlib
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -36,6 +36,9 @@ class CriterionCtx:
     data: Any = None
     seed: int = 0
     scoring: GroupScoring = GroupScoring()
+    #: What a criterion computes once per scoring run (e.g. taylor's gradients): this run's
+    #: own, never shared with other runs or threads.
+    cache: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
 
 CriterionFn = Callable[[Group, CriterionCtx], Tensor]

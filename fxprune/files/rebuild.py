@@ -22,8 +22,9 @@ from torch import Tensor
 
 from fxprune.core.trace import EXAMPLE_INPUTS
 from fxprune.errors import InputError, short_error
-from fxprune.files import filecheck, trust
+from fxprune.files import filecheck, selfcheck, trust
 from fxprune.ir import meta
+from fxprune.ir.inputs import copied
 
 _MAX_DEPTH = 32
 
@@ -152,6 +153,7 @@ def _build_module(spec: Any, where: str, extra: tuple[str, ...], depth: int = 0
     for k, c in spec["children"].items():
         m._modules[k] = _build_module(c, f"{where}.{k}", extra, depth + 1)
     filecheck.check_module(m, where)
+    selfcheck.check_options(m, where)
     return m
 
 
@@ -161,7 +163,7 @@ def build(payload: dict[str, Any], extra: tuple[str, ...], check: bool) -> fx.Gr
         root[k] = _build_module(s, f"module '{k}'", extra)
     for k, a in payload["attrs"].items():
         v = a["value"]
-        root[k] = nn.Parameter(v) if a.get("parameter") else (
+        root[k] = nn.Parameter(v, a.get("requires_grad", True)) if a.get("parameter") else (
             v if isinstance(v, Tensor) else Decoder(f"attrs['{k}']", extra, None)(v))
     _check_root_paths(root)
     graph, nodes = fx.Graph(), {}
@@ -196,10 +198,7 @@ def build(payload: dict[str, Any], extra: tuple[str, ...], check: bool) -> fx.Gr
         raise InputError(f"fields 'modules'/'attrs' hold {unused[:5]}, which no node uses")
     graph.lint()
     gm = fx.GraphModule(root, graph, class_name=payload.get("class_name") or "Pruned")
-    gm.train(bool(payload.get("training", False)))
-    gm.meta[meta.MANIFEST] = payload["manifest"]
-    gm.meta[meta.RESIDUAL] = payload.get("residual", "coupled")
-    filecheck.check_manifest(payload["manifest"], gm)
+    _restore(gm, payload)
     shapes = filecheck.example_shapes(payload)
     if shapes:  # fresh random inputs of the saved shapes (for verify/count/re-saving)
         gen = torch.Generator().manual_seed(0)
@@ -208,6 +207,19 @@ def build(payload: dict[str, Any], extra: tuple[str, ...], check: bool) -> fx.Gr
         if check:
             _self_check(gm, gm.meta[EXAMPLE_INPUTS])
     return gm
+
+
+def _restore(gm: fx.GraphModule, payload: dict[str, Any]) -> None:
+    """Flags, ties and meta from the file, each checked against the rebuilt modules."""
+    gm.train(bool(payload.get("training", False)))
+    if payload.get("module_training") is not None:  # files before it: the root's flag for all
+        selfcheck.restore_flags(gm, payload["module_training"])
+    selfcheck.retie(gm, payload.get("ties") or {})
+    gm.meta[meta.MANIFEST] = payload["manifest"]
+    gm.meta[meta.RESIDUAL] = payload.get("residual", "coupled")
+    filecheck.check_manifest(payload["manifest"], gm)
+    selfcheck.check_manifest_widths(payload["manifest"], payload.get("manifest_widths"), gm)
+    selfcheck.check_state_dict(payload["state_dict"], gm)
 
 
 def _check_root_paths(root: dict[str, Any]) -> None:
@@ -247,7 +259,7 @@ def _self_check(gm: fx.GraphModule, inputs: tuple[Tensor, ...]) -> None:
     try:
         gm.eval()
         with torch.no_grad():
-            _Checker(gm).run(*inputs)
+            _Checker(gm).run(*copied(inputs))
     finally:
         for m, f in flags.items():
             m.training = f

@@ -35,7 +35,9 @@ from torch import Tensor
 from fxprune.errors import FxPruneError, InputError, short_error
 from fxprune.files import filecheck, trust
 from fxprune.files.rebuild import build
+from fxprune.files.records import check_records, records
 from fxprune.ir import meta
+from fxprune.ir.threads import model_guard
 
 FORMAT = "fxprune/1"
 _MODULE_INTERNALS = set(nn.Module().__dict__) - {"training"}
@@ -147,6 +149,13 @@ def save(pruned: fx.GraphModule, path: str | Path) -> None:
     if not isinstance(pruned, fx.GraphModule):
         raise InputError(f"save() expects the GraphModule returned by compress(), got "
                          f"{type(pruned).__name__}")
+    path = writable(path)
+    with model_guard(pruned):  # not while another thread runs it (eval mode, buffers)
+        payload = _payload(pruned)
+    torch.save(payload, str(path))
+
+
+def _payload(pruned: fx.GraphModule) -> dict[str, Any]:
     graph, modules, attrs = [], {}, {}
     for n in pruned.graph.nodes:
         target = n.target if isinstance(n.target, str) else {"__ref__": _qualname(n.target)}
@@ -160,6 +169,8 @@ def save(pruned: fx.GraphModule, path: str | Path) -> None:
                 obj = getattr(obj, part)
             attrs[n.target] = {"value": obj.detach() if isinstance(obj, Tensor) else _enc(obj),
                                "parameter": isinstance(obj, nn.Parameter)}
+            if isinstance(obj, nn.Parameter):
+                attrs[n.target]["requires_grad"] = bool(obj.requires_grad)
     inputs = [x for x in pruned.meta.get("fxprune.example_inputs") or ()
               if isinstance(x, Tensor)]
     payload = {
@@ -176,10 +187,27 @@ def save(pruned: fx.GraphModule, path: str | Path) -> None:
         "example_input_shapes": [list(x.shape) for x in inputs],
         "example_input_dtypes": [str(x.dtype).replace("torch.", "") for x in inputs
                                  if x.is_floating_point()],
+        **records(pruned, modules, attrs, pruned.meta.get(meta.MANIFEST_WIDTHS)),
     }
     if len(payload["example_input_dtypes"]) != len(inputs):
         del payload["example_input_dtypes"]  # non-float inputs: float32 is used at load
-    torch.save(payload, str(path))
+    return payload
+
+
+def writable(path: str | Path) -> Path:
+    """``path`` as a file that can be written, or an InputError (one line) saying why not."""
+    if not isinstance(path, (str, Path)) or not str(path):
+        raise InputError(f"save: path must be a file name (str or pathlib.Path), got {path!r}")
+    p = Path(path).expanduser()
+    if p.is_dir():
+        raise InputError(f"save: {str(path)!r} is a directory; give a file name in it, e.g. "
+                         f"{str(p / 'pruned.pt')!r}")
+    parent = p.parent
+    if not parent.is_dir():
+        what = "is not a directory" if parent.exists() else "does not exist"
+        raise InputError(f"save: the folder of {str(path)!r} ({str(parent)!r}) {what}; create "
+                         f"it first (e.g. mkdir -p {parent}) or save elsewhere")
+    return p
 
 
 def read(path: str | Path) -> dict[str, Any]:
@@ -247,6 +275,7 @@ def from_payload(payload: dict[str, Any], source: str | Path = "<payload>",
         trust.check_name(t, "trusted_modules")
     try:
         filecheck.check_payload(payload)
+        check_records(payload)
         if model is not None:
             return _reapply(payload, model)
         return build(payload, extra, check)

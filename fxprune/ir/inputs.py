@@ -6,7 +6,8 @@ Each raises :class:`~fxprune.errors.InputError` saying what is wrong, where, and
 from __future__ import annotations
 
 __all__ = ["check_flags", "check_example_inputs", "check_inputs", "resolve_ignore",
-           "positional_inputs", "model_device_dtype"]
+           "positional_inputs", "model_device_dtype", "copied", "check_seed",
+           "check_not_scripted"]
 
 import inspect
 from collections.abc import Mapping
@@ -16,9 +17,27 @@ import torch
 import torch.fx as fx
 import torch.nn as nn
 from torch import Tensor
-from torch.utils._pytree import tree_flatten
+from torch.utils._pytree import tree_flatten, tree_map
 
 from fxprune.errors import InputError
+
+
+def check_not_scripted(model: Any, arg: str = "model") -> None:
+    """A TorchScript module cannot be traced: say to pass the eager one."""
+    if isinstance(model, torch.jit.ScriptModule):
+        raise InputError(
+            f"{arg} is a TorchScript module ({type(model).__name__}), whose forward is compiled "
+            "TorchScript that torch.fx cannot trace. Hint: pass the eager module (the "
+            "nn.Module before torch.jit.script/torch.jit.trace), and script the pruned "
+            "result afterwards if you need TorchScript.")
+
+
+def check_seed(seed: Any) -> int:
+    """A seed is an int (not a bool, a float or a string)."""
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise InputError(f"seed must be an int, got {seed!r} ({type(seed).__name__}). Hint: "
+                         "seed=0 (the default) or any other whole number.")
+    return seed
 
 
 def check_flags(**flags: Any) -> None:
@@ -49,6 +68,22 @@ def check_inputs(model: nn.Module, inputs: tuple) -> None:
             raise InputError(
                 f"example input is on {x.device} but the model is on {p.device}. Hint: move "
                 f"the input with x.to('{p.device}') (or the model with model.to(...)).")
+
+
+def copied(inputs: Any) -> Any:
+    """A copy of every tensor in ``inputs`` (nested tuples, lists and dicts kept as they are).
+
+    Each run of a model gets its own: a forward that writes into its input in place
+    (``x.mul_(2)``) changes neither the user's tensors nor the next run's inputs.
+    """
+    def copy(x: Any) -> Any:
+        if not isinstance(x, Tensor):
+            return x
+        y = x.detach().clone()
+        return y.requires_grad_(x.requires_grad) if y.is_floating_point() or y.is_complex() \
+            else y
+
+    return tree_map(copy, inputs)
 
 
 def positional_inputs(model: nn.Module, example_inputs: Any) -> tuple:
@@ -119,6 +154,15 @@ def check_example_inputs(gm: fx.GraphModule, inputs: tuple) -> None:
                 f"example input {i} has shape {tuple(x.shape)}, which holds no values: the "
                 "analysis follows channels through real values. Hint: give every axis, the "
                 "batch included, a size of at least 1 (e.g. torch.randn(1, 3, 224, 224)).")
+        if isinstance(x, Tensor) and (x.is_floating_point() or x.is_complex()):
+            bad = ~torch.isfinite(x.detach())
+            if bool(bad.any()):
+                raise InputError(
+                    f"example input {i} (shape {tuple(x.shape)}) holds {int(bad.sum())} NaN or "
+                    "infinite value(s): the oracle compares the pruned model's outputs with "
+                    "the original's, and NaN equals nothing. Hint: pass finite example inputs, "
+                    "e.g. example_inputs=torch.randn(1, 3, 224, 224), or "
+                    "torch.nan_to_num(x).")
 
 
 def resolve_ignore(gm: fx.GraphModule, ignore: Any) -> set[str]:

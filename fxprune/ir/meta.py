@@ -18,6 +18,7 @@ __all__ = [
     "GROUPS",
     "ANALYSIS",
     "MANIFEST",
+    "MANIFEST_WIDTHS",
     "SIZE_DEPS",
     "LATENCY",
     "ParamSlice",
@@ -49,6 +50,8 @@ KEEPSETS = "fxprune.keepsets"  # gm.meta: {group id: KeepSet} (selection)
 SIZE_DEPS = "fxprune.size_deps"  # node.meta: channel axes a Python value is read from (analysis)
 LATENCY = "fxprune.latency"  # pruned gm.meta: {layer name: predicted ms} (target_latency)
 MANIFEST = "fxprune.manifest"  # pruned gm.meta: {"param.path": {dim: kept indices}} (rewrite)
+# pruned gm.meta: {"param.path": {dim: the original width}}, for each manifest entry (rewrite)
+MANIFEST_WIDTHS = "fxprune.manifest_widths"
 
 
 @dataclass(frozen=True, eq=False)

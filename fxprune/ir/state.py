@@ -12,6 +12,9 @@ can change and restores it afterwards, so the model is bit-identical before and 
 - every parameter: the same object under the same name, its ``requires_grad``, its ``.grad``
   and its storage (``p.data = ...`` is undone).
 
+A thread that runs these modules holds them (:func:`fxprune.ir.threads.model_guard`): another
+thread running the same model waits instead of snapshotting the first one's changes.
+
 Parameter *values* are not cloned (that would copy the whole model on every run). A forward
 that writes into a parameter in place is detected by the tensor's version counter and raises
 :class:`~fxprune.errors.InputError` naming the parameter, after everything else is restored.
@@ -30,6 +33,7 @@ import torch.nn as nn
 from torch import Tensor
 
 from fxprune.errors import InputError
+from fxprune.ir.threads import model_guard
 
 
 class _Snapshot:
@@ -115,6 +119,11 @@ def untouched(*modules: nn.Module, eval_mode: bool = False) -> Iterator[None]:
         InputError: a forward run inside the block wrote into a parameter in place (raised
             after everything else is restored; an exception from the block itself wins).
     """
+    with model_guard(*modules):  # one thread at a time changes (and restores) these modules
+        yield from _untouched(modules, eval_mode)
+
+
+def _untouched(modules: tuple[nn.Module, ...], eval_mode: bool) -> Iterator[None]:
     snap = _Snapshot(modules)
     failed = False
     try:

@@ -28,7 +28,7 @@ from fxprune.criteria import CriterionCtx, get_criterion
 from fxprune.criteria.scoring import GroupScoring
 from fxprune.errors import InputError, TraceFailure, VerificationError
 from fxprune.ir import meta
-from fxprune.ir.inputs import check_flags, positional_inputs
+from fxprune.ir.inputs import check_flags, check_not_scripted, check_seed, positional_inputs
 from fxprune.ir.state import untouched
 from fxprune.plan.allocate import ALLOCATION, AllocationPlan
 from fxprune.plan.checks import check_inputs, check_prunable, check_ratio
@@ -50,7 +50,7 @@ def score(analysis: Analysis, criterion: Any = "l1", *, data: Any = None, seed: 
     :class:`~fxprune.criteria.scoring.GroupScoring` or ``"members[/normalize[/reduction]]"``
     (default: the producers' filters, mean-normalized, averaged)."""
     crit = get_criterion(criterion)
-    ctx = CriterionCtx(root=analysis.gm, data=data, seed=seed,
+    ctx = CriterionCtx(root=analysis.gm, data=data, seed=check_seed(seed),
                        scoring=GroupScoring.parse(scoring))
     return {g.id: crit(g, ctx) for g in analysis.groups if g.prunable > 0 and g.size > 1}
 
@@ -179,6 +179,8 @@ def compress(model: nn.Module, ratio: float | None = None, *, criterion: Any = "
                     verify=(VerifyOptions, verify))
     plan, graph, timing, checks = opts["plan"], opts["analysis"], opts["latency"], opts["verify"]
     check_flags(strict=graph.strict, verify=checks.oracle)
+    check_not_scripted(model)
+    check_seed(seed)
     plan = plan.resolved(model)
     if plan.ratio is not None:
         plan = replace(plan, ratio=check_ratio(plan.ratio))

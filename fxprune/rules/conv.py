@@ -38,6 +38,11 @@ def conv_input_error(m: nn.Module, args: tuple) -> str | None:
     return None
 
 
+def _channel_axis(ctx) -> int:  # type: ignore[no-untyped-def]
+    """1, or 0 for an unbatched input (torch reads [C, *spatial] as one sample)."""
+    return 0 if ctx.out.dim() == ctx.module.weight.dim() - 1 else 1
+
+
 def _couple_groups(ctx, ids1d: Tensor, g: int) -> Tensor:  # type: ignore[no-untyped-def]
     """Couple position j of every group; return the ids of group 0."""
     v = ids1d.view(g, -1)
@@ -53,7 +58,8 @@ class ConvRule(Rule):
         m = ctx.module
         x = ctx.ids(0, "input")
         cin, cout, g = m.in_channels, m.out_channels, m.groups
-        in1d = ctx.channel_ids(x, 1, cin, "conv input")
+        axis = _channel_axis(ctx)
+        in1d = ctx.channel_ids(x, axis, cin, "conv input")
         key = (str(ctx.node.target), "out")
         if g == 1:
             ctx.bind("weight", 1, in1d, "in")
@@ -72,7 +78,7 @@ class ConvRule(Rule):
         ctx.bind("weight", 0, out1d, role)
         if m.bias is not None:
             ctx.bind("bias", 0, out1d, role)
-        return at_axis(out1d, 1, ctx.out.dim())
+        return at_axis(out1d, axis, ctx.out.dim())
 
     def input_error(self, module: nn.Module | None, args: tuple) -> str | None:
         return conv_input_error(module, args) if module is not None else None
@@ -97,7 +103,8 @@ class ConvTransposeRule(Rule):
         m = ctx.module
         x = ctx.ids(0, "input")
         cin, cout, g = m.in_channels, m.out_channels, m.groups
-        in1d = ctx.channel_ids(x, 1, cin, "conv-transpose input")
+        axis = _channel_axis(ctx)
+        in1d = ctx.channel_ids(x, axis, cin, "conv-transpose input")
         key = (str(ctx.node.target), "out")
         if g == 1:
             ctx.bind("weight", 0, in1d, "in")
@@ -115,7 +122,7 @@ class ConvTransposeRule(Rule):
             ctx.bind("weight", 1, _couple_groups(ctx, out1d, g), "out")
         if m.bias is not None:
             ctx.bind("bias", 0, out1d, "out" if cin != g else "channel")
-        return at_axis(out1d, 1, ctx.out.dim())
+        return at_axis(out1d, axis, ctx.out.dim())
 
     def input_error(self, module: nn.Module | None, args: tuple) -> str | None:
         return conv_input_error(module, args) if module is not None else None

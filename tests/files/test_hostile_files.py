@@ -24,6 +24,7 @@ from fxprune.core.trace import EXAMPLE_INPUTS
 from fxprune.errors import InputError
 from fxprune.files.serialize import read
 from fxprune.models.resnet_cifar import ResNetCifar
+from fxprune.tools.fuzz.files import lies
 
 
 class Tiny(nn.Module):
@@ -230,6 +231,8 @@ def test_refusals_say_what_and_where(payloads, tmp_path, marker):
     p["modules"]["fc"]["params"]["weight"] = torch.zeros(5, 3)
     p["modules"]["fc"]["attrs"]["in_features"] = 3
     p["manifest"].pop("fc.weight")  # (the manifest check would name it first)
+    p["manifest_widths"].pop("fc.weight")
+    p["state_dict"]["fc.weight"] = p["modules"]["fc"]["params"]["weight"]  # (and the state's)
     with pytest.raises(InputError, match="the saved graph fails at node 'fc'"):
         fxprune.load(_write(p, tmp_path / "i.pt"))
 
@@ -496,3 +499,62 @@ def test_hyphenated_module_names_round_trip(tmp_path):
     again = fxprune.load(tmp_path / "s.pt")
     assert torch.equal(again(x), small(x))
     assert tuple(getattr(again, "block1-0").weight.shape) == (4, 3, 3, 3)
+
+
+# --- files that lie about themselves (issue 24): refused without model= ------------------------
+
+@pytest.mark.parametrize("name", ["tiny", "resnet"])
+def test_files_that_contradict_themselves_are_refused(payloads, name, tmp_path):
+    accepted = []
+    cases = list(lies(payloads[name]))
+    assert len(cases) > 40
+    kinds = {what.split(":")[0].split("[")[0].split(" ")[0] for what, _ in cases}
+    assert {"state_dict", "manifest", "manifest_widths", "ties", "module_training"} <= kinds
+    for what, q in cases:
+        try:
+            fxprune.load(_write(q, tmp_path / "lie.pt"))
+            accepted.append(what)
+        except InputError:
+            pass
+    assert accepted == [], f"{len(accepted)} of {len(cases)} lies loaded: {accepted[:5]}"
+
+
+def test_lies_are_refused_naming_the_field(payloads, tmp_path):
+    def refused(edit, match):
+        q = copy.deepcopy(payloads["tiny"])
+        edit(q)
+        with pytest.raises(InputError, match=match):
+            fxprune.load(_write(q, tmp_path / "l.pt"))
+
+    def state(q):
+        q["state_dict"]["fc.weight"] = torch.zeros(5, 7)
+
+    refused(state, r"state_dict\['fc.weight'\]: shape \(5, 7\).*rebuilt module's fc.weight")
+    bn = "modules"
+
+    def var(q):
+        q[bn]["bn"]["buffers"]["running_var"][1] = -1.0
+
+    refused(var, r"module 'bn': buffer 'running_var' holds negative variances")
+
+    def mean(q):
+        q[bn]["bn"]["buffers"]["running_mean"][0] = float("nan")
+
+    refused(mean, r"module 'bn': buffer 'running_mean' holds NaN")
+
+    def mode(q):
+        q[bn]["conv"]["attrs"]["padding_mode"] = "mirror"
+
+    refused(mode, r"module 'conv': attribute 'padding_mode' is 'mirror'")
+
+    def past(q):
+        q["manifest"]["conv.weight"][0][-1] = q["manifest_widths"]["conv.weight"][0]
+
+    refused(past, r"manifest\['conv.weight'\]\[0\]: kept index 8 is out of range .*width 8")
+
+    def coupled(q):
+        idx = q["manifest"]["bn.running_var"][0]
+        q["manifest"]["bn.running_var"][0] = sorted({*idx[1:], 0})
+
+    refused(coupled, r"manifest\['bn.running_var'\]\[0\]: keeps other indices than "
+                     r"manifest\['bn.weight'\]\[0\]")
