@@ -68,7 +68,7 @@ from fxprune.core.concrete_values import (
     unwrap,
     with_node,
 )
-from fxprune.core.trace import FxPruneTracer
+from fxprune.core.tracer import FxPruneTracer
 from fxprune.rules.objects import build_object, length
 
 

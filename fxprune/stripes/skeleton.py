@@ -116,7 +116,7 @@ def following_norms(model: nn.Module, convs: list[str]) -> dict[str, str]:
     same width (found on a symbolic trace; an untraceable model gets ``{}``)."""
     import torch.fx as fx
 
-    from fxprune.core.trace import FxPruneTracer
+    from fxprune.core.tracer import FxPruneTracer
 
     try:
         graph = FxPruneTracer().trace(model)
