@@ -2,7 +2,9 @@
 cannot trace (issue 23), built with random weights and no download.
 
 * ``detection``: torchvision detectors (``weights=None, weights_backbone=None``) fed one
-  3x320x320 image (a list of one image, as torchvision detectors take).
+  3x320x320 image (a list of one image, as torchvision detectors take) and, where
+  ``ultralytics`` is installed, its YOLO models from their yaml configs fed a 1x3x320x320
+  batch (:data:`ULTRALYTICS_SET`).
 * ``huggingface``: ``transformers`` vision models from their default configs
   (``<Name>Config()``, ``<Name>ForImageClassification`` or the head in :data:`HF_HEAD`) fed one
   batch at the config's ``image_size``, BatchNorm statistics set on a random batch
@@ -10,14 +12,15 @@ cannot trace (issue 23), built with random weights and no download.
 
 MACs of a detector are counted on its **dense part** (:class:`DenseDetector`): the backbone
 with its FPN and the dense head (RetinaNet, FCOS and SSD's ``head``, the R-CNNs' ``rpn.head``)
-on the fixed image tensor. What follows depends on the random weights' scores (how many boxes
+on the fixed image tensor (an ultralytics model is counted whole: its forward decodes boxes
+but runs no NMS). What follows depends on the random weights' scores (how many boxes
 survive NMS into the ROI heads), so it is neither counted nor comparable between two models.
 """
 
 from __future__ import annotations
 
-__all__ = ["DETECTION_SET", "HUGGINGFACE_SET", "HF_HEAD", "make_beyond", "known_beyond",
-           "DenseDetector", "counted", "calibrate_bn", "structure", "head_modules"]
+__all__ = ["DETECTION_SET", "ULTRALYTICS_SET", "HUGGINGFACE_SET", "HF_HEAD", "make_beyond",
+           "known_beyond", "DenseDetector", "counted", "calibrate_bn", "structure", "head_modules"]
 
 from typing import Any
 
@@ -28,6 +31,11 @@ import torch.nn as nn
 DETECTION_SET: tuple[str, ...] = (
     "fasterrcnn_mobilenet_v3_large_320_fpn", "retinanet_resnet50_fpn", "fcos_resnet50_fpn",
     "ssdlite320_mobilenet_v3_large", "maskrcnn_resnet50_fpn", "keypointrcnn_resnet50_fpn")
+
+#: Ultralytics models of ``--set detection`` where ``ultralytics`` is installed (AGPL-3.0: never a
+#: dependency of fxprune), built from the package's yaml configs: name -> model class.
+ULTRALYTICS_SET: dict[str, str] = {"yolov8n": "DetectionModel", "yolov8n-seg": "SegmentationModel",
+                                   "yolov8n-pose": "PoseModel", "yolo11n": "DetectionModel"}
 
 #: Hugging Face ``transformers`` model names (``<Name>Config``) of ``--set huggingface``.
 HUGGINGFACE_SET: tuple[str, ...] = ("ResNet", "ConvNext", "ViT", "Swin", "MobileViT",
@@ -43,9 +51,14 @@ DETECTION_SIDE = 320
 def known_beyond(source: str) -> set[str]:
     """The model names ``source`` (``detection`` or ``huggingface``) can build here."""
     if source == "detection":
+        import importlib.util
+
         import torchvision
 
-        return set(torchvision.models.list_models(module=torchvision.models.detection))
+        names = set(torchvision.models.list_models(module=torchvision.models.detection))
+        if importlib.util.find_spec("ultralytics") is not None:
+            names |= set(ULTRALYTICS_SET)
+        return names
     try:
         import transformers
     except ImportError:
@@ -66,6 +79,11 @@ def make_beyond(name: str, source: str) -> tuple[nn.Module, tuple[Any, ...]]:
         size = size if isinstance(size, int) else 224
         model = calibrate_bn(cls(cfg), torch.randn(2, 3, size, size, generator=gen))
         return model, (torch.randn(1, 3, size, size, generator=gen),)
+    if name in ULTRALYTICS_SET:
+        from ultralytics.nn import tasks
+
+        yolo = getattr(tasks, ULTRALYTICS_SET[name])(f"{name}.yaml", verbose=False).eval()
+        return yolo, (torch.rand(1, 3, DETECTION_SIDE, DETECTION_SIDE, generator=gen),)
     import torchvision
 
     model = torchvision.models.get_model(name, weights=None, weights_backbone=None).eval()
@@ -111,8 +129,8 @@ def counted(model: nn.Module, inputs: tuple[Any, ...], source: str
             ) -> tuple[nn.Module, tuple[Any, ...]]:
     """The module and inputs whose MACs the benchmark counts: a detector's
     :class:`DenseDetector` on the stacked images, any other model itself."""
-    if source != "detection":
-        return model, inputs
+    if source != "detection" or not hasattr(model, "backbone"):
+        return model, inputs  # an ultralytics model: no NMS inside its forward
     images = inputs[0] if isinstance(inputs[0], (list, tuple)) else [inputs[0]]
     return DenseDetector(model), (torch.stack(list(images)),)
 
@@ -120,6 +138,8 @@ def counted(model: nn.Module, inputs: tuple[Any, ...], source: str
 def head_modules(model: nn.Module, source: str) -> list[nn.Module]:
     """What Torch-Pruning must not prune: a detector's heads, a Hugging Face model's
     ``classifier`` (SegFormer's ``decode_head.classifier``)."""
+    if source == "detection" and not hasattr(model, "backbone"):  # ultralytics: Detect head
+        return [model.model[-1]]
     if source == "detection":
         names = ("head", "rpn", "roi_heads")
         return [getattr(model, n) for n in names if isinstance(getattr(model, n, None),

@@ -18,7 +18,13 @@ __all__ = ["DETECTION_SET", "HUGGINGFACE_SET", "DEFAULT_SET", "CI_SMALL", "TORCH
 
 from typing import Any
 
-from fxprune.bench.beyond import DETECTION_SET, HUGGINGFACE_SET, known_beyond, make_beyond
+from fxprune.bench.beyond import (
+    DETECTION_SET,
+    HUGGINGFACE_SET,
+    ULTRALYTICS_SET,
+    known_beyond,
+    make_beyond,
+)
 
 #: One or two small-ish members of each timm CNN family (checked against timm.list_models()).
 DEFAULT_SET: tuple[str, ...] = (
@@ -123,8 +129,8 @@ def model_set(name: str) -> list[str]:
     if name == "torchvision":
         return [m for m in TORCHVISION_SET if m in known]
     if name in ("detection", "huggingface"):
-        return [m for m in (DETECTION_SET if name == "detection" else HUGGINGFACE_SET)
-                if m in known]
+        names = (*DETECTION_SET, *ULTRALYTICS_SET) if name == "detection" else HUGGINGFACE_SET
+        return [m for m in names if m in known]
     import timm
 
     return sorted(timm.list_models("test_*")) + [m for m in CI_SMALL if m in known]
@@ -134,6 +140,8 @@ def family_of(name: str, source: str = "timm") -> str:
     """The module a model is defined in (its family), e.g. ``efficientnet``."""
     if source == "huggingface":
         return "transformers"
+    if name in ULTRALYTICS_SET:
+        return "ultralytics"
     try:
         if source in ("torchvision", "detection"):
             import torchvision
