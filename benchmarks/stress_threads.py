@@ -39,7 +39,7 @@ import torch.fx as fx
 import fxprune
 import fxprune.ir.threads as fxthreads
 from fxprune.core.trace import FxPruneTracer
-from fxprune.testing import checked_compress
+from fxprune.testing import checked_compress, read_only_checks
 
 MODELS = ["resnet18", "mobilenetv3_small_050", "efficientnet_b0", "regnetx_002",
           "convnext_atto", "vit_tiny_patch16_224", "densenet121", "resnet50"]
@@ -77,29 +77,13 @@ def _model(name: str) -> torch.nn.Module:
     return timm.create_model(name, **kw).eval()
 
 
-def _shared_reads(model: torch.nn.Module, pruned: fx.GraphModule, x: torch.Tensor) -> str:
-    import tempfile
-
-    gm = fxprune.trace(model, x)
-    assert fxprune.analyze(gm, warn=False).groups
-    assert fxprune.count(model, x).params > fxprune.count(pruned, x).params
-    report = fxprune.verify(model, pruned, x)
-    assert report.ok, report
-    with tempfile.TemporaryDirectory() as d:
-        fxprune.save(pruned, Path(d) / "p.pt")
-        again = fxprune.load(Path(d) / "p.pt")
-    with torch.no_grad():
-        torch.testing.assert_close(again(x), pruned(x), rtol=0, atol=0)
-    return report.status
-
-
 def _job(k: int, models: list[str], size: int, shared: tuple) -> dict[str, Any]:
     # jobs 3, 7, 11... read the shared model; the others take the models in turn
     name = "shared:" + models[0] if k % 4 == 3 else models[(k - k // 4) % len(models)]
     t = time.perf_counter()
     try:
         if k % 4 == 3:
-            status = _shared_reads(*shared)
+            status = read_only_checks(*shared)
         else:
             x = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(k))
             status = checked_compress(_model(name), x, expect="")["status"]

@@ -10,7 +10,7 @@ the user's model), so threads may run it at once (``tests/ir/test_threads.py``).
 
 from __future__ import annotations
 
-__all__ = ["prune_and_check", "checked_compress", "n_params"]
+__all__ = ["prune_and_check", "checked_compress", "read_only_checks", "n_params"]
 
 import tempfile
 import warnings
@@ -131,3 +131,22 @@ def checked_compress(model: nn.Module, example_inputs: Any, ratio: float = 0.5, 
     torch.testing.assert_close(_outputs(again, inputs), out, rtol=0, atol=0)
     return {"status": report.status, "params": (c0.params, c1.params),
             "macs": (c0.macs, c1.macs)}
+
+
+def read_only_checks(model: nn.Module, pruned: fx.GraphModule, x: Any) -> str:
+    """Read-only calls on a model and its pruned result (trace, analyze, count, verify, a
+    save/load round trip): what other threads may do to shared models while they prune.
+    Returns the oracle's status; raises AssertionError when a check fails."""
+    from fxprune.core.analyze import analyze
+    from fxprune.core.trace import trace
+
+    assert analyze(trace(model, x), warn=False).groups
+    assert count(model, x).params > count(pruned, x).params
+    report = verify(model, pruned, x)
+    assert report.ok, report
+    with tempfile.TemporaryDirectory() as d:
+        save(pruned, Path(d) / "p.pt")
+        again = load(Path(d) / "p.pt")
+    with torch.no_grad():
+        torch.testing.assert_close(again(x), pruned(x), rtol=0, atol=0)
+    return report.status

@@ -3,18 +3,15 @@ spawned process can import them by name (conftest puts this folder on sys.path).
 
 from __future__ import annotations
 
-import tempfile
 import warnings
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import torch
-import torch.fx as fx
 import torch.nn as nn
 
 import fxprune
 from fxprune.models import create_model
-from fxprune.testing import checked_compress
+from fxprune.testing import checked_compress, read_only_checks
 from fxprune.tools.fuzz import random_model
 
 
@@ -43,25 +40,9 @@ def case(k: int) -> tuple[nn.Module, torch.Tensor, str]:
     return m, x, "exact"
 
 
-def shared_reads(model: nn.Module, pruned: fx.GraphModule, x: torch.Tensor) -> str:
-    """Read-only calls on a model and a result that other threads use at the same time."""
-    gm = fxprune.trace(model, x)
-    analysis = fxprune.analyze(gm, warn=False)
-    assert analysis.groups
-    assert fxprune.count(model, x).params > fxprune.count(pruned, x).params
-    report = fxprune.verify(model, pruned, x)
-    assert report.ok, report
-    with tempfile.TemporaryDirectory() as d:
-        fxprune.save(pruned, Path(d) / "p.pt")
-        again = fxprune.load(Path(d) / "p.pt")
-    with torch.no_grad():
-        torch.testing.assert_close(again(x), pruned(x), rtol=0, atol=0)
-    return report.status
-
-
 def job(k: int, shared: tuple) -> str:
     if k % 4 == 3:  # every fourth job reads the shared model instead
-        return shared_reads(*shared)
+        return read_only_checks(*shared)
     model, x, expect = case(k)
     return checked_compress(model, x, expect=expect)["status"]
 
