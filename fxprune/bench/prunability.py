@@ -3,8 +3,9 @@ Torch-Pruning) and fuzzing.
 
 Usage (also ``fxprune bench ...`` and ``python -P -m fxprune.bench ...``)::
 
-    prunability [--set default|ci|torchvision] [--models m1,m2] [--ratio 0.5] [--timeout 300]
-                [--mem-gb 8] [--against torch-pruning] [--out DIR] [--update FILE.json]
+    prunability [--set default|ci|torchvision|detection|huggingface] [--models m1,m2]
+                [--ratio 0.5] [--timeout 300] [--mem-gb 8] [--against torch-pruning]
+                [--out DIR] [--update FILE.json]
     prunability --fuzz N [--seed S] [--out DIR]
 
 The model sets and how a model is built are in :mod:`fxprune.bench.sets`; ``--models`` names
@@ -135,7 +136,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "random weights, each in its own child process; write "
                        "prunability.md/.json.")
     q.add_argument("--set", choices=tuple(SETS), help="a predefined model list (default: "
-                   "default); torchvision: torchvision models")
+                   "default); torchvision: torchvision models; detection: torchvision "
+                   "detectors and ultralytics YOLO where installed; huggingface: transformers "
+                   "vision models from their configs")
     q.add_argument("--models", help="comma-separated model names of the set's source (timm "
                    "unless --set torchvision), instead of the whole set")
     q.add_argument("--fuzz", type=int, metavar="N",
@@ -179,10 +182,17 @@ def _versions(against: bool, source: str) -> dict[str, str]:
     import torch
 
     v = {"torch": torch.__version__, "timm": timm.__version__}
-    if source == "torchvision":
+    if source in ("torchvision", "detection"):
         import torchvision
 
         v["torchvision"] = torchvision.__version__
+    from importlib.metadata import PackageNotFoundError, version
+
+    for pkg in {"detection": ("ultralytics",), "huggingface": ("transformers",)}.get(source, ()):
+        try:
+            v[pkg] = version(pkg)
+        except PackageNotFoundError:
+            v[pkg] = "not installed"
     if against:
         try:
             from importlib.metadata import version

@@ -103,7 +103,8 @@ def summarize(rows: list[dict[str, Any]], against: bool) -> dict[str, Any]:
 
 def _versions_line(meta: dict[str, Any], against: bool) -> str:
     libs = [f"torch {meta['torch']}"]
-    libs += [f"{k} {meta[k]}" for k in ("timm", "torchvision") if meta.get(k)]
+    libs += [f"{k} {meta[k]}" for k in ("timm", "torchvision", "transformers", "ultralytics")
+             if meta.get(k)]
     if against:
         libs.append(f"torch-pruning {meta.get('torch_pruning')}")
     return ", ".join(libs)

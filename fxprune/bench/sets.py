@@ -1,7 +1,9 @@
 """The model sets of ``fxprune bench prunability`` and how a child process builds one model.
 
 A set belongs to a *source*: ``timm`` (``--set default``, ``--set ci``) or ``torchvision``
-(``--set torchvision``). ``--models`` names models of the same source (timm unless
+(``--set torchvision``), ``detection`` (``--set detection``: torchvision detectors) or
+``huggingface`` (``--set huggingface``: ``transformers`` vision models from their configs; both
+in :mod:`fxprune.bench.beyond`). ``--models`` names models of the same source (timm unless
 ``--set torchvision``). Every model is created with random weights in eval mode and fed one
 random batch: timm's ``pretrained_cfg["input_size"]``, torchvision's 3x224x224. Weights a
 library initialises to all zeros (torchvision ViT's classifier) are drawn at random instead
@@ -10,10 +12,19 @@ library initialises to all zeros (torchvision ViT's classifier) are drawn at ran
 
 from __future__ import annotations
 
-__all__ = ["DEFAULT_SET", "CI_SMALL", "TORCHVISION_SET", "SETS", "source_of", "known_models",
+__all__ = ["DETECTION_SET", "HUGGINGFACE_SET", "DEFAULT_SET", "CI_SMALL", "TORCHVISION_SET",
+           "SETS", "source_of", "known_models",
            "model_set", "family_of", "make_model", "unzero", "classifiers"]
 
 from typing import Any
+
+from fxprune.bench.beyond import (
+    DETECTION_SET,
+    HUGGINGFACE_SET,
+    ULTRALYTICS_SET,
+    known_beyond,
+    make_beyond,
+)
 
 #: One or two small-ish members of each timm CNN family (checked against timm.list_models()).
 DEFAULT_SET: tuple[str, ...] = (
@@ -80,7 +91,8 @@ TORCHVISION_SET: tuple[str, ...] = (
 )
 
 #: ``--set`` name -> its source.
-SETS: dict[str, str] = {"default": "timm", "ci": "timm", "torchvision": "torchvision"}
+SETS: dict[str, str] = {"default": "timm", "ci": "timm", "torchvision": "torchvision",
+                        "detection": "detection", "huggingface": "huggingface"}
 
 #: The input of every torchvision model (timm models use their ``pretrained_cfg``).
 TORCHVISION_INPUT: tuple[int, ...] = (3, 224, 224)
@@ -97,6 +109,8 @@ def source_of(set_name: str | None) -> str:
 
 def known_models(source: str) -> set[str]:
     """Every model name ``source`` can build."""
+    if source in ("detection", "huggingface"):
+        return known_beyond(source)
     if source == "torchvision":
         import torchvision
 
@@ -114,6 +128,9 @@ def model_set(name: str) -> list[str]:
         return [m for m in DEFAULT_SET if m in known]
     if name == "torchvision":
         return [m for m in TORCHVISION_SET if m in known]
+    if name in ("detection", "huggingface"):
+        names = (*DETECTION_SET, *ULTRALYTICS_SET) if name == "detection" else HUGGINGFACE_SET
+        return [m for m in names if m in known]
     import timm
 
     return sorted(timm.list_models("test_*")) + [m for m in CI_SMALL if m in known]
@@ -121,8 +138,12 @@ def model_set(name: str) -> list[str]:
 
 def family_of(name: str, source: str = "timm") -> str:
     """The module a model is defined in (its family), e.g. ``efficientnet``."""
+    if source == "huggingface":
+        return "transformers"
+    if name in ULTRALYTICS_SET:
+        return "ultralytics"
     try:
-        if source == "torchvision":
+        if source in ("torchvision", "detection"):
             import torchvision
 
             module = torchvision.models.get_model_builder(name).__module__
@@ -139,6 +160,8 @@ def make_model(name: str, source: str = "timm") -> tuple[Any, tuple[Any, ...]]:
     """A randomly initialised model in eval mode and its one random input batch."""
     import torch
 
+    if source in ("detection", "huggingface"):
+        return make_beyond(name, source)
     torch.manual_seed(0)
     if source == "torchvision":
         import torchvision

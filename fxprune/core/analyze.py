@@ -29,7 +29,7 @@ from torch import Tensor
 
 from fxprune.core.attrs import attr_ids, settle_attrs
 from fxprune.core.groups import resolve_tables
-from fxprune.core.size_reads import SIZE_DEPS, arg_deps, direct_count, size_deps, size_uses
+from fxprune.core.size_reads import SIZE_DEPS, arg_deps, scaled_count, size_deps, size_uses
 from fxprune.core.trace import EXAMPLE_INPUTS
 from fxprune.errors import FxPruneError, InputError, UnsupportedOpError, node_location, short_error
 from fxprune.ir import meta
@@ -192,11 +192,12 @@ class _Propagator(fx.Interpreter):
             ctx.freeze(ids, f"shaped with the size of another tensor at {n.name}")
 
     def _count_couplings(self, n: fx.Node, rule: Any, foreign: set[tuple[str, int]]
-                         ) -> list[tuple[fx.Node, int, int]] | None:
+                         ) -> list[tuple[fx.Node, int, int, int]] | None:
         """A view/reshape whose size ``p`` is exactly another tensor's channel count
-        (``y.view(B, N, C)`` with ``B, N, C = x.shape``, Swin's windows): couple ``x``'s
-        channels with the output's axis ``p`` (checked after the rule ran), so the counts
-        stay equal after pruning. None: some foreign size is not such a count."""
+        (``y.view(B, N, C)`` with ``B, N, C = x.shape``, Swin's windows), or ``k`` times it
+        (Swin's patch merging, ``view(B, -1, 4 * C)``): couple ``x``'s channels with the
+        output's axis ``p`` (checked after the rule ran), so the counts stay equal after
+        pruning. None: some foreign size is not such a count."""
         from fxprune.rules.shape import Reshape
 
         if not isinstance(rule, Reshape) or n.target not in ("view", "reshape", torch.reshape):
@@ -210,18 +211,24 @@ class _Propagator(fx.Interpreter):
             deps = arg_deps(a)
             if not deps or not deps & foreign:
                 continue
-            direct = direct_count(a)
+            direct = scaled_count(a)
             if direct is None:
                 return None
-            found.append((direct[0], direct[1], p))
+            found.append((direct[0], direct[1], p, direct[2]))
             covered.add((direct[0].name, direct[1]))
         return found if covered == foreign else None
 
     def _apply_couplings(self, ctx: PropCtx, n: fx.Node, ids: Any) -> None:
         pending, self._pending = self._pending, []
-        for src, axis, p in pending:
+        for src, axis, p, k in pending:
             src_ids = meta.get_ids(src)
             size = src_ids.shape[axis] if isinstance(src_ids, Tensor) else -1
+            if p == axis and _same_ids(ids, src_ids):
+                continue  # the same channels on every axis (SDPA's output and its value)
+            if k > 1:
+                if not _repeats(ids, p, src_ids, axis, size, k):
+                    self._freeze_foreign(ctx, n, [(src.name, axis)])
+                continue
             if (isinstance(ids, Tensor) and p < ids.dim() and ids.shape[p] == size
                     and axis_ids(ids, p, size) is not None
                     and axis_ids(src_ids, axis, size) is not None):
@@ -251,6 +258,32 @@ class _Propagator(fx.Interpreter):
             ctx.freeze(ids, f"input of unsupported op {name}")
         return _structure(ctx.out, lambda t: ctx.opaque_ids(t.shape, f"output of unsupported op "
                                                                      f"{name}"))
+
+
+def _same_ids(ids: Any, src_ids: Any) -> bool:
+    """Whether two id tensors are equal (broadcast), so any count read from one fits the
+    other: ``attn.reshape(B, -1, N, value.shape[-1])`` where ``attn`` has ``value``'s ids."""
+    if not (isinstance(ids, Tensor) and isinstance(src_ids, Tensor)) or ids.dim() != \
+            src_ids.dim():
+        return False
+    try:
+        a, b = torch.broadcast_tensors(ids, src_ids)
+    except RuntimeError:
+        return False
+    return torch.equal(a, b)
+
+
+def _repeats(ids: Any, p: int, src_ids: Any, axis: int, size: int, k: int) -> bool:
+    """Whether axis ``p`` of ``ids`` holds each channel of ``src_ids``'s ``axis`` exactly
+    ``k`` times and nothing else: then its count stays ``k`` times the other's whatever is
+    pruned."""
+    if not (isinstance(ids, Tensor) and isinstance(src_ids, Tensor) and p < ids.dim()
+            and ids.shape[p] == k * size):
+        return False
+    a, b = axis_ids(src_ids, axis, size), axis_ids(ids, p, k * size)
+    if a is None or b is None or bool((a < FIRST_ID).any()):
+        return False
+    return torch.equal(a.repeat(k).sort().values, b.sort().values)
 
 
 def _shape_of(x: Any) -> Any:

@@ -22,8 +22,8 @@ non-channel positions (``x.flatten(1)`` of a feature map) pins its spatial facto
 
 from __future__ import annotations
 
-__all__ = ["direct_count", "arg_deps", "SIZE_DEPS", "size_deps", "flat_deps", "size_uses",
-           "pin_args"]
+__all__ = ["direct_count", "scaled_count", "arg_deps", "SIZE_DEPS", "size_deps", "flat_deps",
+           "size_uses", "pin_args"]
 
 import builtins
 import operator
@@ -79,6 +79,23 @@ def direct_count(a: Any) -> tuple[fx.Node, int] | None:
             nd = meta.get_ids(read[0]).dim()
             return (read[0], a.args[1] % nd) if nd else None
     return None
+
+
+def scaled_count(a: Any) -> tuple[fx.Node, int, int] | None:
+    """``(tensor node, axis, k)`` if ``a`` is one channel count times a literal ``k``:
+    :func:`direct_count` (``k = 1``) or ``k * x.shape[d]`` / ``x.shape[d] * k`` (Swin's patch
+    merging: ``view(B, -1, 4 * C)``)."""
+    direct = direct_count(a)
+    if direct is not None:
+        return direct[0], direct[1], 1
+    if not isinstance(a, fx.Node) or a.target is not operator.mul or len(a.args) != 2:
+        return None
+    x, y = a.args
+    k, c = (x, y) if isinstance(x, int) else (y, x)
+    if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+        return None
+    direct = direct_count(c)
+    return None if direct is None else (direct[0], direct[1], k)
 
 
 def size_deps(n: fx.Node) -> Any:

@@ -59,9 +59,23 @@ class RewriteCtx:
         if len(sizes) != len(old_shape):
             return
         for i, s in enumerate(sizes):
-            if isinstance(s, int) and s != -1 and s == old_shape[i]:
+            literal = isinstance(s, int) and s != -1 and s == old_shape[i]
+            fixed = (isinstance(s, fx.Node) and old_shape[i] != new_shape[i]
+                     and self._fixed_count(s) == old_shape[i])
+            if literal or fixed:
                 sizes[i] = new_shape[i]
         node.args = (*args[:first], tuple(sizes)) if packed else (*args[:first], *sizes)
+
+    def _fixed_count(self, node: fx.Node) -> Any:
+        """The seen value of a size computed without reading any pruned channel axis (a
+        count from a config, ``self.all_head_size``, reached through ``size()[:-2] + (c,)``):
+        after pruning it would still be the original count, so the caller patches it. None
+        where the value follows a channel axis (recomputed after pruning) or is unknown."""
+        old = self._old.get(node)
+        if old is None or _has_deps(old.meta.get(meta.SIZE_DEPS)):
+            return None
+        v = old.meta.get(VALUE)
+        return v if isinstance(v, int) and not isinstance(v, bool) else None
 
     def patch_unflatten(self, node: fx.Node) -> None:
         old = self.old(node)
@@ -75,3 +89,10 @@ class RewriteCtx:
                 sizes[i] = new_shape[dim + i]
         args[2] = tuple(sizes)
         node.args = tuple(args)
+
+
+def _has_deps(deps: Any) -> bool:
+    """Whether analysis tied a Python value to a channel axis (``fxprune.size_deps``)."""
+    if isinstance(deps, (tuple, list)):
+        return any(_has_deps(d) for d in deps)
+    return bool(deps)
