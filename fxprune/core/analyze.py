@@ -31,9 +31,18 @@ from fxprune.core.attrs import attr_ids, settle_attrs
 from fxprune.core.groups import resolve_tables
 from fxprune.core.size_reads import SIZE_DEPS, arg_deps, scaled_count, size_deps, size_uses
 from fxprune.core.trace import EXAMPLE_INPUTS
+from fxprune.core.values import (
+    has_tensor,
+    repeats,
+    same_ids,
+    shape_of,
+    structure,
+    structure_apply,
+    valid,
+)
 from fxprune.errors import FxPruneError, InputError, UnsupportedOpError, node_location, short_error
 from fxprune.ir import meta
-from fxprune.ir.channels import FIRST_ID, axis_ids, fit
+from fxprune.ir.channels import FIRST_ID, axis_ids
 from fxprune.ir.hooks import opaque_reason
 from fxprune.ir.inputs import check_example_inputs, check_flags, copied, resolve_ignore
 from fxprune.ir.perf import gc_paused
@@ -94,7 +103,7 @@ class _Propagator(fx.Interpreter):
                 out = getattr(self, n.op)(n.target, args, kwargs)
         ids = self._ids_for(n, out, args, kwargs)
         meta.set_ids(n, ids)
-        n.meta[meta.SHAPE] = _shape_of(out)
+        n.meta[meta.SHAPE] = shape_of(out)
         if isinstance(out, (int, float, bool, slice, torch.Size)) or (
                 isinstance(out, tuple) and all(isinstance(v, int) for v in out)):
             n.meta[meta.VALUE] = out
@@ -105,7 +114,7 @@ class _Propagator(fx.Interpreter):
 
     def _ids_for(self, n: fx.Node, out: Any, args: tuple, kwargs: dict) -> Any:
         if n.op == "placeholder":
-            return _structure(out, lambda t: PropCtx(self.s, n, None, (), {}, t).opaque_ids(
+            return structure(out, lambda t: PropCtx(self.s, n, None, (), {}, t).opaque_ids(
                 t.shape, "graph input"))
         if n.op == "output":
             ctx = PropCtx(self.s, n, None, (), {}, None)
@@ -119,7 +128,7 @@ class _Propagator(fx.Interpreter):
             return attr_ids(self.s, n, out)
         mod = self.module_map[str(n.target)] if n.op == "call_module" else None
         ctx = PropCtx(self.s, n, mod, args, kwargs, out)
-        if not _has_tensor(out) and n.op != "call_module":
+        if not has_tensor(out) and n.op != "call_module":
             # x.size(), x.shape and arithmetic on them: recomputed after pruning, but remember
             # which channel axes the value depends on
             n.meta[SIZE_DEPS] = size_deps(n)
@@ -136,7 +145,7 @@ class _Propagator(fx.Interpreter):
         if rule is not None:
             try:
                 ids = rule.propagate(ctx)
-                if not _valid(ids, out):
+                if not valid(ids, out):
                     raise Unsupported(f"rule {type(rule).__name__} gave ids that do not fit")
             except Unsupported as e:
                 ids = self._unsupported(ctx, n, str(e))
@@ -145,7 +154,7 @@ class _Propagator(fx.Interpreter):
         if self._pending:
             self._apply_couplings(ctx, n, ids)
         if n.op == "call_module" and self._is_ignored(str(n.target)):
-            _structure_apply(ids, lambda t: ctx.freeze(t, f"ignored module '{n.target}'"))
+            structure_apply(ids, lambda t: ctx.freeze(t, f"ignored module '{n.target}'"))
         if n.op == "call_module" and rule is not None:
             self._check_opaque(ctx, n, ids)
         return ids
@@ -159,7 +168,7 @@ class _Propagator(fx.Interpreter):
             return
         for t in ctx.tensor_input_ids():
             ctx.freeze(t, why)
-        _structure_apply(ids, lambda t: ctx.freeze(t, why))
+        structure_apply(ids, lambda t: ctx.freeze(t, why))
 
     def _check_size_args(self, ctx: PropCtx, n: fx.Node, rule: Any) -> None:
         """Channel counts passed to a tensor op (see :mod:`fxprune.core.size_reads`).
@@ -223,10 +232,10 @@ class _Propagator(fx.Interpreter):
         for src, axis, p, k in pending:
             src_ids = meta.get_ids(src)
             size = src_ids.shape[axis] if isinstance(src_ids, Tensor) else -1
-            if p == axis and _same_ids(ids, src_ids):
+            if p == axis and same_ids(ids, src_ids):
                 continue  # the same channels on every axis (SDPA's output and its value)
             if k > 1:
-                if not _repeats(ids, p, src_ids, axis, size, k):
+                if not repeats(ids, p, src_ids, axis, size, k):
                     self._freeze_foreign(ctx, n, [(src.name, axis)])
                 continue
             if (isinstance(ids, Tensor) and p < ids.dim() and ids.shape[p] == size
@@ -256,79 +265,8 @@ class _Propagator(fx.Interpreter):
         self.s.unsupported.setdefault(label, []).append(node_location(n))
         for ids in ctx.tensor_input_ids():
             ctx.freeze(ids, f"input of unsupported op {name}")
-        return _structure(ctx.out, lambda t: ctx.opaque_ids(t.shape, f"output of unsupported op "
+        return structure(ctx.out, lambda t: ctx.opaque_ids(t.shape, f"output of unsupported op "
                                                                      f"{name}"))
-
-
-def _same_ids(ids: Any, src_ids: Any) -> bool:
-    """Whether two id tensors are equal (broadcast), so any count read from one fits the
-    other: ``attn.reshape(B, -1, N, value.shape[-1])`` where ``attn`` has ``value``'s ids."""
-    if not (isinstance(ids, Tensor) and isinstance(src_ids, Tensor)) or ids.dim() != \
-            src_ids.dim():
-        return False
-    try:
-        a, b = torch.broadcast_tensors(ids, src_ids)
-    except RuntimeError:
-        return False
-    return torch.equal(a, b)
-
-
-def _repeats(ids: Any, p: int, src_ids: Any, axis: int, size: int, k: int) -> bool:
-    """Whether axis ``p`` of ``ids`` holds each channel of ``src_ids``'s ``axis`` exactly
-    ``k`` times and nothing else: then its count stays ``k`` times the other's whatever is
-    pruned."""
-    if not (isinstance(ids, Tensor) and isinstance(src_ids, Tensor) and p < ids.dim()
-            and ids.shape[p] == k * size):
-        return False
-    a, b = axis_ids(src_ids, axis, size), axis_ids(ids, p, k * size)
-    if a is None or b is None or bool((a < FIRST_ID).any()):
-        return False
-    return torch.equal(a.repeat(k).sort().values, b.sort().values)
-
-
-def _shape_of(x: Any) -> Any:
-    if isinstance(x, Tensor):
-        return tuple(x.shape)
-    if isinstance(x, (list, tuple)) and any(isinstance(v, Tensor) for v in x):
-        return tuple(_shape_of(v) for v in x)
-    return None
-
-
-def _has_tensor(x: Any) -> bool:
-    if isinstance(x, Tensor):
-        return True
-    if isinstance(x, (list, tuple)):
-        return any(_has_tensor(v) for v in x)
-    if isinstance(x, dict):
-        return any(_has_tensor(v) for v in x.values())
-    if hasattr(x, "__dict__") and not isinstance(x, (nn.Module, type)):
-        return any(_has_tensor(v) for v in vars(x).values())  # an object carrying tensors
-    return False
-
-
-def _structure(x: Any, fn: Callable[[Tensor], Tensor]) -> Any:
-    if isinstance(x, Tensor):
-        return fn(x)
-    if isinstance(x, (list, tuple)):
-        return tuple(_structure(v, fn) for v in x)
-    return None
-
-
-def _structure_apply(ids: Any, fn: Callable[[Tensor], None]) -> None:
-    if isinstance(ids, Tensor):
-        fn(ids)
-    elif isinstance(ids, (list, tuple)):
-        for v in ids:
-            _structure_apply(v, fn)
-
-
-def _valid(ids: Any, out: Any) -> bool:
-    if isinstance(out, Tensor):
-        return isinstance(ids, Tensor) and fit(ids, out.shape) is not None
-    if isinstance(out, (list, tuple)):
-        return (isinstance(ids, tuple) and len(ids) == len(out)
-                and all(_valid(i, o) for i, o in zip(ids, out)))
-    return ids is None
 
 
 def _resolve(gm: fx.GraphModule, s: AnalysisState) -> Analysis:
