@@ -6,7 +6,8 @@ example inputs from ``data``). The allocation's options are checked by the plan
 
 from __future__ import annotations
 
-__all__ = ["HOLDS", "AUTO_GRAD_NORM", "check_options", "allocation_plan", "first_inputs"]
+__all__ = ["HOLDS", "AUTO_GRAD_NORM", "ENGINE_DEFAULTS", "check_options", "allocation_plan",
+           "first_inputs", "apply_variant"]
 
 from typing import Any
 
@@ -30,6 +31,36 @@ AUTO_GRAD_NORM = 5.0
 PLAN_DEFAULTS = {"ratio": None, "target_flops": None, "target_params": None, "ratios": None,
                  "allocation": "uniform", "max_ratio": 0.9, "clr_lambda": 1.0,
                  "clr_cost": "authors", "round_to": None}
+
+
+# SoftPruner's defaults of the keywords a variant may set
+ENGINE_DEFAULTS = {"max_grad_norm": "auto", "settle": 1, "residual": "coupled"}
+
+
+def apply_variant(variant: Any, method: str, engine: dict[str, Any],
+                  options: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """SoftPruner's keywords (``engine``) and the method's options under ``variant``:
+    ``"fxprune"`` leaves them; ``"paper"`` sets the authors' settings
+    (:func:`fxprune.train.methods.paper_settings`). A keyword given away from its default with
+    another value than the paper's raises :class:`~fxprune.errors.InputError`."""
+    from fxprune.train.methods import VARIANTS, paper_settings
+
+    if variant not in VARIANTS:
+        raise InputError(f"variant must be one of {', '.join(VARIANTS)}, got {variant!r}")
+    if variant == "fxprune":
+        return engine, options
+    paper = paper_settings(method)
+    engine, options = dict(engine), dict(options)
+    for key, value in paper.pruner.items():
+        given = engine.get(key, ENGINE_DEFAULTS.get(key))
+        if given != ENGINE_DEFAULTS.get(key) and given != value:
+            raise InputError(f"variant='paper' of method {method!r} runs {key}={value!r} (the "
+                             f"authors' setting), but {key}={given!r} was given: drop it, or "
+                             "use variant='fxprune'")
+        engine[key] = value
+    for key, value in paper.options.items():
+        options.setdefault(key, value)
+    return engine, options
 
 
 def check_options(model: Any, interval: Any, bn: Any, hold: Any, seed: Any, epochs: Any,

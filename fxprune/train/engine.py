@@ -15,6 +15,7 @@ from __future__ import annotations
 
 __all__ = ["SoftPruner"]
 
+import copy
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -38,6 +39,7 @@ from fxprune.plan.compress import score
 from fxprune.train.arguments import (
     AUTO_GRAD_NORM,
     allocation_plan,
+    apply_variant,
     check_options,
     first_inputs,
 )
@@ -123,6 +125,15 @@ class SoftPruner:
             through BatchNorm is scaled by ``gamma / sqrt(eps)`` (316x), the regrown filters'
             norms exploded (~6 -> ~250 on digits) and SFP ended at 55% instead of 97%.
             ``None`` restores the authors' behaviour.
+        variant: ``"fxprune"`` (default): the options as given. ``"paper"``: the authors'
+            settings of the method (:func:`fxprune.train.methods.paper_settings`: for
+            sfp/fpgm/mfp/fppmo ``max_grad_norm=None``, ``settle=0``, ``residual="scatter"``;
+            for swp no clip and no L1 on 1x1 convs); a conflicting keyword raises.
+        score_recalibration: MFP's meta-attribute and FPPMO's rewards score each candidate
+            on a copy whose BatchNorm statistics are first recomputed on this many batches of
+            ``calibration_data`` (0, default: the masked model as it is, stale statistics).
+        calibration_data: training batches for ``score_recalibration`` (:func:`fit` sets
+            its training loader when None; the selection at construction runs without).
         method_options: the method's own options (e.g. ``pool=``, ``switch=`` for mfp;
             ``lam=``, ``eta=`` for fppmo); unknown ones raise :class:`InputError`.
     """
@@ -136,8 +147,23 @@ class SoftPruner:
                  residual: str = "coupled", interval: int = 1, data: Any = None, seed: int = 0,
                  bn: str = "keep", hold: str | None = None, epochs: int | None = None,
                  settle: int = 1, max_grad_norm: float | str | None = "auto",
-                 **method_options: Any):
+                 variant: str = "fxprune", score_recalibration: int = 0,
+                 calibration_data: Any = None, **method_options: Any):
+        eng, method_options = apply_variant(
+            variant, method, {"max_grad_norm": max_grad_norm, "settle": settle,
+                              "residual": residual}, method_options)
+        max_grad_norm, settle, residual = eng["max_grad_norm"], eng["settle"], eng["residual"]
+        self.variant = variant
         check_options(model, interval, bn, hold, seed, epochs, settle, max_grad_norm)
+        if isinstance(score_recalibration, bool) or not isinstance(score_recalibration, int) \
+                or score_recalibration < 0:
+            raise InputError(f"score_recalibration must be an int >= 0 (batches), got "
+                             f"{score_recalibration!r}")
+        self.score_recalibration, self.calibration_data = score_recalibration, calibration_data
+        if target_flops is not None and not get_method(method).channel_selection:
+            # a method that learns its amounts takes the budget itself (SWP's stripes)
+            method_options = {**method_options, "target_flops": target_flops}
+            target_flops = None
         plan = allocation_plan(plan, ratio=ratio, target_flops=target_flops,
                                target_params=target_params, ratios=ratios,
                                allocation=allocation, max_ratio=max_ratio,
@@ -233,9 +259,17 @@ class SoftPruner:
             yield keep
 
     def evaluate(self, keep: Keep, attribute: Any) -> float:
-        """``attribute(model)`` (eval mode, no grad) of the network masked by ``keep``."""
+        """``attribute(model)`` (eval mode, no grad) of the network masked by ``keep``; with
+        ``score_recalibration`` > 0 and calibration batches, of a copy whose BatchNorm
+        statistics are recomputed on them first (:func:`fxprune.recalibrate_bn`)."""
         with self.trial(keep):
-            return run_eval(self.model, attribute)
+            if self.score_recalibration <= 0 or self.calibration_data is None:
+                return run_eval(self.model, attribute)
+            from fxprune.core.recalibrate import recalibrate_bn
+
+            work = copy.deepcopy(self.model)
+            recalibrate_bn(work, self.calibration_data, self.score_recalibration)
+            return run_eval(work, attribute)
 
     # --- training hooks ---------------------------------------------------------------------
     @contextmanager
