@@ -89,6 +89,7 @@ class SoftPruner:
             ``target_latency`` is compress's only). The per-group amounts are fixed at
             construction (the kept widths, hence ``kept_macs``, do not change in training);
             for the same options and criterion they are those of :func:`fxprune.compress`.
+            SWP takes ``target_flops`` itself (its budgeted mode).
         plan: the same options as one :class:`~fxprune.AllocationPlan`
             (``SoftPruner(model, plan=AllocationPlan(0.5, allocation="global"))``); keywords
             set beside it are merged in, an option given both ways with two values raises.
@@ -125,15 +126,11 @@ class SoftPruner:
             through BatchNorm is scaled by ``gamma / sqrt(eps)`` (316x), the regrown filters'
             norms exploded (~6 -> ~250 on digits) and SFP ended at 55% instead of 97%.
             ``None`` restores the authors' behaviour.
-        variant: ``"fxprune"`` (default): the options as given. ``"paper"``: the authors'
-            settings of the method (:func:`fxprune.train.methods.paper_settings`: for
-            sfp/fpgm/mfp/fppmo ``max_grad_norm=None``, ``settle=0``, ``residual="scatter"``;
-            for swp no clip and no L1 on 1x1 convs); a conflicting keyword raises.
-        score_recalibration: MFP's meta-attribute and FPPMO's rewards score each candidate
-            on a copy whose BatchNorm statistics are first recomputed on this many batches of
-            ``calibration_data`` (0, default: the masked model as it is, stale statistics).
-        calibration_data: training batches for ``score_recalibration`` (:func:`fit` sets
-            its training loader when None; the selection at construction runs without).
+        variant: ``"fxprune"`` (default) or ``"paper"``: the method's authors' settings
+            (:func:`fxprune.train.methods.paper_settings`); a conflicting keyword raises.
+        score_recalibration, calibration_data: MFP/FPPMO score each candidate on a copy whose
+            BatchNorm statistics are recomputed on this many batches of ``calibration_data``
+            (training data; ``fit`` sets its loader when None) first. 0 (default): off.
         method_options: the method's own options (e.g. ``pool=``, ``switch=`` for mfp;
             ``lam=``, ``eta=`` for fppmo); unknown ones raise :class:`InputError`.
     """
@@ -149,21 +146,14 @@ class SoftPruner:
                  settle: int = 1, max_grad_norm: float | str | None = "auto",
                  variant: str = "fxprune", score_recalibration: int = 0,
                  calibration_data: Any = None, **method_options: Any):
-        eng, method_options = apply_variant(
+        eng, method_options, target_flops = apply_variant(
             variant, method, {"max_grad_norm": max_grad_norm, "settle": settle,
-                              "residual": residual}, method_options)
+                              "residual": residual}, method_options, target_flops)
         max_grad_norm, settle, residual = eng["max_grad_norm"], eng["settle"], eng["residual"]
-        self.variant = variant
-        check_options(model, interval, bn, hold, seed, epochs, settle, max_grad_norm)
-        if isinstance(score_recalibration, bool) or not isinstance(score_recalibration, int) \
-                or score_recalibration < 0:
-            raise InputError(f"score_recalibration must be an int >= 0 (batches), got "
-                             f"{score_recalibration!r}")
-        self.score_recalibration, self.calibration_data = score_recalibration, calibration_data
-        if target_flops is not None and not get_method(method).channel_selection:
-            # a method that learns its amounts takes the budget itself (SWP's stripes)
-            method_options = {**method_options, "target_flops": target_flops}
-            target_flops = None
+        check_options(model, interval, bn, hold, seed, epochs, settle, max_grad_norm,
+                      score_recalibration)
+        self.variant, self.score_recalibration = variant, score_recalibration
+        self.calibration_data = calibration_data
         plan = allocation_plan(plan, ratio=ratio, target_flops=target_flops,
                                target_params=target_params, ratios=ratios,
                                allocation=allocation, max_ratio=max_ratio,
@@ -259,9 +249,8 @@ class SoftPruner:
             yield keep
 
     def evaluate(self, keep: Keep, attribute: Any) -> float:
-        """``attribute(model)`` (eval mode, no grad) of the network masked by ``keep``; with
-        ``score_recalibration`` > 0 and calibration batches, of a copy whose BatchNorm
-        statistics are recomputed on them first (:func:`fxprune.recalibrate_bn`)."""
+        """``attribute(model)`` (eval mode, no grad) of the network masked by ``keep`` (with
+        ``score_recalibration``: of a copy with recalibrated BatchNorm statistics)."""
         with self.trial(keep):
             if self.score_recalibration <= 0 or self.calibration_data is None:
                 return run_eval(self.model, attribute)

@@ -11,8 +11,16 @@ the position-grouped stripe conv. The machinery lives in :mod:`fxprune.stripes`;
 plugs it into :class:`~fxprune.train.SoftPruner`.
 
 Options: ``alpha`` (1e-5, the paper's CIFAR value), ``delta`` (0.01), ``kernel``
-(``"probe"``, ``"density"``, ``"dense"``, ``"stripe"``) and ``density`` (the threshold of
-``kernel="density"``). The channel clean-up rounds kept widths to the pruner's ``round_to``.
+(``"probe"``, ``"density"``, ``"dense"``, ``"stripe"``), ``density`` (the threshold of
+``kernel="density"``), ``regularize_1x1`` (True; False is the authors' code: 1x1 projection
+convs' skeletons are neither regularised nor thresholded) and ``target_flops`` (None: the
+paper's learned amounts; F: fxprune's budgeted mode, the weakest stripes by per-filter
+normalised skeleton magnitude removed on a linear ramp over the epochs until the
+stripe-convention MACs reach F, :mod:`fxprune.stripes.budget`;
+``SoftPruner(method="swp", target_flops=F)`` passes it here). The channel clean-up rounds kept
+widths to the pruner's ``round_to``. Deviations from the authors' code, each switchable: the
+gradient clip (``hold="epoch"`` makes ``max_grad_norm="auto"`` apply: pass None) and the L1 on
+1x1 convs (``regularize_1x1``); ``variant="paper"`` sets both to the authors'.
 """
 
 from __future__ import annotations
