@@ -180,18 +180,20 @@ def _method(args: argparse.Namespace) -> type[Method] | None:
 def _check(args: argparse.Namespace) -> None:
     for name, low in (("epochs", 1), ("batch", 1), ("interval", 1), ("latency_batch", 1),
                       ("repeat", 1), ("workers", 0), ("warmup_epochs", 0),
-                      ("recalibrate_bn", 0)):
+                      ("recalibrate_bn", 0), ("score_recalibration", 0)):
         if getattr(args, name) < low:
             raise InputError(f"--{name.replace('_', '-')} must be >= {low}, got "
                              f"{getattr(args, name)}")
     amount = args.ratio is not None or args.target_flops is not None
     method = _method(args)
     learned = method is not None and not method.channel_selection
-    if learned and amount:
+    budget = learned and "target_flops" in method.options  # SWP's budgeted mode
+    if learned and (args.ratio is not None or (args.target_flops is not None and not budget)):
         how = (" and set the sparsity with --alpha / --delta"
                if {"alpha", "delta"} <= set(method.options) else "")
+        drop = "--ratio (or give --target-flops F)" if budget else "--ratio / --target-flops"
         raise InputError(f"--method {args.method} learns how much each layer keeps: drop "
-                         f"--ratio / --target-flops{how}")
+                         f"{drop}{how}")
     if not learned and not amount:
         raise InputError(f"--method {args.method} needs --ratio R or --target-flops F")
     if method is None and args.option is not None:
