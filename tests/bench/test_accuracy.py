@@ -83,6 +83,10 @@ def test_resume_skips_finished_rows_and_refuses_another_configuration(smoke):
     assert seen == [] and len(again["rows"]) == len(doc["rows"])
     with pytest.raises(InputError, match="another configuration"):
         run(dataclasses.replace(p, dense_epochs=2), out, workers=1)
+    # another list of methods keeps every finished row (a method added runs only its rows)
+    run(dataclasses.replace(p, methods=("l1", "random")), out, workers=1,
+        on_row=lambda *a: seen.append(a))
+    assert seen == []
     # another method budget keeps the dense baselines and redoes the rows
     seen.clear()
     redone = run(dataclasses.replace(p, epochs=2, methods=("l1",)), out, workers=1,
