@@ -100,6 +100,13 @@ def _pruning_args(g: Any) -> None:
     g.add_argument("--max-grad-norm", type=_grad_norm, default="auto", metavar="X|auto|none",
                    help="clip the gradient norm in the pruner's step hook (default auto: 5 "
                         "for per-epoch masks (sfp, soft, mfp, fppmo), none otherwise)")
+    g.add_argument("--variant", choices=("fxprune", "paper"), default="fxprune",
+                   help="paper: the authors' settings of the method (no clip, no settle epoch, "
+                        "residual scatter, no BN recalibration, their step schedule and weight "
+                        "decay; swp: no L1 on 1x1 convs); default fxprune")
+    g.add_argument("--score-recalibration", type=int, default=0, metavar="N",
+                   help="mfp/fppmo: score candidates after recomputing BatchNorm statistics "
+                        "on N training batches (default 0: off)")
     g.add_argument("--alpha", type=float, default=None,
                    help="swp: L1 weight of the Filter Skeleton (default 1e-5, the paper's)")
     g.add_argument("--delta", type=float, default=None,
@@ -173,18 +180,20 @@ def _method(args: argparse.Namespace) -> type[Method] | None:
 def _check(args: argparse.Namespace) -> None:
     for name, low in (("epochs", 1), ("batch", 1), ("interval", 1), ("latency_batch", 1),
                       ("repeat", 1), ("workers", 0), ("warmup_epochs", 0),
-                      ("recalibrate_bn", 0)):
+                      ("recalibrate_bn", 0), ("score_recalibration", 0)):
         if getattr(args, name) < low:
             raise InputError(f"--{name.replace('_', '-')} must be >= {low}, got "
                              f"{getattr(args, name)}")
     amount = args.ratio is not None or args.target_flops is not None
     method = _method(args)
     learned = method is not None and not method.channel_selection
-    if learned and amount:
+    budget = learned and "target_flops" in method.options  # SWP's budgeted mode
+    if learned and (args.ratio is not None or (args.target_flops is not None and not budget)):
         how = (" and set the sparsity with --alpha / --delta"
                if {"alpha", "delta"} <= set(method.options) else "")
+        drop = "--ratio (or give --target-flops F)" if budget else "--ratio / --target-flops"
         raise InputError(f"--method {args.method} learns how much each layer keeps: drop "
-                         f"--ratio / --target-flops{how}")
+                         f"{drop}{how}")
     if not learned and not amount:
         raise InputError(f"--method {args.method} needs --ratio R or --target-flops F")
     if method is None and args.option is not None:
@@ -218,7 +227,9 @@ def _make_pruner(args: argparse.Namespace, model: nn.Module, x: torch.Tensor, va
                           "allocation": args.allocation, "round_to": args.round_to,
                           "ignore": args.ignore, "residual": args.residual,
                           "interval": args.interval, "seed": args.seed,
-                          "settle": args.settle, "max_grad_norm": args.max_grad_norm}
+                          "settle": args.settle, "max_grad_norm": args.max_grad_norm,
+                          "variant": args.variant,
+                          "score_recalibration": args.score_recalibration}
     if args.criterion is not None:
         kw["criterion"] = args.criterion
     if args.target_flops is not None:
@@ -227,6 +238,20 @@ def _make_pruner(args: argparse.Namespace, model: nn.Module, x: torch.Tensor, va
         kw["data"] = val
     kw.update(method_options(args, method))
     return SoftPruner(model, args.ratio, **kw)
+
+
+def _schedule_keywords(args: argparse.Namespace) -> dict[str, Any]:
+    """fit's schedule, weight decay and BN recalibration: the flags, or under ``--variant
+    paper`` the authors' (:func:`fxprune.train.methods.paper_settings`)."""
+    if args.variant != "paper" or args.method == ONESHOT:
+        return {"schedule": args.schedule, "weight_decay": args.weight_decay,
+                "bn_recalibration": args.recalibrate_bn}
+    from fxprune.train.methods import paper_settings
+
+    if args.recalibrate_bn:
+        raise InputError("--variant paper runs without BatchNorm recalibration (the authors' "
+                         "code): drop --recalibrate-bn, or use --variant fxprune")
+    return paper_settings(args.method).fit_keywords(args.epochs)
 
 
 def _oneshot(args: argparse.Namespace, model: nn.Module, x: torch.Tensor, val: Any
@@ -362,9 +387,8 @@ def _train(args: argparse.Namespace, model: nn.Module, x: torch.Tensor, loaders:
 
     checkpoint = args.checkpoint or (f"{args.output}.ckpt" if args.output else None)
     fit(trained, train, val, args.epochs, lr=args.lr, momentum=args.momentum,
-        weight_decay=args.weight_decay, schedule=args.schedule,
         warmup_epochs=args.warmup_epochs, label_smoothing=args.label_smoothing,
-        pruner=pruner, bn_recalibration=args.recalibrate_bn, amp=args.amp,
+        pruner=pruner, amp=args.amp, **_schedule_keywords(args),
         checkpoint=checkpoint, resume=args.resume, device=device, seed=args.seed,
         progress=not args.quiet, callback=show, teacher=teacher, distill=args.distill,
         temperature=args.temperature)

@@ -71,7 +71,7 @@ def _check_keep(keep: Any) -> float:
 
 
 def paper_flops(model: nn.Module, keep: float, *, example_inputs: Any = None,
-                ignore: Any = None) -> PaperFlops:
+                ignore: Any = None, residual: str = "scatter") -> PaperFlops:
     """The SFP/FPGM FLOPs convention of ``model`` pruned at the uniform keep rate ``keep``.
 
     Args:
@@ -80,6 +80,10 @@ def paper_flops(model: nn.Module, keep: float, *, example_inputs: Any = None,
         keep: the fraction of filters every prunable conv keeps (the calculators'
             ``prune_rate``; a 40% pruning rate is ``keep=0.6``).
         ignore: modules whose outputs are kept (as in :func:`fxprune.compress`).
+        residual: the residual policy the model was pruned under: ``"scatter"`` (default,
+            the papers': the stream stays full width) or ``"coupled"`` (the stream's channels
+            are a group pruned at ``keep`` too, so the convs that read or write it scale on
+            that side as well). The same rule applies to the groups each policy makes.
 
     Returns:
         :class:`PaperFlops`; ``.cut`` is the fraction the papers print as "FLOPs↓".
@@ -87,7 +91,9 @@ def paper_flops(model: nn.Module, keep: float, *, example_inputs: Any = None,
     p = _check_keep(keep)
     gm = trace(model, example_inputs)
     # unsupported ops: compress reports them
-    analysis = analyze(gm, residual="scatter", ignore=ignore, warn=False)
+    if residual not in ("scatter", "coupled"):
+        raise InputError(f"residual must be 'scatter' or 'coupled', got {residual!r}")
+    analysis = analyze(gm, residual=residual, ignore=ignore, warn=False)
     sizes = torch.tensor([g.size for g in analysis.groups] + [1], dtype=torch.long)
     bound = {(b.target, b.param, b.dim): b.ids for b in analysis.bindings}
 
@@ -120,8 +126,9 @@ def paper_flops(model: nn.Module, keep: float, *, example_inputs: Any = None,
 
 
 def paper_flops_cut(model: nn.Module, keep: float, *, example_inputs: Any = None,
-                    ignore: Any = None) -> float:
+                    ignore: Any = None, residual: str = "scatter") -> float:
     """The fraction of conv MACs the SFP/FPGM papers' convention removes at the uniform keep
     rate ``keep`` (e.g. CIFAR ResNet-56, ``keep=0.6``: 0.5263, the printed 52.6%); see
     :func:`paper_flops`."""
-    return paper_flops(model, keep, example_inputs=example_inputs, ignore=ignore).cut
+    return paper_flops(model, keep, example_inputs=example_inputs, ignore=ignore,
+                       residual=residual).cut

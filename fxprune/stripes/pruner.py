@@ -45,11 +45,15 @@ class StripePruner:
         example_inputs: inputs for :meth:`finalize` (tracing, the timing probe, the check).
         ignore: conv names that get no skeleton.
         kernel, density: the per-layer kernel choice of :func:`fxprune.stripes.finalize`.
+        regularize_1x1: 1x1 convs' skeletons get the L1 and the threshold too (default True,
+            fxprune's choice). False is the authors' code: their ResNet's 1x1 projection
+            convs carry a skeleton that is neither regularised nor thresholded (a free
+            per-filter scale), so those convs are never pruned by stripes.
     """
 
     def __init__(self, model: nn.Module, *, alpha: float = 1e-5, delta: float = 0.01,
                  example_inputs: Any = None, ignore: tuple[str, ...] | list[str] = (),
-                 kernel: str = "probe", density: float = 0.0):
+                 kernel: str = "probe", density: float = 0.0, regularize_1x1: bool = True):
         for name, v in (("alpha", alpha), ("delta", delta)):
             if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
                 raise InputError(f"{name} must be a number >= 0, got {v!r}")
@@ -64,12 +68,26 @@ class StripePruner:
                 " dilation 1, odd square kernel with padding K//2): "
                 + "; ".join(f"{n}: {w}" for n, w in list(self.skipped.items())[:5]))
         self.norms = following_norms(model, self.names)
+        self.regularize_1x1 = bool(regularize_1x1)
         self.steps = 0
         self._layer_macs: tuple[int, dict[str, int]] | None = None
+        # budgeted mode (prune_to): the stripes removed so far, held at every step
+        self.budget: dict[str, Tensor] = {}
 
     # --- training ----------------------------------------------------------------------------
     def _convs(self) -> dict[str, nn.Module]:
-        return skeleton_convs(self.model)
+        """The skeleton convs that are regularised and thresholded (without the 1x1 ones
+        when ``regularize_1x1`` is False)."""
+        convs = skeleton_convs(self.model)
+        if self.regularize_1x1:
+            return convs
+        return {n: m for n, m in convs.items() if tuple(m.kernel_size) != (1, 1)}
+
+    @torch.no_grad()
+    def _hold_budget(self) -> None:
+        convs = skeleton_convs(self.model)
+        for n, mask in self.budget.items():
+            convs[n].fs.mul_(mask)
 
     def _norm_modules(self) -> dict[str, nn.Module]:
         mods = dict(self.model.named_modules())
@@ -77,18 +95,38 @@ class StripePruner:
 
     def parameters(self) -> list[nn.Parameter]:
         """The skeletons ``fs`` (also in ``model.parameters()``)."""
-        return [m.fs for m in self._convs().values()]
+        return [m.fs for m in skeleton_convs(self.model).values()]
 
     def step(self) -> None:
         """One training iteration's SWP work (after backward, before the optimizer step)."""
         convs = self._convs()
         regularize(convs, self.alpha)
+        self._hold_budget()
         threshold(convs, self._norm_modules(), self.delta)
         self.steps += 1
 
     def apply_masks(self) -> None:
         """Apply the threshold now (no regulariser): the model becomes what finalize matches."""
+        self._hold_budget()
         threshold(self._convs(), self._norm_modules(), self.delta)
+
+    def prune_to(self, fraction: float, example_inputs: Any = None) -> float:
+        """Budgeted mode: remove the stripes with the lowest per-filter normalised skeleton
+        magnitude (:func:`fxprune.stripes.budget.budget_live`) until :meth:`kept_macs` is at
+        most ``fraction``; removed stripes stay removed (held before every threshold).
+        Returns the kept MACs."""
+        from fxprune.stripes.budget import budget_live
+
+        self.kept_macs(example_inputs)  # counts the dense per-layer MACs once
+        assert self._layer_macs is not None
+        total, per = self._layer_macs
+        convs = self._convs()
+        live = budget_live(convs, self.live(), per, total, float(fraction))
+        for n in convs:
+            if not bool(live[n].all()) or n in self.budget:
+                self.budget[n] = live[n].to(convs[n].fs.dtype)
+        self.apply_masks()
+        return self.kept_macs()
 
     def attach(self, optimizer: torch.optim.Optimizer) -> Any:
         """Run :meth:`step` before every ``optimizer.step()``; adds the skeletons to the
@@ -103,7 +141,7 @@ class StripePruner:
     # --- results -----------------------------------------------------------------------------
     def live(self) -> dict[str, Tensor]:
         """``{conv: live stripes [O, K, K]}`` under the threshold."""
-        return {n: live_stripes(m, self.delta) for n, m in self._convs().items()}
+        return {n: live_stripes(m, self.delta) for n, m in skeleton_convs(self.model).items()}
 
     def live_density(self) -> float:
         """Fraction of the skeleton convs' stripes that are live."""
@@ -136,8 +174,10 @@ class StripePruner:
 
     def state_dict(self) -> dict[str, Any]:
         """Settings and step count (the skeletons themselves live in the model's state_dict)."""
-        return {"alpha": self.alpha, "delta": self.delta, "steps": self.steps}
+        return {"alpha": self.alpha, "delta": self.delta, "steps": self.steps,
+                "budget": {n: m.clone() for n, m in self.budget.items()}}
 
     def load_state_dict(self, sd: dict[str, Any]) -> None:
         self.alpha, self.delta, self.steps = float(sd["alpha"]), float(sd["delta"]), \
             int(sd["steps"])
+        self.budget = {n: m.clone() for n, m in sd.get("budget", {}).items()}

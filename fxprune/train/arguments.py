@@ -6,7 +6,8 @@ example inputs from ``data``). The allocation's options are checked by the plan
 
 from __future__ import annotations
 
-__all__ = ["HOLDS", "AUTO_GRAD_NORM", "check_options", "allocation_plan", "first_inputs"]
+__all__ = ["HOLDS", "AUTO_GRAD_NORM", "ENGINE_DEFAULTS", "check_options", "allocation_plan",
+           "first_inputs", "apply_variant"]
 
 from typing import Any
 
@@ -32,8 +33,42 @@ PLAN_DEFAULTS = {"ratio": None, "target_flops": None, "target_params": None, "ra
                  "clr_cost": "authors", "round_to": None}
 
 
+# SoftPruner's defaults of the keywords a variant may set
+ENGINE_DEFAULTS = {"max_grad_norm": "auto", "settle": 1, "residual": "coupled"}
+
+
+def apply_variant(variant: Any, method: str, engine: dict[str, Any], options: dict[str, Any],
+                  target_flops: Any = None
+                  ) -> tuple[dict[str, Any], dict[str, Any], float | None]:
+    """SoftPruner's keywords (``engine``), the method's options and ``target_flops`` under
+    ``variant``: ``"fxprune"`` leaves them; ``"paper"`` sets the authors' settings
+    (:func:`fxprune.train.methods.paper_settings`). A keyword given away from its default with
+    another value than the paper's raises :class:`~fxprune.errors.InputError`. A method that
+    learns its amounts (SWP) gets ``target_flops`` as its own option (its budgeted mode)."""
+    from fxprune.train.methods import VARIANTS, get_method, paper_settings
+
+    if variant not in VARIANTS:
+        raise InputError(f"variant must be one of {', '.join(VARIANTS)}, got {variant!r}")
+    if target_flops is not None and not get_method(method).channel_selection:
+        options, target_flops = {**options, "target_flops": target_flops}, None
+    if variant == "fxprune":
+        return engine, options, target_flops
+    paper = paper_settings(method)
+    engine, options = dict(engine), dict(options)
+    for key, value in paper.pruner.items():
+        given = engine.get(key, ENGINE_DEFAULTS.get(key))
+        if given != ENGINE_DEFAULTS.get(key) and given != value:
+            raise InputError(f"variant='paper' of method {method!r} runs {key}={value!r} (the "
+                             f"authors' setting), but {key}={given!r} was given: drop it, or "
+                             "use variant='fxprune'")
+        engine[key] = value
+    for key, value in paper.options.items():
+        options.setdefault(key, value)
+    return engine, options, target_flops
+
+
 def check_options(model: Any, interval: Any, bn: Any, hold: Any, seed: Any, epochs: Any,
-                  settle: Any, max_grad_norm: Any) -> None:
+                  settle: Any, max_grad_norm: Any, score_recalibration: Any = 0) -> None:
     """SoftPruner's own arguments."""
     if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
         raise InputError("SoftPruner needs the unwrapped model: pass ddp_model.module, or "
@@ -48,7 +83,8 @@ def check_options(model: Any, interval: Any, bn: Any, hold: Any, seed: Any, epoc
         raise InputError(f"hold must be 'step', 'epoch' or None, got {hold!r}")
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise InputError(f"seed must be an int, got {seed!r}")
-    for name, v, low in (("epochs", epochs, 1), ("settle", settle, 0)):
+    for name, v, low in (("epochs", epochs, 1), ("settle", settle, 0),
+                         ("score_recalibration", score_recalibration, 0)):
         if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < low):
             raise InputError(f"{name} must be an int >= {low}, got {v!r}")
     if max_grad_norm not in (None, "auto") and (

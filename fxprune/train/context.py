@@ -31,6 +31,7 @@ class PrunerContext(Protocol):
     data: Any  # validation batches for methods that evaluate masks, or None
     seed: int
     epoch: int  # epochs ended so far
+    epochs: int | None  # the run's length in epochs, when known
     criterion: Any  # the criterion name or function (None: the method has none)
     round_to: int | None
     counts: dict[int, int]  # units each group keeps under the allocation

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 __all__ = ["SoftPruner"]
 
+import copy
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -38,6 +39,7 @@ from fxprune.plan.compress import score
 from fxprune.train.arguments import (
     AUTO_GRAD_NORM,
     allocation_plan,
+    apply_variant,
     check_options,
     first_inputs,
 )
@@ -87,6 +89,7 @@ class SoftPruner:
             ``target_latency`` is compress's only). The per-group amounts are fixed at
             construction (the kept widths, hence ``kept_macs``, do not change in training);
             for the same options and criterion they are those of :func:`fxprune.compress`.
+            SWP takes ``target_flops`` itself (its budgeted mode).
         plan: the same options as one :class:`~fxprune.AllocationPlan`
             (``SoftPruner(model, plan=AllocationPlan(0.5, allocation="global"))``); keywords
             set beside it are merged in, an option given both ways with two values raises.
@@ -123,6 +126,11 @@ class SoftPruner:
             through BatchNorm is scaled by ``gamma / sqrt(eps)`` (316x), the regrown filters'
             norms exploded (~6 -> ~250 on digits) and SFP ended at 55% instead of 97%.
             ``None`` restores the authors' behaviour.
+        variant: ``"fxprune"`` (default) or ``"paper"``: the method's authors' settings
+            (:func:`fxprune.train.methods.paper_settings`); a conflicting keyword raises.
+        score_recalibration, calibration_data: MFP/FPPMO score each candidate on a copy whose
+            BatchNorm statistics are recomputed on this many batches of ``calibration_data``
+            (training data; ``fit`` sets its loader when None) first. 0 (default): off.
         method_options: the method's own options (e.g. ``pool=``, ``switch=`` for mfp;
             ``lam=``, ``eta=`` for fppmo); unknown ones raise :class:`InputError`.
     """
@@ -136,8 +144,16 @@ class SoftPruner:
                  residual: str = "coupled", interval: int = 1, data: Any = None, seed: int = 0,
                  bn: str = "keep", hold: str | None = None, epochs: int | None = None,
                  settle: int = 1, max_grad_norm: float | str | None = "auto",
-                 **method_options: Any):
-        check_options(model, interval, bn, hold, seed, epochs, settle, max_grad_norm)
+                 variant: str = "fxprune", score_recalibration: int = 0,
+                 calibration_data: Any = None, **method_options: Any):
+        eng, method_options, target_flops = apply_variant(
+            variant, method, {"max_grad_norm": max_grad_norm, "settle": settle,
+                              "residual": residual}, method_options, target_flops)
+        max_grad_norm, settle, residual = eng["max_grad_norm"], eng["settle"], eng["residual"]
+        check_options(model, interval, bn, hold, seed, epochs, settle, max_grad_norm,
+                      score_recalibration)
+        self.variant, self.score_recalibration = variant, score_recalibration
+        self.calibration_data = calibration_data
         plan = allocation_plan(plan, ratio=ratio, target_flops=target_flops,
                                target_params=target_params, ratios=ratios,
                                allocation=allocation, max_ratio=max_ratio,
@@ -233,9 +249,16 @@ class SoftPruner:
             yield keep
 
     def evaluate(self, keep: Keep, attribute: Any) -> float:
-        """``attribute(model)`` (eval mode, no grad) of the network masked by ``keep``."""
+        """``attribute(model)`` (eval mode, no grad) of the network masked by ``keep`` (with
+        ``score_recalibration``: of a copy with recalibrated BatchNorm statistics)."""
         with self.trial(keep):
-            return run_eval(self.model, attribute)
+            if self.score_recalibration <= 0 or self.calibration_data is None:
+                return run_eval(self.model, attribute)
+            from fxprune.core.recalibrate import recalibrate_bn
+
+            work = copy.deepcopy(self.model)
+            recalibrate_bn(work, self.calibration_data, self.score_recalibration)
+            return run_eval(work, attribute)
 
     # --- training hooks ---------------------------------------------------------------------
     @contextmanager

@@ -326,6 +326,8 @@ def _fit(model: nn.Module, train_loader: Iterable, val_loader: Iterable | None, 
                           nesterov=optim.nesterov, weight_decay=optim.weight_decay)
     sched = make_scheduler(opt, schedule, epochs)
     handle = pruner.attach(opt) if pruner is not None else None
+    if getattr(pruner, "score_recalibration", 0) and pruner.calibration_data is None:
+        pruner.calibration_data = loader  # the candidates' BatchNorm statistics (training data)
     start, history = 0, History(world_size=info.world_size)
     if ckpt.resume:
         start, history = _resume(ckpt.path, settings, model, opt, sched, pruner, info,

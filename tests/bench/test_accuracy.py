@@ -24,7 +24,9 @@ def test_cpu_preset_expands_to_every_method_target_and_seed():
     p = PRESETS["cpu"]
     dense, rows = jobs(p)
     assert len(dense) == 6  # resnet20 and its option-B twin (for Torch-Pruning), 3 seeds
-    per_seed = (4 + 4) * 2 + len(p.swp_alpha) + 2 * 2 + 2  # fxprune, swp, tp, l1 on the twin
+    # fxprune one-shot and soft (fxprune's and the paper's variants, SWP with a budget), SWP's
+    # alphas in both variants, tp, l1 on the twin
+    per_seed = (4 + 4 + 4 + 1) * 2 + 2 * len(p.swp_alpha) + 2 * 2 + 2
     assert len(rows) == 3 * per_seed
     assert len({j.key for j in dense + rows}) == len(dense) + len(rows)
     assert {j.model for j in rows if j.tool == "torch-pruning"} == {"resnet20_b"}
@@ -81,6 +83,10 @@ def test_resume_skips_finished_rows_and_refuses_another_configuration(smoke):
     assert seen == [] and len(again["rows"]) == len(doc["rows"])
     with pytest.raises(InputError, match="another configuration"):
         run(dataclasses.replace(p, dense_epochs=2), out, workers=1)
+    # another list of methods keeps every finished row (a method added runs only its rows)
+    run(dataclasses.replace(p, methods=("l1", "random")), out, workers=1,
+        on_row=lambda *a: seen.append(a))
+    assert seen == []
     # another method budget keeps the dense baselines and redoes the rows
     seen.clear()
     redone = run(dataclasses.replace(p, epochs=2, methods=("l1",)), out, workers=1,
@@ -111,3 +117,32 @@ def test_torch_pruning_missing_is_a_clear_error(tmp_path, monkeypatch):
                             tp_models={"resnet20": "resnet20_b"})
     with pytest.raises(InputError, match="pip install"):
         run(p, tmp_path, workers=1)
+
+
+def test_paper_flops_column_follows_the_rows_residual_policy():
+    import torch
+
+    from fxprune.bench.accuracy.rows import _paper_cut
+    from fxprune.models import create_model
+
+    m, x = create_model("resnet20", in_chans=1), torch.randn(1, 1, 28, 28)
+    scatter, coupled = _paper_cut(m, 0.6, x, "scatter"), _paper_cut(m, 0.6, x, "coupled")
+    assert 0 < scatter < coupled
+    assert _paper_cut(m, 0.6, x, None) is None and _paper_cut(m, None, x, "coupled") is None
+    row = {"key": "s", "model": "m", "tool": "fxprune", "method": "swp", "target": None,
+           "alpha": 0.01, "seed": 0, "acc": 0.5, "macs_kept": 0.4, "params_kept": 0.5,
+           "paper_flops_cut": None}
+    assert "| n/a " in markdown({"meta": {"preset": {"name": "t"}}, "rows": [row]})
+
+
+def test_cpu_long_preset_is_four_times_the_cpu_budget():
+    cpu, long = PRESETS["cpu"], PRESETS["cpu-long"]
+    assert long.epochs == 4 * cpu.epochs == 16
+    assert (long.dataset, long.subset, long.dense_epochs, long.seeds, long.targets) == (
+        cpu.dataset, cpu.subset, cpu.dense_epochs, (0, 1, 2), (0.5, 0.25))
+    for m in ("l1", "fpgm", "sfp", "fpgm-soft", "mfp", "fppmo", "swp", "tp-group"):
+        assert m in long.methods
+        if m in ("sfp", "fpgm-soft", "mfp", "fppmo", "swp"):
+            assert f"{m} (paper)" in long.methods
+    dense, rows = jobs(long)
+    assert {j.method for j in rows} == set(long.methods)

@@ -149,6 +149,15 @@ def test_swp_method(tmp_path, capsys) -> None:
     text = capsys.readouterr().out
     assert "alpha 0.05, delta 0.05" in text and f"saved {out}" in text
     assert fxprune.load(out)(torch.randn(1, 1, 8, 8)).shape == (1, 10)
+    capsys.readouterr()
+    budget = tmp_path / "swp_budget.pt"  # SWP's budgeted mode, the authors' settings
+    assert cli.main([*BASE, "--method", "swp", "--target-flops", "0.5", "--variant", "paper",
+                     "--stripe-kernel", "stripe", "--no-latency", "-o", str(budget)]) == 0
+    small = fxprune.load(budget)
+    x = torch.randn(1, 1, 8, 8)
+    kept = fxprune.count(small, (x,)).macs / fxprune.count(
+        create_model("resnet20", in_chans=1, num_classes=10), (x,)).macs
+    assert 0.4 < kept <= 0.51
     for argv, why in ((["--method", "swp", "--ratio", "0.4"], "learns how much"),
                       (["--method", "sfp"], "needs --ratio")):
         assert cli.main([*BASE, *argv, "-o", str(tmp_path / "x.pt")]) == 2

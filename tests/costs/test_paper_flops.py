@@ -90,3 +90,16 @@ def test_resnet50_v15_layout_and_errors():
     with pytest.raises(fxprune.InputError, match="KEEPS"):
         fxprune.paper_flops_cut(create_model("resnet20"), 1.5, example_inputs=X32)
     assert fxprune.paper_flops_cut(create_model("resnet20"), 1.0, example_inputs=X32) == 0.0
+
+
+def test_coupled_residual_policy_prunes_the_stream_too():
+    m = create_model("resnet20")
+    s = fxprune.paper_flops(m, 0.6, example_inputs=X32)
+    c = fxprune.paper_flops(m, 0.6, example_inputs=X32, residual="coupled")
+    # scatter: a block's first conv reads the full-width stream; coupled: the stream is pruned
+    assert s.per_layer["layer1.1.conv1"][1] == pytest.approx(0.6)
+    assert c.per_layer["layer1.1.conv1"][1] == pytest.approx(0.36)
+    assert c.per_layer["conv1"][1] == pytest.approx(0.6)  # the stem: graph input kept
+    assert c.cut > s.cut
+    with pytest.raises(fxprune.InputError, match="residual"):
+        fxprune.paper_flops(m, 0.6, example_inputs=X32, residual="add")

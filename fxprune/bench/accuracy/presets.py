@@ -15,8 +15,11 @@ from fxprune.train.methods import get_method, list_methods
 # name: (tool, kind, how). kind: "oneshot" (compress, then fine-tune), "soft" (SoftPruner
 # during the same epochs, then finalize), "swp" (learned budget, a row per preset alpha),
 # "learned" (a method that learns its amounts: one row), "tp" (Torch-Pruning, tuned to the
-# same MACs, then fine-tuned). The benchmark also runs any name of the registries that is not
-# a row here (see method_spec): a new training method or criterion needs no edit of this file.
+# same MACs, then fine-tuned). ``"variant": "paper"`` runs the method with its authors'
+# settings (fxprune.train.methods.paper_settings: no clip, no settle epoch, residual scatter,
+# no BN recalibration, their step schedule); the other soft rows run fxprune's defaults.
+# The benchmark also runs any name of the registries that is not a row here (see
+# method_spec): a new training method or criterion needs no edit of this file.
 METHODS: dict[str, tuple[str, str, dict[str, Any]]] = {
     "random": ("fxprune", "oneshot", {"criterion": "random"}),
     "l1": ("fxprune", "oneshot", {"criterion": "l1"}),
@@ -27,6 +30,14 @@ METHODS: dict[str, tuple[str, str, dict[str, Any]]] = {
     "mfp": ("fxprune", "soft", {"method": "mfp"}),
     "fppmo": ("fxprune", "soft", {"method": "fppmo"}),
     "swp": ("fxprune", "swp", {"method": "swp"}),
+    "sfp (paper)": ("fxprune", "soft", {"method": "sfp", "variant": "paper"}),
+    "fpgm-soft (paper)": ("fxprune", "soft", {"method": "fpgm", "variant": "paper"}),
+    "mfp (paper)": ("fxprune", "soft", {"method": "mfp", "variant": "paper"}),
+    "fppmo (paper)": ("fxprune", "soft", {"method": "fppmo", "variant": "paper"}),
+    "swp (paper)": ("fxprune", "swp", {"method": "swp", "variant": "paper"}),
+    # SWP with a budget (fxprune's addition): the weakest stripes removed on a ramp until the
+    # stripe-convention MACs reach the row's target
+    "swp-budget": ("fxprune", "soft", {"method": "swp"}),
     "tp-magnitude": ("torch-pruning", "tp", {"importance": "magnitude"}),
     "tp-group": ("torch-pruning", "tp", {"importance": "group"}),
 }
@@ -90,6 +101,7 @@ class Preset:
     amp: str | None = "bf16"
     eval_batches: int = 4  # validation batches that score MFP/FPPMO masks
     bn_recalibration: int = 10
+    score_recalibration: int = 0  # MFP/FPPMO: training batches that recalibrate candidates
     # SWP's budget is learned: on short schedules the stripe L1 has a cliff (measured on
     # digits, 1,170 steps at lr 0.01: alpha 0.01 prunes nothing, 0.02 keeps 4% of the MACs,
     # 0.03 everything; the cpu preset's alphas are scaled to its 468 steps), so a preset runs
@@ -103,12 +115,21 @@ class Preset:
         d["models"], d["seeds"], d["targets"], d["methods"] = (
             list(self.models), list(self.seeds), list(self.targets), list(self.methods))
         d["swp_alpha"] = list(self.swp_alpha)
+        if not d["score_recalibration"]:  # results files of earlier presets stay comparable
+            del d["score_recalibration"]
         return d
+
+
+# the methods of the longer budget: both variants of every paper method, and the references
+_LONG = ("l1", "fpgm", "sfp", "sfp (paper)", "fpgm-soft", "fpgm-soft (paper)", "mfp",
+         "mfp (paper)", "fppmo", "fppmo (paper)", "swp", "swp (paper)", "swp-budget",
+         "tp-group")
 
 
 PRESETS: dict[str, Preset] = {
     "smoke": Preset("smoke", "digits", ("resnet20",), dense_epochs=3, epochs=1, batch=64,
-                    lr=0.02, seeds=(0,), methods=("random", "l1", "sfp", "fppmo", "swp"),
+                    lr=0.02, seeds=(0,),
+                    methods=("random", "l1", "sfp", "sfp (paper)", "fppmo", "swp"),
                     swp_alpha=(2e-4,), amp=None, eval_batches=2, bn_recalibration=2,
                     latency_batch=16, note="digits, seconds: shape and sanity only"),
     "cpu": Preset("cpu", "fashion-mnist", ("resnet20",), dense_epochs=15, epochs=4,
@@ -116,6 +137,11 @@ PRESETS: dict[str, Preset] = {
                   swp_alpha=(0.03, 0.04, 0.05),
                   note="15,000 training images (of 54,000), bf16 autocast, 2 workers of 1 "
                        "thread; about 2 hours on 2 cores"),
+    "cpu-long": Preset("cpu-long", "fashion-mnist", ("resnet20",), dense_epochs=15, epochs=16,
+                       subset=15000, tp_models={"resnet20": "resnet20_b"},
+                       swp_alpha=(0.0075, 0.01, 0.0125), methods=_LONG,
+                       note="the cpu preset with 4x its fine-tuning/soft epochs (16); the "
+                            "same dense baselines; several hours on 2 cores"),
     "full": Preset("full", "fashion-mnist", ("resnet20", "resnet56"), dense_epochs=60,
                    epochs=40, tp_models={"resnet20": "resnet20_b", "resnet56": "resnet56_b"},
                    amp=None, note="all 54,000 training images; for a GPU"),

@@ -19,9 +19,9 @@ def _ms(values: list[float], scale: float = 100.0, digits: int = 2) -> str:
     return f"{statistics.mean(v):.{digits}f} ± {sd:.{digits}f}"
 
 
-def _mean(values: list[Any], fmt: str) -> str:
+def _mean(values: list[Any], fmt: str, missing: str = "–") -> str:
     v = [x for x in values if x is not None]
-    return format(statistics.mean(v), fmt) if v else "–"
+    return format(statistics.mean(v), fmt) if v else missing
 
 
 def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -70,7 +70,7 @@ def markdown(doc: dict[str, Any]) -> str:
     table = [[s["model"], s["tool"], s["method"], _target(s), _ms(s["acc_oneshot"]),
               _ms(s["acc"]), _ms(s["delta"]) if s["delta"] else "–",
               _mean(s["macs_kept"], ".3f"), _mean(s["params_kept"], ".3f"),
-              _mean(s["paper_flops_cut"], ".1%"), _mean(s["speedup"], ".2f") + "×"
+              _mean(s["paper_flops_cut"], ".1%", "n/a"), _mean(s["speedup"], ".2f") + "×"
               if any(v is not None for v in s["speedup"]) else "–",
               _mean(s["seconds"], ".0f"), s["seeds"]] for s in summary]
     head = ["model", "tool", "method", "MACs target", "acc one-shot %", "acc %", "Δ vs dense",
@@ -86,8 +86,14 @@ def markdown(doc: dict[str, Any]) -> str:
              "only for the reported accuracy; MFP/FPPMO score masks on "
              f"{p.get('eval_batches')} validation batches carved from train",
              f"- dense: {p.get('dense_epochs')} epochs at lr {p.get('dense_lr')}; every method: "
-             f"{p.get('epochs')} epochs at lr {p.get('lr')} (cosine, SGD Nesterov, wd 5e-4, "
-             f"batch {p.get('batch')}, autocast {p.get('amp') or 'off'})",
+             f"{p.get('epochs')} epochs at lr {p.get('lr')} (SGD Nesterov, batch "
+             f"{p.get('batch')}, autocast {p.get('amp') or 'off'}); cosine schedule, wd 5e-4, "
+             f"and for soft rows BatchNorm recalibration on {p.get('bn_recalibration')} batches "
+             "after each mask update, except the `(paper)` rows: their authors' step schedule, "
+             "weight decay, no recalibration, no clip, no settle epoch, residual scatter "
+             "(docs/accuracy.md says per row what ran)",
+             "- paper FLOPs↓: the papers' convention at the row's uniform keep rate under the "
+             "row's own residual policy; n/a without one (SWP, Torch-Pruning)",
              f"- {p.get('note', '')}", "",
              tabulate(table, head, tablefmt="github", disable_numparse=True), ""]
     if failed:

@@ -1,8 +1,11 @@
 """Compute one row of the accuracy benchmark (runs in a worker process).
 
 Every method starts from the same dense baseline (per model and seed, trained once and kept in
-``OUT/dense/``) and gets the same epochs, learning rate and cosine schedule: fine-tuning after a
-one-shot cut, or soft-pruning epochs then ``finalize()``. The validation split (carved from the
+``OUT/dense/``) and gets the same epochs and learning rate: fine-tuning after a one-shot cut, or
+soft-pruning epochs then ``finalize()``. The schedule is cosine, with BatchNorm recalibration
+after every mask update for the soft methods, except for the ``(paper)`` rows, which run their
+authors' settings (:func:`fxprune.train.methods.paper_settings`: step schedule, no
+recalibration, no clip, no settle epoch, residual scatter). The validation split (carved from the
 training set) scores the masks of methods and criteria registered with ``needs_data`` (MFP,
 FPPMO, Taylor); the test set is used only for the reported accuracies.
 """
@@ -28,7 +31,7 @@ from fxprune.criteria import get_criterion
 from fxprune.plan.allocate import ALLOCATION
 from fxprune.plan.compress import compress
 from fxprune.train import SoftPruner, data, evaluate, fit
-from fxprune.train.methods import needs_data
+from fxprune.train.methods import needs_data, paper_settings
 
 _SPLITS: dict[tuple, data.DataSplits] = {}
 
@@ -62,8 +65,11 @@ def dense_path(out: Path, model: str, seed: int) -> Path:
 
 def _fit(p: Preset, model: nn.Module, train: Any, epochs: int, lr: float, seed: int,
          pruner: Any = None) -> None:
+    kw: dict[str, Any] = {"bn_recalibration": p.bn_recalibration if pruner is not None else 0}
+    if getattr(pruner, "variant", "fxprune") == "paper":
+        kw = paper_settings(pruner.method_name).fit_keywords(epochs)
     fit(model, train, None, epochs, lr=lr, seed=seed, progress=False, pruner=pruner,
-        amp=p.amp, bn_recalibration=p.bn_recalibration if pruner is not None else 0)
+        amp=p.amp, **kw)
 
 
 def _tp_importance(kind: str) -> Any:
@@ -122,6 +128,7 @@ def _run_method(p: Preset, job: Job, model: nn.Module, x: torch.Tensor, train: A
         if alloc.get("allocation") == "uniform" and alloc.get("amount") is not None:
             keep_rate = 1.0 - float(alloc["amount"])
         row["acc_oneshot"] = evaluate(small, test)[1]
+        row["residual"] = "coupled"  # compress's default
         _fit(p, small, train, p.epochs, p.lr, job.seed)
         return small, keep_rate
     if kind == "tp":
@@ -129,7 +136,10 @@ def _run_method(p: Preset, job: Job, model: nn.Module, x: torch.Tensor, train: A
         row.update(tp_ratio=ratio, tp_trials=trials, acc_oneshot=evaluate(small, test)[1])
         _fit(p, small, train, p.epochs, p.lr, job.seed)
         return small, None
-    kw: dict[str, Any] = {"example_inputs": (x,), "seed": job.seed, "method": how["method"]}
+    kw: dict[str, Any] = {"example_inputs": (x,), "seed": job.seed, "method": how["method"],
+                          "variant": how.get("variant", "fxprune")}
+    if p.score_recalibration and how["method"] in ("mfp", "fppmo"):
+        kw["score_recalibration"] = p.score_recalibration
     if kind == "swp":
         kw["alpha"] = row["alpha"] = job.option
     elif kind != "learned":
@@ -137,11 +147,31 @@ def _run_method(p: Preset, job: Job, model: nn.Module, x: torch.Tensor, train: A
     if needs_data(how["method"]):
         kw["data"] = val_batches
     pruner = SoftPruner(model, **kw)
+    row["variant"] = pruner.variant
+    if _channel_selection(how["method"]):
+        row["residual"] = pruner.residual
     if pruner.allocation.get("amount") is not None:
         keep_rate = 1.0 - float(pruner.allocation["amount"])
     row["acc_oneshot"] = evaluate(model, test)[1] if kind == "soft" else None
     _fit(p, model, train, p.epochs, p.lr, job.seed, pruner=pruner)
     return pruner.finalize(), keep_rate
+
+
+def _channel_selection(method: str) -> bool:
+    """Whether ``method`` selects channels (its rows have a residual policy)."""
+    from fxprune.train.methods import get_method
+
+    return get_method(method).channel_selection
+
+
+def _paper_cut(dense: nn.Module, keep_rate: float | None, x: torch.Tensor,
+               residual: str | None) -> float | None:
+    """The papers' FLOPs cut at the row's uniform keep rate under the row's own residual
+    policy; None (n/a) without a uniform keep rate or a residual policy (SWP, Torch-Pruning,
+    non-uniform allocations)."""
+    if keep_rate is None or residual is None:
+        return None
+    return paper_flops_cut(dense, keep_rate, example_inputs=(x,), residual=residual)
 
 
 def run_job(p: Preset, job: Job, out: Path) -> dict[str, Any]:
@@ -176,7 +206,6 @@ def run_job(p: Preset, job: Job, out: Path) -> dict[str, Any]:
     after = count(small, (x,))
     row.update(acc=evaluate(small, test)[1], macs_kept=after.macs / base.macs,
                params_kept=after.params / base.params,
-               paper_flops_cut=(paper_flops_cut(dense, keep_rate, example_inputs=(x,))
-                                if keep_rate is not None else None),
+               paper_flops_cut=_paper_cut(dense, keep_rate, x, row.get("residual")),
                speedup=_latency(dense, small, x, p.latency_batch))
     return row

@@ -53,6 +53,12 @@ def _dense_config(preset: dict[str, Any]) -> tuple:
     return tuple(preset.get(f) for f in _DENSE_FIELDS)
 
 
+def _settings(preset: dict[str, Any]) -> dict[str, Any]:
+    """The settings finished rows depend on: all but the list of methods (a method added or
+    dropped leaves the other rows valid) and the note."""
+    return {k: v for k, v in preset.items() if k not in ("methods", "note")}
+
+
 def _init_worker(threads: int) -> None:
     torch.set_num_threads(threads)
     os.environ["OMP_NUM_THREADS"] = str(threads)
@@ -109,7 +115,7 @@ def run(preset: Preset, out: Path, *, workers: int = 2, threads: int = 1,
     doc = load_results(path)
     done = {r["key"]: r for r in doc.get("rows", []) if "error" not in r}
     old_preset = doc.get("meta", {}).get("preset")
-    if old_preset is not None and old_preset != preset.to_dict():
+    if old_preset is not None and _settings(old_preset) != _settings(preset.to_dict()):
         if _dense_config(old_preset) != _dense_config(preset.to_dict()):
             raise InputError(f"{path} holds rows of another configuration of preset "
                              f"'{preset.name}': use another --out, or delete it to start over")

@@ -21,12 +21,13 @@ in the same way: :meth:`Method.attach` may register its own optimizer hooks (a r
 from __future__ import annotations
 
 __all__ = ["Method", "register_method", "get_method", "list_methods", "needs_data", "METHODS",
-           "Keep", "PrunerContext"]
+           "Keep", "PrunerContext", "PaperSettings", "SFP_LOOP", "paper_settings", "VARIANTS"]
 
 import functools
 import importlib
 import pkgutil
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from fxprune.criteria import get_criterion
@@ -38,6 +39,46 @@ if TYPE_CHECKING:
     import torch.optim
 
 METHODS: dict[str, type[Method]] = {}
+VARIANTS = ("fxprune", "paper")
+
+
+@dataclass(frozen=True)
+class PaperSettings:
+    """What the authors' code runs, as fxprune options: the one place a ``(paper)`` variant is
+    defined (``SoftPruner(..., variant="paper")``, ``fxprune train --variant paper`` and the
+    accuracy benchmark's ``<method> (paper)`` rows all read it).
+
+    Attributes:
+        pruner: :class:`~fxprune.train.SoftPruner` keywords (``max_grad_norm``, ``settle``,
+            ``residual``).
+        options: the method's own options (e.g. SWP's ``regularize_1x1=False``).
+        bn_recalibration: :func:`fxprune.train.fit`'s ``bn_recalibration`` (0: none).
+        schedule, milestones, gamma, weight_decay: the learning-rate schedule, milestones as
+            fractions of the run (SFP's x0.2 at 60/120/160 of 200 epochs is 0.3/0.6/0.8).
+        source: where the settings come from (docs/accuracy.md quotes it).
+    """
+
+    pruner: dict[str, Any] = field(default_factory=dict)
+    options: dict[str, Any] = field(default_factory=dict)
+    bn_recalibration: int = 0
+    schedule: str = "step"
+    milestones: tuple[float, ...] = (0.3, 0.6, 0.8)
+    gamma: float = 0.2
+    weight_decay: float = 5e-4
+    source: str = ""
+
+    def fit_keywords(self, epochs: int) -> dict[str, Any]:
+        """:func:`fxprune.train.fit` keywords for a run of ``epochs`` epochs."""
+        return {"bn_recalibration": self.bn_recalibration, "schedule": self.schedule,
+                "milestones": sorted({max(1, round(epochs * f)) for f in self.milestones}),
+                "gamma": self.gamma, "weight_decay": self.weight_decay}
+
+
+# SFP's loop (he-y/soft-filter-pruning): no gradient clip, the mask applied after every epoch
+# including the last (no settle epoch), residual-output convs pruned and scattered back
+# (index_add), BatchNorm statistics left alone; SGD Nesterov, wd 5e-4, lr x0.2 at 30/60/80%.
+SFP_LOOP = PaperSettings(pruner={"max_grad_norm": None, "settle": 0, "residual": "scatter"},
+                         source="he-y/soft-filter-pruning scripts/cifar10_resnet.sh")
 
 
 class Method:
@@ -65,6 +106,7 @@ class Method:
     needs_data: ClassVar[bool] = False
     channel_selection: ClassVar[bool] = True
     options: ClassVar[dict[str, Any]] = {}
+    paper: ClassVar[PaperSettings | None] = None  # the authors' settings (variant="paper")
 
     def __init__(self, **options: Any):
         unknown = sorted(set(options) - set(self.options))
@@ -138,6 +180,19 @@ def list_methods() -> list[str]:
     """The registered ``method=`` names, sorted."""
     _load_builtin()
     return sorted(METHODS)
+
+
+def paper_settings(method: str) -> PaperSettings:
+    """The authors' settings of ``method`` (:attr:`Method.paper`), for ``variant="paper"``.
+
+    Raises:
+        InputError: the method has no paper variant (e.g. ``"soft"``).
+    """
+    cls = get_method(method)
+    if cls.paper is None:
+        have = ", ".join(m for m in list_methods() if METHODS[m].paper is not None)
+        raise InputError(f"method {method!r} has no paper variant; these do: {have}")
+    return cls.paper
 
 
 def needs_data(method: str, criterion: Any = None) -> bool:

@@ -22,8 +22,15 @@ from __future__ import annotations
 
 __all__ = ["FPGM"]
 
+import dataclasses
 
-from fxprune.train.methods import Keep, Method, PrunerContext, register_method
+from fxprune.train.methods import (
+    SFP_LOOP,
+    Keep,
+    Method,
+    PrunerContext,
+    register_method,
+)
 
 
 @register_method("fpgm")
@@ -34,6 +41,9 @@ class FPGM(Method):
     default_criterion = "fpgm"
     hold = "step"
     mask_grads = True
+    paper = dataclasses.replace(
+        SFP_LOOP, source="he-y/filter-pruning-geometric-median scripts (SFP's loop, masked "
+        "gradients)")
 
     def initial(self, pruner: PrunerContext) -> Keep:
         return pruner.select(pruner.scores(pruner.criterion))

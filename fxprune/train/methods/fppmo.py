@@ -39,7 +39,13 @@ from torch import Tensor
 
 from fxprune.errors import InputError
 from fxprune.ir.meta import KeepSet
-from fxprune.train.methods import Keep, Method, PrunerContext, register_method
+from fxprune.train.methods import (
+    SFP_LOOP,
+    Keep,
+    Method,
+    PrunerContext,
+    register_method,
+)
 from fxprune.train.methods._attribute import check_data, make_attribute
 
 
@@ -78,6 +84,8 @@ class FPPMO(Method):
     """Per-filter pruning probabilities, sampled masks, ranked-utility updates [INF]."""
 
     name = "fppmo"
+    # [INF] no code was reachable: the SFP loop the method is built on (algorithms.md)
+    paper = SFP_LOOP
     default_criterion = "l2"
     hold = "epoch"
     needs_data = True

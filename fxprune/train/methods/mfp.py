@@ -28,7 +28,13 @@ from typing import Any
 
 from fxprune.criteria import get_criterion
 from fxprune.errors import InputError
-from fxprune.train.methods import Keep, Method, PrunerContext, register_method
+from fxprune.train.methods import (
+    SFP_LOOP,
+    Keep,
+    Method,
+    PrunerContext,
+    register_method,
+)
 from fxprune.train.methods._attribute import check_data, make_attribute
 
 DEFAULT_POOL = ("l1", "l2", "fpgm", "fpgm_l1", "fpgm_cosine")
@@ -43,6 +49,8 @@ class MFP(Method):
     """Switch to the criterion whose mask has the best meta-attribute, every pruning step."""
 
     name = "mfp"
+    # [INF] no code was reachable: the SFP loop the method is built on (algorithms.md)
+    paper = SFP_LOOP
     default_criterion = None
     hold = "epoch"
     needs_data = True

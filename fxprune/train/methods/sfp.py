@@ -16,7 +16,7 @@ from __future__ import annotations
 
 __all__ = ["SFP"]
 
-from fxprune.train.methods import Keep, Method, PrunerContext, register_method
+from fxprune.train.methods import SFP_LOOP, Keep, Method, PrunerContext, register_method
 
 
 @register_method("sfp", "soft")
@@ -26,6 +26,7 @@ class SFP(Method):
     name = "sfp"
     default_criterion = "l2"
     hold = "epoch"
+    paper = SFP_LOOP
 
     def initial(self, pruner: PrunerContext) -> Keep:
         return pruner.select(pruner.scores(pruner.criterion))

@@ -11,8 +11,16 @@ the position-grouped stripe conv. The machinery lives in :mod:`fxprune.stripes`;
 plugs it into :class:`~fxprune.train.SoftPruner`.
 
 Options: ``alpha`` (1e-5, the paper's CIFAR value), ``delta`` (0.01), ``kernel``
-(``"probe"``, ``"density"``, ``"dense"``, ``"stripe"``) and ``density`` (the threshold of
-``kernel="density"``). The channel clean-up rounds kept widths to the pruner's ``round_to``.
+(``"probe"``, ``"density"``, ``"dense"``, ``"stripe"``), ``density`` (the threshold of
+``kernel="density"``), ``regularize_1x1`` (True; False is the authors' code: 1x1 projection
+convs' skeletons are neither regularised nor thresholded) and ``target_flops`` (None: the
+paper's learned amounts; F: fxprune's budgeted mode, the weakest stripes by per-filter
+normalised skeleton magnitude removed on a linear ramp over the epochs until the
+stripe-convention MACs reach F, :mod:`fxprune.stripes.budget`;
+``SoftPruner(method="swp", target_flops=F)`` passes it here). The channel clean-up rounds kept
+widths to the pruner's ``round_to``. Deviations from the authors' code, each switchable: the
+gradient clip (``hold="epoch"`` makes ``max_grad_norm="auto"`` apply: pass None) and the L1 on
+1x1 convs (``regularize_1x1``); ``variant="paper"`` sets both to the authors'.
 """
 
 from __future__ import annotations
@@ -24,7 +32,13 @@ from typing import TYPE_CHECKING, Any
 from fxprune.errors import InputError
 from fxprune.stripes import StripePruner
 from fxprune.stripes import finalize as stripe_finalize
-from fxprune.train.methods import Keep, Method, PrunerContext, register_method
+from fxprune.train.methods import (
+    Keep,
+    Method,
+    PaperSettings,
+    PrunerContext,
+    register_method,
+)
 
 if TYPE_CHECKING:
     import torch.fx as fx
@@ -38,7 +52,12 @@ class SWP(Method):
     name = "swp"
     default_criterion = None
     hold = "epoch"
-    options = {"alpha": 1e-5, "delta": 0.01, "kernel": "probe", "density": 0.0}
+    options = {"alpha": 1e-5, "delta": 0.01, "kernel": "probe", "density": 0.0,
+               "target_flops": None, "regularize_1x1": True}
+    paper = PaperSettings(pruner={"max_grad_norm": None, "settle": 0},
+                          options={"regularize_1x1": False}, milestones=(0.5, 0.75),
+                          gamma=0.1, weight_decay=1e-4,
+                          source="fxmeng/Pruning-Filter-in-Filter main.py (from scratch there)")
     channel_selection = False  # the amounts are learned: no ratio= (the engine allows none)
 
     def __init__(self, **options: Any):
@@ -47,8 +66,38 @@ class SWP(Method):
 
     def prepare(self, pruner: PrunerContext) -> None:
         o = self.opts
+        f = o["target_flops"]
+        if f is not None and (isinstance(f, bool) or not isinstance(f, (int, float))
+                              or not 0.0 < f < 1.0):
+            raise InputError(f"method 'swp': target_flops must be the fraction of MACs to keep, "
+                             f"in (0, 1), got {f!r}")
         self.stripes = StripePruner(pruner.model, alpha=o["alpha"], delta=o["delta"],
-                                    kernel=o["kernel"], density=o["density"])
+                                    kernel=o["kernel"], density=o["density"],
+                                    regularize_1x1=o["regularize_1x1"])
+
+    def _ramp(self, pruner: PrunerContext, final: bool) -> float | None:
+        """Budgeted mode: the MACs fraction due after ``pruner.epoch`` epochs, linear from 1
+        to ``target_flops`` over all epochs but the last (the last trains at the budget);
+        None in the learned mode."""
+        f = self.opts["target_flops"]
+        if f is None:
+            return None
+        epochs = pruner.epochs
+        if final or epochs is None:
+            return float(f)
+        return 1.0 - (1.0 - float(f)) * min(1.0, pruner.epoch / max(1, epochs - 1))
+
+    def update(self, pruner: PrunerContext) -> Keep | None:
+        frac = self._ramp(pruner, final=False)
+        if frac is not None and frac < 1.0:
+            self._stripes().prune_to(frac, pruner.inputs)
+        return None
+
+    def final(self, pruner: PrunerContext) -> Keep | None:
+        frac = self._ramp(pruner, final=True)
+        if frac is not None:
+            self._stripes().prune_to(frac, pruner.inputs)
+        return None
 
     def _stripes(self) -> StripePruner:
         if self.stripes is None:
