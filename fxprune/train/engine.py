@@ -29,7 +29,7 @@ from fxprune.core.rewrite import rewrite
 from fxprune.core.select import select, set_keepsets
 from fxprune.core.trace import EXAMPLE_INPUTS, trace
 from fxprune.costs.count import count
-from fxprune.criteria import get_criterion
+from fxprune.criteria import GroupScoring, get_criterion
 from fxprune.errors import InputError
 from fxprune.ir import meta
 from fxprune.plan.allocate import ALLOCATION, AllocationPlan
@@ -123,6 +123,10 @@ class SoftPruner:
             through BatchNorm is scaled by ``gamma / sqrt(eps)`` (316x), the regrown filters'
             norms exploded (~6 -> ~250 on digits) and SFP ended at 55% instead of 97%.
             ``None`` restores the authors' behaviour.
+        scoring: which slices magnitude criteria score, as in :func:`fxprune.compress`
+            (:class:`~fxprune.GroupScoring` or ``"all"``, ``"all/none/sum"``...; default:
+            the producers' filters). It applies to every selection (the allocation's and the
+            method's re-selections).
         method_options: the method's own options (e.g. ``pool=``, ``switch=`` for mfp;
             ``lam=``, ``eta=`` for fppmo); unknown ones raise :class:`InputError`.
     """
@@ -136,7 +140,7 @@ class SoftPruner:
                  residual: str = "coupled", interval: int = 1, data: Any = None, seed: int = 0,
                  bn: str = "keep", hold: str | None = None, epochs: int | None = None,
                  settle: int = 1, max_grad_norm: float | str | None = "auto",
-                 **method_options: Any):
+                 scoring: Any = None, **method_options: Any):
         check_options(model, interval, bn, hold, seed, epochs, settle, max_grad_norm)
         plan = allocation_plan(plan, ratio=ratio, target_flops=target_flops,
                                target_params=target_params, ratios=ratios,
@@ -152,6 +156,7 @@ class SoftPruner:
         self.criterion = criterion if criterion is not None else self.method.default_criterion
         if self.criterion is not None:
             get_criterion(self.criterion)
+        self.scoring = GroupScoring.parse(scoring)
         plan = plan.resolved(model)
         self.round_to: int | None = plan.round_to  # type: ignore[assignment]
         self.residual = residual
@@ -203,7 +208,8 @@ class SoftPruner:
 
     def scores(self, criterion: Any) -> dict[int, torch.Tensor]:
         """Scores of every prunable group under ``criterion``, on the current weights."""
-        return score(self.analysis, criterion, data=self.data, seed=self.seed)
+        return score(self.analysis, criterion, data=self.data, seed=self.seed,
+                     scoring=self.scoring)
 
     def select(self, scores: Mapping[int, torch.Tensor]) -> Keep:
         """Keep-sets for these scores at the allocated per-group ratios."""
