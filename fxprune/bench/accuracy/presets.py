@@ -161,6 +161,7 @@ PRESETS: dict[str, Preset] = {
     "smoke": Preset("smoke", "digits", ("resnet20",), dense_epochs=3, epochs=1, batch=64,
                     lr=0.02, seeds=(0,), methods=("random", "l1", "sfp", "fppmo", "swp"),
                     swp_alpha=(2e-4,), amp=None, eval_batches=2, bn_recalibration=2,
+                    recal_batches=2,
                     latency_batch=16, note="digits, seconds: shape and sanity only"),
     "cpu": Preset("cpu", "fashion-mnist", ("resnet20",), dense_epochs=15, epochs=4,
                   subset=15000, tp_models={"resnet20": "resnet20_b"},

@@ -48,6 +48,16 @@ def _write(path: Path, doc: dict[str, Any]) -> None:
 _DENSE_FIELDS = ("dataset", "subset", "dense_epochs", "dense_lr", "batch", "amp")
 
 
+# fields that only choose which rows exist (each row's key names its model, method, target and
+# seed): running more or fewer of them keeps the finished rows
+_SELECTION_FIELDS = ("models", "methods", "seeds", "targets", "note")
+
+
+def _row_config(preset: dict[str, Any]) -> dict[str, Any]:
+    """The settings every method row depends on."""
+    return {k: v for k, v in preset.items() if k not in _SELECTION_FIELDS}
+
+
 def _dense_config(preset: dict[str, Any]) -> tuple:
     """The settings a dense baseline depends on."""
     return tuple(preset.get(f) for f in _DENSE_FIELDS)
@@ -124,7 +134,7 @@ def run(preset: Preset, out: Path, *, workers: int = 2, threads: int = 1,
     doc = load_results(path)
     done = {r["key"]: r for r in doc.get("rows", []) if "error" not in r}
     old_preset = doc.get("meta", {}).get("preset")
-    if old_preset is not None and old_preset != preset.to_dict():
+    if old_preset is not None and _row_config(old_preset) != _row_config(preset.to_dict()):
         if _dense_config(old_preset) != _dense_config(preset.to_dict()):
             raise InputError(f"{path} holds rows of another configuration of preset "
                              f"'{preset.name}': use another --out, or delete it to start over")
