@@ -124,3 +124,12 @@ def test_tune_grid() -> None:
             for c, acc in zip(cands, (0.5, 0.9, 0.7, 0.8))]
     top = best(docs, list(grid))[0]["candidates"][0]
     assert top == (0.9, {"distill": 0.3, "gradual_steps": 2})
+
+
+def test_cli_rejects_bad_recipes_and_grids(tmp_path, capsys) -> None:
+    from fxprune.cli.bench_accuracy import main
+
+    assert main(["--methods", "l2+nosuch", "--out", str(tmp_path)]) == 2
+    assert "parts must be" in capsys.readouterr().err
+    assert main(["--methods", "l2+kd", "--tune", "seeds=1,2", "--out", str(tmp_path)]) == 2
+    assert "FIELD" in capsys.readouterr().err
