@@ -195,29 +195,6 @@ def compress(model: nn.Module, ratio: float | None = None, *, criterion: Any = "
     check_seed(seed)
     GroupScoring.parse(graph.scoring)  # its errors come before tracing
     _check_recalibrate(recalibrate, data)
-    pruned = _compress(model, criterion, example_inputs, plan, graph, timing, checks, data,
-                       seed, progress)
-    if recalibrate:
-        used = recalibrate_bn(pruned, data, batches=recalibrate)
-        if isinstance(pruned, fx.GraphModule):
-            pruned.meta[RECALIBRATED] = used
-    return pruned
-
-
-def _check_recalibrate(recalibrate: Any, data: Any) -> None:
-    if isinstance(recalibrate, bool) or not isinstance(recalibrate, int) or recalibrate < 0:
-        raise InputError(f"compress: recalibrate must be an int >= 0 (batches), got "
-                         f"{recalibrate!r}")
-    if recalibrate and data is None:
-        raise InputError(f"compress: recalibrate={recalibrate} needs data= (batches of "
-                         "training data). Hint: compress(model, 0.5, data=train_loader, "
-                         "recalibrate=20).")
-
-
-def _compress(model: nn.Module, criterion: Any, example_inputs: Any, plan: AllocationPlan,
-              graph: AnalysisOptions, timing: LatencyOptions, checks: VerifyOptions,
-              data: Any, seed: int, progress: Progress | None) -> fx.GraphModule:
-    """:func:`compress` after its options are merged and checked: trace, prune, verify."""
     plan = plan.resolved(model)
     if plan.ratio is not None:
         plan = replace(plan, ratio=check_ratio(plan.ratio))
@@ -231,9 +208,10 @@ def _compress(model: nn.Module, criterion: Any, example_inputs: Any, plan: Alloc
         except TraceFailure as e:  # its own forward cannot be traced: prune its children
             if plan.ratio is None or example_inputs is None:
                 raise
-            return prune_opaque_root(model, positional_inputs(model, example_inputs),
-                                     _region_options(criterion, plan, graph, checks, seed),
-                                     str(e), compress)  # type: ignore[return-value]
+            return _recalibrated(prune_opaque_root(
+                model, positional_inputs(model, example_inputs),
+                _region_options(criterion, plan, graph, checks, seed), str(e), compress),
+                data, recalibrate)
         check_inputs(model, gm.meta[EXAMPLE_INPUTS])
         pruned, result = prune_graph(
             gm, criterion=criterion, plan=plan, analysis=graph,
@@ -245,6 +223,26 @@ def _compress(model: nn.Module, criterion: Any, example_inputs: Any, plan: Alloc
             pruned.meta[REGIONS] = prune_regions(
                 model, pruned, gm.meta[OPAQUE], gm.meta[EXAMPLE_INPUTS],
                 _region_options(criterion, plan, graph, checks, seed), compress)
+    return _recalibrated(pruned, data, recalibrate)
+
+
+def _check_recalibrate(recalibrate: Any, data: Any) -> None:
+    if isinstance(recalibrate, bool) or not isinstance(recalibrate, int) or recalibrate < 0:
+        raise InputError(f"compress: recalibrate must be an int >= 0 (batches), got "
+                         f"{recalibrate!r}")
+    if recalibrate and data is None:
+        raise InputError(f"compress: recalibrate={recalibrate} needs data= (batches of "
+                         "training data). Hint: compress(model, 0.5, data=train_loader, "
+                         "recalibrate=20).")
+
+
+def _recalibrated(pruned: Any, data: Any, recalibrate: int) -> Any:
+    """``pruned`` with BatchNorm recalibrated on ``recalibrate`` batches of ``data`` (if > 0),
+    after the oracle has checked it."""
+    if recalibrate:
+        used = recalibrate_bn(pruned, data, batches=recalibrate)
+        if isinstance(pruned, fx.GraphModule):
+            pruned.meta[RECALIBRATED] = used
     return pruned
 
 
