@@ -10,7 +10,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from fxprune.bench.accuracy.presets import METHODS, PRESETS, method_names
+from fxprune.bench.accuracy.presets import METHODS, PRESETS, RECIPE_PARTS, method_spec
 from fxprune.errors import InputError
 
 
@@ -26,7 +26,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=2, help="worker processes (default 2)")
     p.add_argument("--threads", type=int, default=1, help="torch threads per worker")
     p.add_argument("--methods", help=f"comma-separated subset of: {', '.join(METHODS)}; or "
-                   "any registered training method or criterion")
+                   "any registered training method or criterion; or a recipe BASE+PART+... "
+                   f"(BASE a criterion or tp-group/tp-magnitude, PART one of "
+                   f"{', '.join(RECIPE_PARTS)}; e.g. l2+group+recal+kd+gradual, tp-group+kd)")
+    p.add_argument("--models", help="comma-separated models (override the preset's), e.g. "
+                   "resnet20,resnet20_b")
+    p.add_argument("--tune", action="append", metavar="FIELD=V1,V2",
+                   help="choose settings on the validation split: run every combination of "
+                        "the values (distill, temperature, gradual_steps, group_scoring, "
+                        "recal_batches, lr) with all accuracies measured on validation, the "
+                        "test split never read; repeatable")
     p.add_argument("--seeds", type=int, nargs="+", help="override the preset's seeds")
     p.add_argument("--limit", type=int, help="stop after this many new rows")
     p.add_argument("--no-progress", action="store_true")
@@ -43,13 +52,16 @@ def main(argv: list[str] | None = None) -> int:
     preset = PRESETS[args.preset]
     if args.methods:
         names = tuple(m.strip() for m in args.methods.split(",") if m.strip())
-        known = method_names()
-        bad = [m for m in names if m not in known]
-        if bad:
-            print(f"fxprune bench accuracy: unknown method(s) {', '.join(bad)}; choose from "
-                  f"{', '.join(known)}", file=sys.stderr)
+        try:
+            for m in names:
+                method_spec(m)
+        except InputError as e:
+            print(f"fxprune bench accuracy: {e}", file=sys.stderr)
             return 2
         preset = dataclasses.replace(preset, methods=names)
+    if args.models:
+        preset = dataclasses.replace(
+            preset, models=tuple(m.strip() for m in args.models.split(",") if m.strip()))
     if args.seeds:
         preset = dataclasses.replace(preset, seeds=tuple(args.seeds))
     if args.recheck:
@@ -82,6 +94,8 @@ def main(argv: list[str] | None = None) -> int:
         tqdm.write(msg, file=sys.stdout)
 
     command = "fxprune bench accuracy " + shlex.join(sys.argv[1:] if argv is None else argv)
+    if args.tune:
+        return _tune(preset, args, command, on_row)
     try:
         doc = run(preset, args.out, workers=args.workers, threads=args.threads,
                   command=command, limit=args.limit, on_row=on_row)
@@ -94,6 +108,24 @@ def main(argv: list[str] | None = None) -> int:
     failed = sum("error" in r for r in doc["rows"])
     print(f"{len(doc['rows'])} rows ({failed} failed) in {args.out}/accuracy_{preset.name}"
           ".json and .md")
+    return 1 if failed else 0
+
+
+def _tune(preset, args: argparse.Namespace, command: str, on_row) -> int:
+    from fxprune.bench.accuracy.tune import best, parse_grid, tune
+
+    try:
+        grid = parse_grid(args.tune)
+        results = tune(preset, args.out, grid, workers=args.workers, threads=args.threads,
+                       command=command, on_row=on_row)
+    except InputError as e:
+        print(f"fxprune bench accuracy: error: {e}", file=sys.stderr)
+        return 2
+    print("validation accuracy (mean over seeds), best candidate first:")
+    for entry in best(results, list(grid)):
+        cands = "; ".join(f"{acc * 100:.2f}% {c}" for acc, c in entry["candidates"])
+        print(f"  {entry['model']} {entry['method']} @ {entry['target']}: {cands}")
+    failed = sum("error" in r for _, doc in results for r in doc["rows"])
     return 1 if failed else 0
 
 

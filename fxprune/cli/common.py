@@ -5,7 +5,8 @@ from __future__ import annotations
 
 __all__ = ["FILE_SUFFIXES", "CIFAR_INPUT", "parse_shape", "shape_arg", "load_model",
            "example_inputs", "model_and_inputs", "Progress", "human", "change", "general",
-           "model_args", "trust_arg", "round_to", "criterion_names", "prune_args"]
+           "model_args", "trust_arg", "round_to", "criterion_names", "prune_args",
+           "group_scores_arg"]
 
 import argparse
 import difflib
@@ -300,3 +301,23 @@ def prune_args(p: argparse.ArgumentParser) -> None:
                         "(16 on AVX-512 CPUs, else 8)")
     p.add_argument("--ignore", nargs="+", default=None, metavar="NAME",
                    help="modules (qualified names or globs) whose output channels are kept")
+
+
+def _group_scores(spec: str) -> str:
+    from fxprune.criteria.scoring import GroupScoring
+    from fxprune.errors import InputError
+
+    try:
+        GroupScoring.parse(spec)
+    except InputError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return spec
+
+
+def group_scores_arg(p: Any) -> None:
+    """``--group-scores SPEC``: which slices magnitude criteria score (``GroupScoring``)."""
+    p.add_argument("--group-scores", type=_group_scores, default=None, metavar="SPEC",
+                   help="score a channel from members[/normalize[/reduction]] of its group: "
+                        "members producers|all, normalize mean|max|none, reduction "
+                        "mean|sum|max|first (e.g. all = all/mean/mean: filters, consumers' "
+                        "input columns and norm scales; default: the producers' filters)")

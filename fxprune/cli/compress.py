@@ -11,7 +11,14 @@ from typing import Any
 
 import torch
 
-from fxprune.cli.common import Progress, general, model_and_inputs, model_args, prune_args
+from fxprune.cli.common import (
+    Progress,
+    general,
+    group_scores_arg,
+    model_and_inputs,
+    model_args,
+    prune_args,
+)
 from fxprune.cli.counts import count_rows, paper_flops
 from fxprune.errors import InputError
 from fxprune.ir import meta
@@ -30,6 +37,7 @@ def add_parser(sub: Any) -> None:
                      help="fraction of the measured latency to keep, in (0, 1], at --batch "
                           "with --threads (per-layer latency table, cached)")
     prune_args(p)
+    group_scores_arg(p)
     p.add_argument("--allocation", choices=("uniform", "global", "clr"), default="uniform",
                    help="how the amount is spread over layers (default uniform)")
     p.add_argument("--residual", choices=("coupled", "scatter"), default="coupled",
@@ -61,6 +69,8 @@ def compress_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     kwargs: dict[str, Any] = {"allocation": args.allocation, "residual": args.residual,
                               "clr_lambda": args.clr_lambda, "clr_cost": args.clr_cost,
                               "attention": args.attention}
+    if args.group_scores is not None:
+        kwargs["scoring"] = args.group_scores
     if args.target_flops is not None:
         kwargs["target_flops"] = args.target_flops
     if args.target_params is not None:

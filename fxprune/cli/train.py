@@ -30,7 +30,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from fxprune.cli.common import change, criterion_names, general, human
+from fxprune.cli.common import change, criterion_names, general, group_scores_arg, human
 from fxprune.cli.common import round_to as round_to_arg
 from fxprune.cli.train_model import build_model, load_pretrained
 from fxprune.errors import InputError
@@ -91,6 +91,7 @@ def _pruning_args(g: Any) -> None:
                      help="fraction of the original MACs to keep, in (0, 1]")
     g.add_argument("--allocation", choices=("uniform", "global", "clr"), default="uniform")
     g.add_argument("--residual", choices=("coupled", "scatter"), default="coupled")
+    group_scores_arg(g)
     g.add_argument("--round-to", type=round_to_arg, default=None, metavar="N|auto")
     g.add_argument("--ignore", nargs="+", default=None, metavar="NAME")
     g.add_argument("--interval", type=int, default=1, help="epochs between re-selections")
@@ -232,6 +233,8 @@ def _make_pruner(args: argparse.Namespace, model: nn.Module, x: torch.Tensor, va
                           "score_recalibration": args.score_recalibration}
     if args.criterion is not None:
         kw["criterion"] = args.criterion
+    if args.group_scores is not None:
+        kw["scoring"] = args.group_scores
     if args.target_flops is not None:
         kw["target_flops"] = args.target_flops
     if _needs_data(args):
@@ -260,7 +263,8 @@ def _oneshot(args: argparse.Namespace, model: nn.Module, x: torch.Tensor, val: A
 
     kw: dict[str, Any] = {"criterion": args.criterion or "l1", "example_inputs": (x,),
                           "allocation": args.allocation, "round_to": args.round_to,
-                          "ignore": args.ignore, "residual": args.residual, "seed": args.seed}
+                          "ignore": args.ignore, "residual": args.residual, "seed": args.seed,
+                          "scoring": args.group_scores}
     if args.target_flops is not None:
         kw["target_flops"] = args.target_flops
     if _needs_data(args):

@@ -20,6 +20,7 @@ import torch.nn as nn
 from torch import Tensor
 
 from fxprune.core.analyze import Analysis, Progress, analyze
+from fxprune.core.recalibrate import recalibrate_bn
 from fxprune.core.rewrite import rewrite
 from fxprune.core.select import kept_mask
 from fxprune.core.trace import EXAMPLE_INPUTS, OPAQUE, trace
@@ -40,6 +41,9 @@ from fxprune.plan.options import (
     with_keywords,
 )
 from fxprune.plan.regions import REGIONS, prune_opaque_root, prune_regions
+
+#: ``pruned.meta`` key: the batches :func:`compress` recalibrated BatchNorm on.
+RECALIBRATED = "fxprune.recalibrated"
 
 
 def score(analysis: Analysis, criterion: Any = "l1", *, data: Any = None, seed: int = 0,
@@ -105,7 +109,7 @@ def prune_graph(gm: fx.GraphModule, ratio: float | None = None, *, criterion: An
                      attention=graph.attention, progress=progress)
     if plan.prunes():
         check_prunable(result)
-    scores = score(result, criterion, data=data, seed=seed)
+    scores = score(result, criterion, data=data, seed=seed, scoring=graph.scoring)
     if isinstance(latency, LatencyOptions):
         latency = latency.kwargs()
     chosen = plan.apply(result, scores, count_rule=get_criterion(criterion).count_rule,
@@ -121,7 +125,8 @@ def compress(model: nn.Module, ratio: float | None = None, *, criterion: Any = "
              example_inputs: Any = None, plan: AllocationPlan | None = None,
              analysis: AnalysisOptions | None = None, latency: LatencyOptions | None = None,
              verify: bool | VerifyOptions = True, data: Any = None, seed: int = 0,
-             progress: Progress | None = None, **keywords: Any) -> fx.GraphModule:
+             recalibrate: int = 0, progress: Progress | None = None, **keywords: Any
+             ) -> fx.GraphModule:
     """Prune ``model`` and return a new, smaller, dense GraphModule.
 
     The options come in groups, each a dataclass with defaults; every field of a group is
@@ -145,8 +150,9 @@ def compress(model: nn.Module, ratio: float | None = None, *, criterion: Any = "
         plan: how much each group loses, an :class:`~fxprune.AllocationPlan`: ``ratio``,
             ``allocation``, ``ratios``, ``max_ratio``, ``target_flops``, ``target_params``,
             ``target_latency``, ``clr_lambda``, ``clr_cost``, ``round_to``.
-        analysis: how the graph is read, an :class:`~fxprune.AnalysisOptions`: ``ignore``,
-            ``strict``, ``residual``, ``attention``.
+        analysis: how the graph is read and scored, an :class:`~fxprune.AnalysisOptions`:
+            ``ignore``, ``strict``, ``residual``, ``attention``, ``scoring`` (group scores,
+            e.g. ``scoring="all"``: :class:`~fxprune.GroupScoring`).
         latency: how a ``target_latency`` is timed, a :class:`~fxprune.LatencyOptions`:
             ``batch``, ``threads``, ``device``.
         verify: ``True`` (default) checks the result against the zero-channel oracle and
@@ -154,8 +160,14 @@ def compress(model: nn.Module, ratio: float | None = None, *, criterion: Any = "
             ``approximate``; the report is in ``pruned.meta["fxprune.verify"]``. ``False``
             skips it (see the README for the measured cost). A
             :class:`~fxprune.VerifyOptions` also sets the rewrite's ``check``.
-        data: calibration batches for data-driven criteria.
+        data: calibration batches for data-driven criteria, and for ``recalibrate``: an
+            iterable of batches of training data (never the test split).
         seed: seed for randomized criteria.
+        recalibrate: after the rewrite (and after the oracle, which checks the structure on
+            the statistics the rewrite copied), recompute every BatchNorm's running
+            statistics of the pruned model on ``recalibrate`` batches of ``data``
+            (:func:`fxprune.recalibrate_bn`); the number of batches used is in
+            ``pruned.meta["fxprune.recalibrated"]``. Default 0: no recalibration.
         progress: optional callback ``(stage, done, total)``.
         **keywords: any field of ``plan``, ``analysis``, ``latency`` or ``verify``
             (``check``) by name.
@@ -181,6 +193,8 @@ def compress(model: nn.Module, ratio: float | None = None, *, criterion: Any = "
     check_flags(strict=graph.strict, verify=checks.oracle)
     check_not_scripted(model)
     check_seed(seed)
+    GroupScoring.parse(graph.scoring)  # its errors come before tracing
+    _check_recalibrate(recalibrate, data)
     plan = plan.resolved(model)
     if plan.ratio is not None:
         plan = replace(plan, ratio=check_ratio(plan.ratio))
@@ -194,9 +208,10 @@ def compress(model: nn.Module, ratio: float | None = None, *, criterion: Any = "
         except TraceFailure as e:  # its own forward cannot be traced: prune its children
             if plan.ratio is None or example_inputs is None:
                 raise
-            return prune_opaque_root(model, positional_inputs(model, example_inputs),
-                                     _region_options(criterion, plan, graph, checks, seed),
-                                     str(e), compress)  # type: ignore[return-value]
+            return _recalibrated(prune_opaque_root(
+                model, positional_inputs(model, example_inputs),
+                _region_options(criterion, plan, graph, checks, seed), str(e), compress),
+                data, recalibrate)
         check_inputs(model, gm.meta[EXAMPLE_INPUTS])
         pruned, result = prune_graph(
             gm, criterion=criterion, plan=plan, analysis=graph,
@@ -208,6 +223,26 @@ def compress(model: nn.Module, ratio: float | None = None, *, criterion: Any = "
             pruned.meta[REGIONS] = prune_regions(
                 model, pruned, gm.meta[OPAQUE], gm.meta[EXAMPLE_INPUTS],
                 _region_options(criterion, plan, graph, checks, seed), compress)
+    return _recalibrated(pruned, data, recalibrate)
+
+
+def _check_recalibrate(recalibrate: Any, data: Any) -> None:
+    if isinstance(recalibrate, bool) or not isinstance(recalibrate, int) or recalibrate < 0:
+        raise InputError(f"compress: recalibrate must be an int >= 0 (batches), got "
+                         f"{recalibrate!r}")
+    if recalibrate and data is None:
+        raise InputError(f"compress: recalibrate={recalibrate} needs data= (batches of "
+                         "training data). Hint: compress(model, 0.5, data=train_loader, "
+                         "recalibrate=20).")
+
+
+def _recalibrated(pruned: Any, data: Any, recalibrate: int) -> Any:
+    """``pruned`` with BatchNorm recalibrated on ``recalibrate`` batches of ``data`` (if > 0),
+    after the oracle has checked it."""
+    if recalibrate:
+        used = recalibrate_bn(pruned, data, batches=recalibrate)
+        if isinstance(pruned, fx.GraphModule):
+            pruned.meta[RECALIBRATED] = used
     return pruned
 
 
@@ -217,7 +252,8 @@ def _region_options(criterion: Any, plan: AllocationPlan, graph: AnalysisOptions
     policies as the whole model."""
     return dict(ratio=plan.ratio, criterion=criterion, round_to=plan.round_to,
                 verify=checks.oracle, seed=seed, allocation=plan.allocation,
-                max_ratio=plan.max_ratio, residual=graph.residual, attention=graph.attention)
+                max_ratio=plan.max_ratio, residual=graph.residual, attention=graph.attention,
+                scoring=graph.scoring)
 
 
 def _oracle(model: nn.Module, gm: fx.GraphModule, analysis: Analysis, pruned: fx.GraphModule,

@@ -41,12 +41,18 @@ class AnalysisOptions:
             them) or ``"heads"`` (whole heads are removed, their q/k/v rows together).
             Either way the embed dim is pruned through the residual stream and its
             LayerNorms (approximate) and the MLP hidden widths like any Linear.
+        scoring: which of a group's slices magnitude criteria score and how they combine, a
+            :class:`~fxprune.GroupScoring` or ``"members[/normalize[/reduction]]"``, e.g.
+            ``"all"`` (every weight bound to the unit: producers, consumers' input columns,
+            norms' scales; Torch-Pruning's group importance). Default ``None``: the
+            producers' filters, the scores of every earlier release.
     """
 
     ignore: Any = None
     strict: bool = False
     residual: str = "coupled"
     attention: str = "dims"
+    scoring: Any = None
 
 
 @dataclass(frozen=True)

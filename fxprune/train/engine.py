@@ -30,7 +30,7 @@ from fxprune.core.rewrite import rewrite
 from fxprune.core.select import select, set_keepsets
 from fxprune.core.trace import EXAMPLE_INPUTS, trace
 from fxprune.costs.count import count
-from fxprune.criteria import get_criterion
+from fxprune.criteria import GroupScoring, get_criterion
 from fxprune.errors import InputError
 from fxprune.ir import meta
 from fxprune.plan.allocate import ALLOCATION, AllocationPlan
@@ -131,6 +131,10 @@ class SoftPruner:
         score_recalibration, calibration_data: MFP/FPPMO score each candidate on a copy whose
             BatchNorm statistics are recomputed on this many batches of ``calibration_data``
             (training data; ``fit`` sets its loader when None) first. 0 (default): off.
+        scoring: which slices magnitude criteria score, as in :func:`fxprune.compress`
+            (:class:`~fxprune.GroupScoring` or ``"all"``, ``"all/none/sum"``...; default:
+            the producers' filters). It applies to every selection (the allocation's and the
+            method's re-selections).
         method_options: the method's own options (e.g. ``pool=``, ``switch=`` for mfp;
             ``lam=``, ``eta=`` for fppmo); unknown ones raise :class:`InputError`.
     """
@@ -145,7 +149,8 @@ class SoftPruner:
                  bn: str = "keep", hold: str | None = None, epochs: int | None = None,
                  settle: int = 1, max_grad_norm: float | str | None = "auto",
                  variant: str = "fxprune", score_recalibration: int = 0,
-                 calibration_data: Any = None, **method_options: Any):
+                 calibration_data: Any = None, scoring: Any = None,
+                 **method_options: Any):
         eng, method_options, target_flops = apply_variant(
             variant, method, {"max_grad_norm": max_grad_norm, "settle": settle,
                               "residual": residual}, method_options, target_flops)
@@ -168,6 +173,7 @@ class SoftPruner:
         self.criterion = criterion if criterion is not None else self.method.default_criterion
         if self.criterion is not None:
             get_criterion(self.criterion)
+        self.scoring = GroupScoring.parse(scoring)
         plan = plan.resolved(model)
         self.round_to: int | None = plan.round_to  # type: ignore[assignment]
         self.residual = residual
@@ -219,7 +225,8 @@ class SoftPruner:
 
     def scores(self, criterion: Any) -> dict[int, torch.Tensor]:
         """Scores of every prunable group under ``criterion``, on the current weights."""
-        return score(self.analysis, criterion, data=self.data, seed=self.seed)
+        return score(self.analysis, criterion, data=self.data, seed=self.seed,
+                     scoring=self.scoring)
 
     def select(self, scores: Mapping[int, torch.Tensor]) -> Keep:
         """Keep-sets for these scores at the allocated per-group ratios."""

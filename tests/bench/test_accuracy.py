@@ -81,6 +81,10 @@ def test_resume_skips_finished_rows_and_refuses_another_configuration(smoke):
     seen = []
     again = run(p, out, workers=1, on_row=lambda *a: seen.append(a))
     assert seen == [] and len(again["rows"]) == len(doc["rows"])
+    # fewer methods (or other seeds, models, targets) keep the finished rows
+    run(dataclasses.replace(p, methods=("l1",)), out, workers=1,
+        on_row=lambda *a: seen.append(a))
+    assert seen == []
     with pytest.raises(InputError, match="another configuration"):
         run(dataclasses.replace(p, dense_epochs=2), out, workers=1)
     # another list of methods keeps every finished row (a method added runs only its rows)

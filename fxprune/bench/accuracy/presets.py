@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-__all__ = ["Preset", "PRESETS", "METHODS", "Job", "jobs", "row_key", "method_spec",
-           "method_names"]
+__all__ = ["Preset", "PRESETS", "METHODS", "RECIPE_PARTS", "Job", "jobs", "row_key",
+           "method_spec", "method_names", "recipe_spec"]
 
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -55,6 +55,46 @@ def _registered() -> dict[str, tuple[str, str, dict[str, Any]]]:
     return {k: v for k, v in out.items() if k not in METHODS}
 
 
+# Recipes: ``BASE+PART+PART...``. BASE is a criterion (a one-shot cut at the row's MACs) or a
+# Torch-Pruning row (tp-group, tp-magnitude); each PART switches one step on, so that the
+# ablation is a set of rows: l2 (nothing), l2+group, l2+recal, l2+kd, l2+gradual, and
+# l2+group+recal+kd+gradual (all). Every recipe trains the preset's ``epochs`` in total.
+RECIPE_PARTS: dict[str, str] = {
+    "group": "group scores (Preset.group_scoring) instead of the producers' filters",
+    "recal": "BatchNorm recalibrated on Preset.recal_batches training batches after each cut, "
+             "before fine-tuning",
+    "kd": "fine-tuning distilled from the dense model (Preset.distill, Preset.temperature)",
+    "gradual": "Preset.gradual_steps cuts, the epochs split over them (prune_iteratively)",
+}
+_TP_PARTS = ("kd",)  # what Torch-Pruning rows can take (its model is fine-tuned by fxprune)
+
+
+def recipe_spec(name: str) -> tuple[str, str, dict[str, Any]] | None:
+    """``(tool, kind, how)`` of a recipe name ``BASE+PART...`` (see RECIPE_PARTS), or None when
+    ``name`` is not one. ``how`` holds the base's own settings and ``parts``: the sorted tuple
+    of the steps switched on.
+
+    Raises:
+        InputError: an unknown part, a part given twice, or a part the base cannot take.
+    """
+    base, *parts = name.split("+")
+    if not parts or name in METHODS:
+        return None
+    try:
+        tool, kind, how = method_spec(base)
+    except InputError:
+        return None
+    unknown = [q for q in parts if q not in RECIPE_PARTS]
+    if unknown or len(set(parts)) != len(parts):
+        raise InputError(f"recipe {name!r}: parts must be distinct, from "
+                         f"{', '.join(RECIPE_PARTS)}; got {'+'.join(parts)}")
+    allowed = _TP_PARTS if kind == "tp" else tuple(RECIPE_PARTS) if kind == "oneshot" else ()
+    if any(q not in allowed for q in parts):
+        raise InputError(f"recipe {name!r}: a {kind} row takes only "
+                         f"{', '.join(allowed) or 'no parts'}")
+    return tool, kind, {**how, "parts": tuple(sorted(parts))}
+
+
 def method_names() -> list[str]:
     """Every name ``--methods`` accepts: the rows of METHODS, then the registries' others."""
     return [*METHODS, *_registered()]
@@ -70,6 +110,9 @@ def method_spec(name: str) -> tuple[str, str, dict[str, Any]]:
     """
     if name in METHODS:
         return METHODS[name]
+    recipe = recipe_spec(name) if "+" in name else None
+    if recipe is not None:
+        return recipe
     spec = _registered().get(name)
     if spec is None:
         raise InputError(f"unknown benchmark method {name!r}; choose from "
@@ -108,6 +151,14 @@ class Preset:
     # a few alphas and reports the MACs each one reached.
     swp_alpha: tuple[float, ...] = (0.01, 0.02)
     latency_batch: int = 64
+    # recipes (RECIPE_PARTS) and the one-shot rows' recalibrated accuracy: defaults picked
+    # before any measurement (the usual values in the literature); `--tune` evaluates
+    # candidates on the validation split (docs/accuracy.md)
+    recal_batches: int = 20
+    group_scoring: str = "all"
+    distill: float = 0.5
+    temperature: float = 4.0
+    gradual_steps: int = 2
     note: str = ""
 
     def to_dict(self) -> dict[str, Any]:
@@ -131,6 +182,7 @@ PRESETS: dict[str, Preset] = {
                     lr=0.02, seeds=(0,),
                     methods=("random", "l1", "sfp", "sfp (paper)", "fppmo", "swp"),
                     swp_alpha=(2e-4,), amp=None, eval_batches=2, bn_recalibration=2,
+                    recal_batches=2,
                     latency_batch=16, note="digits, seconds: shape and sanity only"),
     "cpu": Preset("cpu", "fashion-mnist", ("resnet20",), dense_epochs=15, epochs=4,
                   subset=15000, tp_models={"resnet20": "resnet20_b"},
@@ -199,4 +251,5 @@ def jobs(p: Preset) -> tuple[list[Job], list[Job]]:
                         rows.append(Job(model, tool, m, t, seed))
             if twin and with_tp:
                 rows += [Job(twin, "fxprune", "l1", t, seed) for t in p.targets]
-    return dense, rows
+    # a preset whose models include a twin (resnet20 and resnet20_b) names some jobs twice
+    return list({j.key: j for j in dense}.values()), list({j.key: j for j in rows}.values())

@@ -27,7 +27,8 @@ def _mean(values: list[Any], fmt: str, missing: str = "–") -> str:
 def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """One entry per (model, tool, method, target, option), in first-seen order."""
     ok = [r for r in rows if "error" not in r]
-    dense = {(r["model"], r["seed"]): r["acc"] for r in ok if r["method"] == "dense"}
+    dense = {(r["model"], r["seed"]): r["acc"] for r in ok
+             if r["method"] == "dense" and r.get("acc") is not None}
     groups: dict[tuple, list[dict[str, Any]]] = {}
     for r in ok:
         groups.setdefault((r["model"], r["tool"], r["method"], r["target"], r.get("alpha")),
@@ -39,7 +40,9 @@ def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         out.append({"model": model, "tool": tool, "method": method, "target": target,
                     "alpha": alpha, "seeds": len(rs),
                     "acc": [r["acc"] for r in rs],
-                    "acc_oneshot": [r.get("acc_oneshot") for r in rs], "delta": deltas,
+                    "acc_oneshot": [r.get("acc_oneshot") for r in rs],
+                    "acc_oneshot_recal": [r.get("acc_oneshot_recal") for r in rs],
+                    "delta": deltas,
                     "macs_kept": [r["macs_kept"] for r in rs],
                     "params_kept": [r["params_kept"] for r in rs],
                     "paper_flops_cut": [r.get("paper_flops_cut") for r in rs],
@@ -68,34 +71,46 @@ def markdown(doc: dict[str, Any]) -> str:
                                 s["target"] if s["target"] is not None else 2.0,
                                 order.get(s["tool"], 3)))
     table = [[s["model"], s["tool"], s["method"], _target(s), _ms(s["acc_oneshot"]),
-              _ms(s["acc"]), _ms(s["delta"]) if s["delta"] else "–",
+              _ms(s["acc_oneshot_recal"]), _ms(s["acc"]), _ms(s["delta"]) if s["delta"] else "–",
               _mean(s["macs_kept"], ".3f"), _mean(s["params_kept"], ".3f"),
               _mean(s["paper_flops_cut"], ".1%", "n/a"), _mean(s["speedup"], ".2f") + "×"
               if any(v is not None for v in s["speedup"]) else "–",
               _mean(s["seconds"], ".0f"), s["seeds"]] for s in summary]
-    head = ["model", "tool", "method", "MACs target", "acc one-shot %", "acc %", "Δ vs dense",
+    head = ["model", "tool", "method", "MACs target", "acc one-shot %",
+            "one-shot + BN recal %", "acc %", "Δ vs dense",
             "MACs kept", "params kept", "paper FLOPs↓", "CPU speed-up (b{})".format(
                 p.get("latency_batch", "?")), "s / run", "seeds"]
     failed = [r for r in rows if "error" in r]
-    lines = [f"# Accuracy benchmark, preset `{p.get('name', '?')}`", "",
-             f"- command: `{meta.get('command')}`",
-             f"- date: {meta.get('date')}; machine: {meta.get('machine')}; "
-             f"{meta.get('workers')} workers × {meta.get('threads_per_worker')} thread(s); "
-             f"torch {meta.get('torch')}, torch-pruning {meta.get('torch_pruning')}",
-             f"- data: {p.get('dataset')}, {p.get('subset') or 'all'} training images; test set "
-             "only for the reported accuracy; MFP/FPPMO score masks on "
-             f"{p.get('eval_batches')} validation batches carved from train",
-             f"- dense: {p.get('dense_epochs')} epochs at lr {p.get('dense_lr')}; every method: "
-             f"{p.get('epochs')} epochs at lr {p.get('lr')} (SGD Nesterov, batch "
-             f"{p.get('batch')}, autocast {p.get('amp') or 'off'}); cosine schedule, wd 5e-4, "
-             f"and for soft rows BatchNorm recalibration on {p.get('bn_recalibration')} batches "
-             "after each mask update, except the `(paper)` rows: their authors' step schedule, "
-             "weight decay, no recalibration, no clip, no settle epoch, residual scatter "
-             "(docs/accuracy.md says per row what ran)",
-             "- paper FLOPs↓: the papers' convention at the row's uniform keep rate under the "
-             "row's own residual policy; n/a without one (SWP, Torch-Pruning)",
-             f"- {p.get('note', '')}", "",
-             tabulate(table, head, tablefmt="github", disable_numparse=True), ""]
+    lines = [f"# Accuracy benchmark, preset `{p.get('name', '?')}`", ""]
+    if meta.get("split") == "val":
+        lines += ["**Validation split (`--tune`): every accuracy below is measured on the "
+                  "validation split carved from the training data, for choosing settings; "
+                  "none is a test accuracy.**", ""]
+    lines += [f"- command: `{meta.get('command')}`",
+              f"- date: {meta.get('date')}; machine: {meta.get('machine')}; "
+              f"{meta.get('workers')} workers × {meta.get('threads_per_worker')} thread(s); "
+              f"torch {meta.get('torch')}, torch-pruning {meta.get('torch_pruning')}",
+              f"- data: {p.get('dataset')}, {p.get('subset') or 'all'} training images; test set "
+              "only for the reported accuracy; MFP/FPPMO score masks on "
+              f"{p.get('eval_batches')} validation batches carved from train",
+              f"- dense: {p.get('dense_epochs')} epochs at lr {p.get('dense_lr')}; every method: "
+              f"{p.get('epochs')} epochs at lr {p.get('lr')} (cosine, SGD Nesterov, wd 5e-4, "
+              f"batch {p.get('batch')}, autocast {p.get('amp') or 'off'}); soft rows: BatchNorm "
+              f"recalibration on {p.get('bn_recalibration')} batches after each mask update, "
+              "except the `(paper)` rows: their authors' step schedule, weight decay, no "
+              "recalibration, no clip, no settle epoch, residual scatter (docs/accuracy.md says "
+              "per row what ran)",
+              "- paper FLOPs↓: the papers' convention at the row's uniform keep rate under the "
+              "row's own residual policy; n/a without one (SWP, Torch-Pruning)",
+              f"- one-shot + BN recal: BatchNorm statistics recomputed on "
+              f"{p.get('recal_batches')} training batches after the cut, no training",
+              f"- recipes `BASE+PART...`: group = scoring `{p.get('group_scoring')}`, recal = "
+              f"BN recalibrated ({p.get('recal_batches')} batches) after each cut, kd = "
+              f"distilled from the dense model (alpha {p.get('distill')}, T "
+              f"{p.get('temperature')}), gradual = {p.get('gradual_steps')} cuts over the same "
+              "epochs",
+              f"- {p.get('note', '')}", "",
+              tabulate(table, head, tablefmt="github", disable_numparse=True), ""]
     if failed:
         lines += [f"{len(failed)} row(s) failed:", ""]
         lines += [f"- `{r['key']}`: {r['error']}" for r in failed]

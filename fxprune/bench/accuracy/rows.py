@@ -7,7 +7,18 @@ after every mask update for the soft methods, except for the ``(paper)`` rows, w
 authors' settings (:func:`fxprune.train.methods.paper_settings`: step schedule, no
 recalibration, no clip, no settle epoch, residual scatter). The validation split (carved from the
 training set) scores the masks of methods and criteria registered with ``needs_data`` (MFP,
-FPPMO, Taylor); the test set is used only for the reported accuracies.
+FPPMO, Taylor); the test set is used only for the reported accuracies: it is wrapped in a
+:class:`~fxprune.bench.accuracy.heldout.HeldOut` that raises when anything else iterates it.
+
+Every one-shot row (a criterion's cut, Torch-Pruning's) reports three accuracies: right after
+the cut (``acc_oneshot``), after :func:`fxprune.recalibrate_bn` on ``Preset.recal_batches``
+training batches (``acc_oneshot_recal``; measured on a copy, the row's model is not changed
+unless the recipe has ``recal``), and after fine-tuning (``acc``). Recipe rows
+(``BASE+PART...``, :data:`~fxprune.bench.accuracy.presets.RECIPE_PARTS`) switch on group
+scores, recalibration, distillation from the dense model and a gradual schedule.
+
+``run_job(..., split="val")`` (``--tune``) reports every accuracy on the validation split
+(its batches after the ones that score masks) and never builds the test loader.
 """
 
 from __future__ import annotations
@@ -16,6 +27,7 @@ __all__ = ["run_job", "load_splits", "tp_prune"]
 
 import copy
 import dataclasses
+import itertools
 import time
 from pathlib import Path
 from typing import Any
@@ -23,7 +35,9 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from fxprune.bench.accuracy.heldout import HeldOut
 from fxprune.bench.accuracy.presets import Job, Preset, method_spec
+from fxprune.core.recalibrate import recalibrate_bn
 from fxprune.costs.count import count
 from fxprune.costs.latency import measure_latency
 from fxprune.costs.paper_flops import paper_flops_cut
@@ -31,6 +45,7 @@ from fxprune.criteria import get_criterion
 from fxprune.plan.allocate import ALLOCATION
 from fxprune.plan.compress import compress
 from fxprune.train import SoftPruner, data, evaluate, fit
+from fxprune.train.gradual import prune_iteratively
 from fxprune.train.methods import needs_data, paper_settings
 
 _SPLITS: dict[tuple, data.DataSplits] = {}
@@ -63,13 +78,39 @@ def dense_path(out: Path, model: str, seed: int) -> Path:
     return out / "dense" / f"{model}_s{seed}.pt"
 
 
+def _fit_kwargs(p: Preset, seed: int, teacher: nn.Module | None = None,
+                pruner: Any = None) -> dict[str, Any]:
+    kw: dict[str, Any] = dict(lr=p.lr, seed=seed, progress=False, pruner=pruner, amp=p.amp,
+                              bn_recalibration=p.bn_recalibration if pruner is not None else 0)
+    if teacher is not None:
+        kw.update(teacher=teacher, distill=p.distill, temperature=p.temperature)
+    return kw
+
+
 def _fit(p: Preset, model: nn.Module, train: Any, epochs: int, lr: float, seed: int,
-         pruner: Any = None) -> None:
-    kw: dict[str, Any] = {"bn_recalibration": p.bn_recalibration if pruner is not None else 0}
-    if getattr(pruner, "variant", "fxprune") == "paper":
-        kw = paper_settings(pruner.method_name).fit_keywords(epochs)
-    fit(model, train, None, epochs, lr=lr, seed=seed, progress=False, pruner=pruner,
-        amp=p.amp, **kw)
+         pruner: Any = None, teacher: nn.Module | None = None) -> None:
+    kw = _fit_kwargs(p, seed, teacher, pruner)
+    if getattr(pruner, "variant", "fxprune") == "paper":  # the authors' schedule, no recal
+        kw.pop("bn_recalibration", None)
+        kw.update(paper_settings(pruner.method_name).fit_keywords(epochs))
+    kw["lr"] = lr
+    fit(model, train, None, epochs, **kw)
+
+
+def _acc(model: nn.Module, split: HeldOut | list) -> float:
+    """A reported accuracy: on the held-out test split (opened for this evaluation only), or on
+    the validation batches of a ``--tune`` run."""
+    if isinstance(split, HeldOut):
+        with split.reading() as loader:
+            return evaluate(model, loader)[1]
+    return evaluate(model, split)[1]
+
+
+def _recal_acc(p: Preset, model: nn.Module, train: Any, split: Any) -> tuple[nn.Module, float]:
+    """A copy of ``model`` with BatchNorm recalibrated on training batches, and its accuracy."""
+    recal = copy.deepcopy(model)
+    recalibrate_bn(recal, train, batches=p.recal_batches)
+    return recal, _acc(recal, split)
 
 
 def _tp_importance(kind: str) -> Any:
@@ -112,29 +153,57 @@ def _latency(dense: nn.Module, small: nn.Module, x: torch.Tensor, batch: int) ->
     return r.speedup
 
 
+def _oneshot(p: Preset, job: Job, model: nn.Module, x: torch.Tensor, train: Any,
+             val_batches: list, test: Any, row: dict[str, Any], how: dict[str, Any],
+             teacher: nn.Module | None) -> tuple[nn.Module, float | None]:
+    """A criterion's cut (or a recipe's cuts) at the row's MACs, then fine-tuning."""
+    parts = how.get("parts", ())
+    ckw: dict[str, Any] = {"criterion": how["criterion"], "seed": job.seed,
+                           "allocation": how.get("allocation", "uniform")}
+    if get_criterion(how["criterion"]).needs_data:
+        ckw["data"] = val_batches
+    if "group" in parts:
+        ckw["scoring"] = p.group_scoring
+    fkw = _fit_kwargs(p, job.seed, teacher if "kd" in parts else None)
+    if "gradual" in parts:
+        if "recal" in parts:  # every cut recalibrated on training batches
+            ckw.update(data=train, recalibrate=p.recal_batches)
+        steps = min(p.gradual_steps, p.epochs)  # at least one epoch per cut
+        row.update(gradual_steps=steps, acc_oneshot=None, acc_oneshot_recal=None)
+        small, _ = prune_iteratively(model, target_flops=job.target, steps=steps,
+                                     train_loader=train, epochs=p.epochs, example_inputs=(x,),
+                                     compress_kwargs=ckw, fit_kwargs=fkw)
+        return small, None
+    small = compress(model, target_flops=job.target, example_inputs=(x,), **ckw)
+    keep_rate = None
+    alloc = small.meta.get(ALLOCATION, {})
+    if alloc.get("allocation") == "uniform" and alloc.get("amount") is not None:
+        keep_rate = 1.0 - float(alloc["amount"])
+    row["acc_oneshot"] = _acc(small, test)
+    row["residual"] = "coupled"  # compress's default
+    recal, row["acc_oneshot_recal"] = _recal_acc(p, small, train, test)
+    if "recal" in parts:
+        small = recal
+    fit(small, train, None, p.epochs, **fkw)
+    return small, keep_rate
+
+
 def _run_method(p: Preset, job: Job, model: nn.Module, x: torch.Tensor, train: Any,
-                val_batches: list, test: Any, row: dict[str, Any]
-                ) -> tuple[nn.Module, float | None]:
+                val_batches: list, test: Any, row: dict[str, Any],
+                teacher: nn.Module | None = None) -> tuple[nn.Module, float | None]:
     """Prune and train ``model`` (a copy of the dense baseline) the way ``job`` says; returns
-    the compact model and the uniform keep rate (None for non-uniform allocations)."""
+    the compact model and the uniform keep rate (None for non-uniform allocations).
+    ``teacher``: the dense model, for recipes with ``kd``."""
     _, kind, how = method_spec(job.method)
     keep_rate = None
     if kind == "oneshot":
-        data_kw = {"data": val_batches} if get_criterion(how["criterion"]).needs_data else {}
-        small = compress(model, target_flops=job.target, criterion=how["criterion"],
-                         allocation=how.get("allocation", "uniform"), example_inputs=(x,),
-                         seed=job.seed, **data_kw)
-        alloc = small.meta.get(ALLOCATION, {})
-        if alloc.get("allocation") == "uniform" and alloc.get("amount") is not None:
-            keep_rate = 1.0 - float(alloc["amount"])
-        row["acc_oneshot"] = evaluate(small, test)[1]
-        row["residual"] = "coupled"  # compress's default
-        _fit(p, small, train, p.epochs, p.lr, job.seed)
-        return small, keep_rate
+        return _oneshot(p, job, model, x, train, val_batches, test, row, how, teacher)
     if kind == "tp":
         small, ratio, trials = tp_prune(model, x, float(job.target), how["importance"])
-        row.update(tp_ratio=ratio, tp_trials=trials, acc_oneshot=evaluate(small, test)[1])
-        _fit(p, small, train, p.epochs, p.lr, job.seed)
+        row.update(tp_ratio=ratio, tp_trials=trials, acc_oneshot=_acc(small, test))
+        row["acc_oneshot_recal"] = _recal_acc(p, small, train, test)[1]
+        kd = teacher if "kd" in how.get("parts", ()) else None
+        _fit(p, small, train, p.epochs, p.lr, job.seed, teacher=kd)
         return small, None
     kw: dict[str, Any] = {"example_inputs": (x,), "seed": job.seed, "method": how["method"],
                           "variant": how.get("variant", "fxprune")}
@@ -152,7 +221,7 @@ def _run_method(p: Preset, job: Job, model: nn.Module, x: torch.Tensor, train: A
         row["residual"] = pruner.residual
     if pruner.allocation.get("amount") is not None:
         keep_rate = 1.0 - float(pruner.allocation["amount"])
-    row["acc_oneshot"] = evaluate(model, test)[1] if kind == "soft" else None
+    row["acc_oneshot"] = _acc(model, test) if kind == "soft" else None
     _fit(p, model, train, p.epochs, p.lr, job.seed, pruner=pruner)
     return pruner.finalize(), keep_rate
 
@@ -174,15 +243,21 @@ def _paper_cut(dense: nn.Module, keep_rate: float | None, x: torch.Tensor,
     return paper_flops_cut(dense, keep_rate, example_inputs=(x,), residual=residual)
 
 
-def run_job(p: Preset, job: Job, out: Path) -> dict[str, Any]:
-    """Compute ``job``; returns its row (the keys of the issue's table and a few more)."""
+def run_job(p: Preset, job: Job, out: Path, split: str = "test") -> dict[str, Any]:
+    """Compute ``job``; returns its row (the keys of the issue's table and a few more).
+
+    ``split="val"`` (``--tune``): every accuracy of the row is measured on the validation
+    batches that do not score masks, and the test split is not read at all."""
     splits = load_splits(p, job.seed)
-    train, val, test = data.make_loaders(splits, p.batch)
+    train, val, test_loader = data.make_loaders(splits, p.batch)
+    test: Any = HeldOut(test_loader)
+    if split == "val":
+        test = list(itertools.islice(val, p.eval_batches, None))
     x = splits.example_input()
     row: dict[str, Any] = {"key": job.key, "model": job.model, "tool": job.tool,
                            "method": job.method, "target": job.target, "seed": job.seed,
                            "epochs": p.epochs, "train_images": len(splits.train),
-                           "lr": p.lr, "amp": p.amp}
+                           "lr": p.lr, "amp": p.amp, "split": split}
     torch.manual_seed(job.seed)
     dense = _model(job.model, splits)
     t0 = time.perf_counter()
@@ -191,7 +266,7 @@ def run_job(p: Preset, job: Job, out: Path) -> dict[str, Any]:
         path = dense_path(out, job.model, job.seed)
         path.parent.mkdir(parents=True, exist_ok=True)
         torch.save(dense.state_dict(), path)
-        row.update(epochs=p.dense_epochs, lr=p.dense_lr, acc=evaluate(dense, test)[1],
+        row.update(epochs=p.dense_epochs, lr=p.dense_lr, acc=_acc(dense, test),
                    acc_oneshot=None, macs_kept=1.0, params_kept=1.0, paper_flops_cut=0.0,
                    speedup=1.0, seconds=time.perf_counter() - t0)
         return row
@@ -201,10 +276,10 @@ def run_job(p: Preset, job: Job, out: Path) -> dict[str, Any]:
     val_batches = [b for _, b in zip(range(p.eval_batches), val)]
     t0 = time.perf_counter()
     small, keep_rate = _run_method(p, job, copy.deepcopy(dense), x, train, val_batches, test,
-                                   row)
+                                   row, teacher=dense)
     row["seconds"] = time.perf_counter() - t0
     after = count(small, (x,))
-    row.update(acc=evaluate(small, test)[1], macs_kept=after.macs / base.macs,
+    row.update(acc=_acc(small, test), macs_kept=after.macs / base.macs,
                params_kept=after.params / base.params,
                paper_flops_cut=_paper_cut(dense, keep_rate, x, row.get("residual")),
                speedup=_latency(dense, small, x, p.latency_batch))

@@ -48,15 +48,19 @@ def _write(path: Path, doc: dict[str, Any]) -> None:
 _DENSE_FIELDS = ("dataset", "subset", "dense_epochs", "dense_lr", "batch", "amp")
 
 
+# fields that only choose which rows exist (each row's key names its model, method, target and
+# seed): running more or fewer of them keeps the finished rows
+_SELECTION_FIELDS = ("models", "methods", "seeds", "targets", "note")
+
+
+def _row_config(preset: dict[str, Any]) -> dict[str, Any]:
+    """The settings every method row depends on."""
+    return {k: v for k, v in preset.items() if k not in _SELECTION_FIELDS}
+
+
 def _dense_config(preset: dict[str, Any]) -> tuple:
     """The settings a dense baseline depends on."""
     return tuple(preset.get(f) for f in _DENSE_FIELDS)
-
-
-def _settings(preset: dict[str, Any]) -> dict[str, Any]:
-    """The settings finished rows depend on: all but the list of methods (a method added or
-    dropped leaves the other rows valid) and the note."""
-    return {k: v for k, v in preset.items() if k not in ("methods", "note")}
 
 
 def _init_worker(threads: int) -> None:
@@ -64,11 +68,11 @@ def _init_worker(threads: int) -> None:
     os.environ["OMP_NUM_THREADS"] = str(threads)
 
 
-def _work(preset: Preset, job: Job, out: str) -> dict[str, Any]:
+def _work(preset: Preset, job: Job, out: str, split: str = "test") -> dict[str, Any]:
     from fxprune.bench.accuracy.rows import run_job
 
     try:
-        return run_job(preset, job, Path(out))
+        return run_job(preset, job, Path(out), split=split)
     except Exception as e:  # a failed row is recorded (and retried on resume), not fatal
         return {"key": job.key, "model": job.model, "tool": job.tool, "method": job.method,
                 "target": job.target, "seed": job.seed,
@@ -88,9 +92,21 @@ def _meta(preset: Preset, workers: int, threads: int, command: str | None) -> di
             "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d")}
 
 
+def _reuse_dense(out: Path, dense: list[Job], done: dict[str, Any]) -> None:
+    """``--tune``: dense baselines whose checkpoints exist in ``out`` are not retrained (their
+    rows carry no accuracy: a tune run reads no test split)."""
+    from fxprune.bench.accuracy.rows import dense_path
+
+    for j in dense:
+        if j.key not in done and dense_path(out, j.model, j.seed).exists():
+            done[j.key] = {"key": j.key, "model": j.model, "tool": "dense", "method": "dense",
+                           "target": None, "seed": j.seed, "acc": None, "reused": True}
+
+
 def run(preset: Preset, out: Path, *, workers: int = 2, threads: int = 1,
         command: str | None = None, limit: int | None = None,
-        on_row: Callable[[dict[str, Any], int, int], None] | None = None) -> dict[str, Any]:
+        on_row: Callable[[dict[str, Any], int, int], None] | None = None,
+        split: str = "test") -> dict[str, Any]:
     """Run (or resume) ``preset``; returns the results document.
 
     Args:
@@ -98,6 +114,9 @@ def run(preset: Preset, out: Path, *, workers: int = 2, threads: int = 1,
         workers: worker processes (each with ``threads`` torch threads).
         limit: stop after this many new rows (for a quick look).
         on_row: called with (row, done, total) after every row (the CLI's progress bar).
+        split: ``"test"`` (the reported numbers) or ``"val"`` (``--tune``: every accuracy on
+            the validation split, the test split never read; dense checkpoints already in
+            ``out`` are reused).
     """
     if preset.dataset == "fashion-mnist":
         from fxprune.train.data import find_fashion_mnist
@@ -115,14 +134,16 @@ def run(preset: Preset, out: Path, *, workers: int = 2, threads: int = 1,
     doc = load_results(path)
     done = {r["key"]: r for r in doc.get("rows", []) if "error" not in r}
     old_preset = doc.get("meta", {}).get("preset")
-    if old_preset is not None and _settings(old_preset) != _settings(preset.to_dict()):
+    if old_preset is not None and _row_config(old_preset) != _row_config(preset.to_dict()):
         if _dense_config(old_preset) != _dense_config(preset.to_dict()):
             raise InputError(f"{path} holds rows of another configuration of preset "
                              f"'{preset.name}': use another --out, or delete it to start over")
         # only the methods' settings changed: the dense baselines stay, the rows are redone
         done = {k: r for k, r in done.items() if r["method"] == "dense"}
-    doc["meta"] = _meta(preset, workers, threads, command)
+    doc["meta"] = {**_meta(preset, workers, threads, command), "split": split}
     dense, rows = jobs(preset)
+    if split == "val":
+        _reuse_dense(out, dense, done)
     todo = [j for j in dense + rows if j.key not in done]
     if limit is not None:
         todo = todo[:limit]
@@ -135,7 +156,7 @@ def run(preset: Preset, out: Path, *, workers: int = 2, threads: int = 1,
                       [j for j in todo if j.method != "dense"]):
             ready = {(r["model"], r["seed"]) for r in done.values() if r["method"] == "dense"}
             phase = [j for j in phase if j.method == "dense" or (j.model, j.seed) in ready]
-            futures = [pool.submit(_work, preset, j, str(out)) for j in phase]
+            futures = [pool.submit(_work, preset, j, str(out), split) for j in phase]
             for f in cf.as_completed(futures):
                 row = f.result()
                 done[row["key"]] = row

@@ -1,0 +1,135 @@
+"""Recipe rows (BASE+PART...), the recalibrated one-shot accuracy, the held-out test split
+(nothing but the reported evaluations may read it) and --tune on the validation split."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from fxprune import InputError
+from fxprune.bench.accuracy import PRESETS
+from fxprune.bench.accuracy import rows as R
+from fxprune.bench.accuracy.heldout import HeldOut, TestSplitError
+from fxprune.bench.accuracy.presets import Job, jobs, method_spec
+from fxprune.bench.accuracy.tune import best, candidates, parse_grid
+
+pytest.importorskip("sklearn")
+TINY = dataclasses.replace(PRESETS["smoke"], dense_epochs=1, epochs=2, recal_batches=2,
+                           gradual_steps=2, latency_batch=2)
+
+
+def test_recipe_names() -> None:
+    tool, kind, how = method_spec("l2+kd+group+recal+gradual")
+    assert (tool, kind, how["criterion"]) == ("fxprune", "oneshot", "l2")
+    assert how["parts"] == ("gradual", "group", "kd", "recal")
+    assert method_spec("tp-group+kd")[1:] == ("tp", {"importance": "group", "parts": ("kd",)})
+    assert method_spec("rnf+clr")[2] == {"criterion": "rnf", "allocation": "clr"}
+    for bad in ("tp-group+gradual", "l2+nosuch", "l2+kd+kd", "sfp+kd"):
+        with pytest.raises(InputError):
+            method_spec(bad)
+
+
+def test_twin_in_models_names_each_job_once() -> None:
+    p = dataclasses.replace(PRESETS["cpu"], models=("resnet20", "resnet20_b"),
+                            methods=("l2", "l2+kd", "tp-group", "tp-group+kd"))
+    dense, rows = jobs(p)
+    keys = [j.key for j in dense + rows]
+    assert len(keys) == len(set(keys)) and len(dense) == 6
+    assert {j.model for j in rows if j.method == "l2+kd"} == {"resnet20", "resnet20_b"}
+
+
+def test_held_out_raises_outside_reading() -> None:
+    split = HeldOut([1, 2])
+    with pytest.raises(TestSplitError):
+        list(split)
+    with split.reading() as loader:
+        assert list(loader) == [1, 2]
+    with pytest.raises(TestSplitError):
+        iter(split)
+
+
+def _no_test_split(monkeypatch) -> list[str]:
+    """Every pruner, scorer, schedule and training entry the rows use raises when it is handed
+    the test split (a HeldOut) in any argument."""
+    seen: list[str] = []
+    for name in ("compress", "fit", "prune_iteratively", "recalibrate_bn", "SoftPruner",
+                 "tp_prune"):
+        real = getattr(R, name)
+
+        def spy(*a, _real=real, _name=name, **k):
+            values = list(a) + list(k.values())
+            values += [v for d in values if isinstance(d, dict) for v in d.values()]
+            assert not any(isinstance(v, HeldOut) for v in values), f"{_name} got the test split"
+            seen.append(_name)
+            return _real(*a, **k)
+
+        monkeypatch.setattr(R, name, spy)
+    return seen
+
+
+@pytest.fixture(scope="module")
+def dense_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("recipes")
+    R.run_job(TINY, Job("resnet20", "dense", "dense", None, 0), out)
+    return out
+
+
+def test_oneshot_row_reports_raw_and_recalibrated(dense_dir, monkeypatch) -> None:
+    seen = _no_test_split(monkeypatch)
+    row = R.run_job(TINY, Job("resnet20", "fxprune", "l2", 0.5, 0), dense_dir)
+    assert 0 <= row["acc_oneshot"] <= 1 and 0 <= row["acc_oneshot_recal"] <= 1
+    assert abs(row["macs_kept"] - 0.5) < 0.02 * 0.5 + 0.01
+    assert {"compress", "recalibrate_bn", "fit"} <= set(seen)
+
+
+def test_full_recipe_row(dense_dir, monkeypatch) -> None:
+    seen = _no_test_split(monkeypatch)
+    from fxprune.train import gradual
+
+    teachers = []
+    real_fit = gradual.fit
+
+    def fit(*a, **k):
+        teachers.append(k.get("teacher"))
+        assert not any(isinstance(v, HeldOut) for v in list(a) + list(k.values()))
+        return real_fit(*a, **k)
+
+    monkeypatch.setattr(gradual, "fit", fit)
+    row = R.run_job(TINY, Job("resnet20", "fxprune", "l2+group+recal+kd+gradual", 0.5, 0),
+                    dense_dir)
+    assert "error" not in row and row["gradual_steps"] == 2 and row["acc_oneshot"] is None
+    assert abs(row["macs_kept"] - 0.5) < 0.02 * 0.5 + 0.01 and 0 <= row["acc"] <= 1
+    assert "prune_iteratively" in seen and len(teachers) == 2 and all(teachers)
+
+
+def test_tune_split_never_reads_test(dense_dir, monkeypatch) -> None:
+    def reading(self):
+        raise AssertionError("the test split was opened in a --tune run")
+
+    monkeypatch.setattr(HeldOut, "reading", reading)
+    row = R.run_job(TINY, Job("resnet20", "fxprune", "l2+kd", 0.5, 0), dense_dir, split="val")
+    assert row["split"] == "val" and 0 <= row["acc"] <= 1 and 0 <= row["acc_oneshot_recal"] <= 1
+
+
+def test_tune_grid() -> None:
+    grid = parse_grid(["distill=0.3,0.6", "gradual-steps=1,2"])
+    assert grid == {"distill": [0.3, 0.6], "gradual_steps": [1, 2]}
+    cands = candidates(TINY, grid)
+    assert len(cands) == 4 and cands[0].name == "smoke-tune-distill0.3-gradual_steps1"
+    assert cands[-1].distill == 0.6 and cands[-1].gradual_steps == 2
+    with pytest.raises(InputError):
+        parse_grid(["seeds=1,2"])
+    docs = [(c, {"rows": [{"model": "m", "method": "l2+kd", "target": 0.5, "acc": acc}]})
+            for c, acc in zip(cands, (0.5, 0.9, 0.7, 0.8))]
+    top = best(docs, list(grid))[0]["candidates"][0]
+    assert top == (0.9, {"distill": 0.3, "gradual_steps": 2})
+
+
+def test_cli_rejects_bad_recipes_and_grids(tmp_path, capsys) -> None:
+    from fxprune.cli.bench_accuracy import main
+
+    assert main(["--methods", "l2+nosuch", "--out", str(tmp_path)]) == 2
+    assert "parts must be" in capsys.readouterr().err
+    assert main(["--methods", "l2+kd", "--tune", "seeds=1,2", "--out", str(tmp_path)]) == 2
+    assert "FIELD" in capsys.readouterr().err
