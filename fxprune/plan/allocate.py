@@ -41,12 +41,10 @@ from fxprune.plan.policies import (
     DEFAULT_MAX_RATIO,
     Allocator,
     explicit_ratios,
-    normalized_scores,
 )
 from fxprune.plan.target_search import Fit, fit_target
 
 ALLOCATION = meta.ALLOCATION
-_normalized = normalized_scores  # its name in earlier releases (this module held the policies)
 # The warnings of a target that is not met name the user's line: plan.apply is called from
 # prune_graph (from compress) or from SoftPruner's constructor, four frames below the user.
 _USER_FRAME = 5

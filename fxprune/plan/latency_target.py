@@ -51,8 +51,6 @@ from fxprune.costs.latency.table import LatencyTable, build_table
 from fxprune.errors import InputError
 from fxprune.plan.latency_greedy import UnitSteps, allocate_latency
 
-_Groups = UnitSteps  # its name in earlier releases
-
 
 @dataclass
 class LatencyFit:

@@ -156,7 +156,7 @@ def test_target_latency_is_a_fraction_of_the_users_model(synthetic, monkeypatch)
 
 def _kept_importance(analysis) -> float:
     """Sum of the kept units' scores, normalized per group (the allocation's objective)."""
-    from fxprune.plan.allocate import _normalized
+    from fxprune.plan.policies import normalized_scores
 
     scores = fxprune.score(analysis, "l1")
     total = 0.0
@@ -165,7 +165,7 @@ def _kept_importance(analysis) -> float:
         if gid not in scores:
             continue
         free = [u for u in range(g.size) if u not in set(g.frozen_units)]
-        norm = dict(zip(free, _normalized(g, scores[gid]).tolist()))
+        norm = dict(zip(free, normalized_scores(g, scores[gid]).tolist()))
         total += sum(norm.get(u, 0.0) for u in ks.indices)
     return total
 
@@ -254,7 +254,7 @@ def test_grouped_conv_table_times_what_the_rewrite_makes(monkeypatch, tmp_path):
     spec = next(s for s in table.layers if s.name == "conv2")
     per_group = lat_layers.grouped_conv_groups(table.layers)
     assert spec.groups == 2 and per_group == {*spec.in_counts, *spec.out_counts}
-    gs = lat_target._Groups(a, scores, 8, 0.9, per_group)
+    gs = lat_target.UnitSteps(a, scores, 8, 0.9, per_group)
     g_in, g_out = next(iter(spec.in_counts)), next(iter(spec.out_counts))
     assert gs.valid[g_in] == gs.valid[g_out] == [8, 16, 24, 32]  # units = channels per group
     for k_in in gs.valid[g_in]:
