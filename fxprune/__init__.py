@@ -56,6 +56,7 @@ __all__ = [
     "__version__",
 ]
 
+from fxprune import checkout as _checkout  # noqa: F401  (maps passes/, models/ in a clone)
 from fxprune.core.analyze import Analysis, analyze
 from fxprune.core.recalibrate import recalibrate_bn
 from fxprune.core.rewrite import rewrite

@@ -18,7 +18,7 @@ FOLDERS = {"fxprune": ROOT / "fxprune", "fxprune.passes": ROOT / "passes",
 
 # Bottom first. Units in one row may not import each other.
 LAYERS: list[tuple[str, ...]] = [
-    ("fxprune.errors", "fxprune.version"),
+    ("fxprune.errors", "fxprune.version", "fxprune.checkout"),
     ("fxprune.ir",),
     ("fxprune.rules", "fxprune.criteria"),
     ("fxprune.passes", "fxprune.models"),

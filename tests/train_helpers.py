@@ -217,8 +217,9 @@ def launch(code: str, nproc: int, timeout: float = 240) -> list[subprocess.Compl
         env = dict(os.environ, RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(nproc),
                    LOCAL_WORLD_SIZE=str(nproc), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
                    GLOO_SOCKET_IFNAME="lo", OMP_NUM_THREADS="1")
-        env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).parent),
-                                             env.get("PYTHONPATH", "")])
+        # no empty entry: Python reads one as the working directory
+        env["PYTHONPATH"] = os.pathsep.join(
+            p for p in [str(Path(__file__).parent), env.get("PYTHONPATH", "")] if p)
         procs.append(subprocess.Popen([sys.executable, "-P", "-c", code], env=env,
                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
     results = []
