@@ -92,6 +92,18 @@ def _meta(preset: Preset, workers: int, threads: int, command: str | None) -> di
             "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d")}
 
 
+def _redo_lost_dense(out: Path, rows: list[Job], done: dict[str, Any]) -> None:
+    """A dense row whose checkpoint is gone (another clone, a deleted folder) is trained again
+    when a row still needs it (from the same seed)."""
+    from fxprune.bench.accuracy.rows import dense_path
+
+    need = {(j.model, j.seed) for j in rows if j.key not in done}
+    for key, r in list(done.items()):
+        if (r["method"] == "dense" and (r["model"], r["seed"]) in need
+                and not dense_path(out, r["model"], r["seed"]).exists()):
+            del done[key]
+
+
 def _reuse_dense(out: Path, dense: list[Job], done: dict[str, Any]) -> None:
     """``--tune``: dense baselines whose checkpoints exist in ``out`` are not retrained (their
     rows carry no accuracy: a tune run reads no test split)."""
@@ -144,6 +156,7 @@ def run(preset: Preset, out: Path, *, workers: int = 2, threads: int = 1,
     dense, rows = jobs(preset)
     if split == "val":
         _reuse_dense(out, dense, done)
+    _redo_lost_dense(out, rows, done)
     todo = [j for j in dense + rows if j.key not in done]
     if limit is not None:
         todo = todo[:limit]
