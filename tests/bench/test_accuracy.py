@@ -97,6 +97,16 @@ def test_resume_skips_finished_rows_and_refuses_another_configuration(smoke):
                  on_row=lambda row, *a: seen.append(row["key"]))
     assert sorted(seen) == ["resnet20/fxprune/l1/0.25/0", "resnet20/fxprune/l1/0.5/0"]
     assert all(r["epochs"] == 2 for r in redone["rows"] if r["method"] == "l1")
+    # a dense checkpoint gone (another clone) is trained again only when a row needs it
+    for f in (out / "dense").glob("*.pt"):
+        f.unlink()
+    seen.clear()
+    run(dataclasses.replace(p, epochs=2, methods=("l1",)), out, workers=1,
+        on_row=lambda row, *a: seen.append(row["key"]))
+    assert seen == [] and not list((out / "dense").glob("*.pt"))
+    run(dataclasses.replace(p, epochs=2, methods=("l1", "l2")), out, workers=1,
+        on_row=lambda row, *a: seen.append(row["key"]))
+    assert seen[0] == "resnet20/dense/dense/learned/0" and len(seen) == 3, seen
 
 
 def test_report_means_and_deltas_per_seed():
