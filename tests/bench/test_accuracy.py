@@ -6,6 +6,7 @@ import dataclasses
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -160,3 +161,44 @@ def test_cpu_long_preset_is_four_times_the_cpu_budget():
             assert f"{m} (paper)" in long.methods
     dense, rows = jobs(long)
     assert {j.method for j in rows} == set(long.methods)
+
+
+_ORPHAN_SCRIPT = """
+import concurrent.futures as cf, multiprocessing as mp, os, sys, time
+from fxprune.bench.accuracy import runner
+
+def pid_then_sleep():
+    return os.getpid()
+
+if __name__ == "__main__":
+    pool = cf.ProcessPoolExecutor(1, mp_context=mp.get_context("spawn"),
+                                  initializer=runner._init_worker, initargs=(1,))
+    print(pool.submit(pid_then_sleep).result(), flush=True)
+    pool.submit(time.sleep, 600)
+    time.sleep(600)
+"""
+
+
+def test_workers_stop_when_the_run_is_killed(tmp_path):
+    """A killed `fxprune bench accuracy` leaves no worker training on, orphaned."""
+    import os
+    import signal
+    import time
+
+    script = tmp_path / "orphan.py"
+    script.write_text(_ORPHAN_SCRIPT)
+    parent = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    worker = int(parent.stdout.readline())
+    parent.send_signal(signal.SIGKILL)
+    parent.wait(timeout=30)
+    stat = Path(f"/proc/{worker}/stat")
+    for _ in range(100):
+        try:
+            os.kill(worker, 0)
+            if stat.exists() and stat.read_text().rsplit(")", 1)[1].split()[0] == "Z":
+                return  # exited, not yet reaped by whoever inherited it
+        except (ProcessLookupError, FileNotFoundError):
+            return
+        time.sleep(0.2)
+    os.kill(worker, signal.SIGKILL)
+    raise AssertionError("the worker outlived its run")

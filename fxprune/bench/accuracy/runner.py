@@ -14,6 +14,8 @@ import json
 import multiprocessing as mp
 import os
 import platform
+import threading
+import time
 import traceback
 from collections.abc import Callable
 from pathlib import Path
@@ -66,6 +68,15 @@ def _dense_config(preset: dict[str, Any]) -> tuple:
 def _init_worker(threads: int) -> None:
     torch.set_num_threads(threads)
     os.environ["OMP_NUM_THREADS"] = str(threads)
+    threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
+
+
+def _exit_with_parent(parent: int, poll_s: float = 2.0) -> None:
+    """A worker stops when the run that started it is gone (killed, Ctrl-C): a row trains
+    for minutes and would otherwise go on, orphaned, holding a core."""
+    while os.getppid() == parent:
+        time.sleep(poll_s)
+    os._exit(1)
 
 
 def _work(preset: Preset, job: Job, out: str, split: str = "test") -> dict[str, Any]:
