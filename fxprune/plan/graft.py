@@ -1,0 +1,171 @@
+"""Graft: the pruned layers put back into a copy of the user's model, of its own class.
+
+Reads:  the user's model, a pruned model made from it by :func:`fxprune.compress` (a
+        GraphModule, whose ``call_module`` targets keep the original qualified names), and
+        example inputs (default: the ones ``compress`` used, ``pruned.meta``)
+Writes: a deep copy of the model (its class, its ``forward``, every other attribute) whose
+        leaf modules with parameters or buffers are the pruned ones; the model is untouched
+
+A GraphModule runs the traced graph; the copy runs the model's own Python code, which may
+read widths that pruning changed (``x.chunk(2, 1)`` into equal pieces, ``view`` with
+``self.num_heads``). So the copy is checked against the pruned GraphModule on the example
+inputs (eval mode, the oracle's tolerance); where they differ, the first module (in execution
+order) whose own code does not survive the new widths is named: the leaf modules of both are
+hooked, and the first leaf that sees another input or gives another output (or the exception)
+is blamed on the innermost module around it whose own inputs were still right.
+"""
+
+from __future__ import annotations
+
+__all__ = ["graft", "GraftError", "grafted_copy", "check_grafted", "GRAFT_RTOL"]
+
+import copy
+from collections.abc import Iterator
+from typing import Any
+
+import torch.fx as fx
+import torch.nn as nn
+from torch import Tensor
+
+from fxprune.core.trace import EXAMPLE_INPUTS
+from fxprune.errors import InputError
+from fxprune.ir.inputs import check_not_scripted, copied, positional_inputs
+from fxprune.ir.state import untouched
+from fxprune.plan.graft_locate import GRAFT_RTOL, locate, outputs_close, same_mode
+
+
+class GraftError(InputError):
+    """The grafted model differs from the pruned one: ``module`` (a qualified name, ``""``:
+    the model's own forward) is the first whose eager code does not survive the new widths,
+    ``reason`` says how."""
+
+    def __init__(self, message: str, module: str, cls: str, reason: str):
+        super().__init__(message)
+        self.module, self.cls, self.reason = module, cls, reason
+
+
+def graft(model: nn.Module, pruned: nn.Module, example_inputs: Any = None) -> nn.Module:
+    """A copy of ``model``, of its own class, with the pruned layers of ``pruned`` in it.
+
+    Every leaf module of ``model`` with parameters or buffers (Conv2d, BatchNorm, Linear...)
+    is replaced by a copy of the module of the same qualified name in ``pruned``; the rest
+    (the class, ``forward``, containers, every non-module attribute) is a deep copy of
+    ``model``. The result is then run against ``pruned`` on the example inputs (eval mode,
+    or training mode where ``pruned`` was traced in it: its graph took those branches;
+    relative tolerance :data:`GRAFT_RTOL` of the output scale, as the oracle).
+
+    Args:
+        model: the model ``pruned`` was made from; it is never modified.
+        pruned: what :func:`fxprune.compress` returned for ``model``.
+        example_inputs: inputs to check on, as for :func:`fxprune.compress` (default: the ones
+            ``compress`` used, kept in ``pruned.meta``).
+
+    Returns:
+        The grafted copy (train/eval flags as in ``model``); it shares no tensor with
+        ``model`` or ``pruned``.
+
+    Raises:
+        InputError: ``pruned`` was not made from ``model``, or no example inputs are known.
+        GraftError: (an :class:`~fxprune.InputError`) the copy's own code does not run as the
+            pruned graph on the new widths; the message names the first module whose code
+            does not survive, its class and the fix (``ignore=[name]``, or
+            ``compress(..., keep_class=True)``, which does that by itself).
+
+    Example::
+
+        >>> small = fxprune.compress(yolo.model, 0.5, example_inputs=x)   # a GraphModule
+        >>> yolo.model = fxprune.graft(yolo.model, small)                 # a DetectionModel
+    """
+    check_not_scripted(model)
+    if not isinstance(pruned, nn.Module):
+        raise InputError(f"graft: pruned must be the module fxprune.compress returned, got "
+                         f"{type(pruned).__name__}")
+    inputs = _inputs(model, pruned, example_inputs)
+    with untouched(model):
+        grafted, _leaves = grafted_copy(model, pruned)
+    check_grafted(grafted, pruned, inputs)
+    return grafted
+
+
+def _inputs(model: nn.Module, pruned: nn.Module, example_inputs: Any) -> tuple:
+    if example_inputs is None:
+        meta = pruned.meta if isinstance(pruned, fx.GraphModule) else \
+            pruned.__dict__.get("fxprune_meta", {})
+        example_inputs = meta.get(EXAMPLE_INPUTS)
+        if example_inputs is None:
+            raise InputError("graft: no example inputs recorded in the pruned model. Hint: "
+                             "graft(model, pruned, example_inputs=x) with the inputs you "
+                             "pruned with.")
+    return positional_inputs(model, example_inputs)
+
+
+def _own_tensors(m: nn.Module) -> Iterator[tuple[str, Tensor]]:
+    for name, t in [*m._parameters.items(), *m._buffers.items()]:
+        if t is not None:
+            yield name, t
+
+
+def _attr(root: nn.Module, path: str) -> Any:
+    obj: Any = root
+    for part in path.split("."):
+        obj = getattr(obj, part, None)
+        if obj is None:
+            return None
+    return obj
+
+
+def grafted_copy(model: nn.Module, pruned: nn.Module) -> tuple[nn.Module, list[str]]:
+    """The deep copy of ``model`` with ``pruned``'s modules and tensors in place of its own
+    (no check); also the qualified names of the leaf modules that were replaced."""
+    theirs = dict(pruned.named_modules(remove_duplicate=False))
+    swap: dict[int, Any] = {}  # id(original object) -> its pruned counterpart
+    leaves, flags = [], {}
+    for name, m in model.named_modules(remove_duplicate=False):
+        own = list(_own_tensors(m))
+        if not own or id(m) in swap:
+            continue
+        new = theirs.get(name)
+        if next(m.children(), None) is None and new is not None and type(new) is type(m):
+            swap[id(m)] = new
+            leaves.append(name)
+            flags[id(new)] = m.training
+            continue
+        for pname, t in own:  # tensors of a module that also has children, or ones the
+            path = f"{name}.{pname}" if name else pname  # trace took as attributes
+            new_t = _attr(pruned, path)
+            if isinstance(new_t, Tensor) and id(t) not in swap:
+                swap[id(t)] = new_t
+    if not leaves:
+        raise InputError(
+            f"graft: no layer of the {type(model).__name__} has a counterpart of the same name "
+            "and class in the pruned model. Hint: pass the model that fxprune.compress pruned.")
+    originals = list(swap.values())
+    fresh = copy.deepcopy(originals)  # shares nothing with `pruned`; ties stay ties
+    memo: dict[int, Any] = {}
+    for key, was, now in zip(swap, originals, fresh):
+        if isinstance(now, nn.Module):
+            now.training = flags.get(id(was), now.training)
+        memo[key] = now
+    return copy.deepcopy(model, memo), leaves
+
+
+def check_grafted(grafted: nn.Module, pruned: nn.Module, inputs: tuple) -> None:
+    """Raise :class:`GraftError` unless ``grafted`` computes what ``pruned`` does on
+    ``inputs`` (eval mode)."""
+    with same_mode(grafted, pruned):
+        ref = pruned(*copied(inputs))
+    with same_mode(grafted, pruned):
+        try:
+            out, err = grafted(*copied(inputs)), None
+        except Exception as e:  # noqa: BLE001 - located below, reported as a GraftError
+            out, err = None, e
+    if err is None and outputs_close(out, ref):
+        return
+    name, why = locate(grafted, pruned, inputs, err)
+    cls = type(grafted.get_submodule(name)).__name__ if name else type(grafted).__name__
+    where = f"'{name}' ({cls})" if name else f"the {cls}'s own forward"
+    fix = (f"compress(..., ignore=['{name}']) keeps its channels, or "
+           "compress(..., keep_class=True) does that by itself" if name else
+           "prune the modules it calls one by one, or use the GraphModule compress returns")
+    raise GraftError(f"graft: the eager code of {where} does not survive the pruned widths: "
+                     f"{why}. Hint: {fix}.", name, cls, why)
