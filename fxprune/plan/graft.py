@@ -17,12 +17,14 @@ is blamed on the innermost module around it whose own inputs were still right.
 
 from __future__ import annotations
 
-__all__ = ["graft", "GraftError", "grafted_copy", "check_grafted", "GRAFT_RTOL"]
+__all__ = ["graft", "GraftError", "grafted_copy", "check_grafted", "split_widths",
+           "fix_width_attrs", "GRAFT_RTOL", "WIDTH_ATTRS"]
 
 import copy
 from collections.abc import Iterator
 from typing import Any
 
+import torch
 import torch.fx as fx
 import torch.nn as nn
 from torch import Tensor
@@ -30,8 +32,12 @@ from torch import Tensor
 from fxprune.core.trace import EXAMPLE_INPUTS
 from fxprune.errors import InputError
 from fxprune.ir.inputs import check_not_scripted, copied, positional_inputs
+from fxprune.ir.meta import SHAPE
 from fxprune.ir.state import untouched
 from fxprune.plan.graft_locate import GRAFT_RTOL, locate, outputs_close, same_mode
+
+#: ``grafted.fxprune_meta`` key: ``{"module.attr": [old, new]}``, the width attributes set.
+WIDTH_ATTRS = "fxprune.width_attrs"
 
 
 class GraftError(InputError):
@@ -146,7 +152,56 @@ def grafted_copy(model: nn.Module, pruned: nn.Module) -> tuple[nn.Module, list[s
         if isinstance(now, nn.Module):
             now.training = flags.get(id(was), now.training)
         memo[key] = now
-    return copy.deepcopy(model, memo), leaves
+    grafted = copy.deepcopy(model, memo)
+    if isinstance(pruned, fx.GraphModule):
+        fixed = fix_width_attrs(grafted, split_widths(pruned))
+        if fixed:
+            grafted.__dict__["fxprune_meta"] = {WIDTH_ATTRS: fixed}
+    return grafted, leaves
+
+
+def split_widths(pruned: fx.GraphModule) -> dict[str, dict[int, int]]:
+    """``{module: {old piece width: new}}`` of the splits the rewrite resized (a ``chunk``
+    becomes a ``split`` with the pruned sizes), by the module whose code made them."""
+    out: dict[str, dict[int, int]] = {}
+    bad: set[tuple[str, int]] = set()
+    for n in pruned.graph.nodes:
+        if n.target not in ("split", torch.split) or "dim" not in n.kwargs:
+            continue
+        old, stack = n.meta.get(SHAPE), n.meta.get("nn_module_stack")
+        new = n.args[1] if len(n.args) > 1 else None
+        if not stack or not isinstance(old, (list, tuple)) or not isinstance(new, list):
+            continue
+        path, dim = list(stack.values())[-1][0], int(n.kwargs["dim"])
+        widths = [int(s[dim]) for s in old]
+        seen = out.setdefault(path, {})
+        for w, v in zip(widths, new):
+            if seen.get(w, v) != v:
+                bad.add((path, w))
+            seen[w] = int(v)
+    for path, w in bad:
+        out[path].pop(w, None)
+    return {p: {w: v for w, v in m.items() if w != v} for p, m in out.items()}
+
+
+def fix_width_attrs(grafted: nn.Module, widths: dict[str, dict[int, int]]
+                    ) -> dict[str, list[int]]:
+    """Set the int attribute of a module that holds a piece width its resized splits had
+    (C2f's ``self.c``, which its ``forward_split`` reads), where exactly one attribute of the
+    module has that value; returns ``{"module.attr": [old, new]}``."""
+    fixed: dict[str, list[int]] = {}
+    for path, change in widths.items():
+        try:
+            mod = grafted.get_submodule(path)
+        except AttributeError:
+            continue
+        for old, new in change.items():
+            names = [k for k, v in vars(mod).items()
+                     if type(v) is int and v == old and not k.startswith("_")]
+            if len(names) == 1:
+                setattr(mod, names[0], new)
+                fixed[f"{path}.{names[0]}" if path else names[0]] = [old, new]
+    return fixed
 
 
 def check_grafted(grafted: nn.Module, pruned: nn.Module, inputs: tuple) -> None:

@@ -61,7 +61,8 @@ def prune_keeping_class(model: nn.Module, prune: Callable[[Any], nn.Module], ign
                 raise
             kept[e.module] = f"{e.cls}: {e.reason}"
             continue
-        grafted.__dict__["fxprune_meta"] = {**pruned.meta, KEPT: dict(kept)}
+        grafted.__dict__["fxprune_meta"] = {**pruned.meta, KEPT: dict(kept),
+                                            **grafted.__dict__.get("fxprune_meta", {})}
         if kept:
             listed = "; ".join(f"'{k}' ({v})" for k, v in kept.items())
             warnings.warn(
