@@ -163,12 +163,14 @@ def _piece_ranges(sizes: list[int]) -> list[tuple[int, int]]:
 
 
 def _equal_by_code(ctx, name: str) -> bool:  # type: ignore[no-untyped-def]
-    """Does the op's own code split into equal pieces (``chunk(n)``, ``split(int)``), so that
-    run eagerly on a pruned tensor it cuts where the pieces' widths do only if they are
-    equal?"""
+    """Does the op's own code split into equal pieces (``chunk(n)``, ``split(int)``, or
+    ``split((c, c))`` with the sizes one attribute gives), so that run eagerly on a pruned
+    tensor it cuts where the graph does only if the pieces stay equal?"""
     if name == "chunk":
         return True
     size = ctx.arg(1, "split_size", ctx.arg(1, "split_size_or_sections"))
+    if isinstance(size, (list, tuple)):
+        return name in ("split", "split_with_sizes") and len(set(size)) == 1
     return name == "split" and isinstance(size, int)
 
 
