@@ -35,6 +35,7 @@ from fxprune.ir.inputs import check_not_scripted, copied, positional_inputs
 from fxprune.ir.meta import SHAPE
 from fxprune.ir.state import untouched
 from fxprune.plan.graft_locate import GRAFT_RTOL, locate, outputs_close, same_mode
+from fxprune.rules import RULES
 
 #: ``grafted.fxprune_meta`` key: ``{"module.attr": [old, new]}``, the width attributes set.
 WIDTH_ATTRS = "fxprune.width_attrs"
@@ -125,17 +126,20 @@ def grafted_copy(model: nn.Module, pruned: nn.Module) -> tuple[nn.Module, list[s
     (no check); also the qualified names of the leaf modules that were replaced."""
     theirs = dict(pruned.named_modules(remove_duplicate=False))
     swap: dict[int, Any] = {}  # id(original object) -> its pruned counterpart
-    leaves, flags = [], {}
+    leaves, flags, through = [], {}, []
     for name, m in model.named_modules(remove_duplicate=False):
         own = list(_own_tensors(m))
         if not own or id(m) in swap:
             continue
         new = theirs.get(name)
-        if next(m.children(), None) is None and new is not None and type(new) is type(m):
+        leaf = next(m.children(), None) is None
+        if leaf and new is not None and type(new) is type(m):
             swap[id(m)] = new
             leaves.append(name)
             flags[id(new)] = m.training
             continue
+        if leaf:
+            through.append((name, m))
         for pname, t in own:  # tensors of a module that also has children, or ones the
             path = f"{name}.{pname}" if name else pname  # trace took as attributes
             new_t = _attr(pruned, path)
@@ -153,6 +157,10 @@ def grafted_copy(model: nn.Module, pruned: nn.Module) -> tuple[nn.Module, list[s
             now.training = flags.get(id(was), now.training)
         memo[key] = now
     grafted = copy.deepcopy(model, memo)
+    for name, m in through:  # a subclass the trace went through (its own forward): the
+        rule = _base_rule(type(m))  # attributes its base's rule fixes (normalized_shape...)
+        if rule is not None:
+            rule.update_module(grafted.get_submodule(name), m)
     if isinstance(pruned, fx.GraphModule):
         fixed = fix_width_attrs(grafted, split_widths(pruned))
         if fixed:
@@ -160,25 +168,51 @@ def grafted_copy(model: nn.Module, pruned: nn.Module) -> tuple[nn.Module, list[s
     return grafted, leaves
 
 
+def _base_rule(cls: type) -> Any:
+    """The rule of the nearest registered base class (``nn.LayerNorm`` for a
+    ``ConvNextLayerNorm``)."""
+    for base in cls.__mro__[1:]:
+        if base in RULES and isinstance(base, type) and issubclass(base, nn.Module) and \
+                base is not nn.Module:
+            return RULES[base]
+    return None
+
+
+def _resized(n: fx.Node) -> list[tuple[int, int]]:
+    """``(old, new)`` widths a rewritten node's literal sizes changed: the pieces of a split
+    (a ``chunk`` becomes a ``split`` with the pruned sizes), the sizes of a view/reshape."""
+    old = n.meta.get(SHAPE)
+    if n.target in ("split", torch.split) and "dim" in n.kwargs and len(n.args) > 1:
+        new = n.args[1]
+        if isinstance(old, (list, tuple)) and isinstance(new, list):
+            dim = int(n.kwargs["dim"])
+            return [(int(s[dim]), int(v)) for s, v in zip(old, new)]
+    elif n.target in ("view", "reshape", torch.reshape) and len(n.args) > 1:
+        sizes = n.args[1] if len(n.args) == 2 and isinstance(n.args[1], (list, tuple)) \
+            else n.args[1:]
+        if isinstance(old, tuple) and all(type(d) is int for d in old) and \
+                len(sizes) == len(old):
+            return [(int(o), v) for o, v in zip(old, sizes) if type(v) is int and v >= 0]
+    return []
+
+
 def split_widths(pruned: fx.GraphModule) -> dict[str, dict[int, int]]:
-    """``{module: {old piece width: new}}`` of the splits the rewrite resized (a ``chunk``
-    becomes a ``split`` with the pruned sizes), by the module whose code made them."""
+    """``{module: {old width: new}}`` of the splits and views the rewrite resized, by the
+    module whose code made them (the innermost of the node's ``nn_module_stack``); a width
+    that became two different ones is left out."""
     out: dict[str, dict[int, int]] = {}
     bad: set[tuple[str, int]] = set()
     for n in pruned.graph.nodes:
-        if n.target not in ("split", torch.split) or "dim" not in n.kwargs:
+        stack = n.meta.get("nn_module_stack")
+        pairs = _resized(n) if stack else []
+        if not pairs:
             continue
-        old, stack = n.meta.get(SHAPE), n.meta.get("nn_module_stack")
-        new = n.args[1] if len(n.args) > 1 else None
-        if not stack or not isinstance(old, (list, tuple)) or not isinstance(new, list):
-            continue
-        path, dim = list(stack.values())[-1][0], int(n.kwargs["dim"])
-        widths = [int(s[dim]) for s in old]
+        path = list(stack.values())[-1][0]
         seen = out.setdefault(path, {})
-        for w, v in zip(widths, new):
+        for w, v in pairs:
             if seen.get(w, v) != v:
                 bad.add((path, w))
-            seen[w] = int(v)
+            seen[w] = v
     for path, w in bad:
         out[path].pop(w, None)
     return {p: {w: v for w, v in m.items() if w != v} for p, m in out.items()}

@@ -81,13 +81,16 @@ def _same(a: list, b: list) -> bool:
 def _record_pruned(grafted: nn.Module, pruned: nn.Module, leaves: list[str], inputs: tuple
                    ) -> dict[str, list[tuple[list, list]]]:
     """``{leaf: [(inputs, outputs) of each call]}`` during one run of ``pruned``."""
-    seen: dict[str, list[tuple[list, list]]] = {n: [] for n in leaves}
+    seen: dict[str, list[tuple[list, list]]] = {}
     handles = []
     for name in leaves:
         try:
             mod = pruned.get_submodule(name)
         except AttributeError:
             continue
+        if type(mod) is not type(grafted.get_submodule(name)):  # traced through: its tensors
+            continue  # were grafted, its calls are ops of the graph
+        seen[name] = []
 
         def hook(m: nn.Module, args: tuple, out: Any, name: str = name) -> None:
             seen[name].append(([t.detach().clone() for t in flat_tensors(args)],

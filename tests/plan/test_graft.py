@@ -157,3 +157,32 @@ def test_onnx_export_of_the_grafted_model(kept, tmp_path) -> None:
     with torch.no_grad():
         torch.testing.assert_close(torch.from_numpy(got[0]), model(X)[0], rtol=1e-4,
                                    atol=1e-4)
+
+
+@pytest.mark.parametrize("arch", ["vit", "convnext"])
+def test_transformers_models_keep_their_class(arch: str) -> None:
+    """ViT's attention views by ``self.head_dim`` (set to the pruned width); ConvNeXt's
+    LayerNorm subclass is traced through (its ``normalized_shape`` follows, by nn.LayerNorm's
+    rule)."""
+    transformers = pytest.importorskip("transformers")
+    if arch == "vit":
+        cfg = transformers.ViTConfig(image_size=32, patch_size=8, hidden_size=64,
+                                     num_hidden_layers=2, num_attention_heads=4,
+                                     intermediate_size=128, num_labels=5)
+        model = transformers.ViTForImageClassification(cfg).eval()
+    else:
+        cfg = transformers.ConvNextConfig(image_size=32, hidden_sizes=[16, 32, 64, 128],
+                                          depths=[1, 1, 1, 1], num_labels=5)
+        model = transformers.ConvNextForImageClassification(cfg).eval()
+    x = torch.rand(2, 3, 32, 32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a vacuous check: Hugging Face's std-0.02 weights
+        small = fxprune.compress(model, 0.5, example_inputs=x, keep_class=True)
+        plain = fxprune.compress(model, 0.5, example_inputs=x)
+    assert type(small) is type(model) and small.fxprune_meta["fxprune.kept"] == {}
+    assert fxprune.count(small, x).macs == fxprune.count(plain, x).macs
+    assert small.fxprune_meta["fxprune.verify"].ok
+    if arch == "vit":
+        attn = small.vit.layers[0].attention if hasattr(small.vit, "layers") else None
+        if attn is not None:
+            assert attn.head_dim == attn.q_proj.out_features // attn.num_attention_heads
