@@ -199,7 +199,11 @@ def _finish(args: argparse.Namespace, pruned: Any) -> int:
     from fxprune.files.serialize import save
 
     if args.verify:
-        print(f"oracle: {_meta(pruned).get('fxprune.verify', '-')}")
+        report = _meta(pruned).get("fxprune.verify", "-")
+        if isinstance(report, dict):  # keep_class: the report's fields, as plain data
+            report = (f"{report['status']} (max abs err {report['max_abs_err']:.3g}, rel "
+                      f"{report['max_rel_err']:.3g})")
+        print(f"oracle: {report}")
         kept = _meta(pruned).get("fxprune.kept")
         if kept:
             print(f"kept for the model's own code (--keep-class): {', '.join(kept)}")

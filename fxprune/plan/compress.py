@@ -183,7 +183,8 @@ def compress(model: nn.Module, ratio: float | None = None, *, criterion: Any = "
         ``torch.jit.trace``, ``torch.export`` and ``torch.compile`` work on it. The chosen
         per-group ratios (and the achieved target) are in ``pruned.meta["fxprune.allocation"]``.
         With ``keep_class=True``: a copy of ``model``'s class (its ``forward``, its
-        attributes), the GraphModule's metadata in ``pruned.fxprune_meta``.
+        attributes), the GraphModule's metadata as plain data in ``pruned.fxprune_meta``
+        (the oracle's report as a dict of its fields, no example inputs).
 
     Example::
 

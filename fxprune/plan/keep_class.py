@@ -3,8 +3,9 @@
 Reads:  the user's model, and a function that prunes it with a given ``ignore`` (the rest of
         :func:`fxprune.compress`'s pipeline, with ``chunk`` pieces kept equal)
 Writes: the grafted copy (:func:`fxprune.graft`), ``copy.fxprune_meta``: the pruned graph's
-        metadata (``fxprune.verify``, ``fxprune.allocation``, ...) and ``fxprune.kept``:
-        ``{module: why its channels were kept}``
+        metadata as plain data (``fxprune.verify``: the report's fields, ``fxprune.allocation``,
+        the manifest...; no example inputs), ``fxprune.kept``: ``{module: why its channels
+        were kept}``, ``fxprune.width_attrs``: the width attributes set
 
 The graph is pruned, then grafted into a copy of the model. Where the copy's own code does not
 survive the new widths (it reads them from attributes: YOLO11's attention reads
@@ -16,20 +17,47 @@ warning lists them.
 
 from __future__ import annotations
 
-__all__ = ["prune_keeping_class", "KEPT", "MAX_ROUNDS"]
+__all__ = ["prune_keeping_class", "plain_meta", "KEPT", "MAX_ROUNDS"]
 
+import dataclasses
 import warnings
 from collections.abc import Callable
 from typing import Any
 
+import torch
 import torch.fx as fx
 import torch.nn as nn
 
+from fxprune.core.trace import EXAMPLE_INPUTS
 from fxprune.errors import InputError
 from fxprune.plan.graft import GraftError, graft
 
 KEPT = "fxprune.kept"  # model.fxprune_meta: {module: why its channels were kept}
 MAX_ROUNDS = 8
+
+
+def _plain(value: Any) -> Any:
+    """``value`` as builtins (a report as the dict of its fields): a checkpoint of the model
+    (ultralytics' ``best.pt``) pickles ``fxprune_meta`` with it, and must load without
+    fxprune."""
+    if value is None or isinstance(value, (str, int, float, bool, torch.Tensor)):
+        return value
+    if isinstance(value, dict):
+        return {_plain(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        out = _plain(dataclasses.asdict(value))
+        if isinstance(getattr(value, "ok", None), bool):
+            out["ok"] = value.ok
+        return out
+    return str(value)
+
+
+def plain_meta(meta: dict[str, Any]) -> dict[str, Any]:
+    """A pruned GraphModule's metadata as builtins, without the example inputs (a checkpoint
+    would carry them)."""
+    return {k: _plain(v) for k, v in meta.items() if k != EXAMPLE_INPUTS}
 
 
 def _with(ignore: Any, extra: list[str]) -> Any:
@@ -61,7 +89,7 @@ def prune_keeping_class(model: nn.Module, prune: Callable[[Any], nn.Module], ign
                 raise
             kept[e.module] = f"{e.cls}: {e.reason}"
             continue
-        grafted.__dict__["fxprune_meta"] = {**pruned.meta, KEPT: dict(kept),
+        grafted.__dict__["fxprune_meta"] = {**plain_meta(pruned.meta), KEPT: dict(kept),
                                             **grafted.__dict__.get("fxprune_meta", {})}
         if kept:
             listed = "; ".join(f"'{k}' ({v})" for k, v in kept.items())

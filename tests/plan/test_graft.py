@@ -4,6 +4,8 @@ own class, on the YOLO-like replica (tests/yolo_replica.py) and the Hugging Face
 from __future__ import annotations
 
 import copy
+import io
+import pickle
 import warnings
 
 import pytest
@@ -42,7 +44,7 @@ def test_keep_class_returns_the_users_class_with_its_attributes(kept) -> None:
     assert [(m.i, m.f, m.type) for m in small.model] == [(m.i, m.f, m.type) for m in model.model]
     assert small.training == model.training  # the user's flags, not the trace's eval mode
     report = small.fxprune_meta["fxprune.verify"]
-    assert report.kind == "exact", report
+    assert report["kind"] == "exact" and report["ok"], report
 
 
 def test_keep_class_cuts_half_the_macs_and_keeps_chunks_equal(kept) -> None:
@@ -72,6 +74,22 @@ def test_attention_reading_its_widths_is_kept_with_a_reason(kept) -> None:
     assert why["model.5.attn"].startswith("Attention: ")
     assert small.model[5].attn.qkv.conv.out_channels == 128  # kept whole
     assert sum("keep_class" in m for m in messages) == 1  # warned once
+
+
+def test_the_result_pickles_without_fxprune_classes(kept) -> None:
+    """A checkpoint of the result (ultralytics pickles the model into best.pt) loads where
+    fxprune is not installed: its metadata is plain data."""
+    _, small, _ = kept
+    seen: set[str] = set()
+
+    class Recorder(pickle.Unpickler):
+        def find_class(self, module: str, name: str):  # noqa: ANN201
+            seen.add(module)
+            return super().find_class(module, name)
+
+    Recorder(io.BytesIO(pickle.dumps(small))).load()
+    assert not [m for m in seen if m.split(".")[0] == "fxprune"], seen
+    assert "fxprune.example_inputs" not in small.fxprune_meta
 
 
 def test_train_mode_returns_the_original_structure_and_backward_works(kept) -> None:
@@ -138,7 +156,7 @@ def test_hugging_face_style_model_keeps_its_class() -> None:
     assert type(small) is HFModel and small.config is not model.config
     out = small(x)
     assert isinstance(out, ClassifierOutput) and out.logits.shape == (2, 5)
-    assert small.fxprune_meta["fxprune.verify"].kind == "exact"
+    assert small.fxprune_meta["fxprune.verify"]["kind"] == "exact"
     assert small.fxprune_meta["fxprune.kept"] == {}
     assert small.layers[0].scale.shape[0] == small.layers[0].proj.out_channels
 
@@ -181,7 +199,7 @@ def test_transformers_models_keep_their_class(arch: str) -> None:
         plain = fxprune.compress(model, 0.5, example_inputs=x)
     assert type(small) is type(model) and small.fxprune_meta["fxprune.kept"] == {}
     assert fxprune.count(small, x).macs == fxprune.count(plain, x).macs
-    assert small.fxprune_meta["fxprune.verify"].ok
+    assert small.fxprune_meta["fxprune.verify"]["ok"]
     if arch == "vit":
         attn = small.vit.layers[0].attention if hasattr(small.vit, "layers") else None
         if attn is not None:
