@@ -80,6 +80,9 @@ def prune_keeping_class(model: nn.Module, prune: Callable[[Any], nn.Module], ign
         if not isinstance(pruned, fx.GraphModule):  # its own forward is opaque: already a
             meta = pruned.__dict__.setdefault("fxprune_meta", {})  # copy of its class
             meta[KEPT] = kept
+            flags = {n: m.training for n, m in model.named_modules()}
+            for n, m in pruned.named_modules():  # pruned in eval mode: the user's flags
+                m.training = flags.get(n, m.training)
             return pruned
         try:
             grafted = graft(model, pruned)

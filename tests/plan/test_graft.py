@@ -204,3 +204,25 @@ def test_transformers_models_keep_their_class(arch: str) -> None:
         attn = small.vit.layers[0].attention if hasattr(small.vit, "layers") else None
         if attn is not None:
             assert attn.head_dim == attn.q_proj.out_features // attn.num_attention_heads
+
+
+def test_keep_class_with_opaque_modules() -> None:
+    """An opaque module's children pruned on their own (TwoStage's RPN) are grafted by name;
+    a model whose own forward is opaque (Detector) is already a copy of its class."""
+    from concrete_replicas import Detector, TwoStage
+
+    model = lively(TwoStage())
+    x = torch.rand(1, 3, 32, 32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        small = fxprune.compress(model, 0.5, example_inputs=x, keep_class=True)
+    assert type(small) is TwoStage and small.fxprune_meta["fxprune.regions"] == {
+        "rpn.head": "pruned (exact)"}
+    assert small.rpn.head[0].out_channels < 32
+    det = lively(Detector()).train()
+    images = [torch.rand(3, 32, 32), torch.rand(3, 32, 32)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        small = fxprune.compress(det, 0.5, example_inputs=(images,), keep_class=True)
+    assert type(small) is Detector and small.training and det.training
+    assert small.fxprune_meta["fxprune.kept"] == {}
