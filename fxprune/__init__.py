@@ -10,6 +10,7 @@ from __future__ import annotations
 
 __all__ = [
     "compress",
+    "graft",
     "SoftPruner",
     "inspect",
     "measure_latency",
@@ -79,6 +80,7 @@ from fxprune.files.serialize import apply_manifest, load, save
 from fxprune.ir.meta import Group, KeepSet, ParamSlice
 from fxprune.plan.allocate import AllocationPlan, allocate
 from fxprune.plan.compress import compress, score
+from fxprune.plan.graft import graft
 from fxprune.plan.options import AnalysisOptions, LatencyOptions, VerifyOptions
 from fxprune.rules import Rule, list_rules, register_rule
 from fxprune.tools.inspect import inspect

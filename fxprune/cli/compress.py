@@ -50,6 +50,9 @@ def add_parser(sub: Any) -> None:
                    help="CLR cost convention (default authors: CLR-RNF's code)")
     p.add_argument("--paper-flops", action="store_true",
                    help="also show the SFP/FPGM papers' FLOPs convention (needs --ratio)")
+    p.add_argument("--keep-class", action="store_true",
+                   help="prune so that the model's own class and forward still run "
+                        "(fxprune.graft); the result is not a GraphModule, so no -o")
     p.add_argument("--strict", action="store_true",
                    help="fail (exit 3) on ops without a channel rule")
     p.add_argument("--verify", action=argparse.BooleanOptionalAction, default=True,
@@ -69,6 +72,8 @@ def compress_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     kwargs: dict[str, Any] = {"allocation": args.allocation, "residual": args.residual,
                               "clr_lambda": args.clr_lambda, "clr_cost": args.clr_cost,
                               "attention": args.attention}
+    if getattr(args, "keep_class", False):
+        kwargs["keep_class"] = True
     if args.group_scores is not None:
         kwargs["scoring"] = args.group_scores
     if args.target_flops is not None:
@@ -90,6 +95,11 @@ def run(args: argparse.Namespace) -> int:
     from fxprune.files.serialize import writable
 
     kwargs = compress_kwargs(args)
+    if args.output and args.keep_class:
+        raise InputError("--keep-class returns a model of its own class, which fxprune.save "
+                         "does not write. Hint: drop -o, or in Python: small = "
+                         "fxprune.compress(model, ..., keep_class=True); torch.save(small, "
+                         "path).")
     if args.output:
         writable(args.output)  # before pruning: a missing folder is reported at once
     if args.batch < 1:
@@ -143,7 +153,7 @@ def _latency(args: argparse.Namespace, model: Any, pruned: Any, x: Any) -> Any:
 
 def _how(args: argparse.Namespace, pruned: Any) -> str:
     """How much was asked for, and what the allocation achieved."""
-    alloc = pruned.meta.get(meta.ALLOCATION) or {}
+    alloc = _meta(pruned).get(meta.ALLOCATION) or {}
     achieved = f"(achieved {alloc.get('achieved', float('nan')):.3f})"
     if args.ratio is not None:
         return f"ratio {args.ratio:g}"
@@ -178,12 +188,25 @@ def _notes(args: argparse.Namespace, lat: Any, paper: Any) -> None:
               "count this model")
 
 
+def _meta(pruned: Any) -> dict:
+    """A GraphModule's ``meta``, or the ``fxprune_meta`` of a model of its own class."""
+    meta_ = getattr(pruned, "meta", None)
+    return meta_ if isinstance(meta_, dict) else pruned.__dict__.get("fxprune_meta", {})
+
+
 def _finish(args: argparse.Namespace, pruned: Any) -> int:
     """The oracle's verdict, and the saved file."""
     from fxprune.files.serialize import save
 
     if args.verify:
-        print(f"oracle: {pruned.meta.get('fxprune.verify', '-')}")
+        report = _meta(pruned).get("fxprune.verify", "-")
+        if isinstance(report, dict):  # keep_class: the report's fields, as plain data
+            report = (f"{report['status']} (max abs err {report['max_abs_err']:.3g}, rel "
+                      f"{report['max_rel_err']:.3g})")
+        print(f"oracle: {report}")
+        kept = _meta(pruned).get("fxprune.kept")
+        if kept:
+            print(f"kept for the model's own code (--keep-class): {', '.join(kept)}")
     if args.output:
         save(pruned, args.output)
         print(f"saved {args.output}")

@@ -290,6 +290,7 @@ def analyze(
     attention: str = "dims",
     progress: Progress | None = None,
     warn: bool = True,
+    equal_chunks: bool = False,
 ) -> Analysis:
     """Propagate channel ids through ``gm`` and partition all channels into coupled groups.
 
@@ -306,6 +307,9 @@ def analyze(
             ``(heads, dims)`` keeps every head and prunes the same dims in each) or
             ``"heads"`` (whole heads are pruned; see :mod:`fxprune.rules.attention`).
         progress: optional callback ``(stage, done, total)``.
+        equal_chunks: the pieces of a ``chunk`` (and of a ``split`` by one int size) keep the
+            same positions, so they stay equal and the model's own code, which splits into
+            equal pieces, still runs on the pruned widths (``compress(..., keep_class=True)``).
         warn: warn about ops without a channel rule (``False``: only the analysis records
             them; unlike ``warnings.catch_warnings``, safe in threads).
 
@@ -324,6 +328,7 @@ def analyze(
         raise InputError(f"attention must be 'dims' or 'heads', got {attention!r}")
     state.residual = residual
     state.attention = attention
+    state.equal_chunks = bool(equal_chunks)
     state.modules = dict(gm.named_modules())
     prop = _Propagator(gm, state, ignored, strict, progress)
     check_example_inputs(gm, inputs)

@@ -84,6 +84,7 @@ class AnalysisState:
         self.unsupported: dict[str, list[str]] = {}
         self.residual = "coupled"
         self.attention = "dims"
+        self.equal_chunks = False  # chunk pieces keep the same positions (keep_class)
         self.deferred: dict[str, Tensor] = {}  # attributes waiting for their channel axis
         self.scatters: list[ScatterAdd] = []
         self.modules: dict[str, nn.Module] = {}
@@ -283,6 +284,13 @@ class PropCtx:
         """What a reshape splitting a channel axis into ``(heads, dims)`` prunes: ``"dims"``
         (the same dims of every head) or ``"heads"`` (whole heads)."""
         return self._s.attention
+
+    @property
+    def equal_chunks(self) -> bool:
+        """Do the pieces of a ``chunk`` stay equal (``compress(..., keep_class=True)``: the
+        model's own ``x.chunk(2, 1)`` must still split the pruned tensor where the graph
+        does)?"""
+        return self._s.equal_chunks
 
     def scatter(self, branch_arg: int, branch_ids: Tensor, norm: str | None) -> None:
         """Record a residual add whose branch keeps its own channels (see ScatterAdd)."""

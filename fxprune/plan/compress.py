@@ -33,6 +33,7 @@ from fxprune.ir.inputs import check_flags, check_not_scripted, check_seed, posit
 from fxprune.ir.state import untouched
 from fxprune.plan.allocate import ALLOCATION, AllocationPlan
 from fxprune.plan.checks import check_inputs, check_prunable, check_ratio
+from fxprune.plan.keep_class import prune_keeping_class
 from fxprune.plan.options import (
     AnalysisOptions,
     LatencyOptions,
@@ -106,7 +107,8 @@ def prune_graph(gm: fx.GraphModule, ratio: float | None = None, *, criterion: An
                          "target_params=. Hint: compress(model, 0.5) removes half of the "
                          "channels of every group.")
     result = analyze(gm, ignore=graph.ignore, strict=graph.strict, residual=graph.residual,
-                     attention=graph.attention, progress=progress)
+                     attention=graph.attention, progress=progress,
+                     equal_chunks=graph.keep_class)
     if plan.prunes():
         check_prunable(result)
     scores = score(result, criterion, data=data, seed=seed, scoring=graph.scoring)
@@ -127,7 +129,8 @@ def compress(model: nn.Module, ratio: float | None = None, *, criterion: Any = "
              verify: bool | VerifyOptions = True, data: Any = None, seed: int = 0,
              recalibrate: int = 0, progress: Progress | None = None, **keywords: Any
              ) -> fx.GraphModule:
-    """Prune ``model`` and return a new, smaller, dense GraphModule.
+    """Prune ``model`` and return a new, smaller, dense GraphModule (with ``keep_class=True``:
+    a copy of the model's own class with the pruned layers in it).
 
     The options come in groups, each a dataclass with defaults; every field of a group is
     also a keyword of its own name, so ``compress(model, 0.5, allocation="global",
@@ -152,7 +155,10 @@ def compress(model: nn.Module, ratio: float | None = None, *, criterion: Any = "
             ``target_latency``, ``clr_lambda``, ``clr_cost``, ``round_to``.
         analysis: how the graph is read and scored, an :class:`~fxprune.AnalysisOptions`:
             ``ignore``, ``strict``, ``residual``, ``attention``, ``scoring`` (group scores,
-            e.g. ``scoring="all"``: :class:`~fxprune.GroupScoring`).
+            e.g. ``scoring="all"``: :class:`~fxprune.GroupScoring`), ``keep_class``
+            (return a copy of the model's own class, :func:`fxprune.graft`; chunk pieces
+            stay equal, modules whose code reads their widths are kept, listed in
+            ``result.fxprune_meta["fxprune.kept"]``).
         latency: how a ``target_latency`` is timed, a :class:`~fxprune.LatencyOptions`:
             ``batch``, ``threads``, ``device``.
         verify: ``True`` (default) checks the result against the zero-channel oracle and
@@ -176,6 +182,9 @@ def compress(model: nn.Module, ratio: float | None = None, *, criterion: Any = "
         A ``torch.fx.GraphModule``: train/eval, state_dict, optimizers, ``torch.save``,
         ``torch.jit.trace``, ``torch.export`` and ``torch.compile`` work on it. The chosen
         per-group ratios (and the achieved target) are in ``pruned.meta["fxprune.allocation"]``.
+        With ``keep_class=True``: a copy of ``model``'s class (its ``forward``, its
+        attributes), the GraphModule's metadata as plain data in ``pruned.fxprune_meta``
+        (the oracle's report as a dict of its fields, no example inputs).
 
     Example::
 
@@ -198,6 +207,24 @@ def compress(model: nn.Module, ratio: float | None = None, *, criterion: Any = "
     plan = plan.resolved(model)
     if plan.ratio is not None:
         plan = replace(plan, ratio=check_ratio(plan.ratio))
+    if graph.keep_class:
+        def prune(ignore: Any) -> nn.Module:  # traced in eval mode: predict's branches
+            with untouched(model, eval_mode=True):
+                return _prune_model(model, example_inputs, criterion, plan,
+                                    replace(graph, ignore=ignore), timing, checks, data, seed,
+                                    progress)
+
+        return _recalibrated(prune_keeping_class(model, prune, graph.ignore), data,
+                             recalibrate)
+    return _recalibrated(_prune_model(model, example_inputs, criterion, plan, graph, timing,
+                                      checks, data, seed, progress), data, recalibrate)
+
+
+def _prune_model(model: nn.Module, example_inputs: Any, criterion: Any, plan: AllocationPlan,
+                 graph: AnalysisOptions, timing: LatencyOptions, checks: VerifyOptions,
+                 data: Any, seed: int, progress: Progress | None) -> nn.Module:
+    """Trace, prune, check with the oracle, prune inside opaque modules: :func:`compress`
+    after its options are merged and checked."""
     # The oracle runs the pruned model and compares its output shapes too: with verify=True,
     # check=True's forward pass is left to it, and the rewrite's check runs only to name the
     # failing node when the pruned model fails or has other output shapes.
@@ -208,10 +235,9 @@ def compress(model: nn.Module, ratio: float | None = None, *, criterion: Any = "
         except TraceFailure as e:  # its own forward cannot be traced: prune its children
             if plan.ratio is None or example_inputs is None:
                 raise
-            return _recalibrated(prune_opaque_root(
+            return prune_opaque_root(
                 model, positional_inputs(model, example_inputs),
-                _region_options(criterion, plan, graph, checks, seed), str(e), compress),
-                data, recalibrate)
+                _region_options(criterion, plan, graph, checks, seed), str(e), compress)
         check_inputs(model, gm.meta[EXAMPLE_INPUTS])
         pruned, result = prune_graph(
             gm, criterion=criterion, plan=plan, analysis=graph,
@@ -223,7 +249,7 @@ def compress(model: nn.Module, ratio: float | None = None, *, criterion: Any = "
             pruned.meta[REGIONS] = prune_regions(
                 model, pruned, gm.meta[OPAQUE], gm.meta[EXAMPLE_INPUTS],
                 _region_options(criterion, plan, graph, checks, seed), compress)
-    return _recalibrated(pruned, data, recalibrate)
+    return pruned
 
 
 def _check_recalibrate(recalibrate: Any, data: Any) -> None:
@@ -243,6 +269,8 @@ def _recalibrated(pruned: Any, data: Any, recalibrate: int) -> Any:
         used = recalibrate_bn(pruned, data, batches=recalibrate)
         if isinstance(pruned, fx.GraphModule):
             pruned.meta[RECALIBRATED] = used
+        elif "fxprune_meta" in pruned.__dict__:
+            pruned.__dict__["fxprune_meta"][RECALIBRATED] = used
     return pruned
 
 

@@ -46,6 +46,12 @@ class AnalysisOptions:
             ``"all"`` (every weight bound to the unit: producers, consumers' input columns,
             norms' scales; Torch-Pruning's group importance). Default ``None``: the
             producers' filters, the scores of every earlier release.
+        keep_class: return a copy of the model of its own class (its ``forward``, its
+            attributes) with the pruned layers grafted in (:func:`fxprune.graft`), instead of a
+            GraphModule. The pieces of a ``chunk`` then stay equal (the model's own
+            ``x.chunk(2, 1)`` still splits where the graph does), and a module whose own code
+            does not survive the new widths (it reads them from attributes) is kept, with the
+            reason in ``result.fxprune_meta["fxprune.kept"]``.
     """
 
     ignore: Any = None
@@ -53,6 +59,7 @@ class AnalysisOptions:
     residual: str = "coupled"
     attention: str = "dims"
     scoring: Any = None
+    keep_class: bool = False
 
 
 @dataclass(frozen=True)

@@ -162,6 +162,29 @@ def _piece_ranges(sizes: list[int]) -> list[tuple[int, int]]:
     return out
 
 
+def _equal_by_code(ctx, name: str) -> bool:  # type: ignore[no-untyped-def]
+    """Does the op's own code split into equal pieces (``chunk(n)``, ``split(int)``, or
+    ``split((c, c))`` with the sizes one attribute gives), so that run eagerly on a pruned
+    tensor it cuts where the graph does only if the pieces stay equal?"""
+    if name == "chunk":
+        return True
+    size = ctx.arg(1, "split_size", ctx.arg(1, "split_size_or_sections"))
+    if isinstance(size, (list, tuple)):
+        return name in ("split", "split_with_sizes") and len(set(size)) == 1
+    return name == "split" and isinstance(size, int)
+
+
+def _couple_pieces(ctx, ids: Tensor, pieces: tuple, sizes: list[int]) -> None:  # type: ignore[no-untyped-def]
+    """Position ``j`` of every piece lives or dies together (``equal_chunks``): the pieces
+    stay equal. Pieces of different sizes cannot stay so: their channels are kept."""
+    if len(set(sizes)) > 1:
+        ctx.freeze(ids, "chunk into pieces of different sizes (keep_class: the model's own "
+                        "code splits the pruned tensor)")
+        return
+    for p in pieces[1:]:
+        ctx.union(pieces[0], p)
+
+
 @register_rule(torch.split, "split", torch.chunk, "chunk", torch.unbind, "unbind",
                torch.split_with_sizes, "split_with_sizes")
 class Split(_Sizes):
@@ -189,8 +212,11 @@ class Split(_Sizes):
         sizes = [int(t.shape[dim]) for t in ctx.out]
         if ids.shape[dim] == 1:
             return tuple(ids for _ in sizes)
-        return tuple(_one_channel_frozen(ctx, ids.narrow(dim, off, s), dim)
-                     for off, s in _piece_ranges(sizes))
+        pieces = tuple(_one_channel_frozen(ctx, ids.narrow(dim, off, s), dim)
+                       for off, s in _piece_ranges(sizes))
+        if ctx.equal_chunks and _equal_by_code(ctx, name):
+            _couple_pieces(ctx, ids, pieces, sizes)
+        return pieces
 
     def rewrite_node(self, node: fx.Node, ctx) -> None:  # type: ignore[no-untyped-def]
         name = node.target if isinstance(node.target, str) else node.target.__name__
