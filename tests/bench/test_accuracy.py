@@ -126,6 +126,27 @@ def test_report_means_and_deltas_per_seed():
     assert "82.00 ± 4.24" in md and "-3.00 ± 2.83" in md and "1 row(s) failed" in md
 
 
+def test_tune_report_with_a_reused_dense_baseline(tmp_path):
+    """`--tune` reuses a dense checkpoint as a row without accuracy: the table still renders
+    (it raised KeyError: 'macs_kept' once every candidate had run)."""
+    from fxprune.bench.accuracy.presets import Job
+    from fxprune.bench.accuracy.rows import dense_path
+    from fxprune.bench.accuracy.runner import _reuse_dense
+
+    dense_path(tmp_path, "m", 0).parent.mkdir()
+    dense_path(tmp_path, "m", 0).write_bytes(b"")
+    done: dict = {}
+    job = Job(model="m", tool="dense", method="dense", target=None, seed=0)
+    _reuse_dense(tmp_path, [job], done)
+    rows = [*done.values(), {"key": "l", "model": "m", "tool": "fxprune", "method": "l1",
+                              "target": 0.5, "seed": 0, "acc": 0.8, "acc_oneshot": 0.1,
+                              "macs_kept": 0.5, "params_kept": 0.4, "speedup": 1.5,
+                              "seconds": 3.0}]
+    md = markdown({"meta": {"preset": {"name": "t", "latency_batch": 64}, "split": "val"},
+                   "rows": rows})
+    assert "80.00" in md
+
+
 def test_torch_pruning_missing_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "torch_pruning", None)
     p = dataclasses.replace(PRESETS["smoke"], methods=("l1", "tp-group"),

@@ -123,7 +123,8 @@ def _reuse_dense(out: Path, dense: list[Job], done: dict[str, Any]) -> None:
     for j in dense:
         if j.key not in done and dense_path(out, j.model, j.seed).exists():
             done[j.key] = {"key": j.key, "model": j.model, "tool": "dense", "method": "dense",
-                           "target": None, "seed": j.seed, "acc": None, "reused": True}
+                           "target": None, "seed": j.seed, "acc": None, "acc_oneshot": None,
+                           "macs_kept": 1.0, "params_kept": 1.0, "reused": True}
 
 
 def run(preset: Preset, out: Path, *, workers: int = 2, threads: int = 1,
