@@ -121,7 +121,10 @@ def _reuse_dense(out: Path, dense: list[Job], done: dict[str, Any]) -> None:
     from fxprune.bench.accuracy.rows import dense_path
 
     for j in dense:
-        if j.key not in done and dense_path(out, j.model, j.seed).exists():
+        if done.get(j.key, {}).get("reused"):  # written by an earlier release without these
+            done[j.key] = {"acc_oneshot": None, "macs_kept": 1.0, "params_kept": 1.0,
+                           **done[j.key]}
+        elif j.key not in done and dense_path(out, j.model, j.seed).exists():
             done[j.key] = {"key": j.key, "model": j.model, "tool": "dense", "method": "dense",
                            "target": None, "seed": j.seed, "acc": None, "acc_oneshot": None,
                            "macs_kept": 1.0, "params_kept": 1.0, "reused": True}
@@ -192,6 +195,7 @@ def run(preset: Preset, out: Path, *, workers: int = 2, threads: int = 1,
                     on_row(row, n, total)
     from fxprune.bench.accuracy.report import write_markdown
 
+    doc["rows"] = sorted(done.values(), key=lambda r: order.get(r["key"], 1 << 30))
     write_markdown(out, preset, doc)
     return doc
 
