@@ -147,8 +147,11 @@ def _module_spec(m: nn.Module) -> dict[str, Any]:
 def save(pruned: fx.GraphModule, path: str | Path) -> None:
     """Save a pruned GraphModule as plain data (loadable with ``weights_only=True``)."""
     if not isinstance(pruned, fx.GraphModule):
+        hint = (" (a compress(..., keep_class=True) result: save the GraphModule of "
+                "compress() without keep_class, and fxprune.graft() it into the class after "
+                "load; see docs/tracing.md)" if hasattr(pruned, "fxprune_meta") else "")
         raise InputError(f"save() expects the GraphModule returned by compress(), got "
-                         f"{type(pruned).__name__}")
+                         f"{type(pruned).__name__}{hint}")
     path = writable(path)
     with model_guard(pruned):  # not while another thread runs it (eval mode, buffers)
         payload = _payload(pruned)

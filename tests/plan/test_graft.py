@@ -161,6 +161,22 @@ def test_hugging_face_style_model_keeps_its_class() -> None:
     assert small.layers[0].scale.shape[0] == small.layers[0].proj.out_channels
 
 
+def test_a_saved_pruned_model_grafts_back_into_a_fresh_instance(tmp_path) -> None:
+    """The reload route for a class whose code reads no width: fxprune.save the GraphModule
+    (no code runs on load), then graft it into a new, dense instance of the class."""
+    model = lively(HFModel())
+    x = torch.rand(2, 3, 32, 32)
+    pruned = fxprune.compress(model, 0.5, example_inputs=x)
+    fxprune.save(pruned, tmp_path / "small.pt")
+    again = fxprune.graft(HFModel(), fxprune.load(tmp_path / "small.pt"), example_inputs=x)
+    assert type(again) is HFModel
+    with torch.no_grad():
+        torch.testing.assert_close(again.eval()(x).logits, pruned.eval()(x).logits)
+    kept = fxprune.compress(model, 0.5, example_inputs=x, keep_class=True)
+    with pytest.raises(fxprune.InputError, match="keep_class=True.*graft"):
+        fxprune.save(kept, tmp_path / "kept.pt")
+
+
 def test_onnx_export_of_the_grafted_model(kept, tmp_path) -> None:
     pytest.importorskip("onnx")
     _, small, _ = kept
