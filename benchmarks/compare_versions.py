@@ -106,16 +106,20 @@ def _write(path: Path, data: dict[str, Any]) -> None:
 def _prune(fxprune: Any, model: Any, inputs: tuple[Any, ...], rec: dict[str, Any],
            job: dict[str, Any]) -> Any:
     """Time ``compress`` (``--repeat`` calls while the first took under ``--repeat-below``
-    seconds); ``seconds`` is the first call's, ``seconds_best`` the fastest."""
-    times = []
+    seconds): wall-clock ``seconds`` (the first call's) and ``seconds_best`` (the fastest), and
+    the same in the process's CPU time (``cpu_seconds``, ``cpu_seconds_best``: what other
+    processes on a busy machine barely change, with one thread)."""
+    times, cpu = [], []
     while True:
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         pruned = fxprune.compress(model, float(job["ratio"]), example_inputs=inputs,
                                   verify=False)
+        cpu.append(time.process_time() - c0)
         times.append(time.perf_counter() - t0)
         if len(times) >= int(job["repeat"]) or times[0] >= float(job["repeat_below"]):
             break
-    rec.update(seconds=times[0], seconds_best=min(times), seconds_all=times)
+    rec.update(seconds=times[0], seconds_best=min(times), seconds_all=times,
+               cpu_seconds=cpu[0], cpu_seconds_best=min(cpu), cpu_seconds_all=cpu)
     return pruned
 
 
@@ -285,34 +289,46 @@ def timing(rows: list[dict[str, Any]], key: str = "seconds") -> dict[str, Any]:
             "per_model": sorted(both, key=lambda r: -r["ratio"])}
 
 
+def _cut(v: Any) -> str:
+    return "-" if v is None else f"{100 * v:.2f}%"
+
+
+#: The time measures of the summary: (label, record key).
+MEASURES = (("wall, first call", "seconds"), ("wall, fastest", "seconds_best"),
+            ("CPU, first call", "cpu_seconds"), ("CPU, fastest", "cpu_seconds_best"))
+
+
 def _timing_lines(rows: list[dict[str, Any]]) -> list[str]:
-    first, best = timing(rows), timing(rows, "seconds_best")
-    if not first["n"]:
+    t = {key: timing(rows, key) for _, key in MEASURES}
+    n = t["seconds"]["n"]
+    if not n:
         return ["No model was pruned by both trees."]
-    lines = [f"Over the {first['n']} models both trees pruned: the first compress call, and the "
-             "fastest of the repeats.", "",
-             "| measure | first call | best of repeats |", "|---|---|---|"]
+    lines = [f"Over the {n} models both trees pruned. Wall: `time.perf_counter`; CPU: "
+             "`time.process_time` (one thread; barely changed by other processes on a busy "
+             "machine). First call: the first `compress`; fastest: of the repeats.", "",
+             "| measure | " + " | ".join(label for label, _ in MEASURES) + " |",
+             "|---|" + "---|" * len(MEASURES)]
     for label, k, fmt in (("baseline total (s)", "baseline_total", ".1f"),
                           ("current total (s)", "current_total", ".1f"),
                           ("total ratio", "total_ratio", ".3f"),
                           ("median of per-model ratios", "median_ratio", ".3f"),
                           ("geometric mean of per-model ratios", "geomean_ratio", ".3f"),
                           ("ratio of median seconds", "median_seconds_ratio", ".3f")):
-        lines.append(f"| {label} | {first[k]:{fmt}} | {best.get(k, 0):{fmt}} |")
-    best_of = {r["model"]: r for r in best.get("per_model", [])}
-    lines += ["", "| model | baseline s | current s | ratio | best: baseline s | current s | "
-              "ratio |", "|---|---|---|---|---|---|---|"]
-    for r in first["per_model"]:
-        b = best_of.get(r["model"])
-        tail = (f"{b['baseline']:.2f} | {b['current']:.2f} | {b['ratio']:.3f}" if b
-                else "- | - | -")
-        lines.append(f"| {r['model']} | {r['baseline']:.2f} | {r['current']:.2f} | "
-                     f"{r['ratio']:.3f} | {tail} |")
+        cells = [f"{t[key][k]:{fmt}}" if t[key]["n"] else "-" for _, key in MEASURES]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    per = {key: {r["model"]: r for r in t[key].get("per_model", [])} for _, key in MEASURES}
+    lines += ["", "Per model, slowest current/baseline first (by CPU, fastest):", "",
+              "| model | wall first: baseline s | current s | ratio | CPU fastest: baseline s | "
+              "current s | ratio |", "|---|---|---|---|---|---|---|"]
+    order = t["cpu_seconds_best"].get("per_model") or t["seconds"]["per_model"]
+    for r in order:
+        cells = []
+        for key in ("seconds", "cpu_seconds_best"):
+            x = per[key].get(r["model"])
+            cells.append(f"{x['baseline']:.2f} | {x['current']:.2f} | {x['ratio']:.3f}" if x
+                         else "- | - | -")
+        lines.append(f"| {r['model']} | " + " | ".join(cells) + " |")
     return lines
-
-
-def _cut(v: Any) -> str:
-    return "-" if v is None else f"{100 * v:.2f}%"
 
 
 def summarize(data: dict[str, Any], title: str, tol: float = 1e-6) -> str:
@@ -429,10 +445,12 @@ def main(argv: list[str] | None = None) -> int:
             b, c = row["baseline"], row["current"]
             ratio = (f"{c['seconds'] / b['seconds']:.3f}" if b.get("seconds")
                      and c.get("seconds") else "-")
+            cpu = (f"{c['cpu_seconds_best'] / b['cpu_seconds_best']:.3f}"
+                   if b.get("cpu_seconds_best") and c.get("cpu_seconds_best") else "-")
             print(f"[{i + 1}/{len(models)}] {model}: baseline {b['status']} "
                   f"{_cut(b.get('macs_cut'))} {b.get('seconds', 0):.2f}s | current "
                   f"{c['status']} {_cut(c.get('macs_cut'))} {c.get('seconds', 0):.2f}s | "
-                  f"ratio {ratio}", flush=True)
+                  f"ratio {ratio} | CPU fastest {cpu}", flush=True)
     md.write_text(summarize(data, title))
     print(md.read_text(), flush=True)
     return 0
