@@ -18,7 +18,8 @@ construction and the first forward are excluded), counts the pruned model, and c
 ``fxprune.verify`` (untimed): ``exact``, ``approximate`` or ``fail``.
 
 The two trees run one after the other for each model and the order alternates (baseline first,
-then current first for the next model), so machine noise falls on both alike. A row per model
+then current first for the next model; ``--flip``: the other way round), so machine noise falls
+on both alike. A row per model
 is written to ``--out`` as soon as both children have finished; a rerun skips the models
 already there (``--redo`` reruns them). A child that runs past ``--timeout`` is killed and
 recorded as a failure (stage ``timeout``). ``--out``'s ``.md`` (same name) gets the summary:
@@ -374,6 +375,16 @@ def summarize(data: dict[str, Any], title: str, tol: float = 1e-6) -> str:
         lines += ["", f"Models whose weights or inputs differed between the trees: "
                       f"{', '.join(inputs)}"]
     lines += ["", "## Compress time (current / baseline)", "", *_timing_lines(rows)]
+    differ = {r["model"] for r in status + macs}
+    same = timing([r for r in rows if r["model"] not in differ], "cpu_seconds_best")
+    wall = timing([r for r in rows if r["model"] not in differ])
+    if differ and same["n"]:
+        lines += ["", "Without the models whose status or MACs cut differ "
+                  f"({', '.join(sorted(differ))}: the trees do different work there), over "
+                  f"{same['n']} models: total ratio "
+                  f"{same['total_ratio']:.3f} (CPU, fastest) / {wall['total_ratio']:.3f} (wall, "
+                  f"first call); median {same['median_ratio']:.3f} / {wall['median_ratio']:.3f}; "
+                  f"geometric mean {same['geomean_ratio']:.3f} / {wall['geomean_ratio']:.3f}."]
     return "\n".join(lines) + "\n"
 
 
@@ -394,6 +405,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "too)")
     p.add_argument("--repeat-below", type=float, default=10,
                    help="repeat only when the first call took under this many seconds")
+    p.add_argument("--flip", action="store_true",
+                   help="the current tree first on the first model (a second round to another "
+                   "--out, to cancel any order effect)")
     p.add_argument("--redo", action="store_true", help="rerun models already in --out")
     p.add_argument("--summary", action="store_true", help="only rewrite the .md from --out")
     p.add_argument("--child", help=argparse.SUPPRESS)
@@ -435,7 +449,7 @@ def main(argv: list[str] | None = None) -> int:
         for i, model in enumerate(models):
             if model in done:
                 continue
-            order = TREES if len(data["rows"]) % 2 == 0 else TREES[::-1]
+            order = TREES if (len(data["rows"]) + args.flip) % 2 == 0 else TREES[::-1]
             row: dict[str, Any] = {"model": model, "order": list(order)}
             for t in order:
                 row[t] = run_one(trees[t], model, args, Path(tmp))
