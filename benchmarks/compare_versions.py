@@ -25,7 +25,9 @@ already there (``--redo`` reruns them). A child that runs past ``--timeout`` is 
 recorded as a failure (stage ``timeout``). ``--out``'s ``.md`` (same name) gets the summary:
 pass counts per tree, the models whose status or MACs cut differ, and the compress time ratio
 current/baseline (total, median and geometric mean of the per-model ratios, over the models
-both trees pruned). ``--summary`` only rewrites the summary from the JSON file.
+both trees pruned). ``--summary`` only rewrites the summary from the JSON file; ``--summary
+--merge A.json B.json --out C.json`` writes C.md from both rounds (per model and tree, the
+smallest of each time).
 """
 
 from __future__ import annotations
@@ -108,8 +110,8 @@ def _prune(fxprune: Any, model: Any, inputs: tuple[Any, ...], rec: dict[str, Any
            job: dict[str, Any]) -> Any:
     """Time ``compress`` (``--repeat`` calls while the first took under ``--repeat-below``
     seconds): wall-clock ``seconds`` (the first call's) and ``seconds_best`` (the fastest), and
-    the same in the process's CPU time (``cpu_seconds``, ``cpu_seconds_best``: what other
-    processes on a busy machine barely change, with one thread)."""
+    the same in the process's CPU time (``cpu_seconds``, ``cpu_seconds_best``: with one thread,
+    less changed than wall time by other processes on a busy machine)."""
     times, cpu = [], []
     while True:
         t0, c0 = time.perf_counter(), time.process_time()
@@ -305,8 +307,9 @@ def _timing_lines(rows: list[dict[str, Any]]) -> list[str]:
     if not n:
         return ["No model was pruned by both trees."]
     lines = [f"Over the {n} models both trees pruned. Wall: `time.perf_counter`; CPU: "
-             "`time.process_time` (one thread; barely changed by other processes on a busy "
-             "machine). First call: the first `compress`; fastest: of the repeats.", "",
+             "`time.process_time` (one thread; less changed than wall time by other processes "
+             "on a busy machine, though a whole process is sometimes slower). First call: the "
+             "first `compress`; fastest: of the repeats.", "",
              "| measure | " + " | ".join(label for label, _ in MEASURES) + " |",
              "|---|" + "---|" * len(MEASURES)]
     for label, k, fmt in (("baseline total (s)", "baseline_total", ".1f"),
@@ -388,6 +391,36 @@ def summarize(data: dict[str, Any], title: str, tol: float = 1e-6) -> str:
     return "\n".join(lines) + "\n"
 
 
+#: Record keys merged across rounds (the smallest value of each).
+TIME_KEYS = ("seconds", "seconds_best", "cpu_seconds", "cpu_seconds_best")
+
+
+def merge_rounds(files: list[Path]) -> dict[str, Any]:
+    """Rounds of the same set (``--flip`` and not) as one comparison: per model and tree the
+    smallest of each time over the rounds (a process is sometimes slow as a whole: the minimum
+    over processes is the robust estimate); status and MACs cut from the first round, a
+    ``rounds_disagree`` note where another round's differ."""
+    datas = [load(f) for f in files]
+    by_model = [{r["model"]: r for r in d["rows"]} for d in datas]
+    rows = []
+    for r in datas[0]["rows"]:
+        others = [b[r["model"]] for b in by_model[1:] if r["model"] in b]
+        row = {"model": r["model"], "order": r["order"], "rounds": 1 + len(others)}
+        for t in TREES:
+            rec = dict(r[t])
+            for o in others:
+                if (o[t]["status"], o[t].get("macs_cut")) != (rec["status"], rec.get("macs_cut")):
+                    rec["rounds_disagree"] = True
+                for k in TIME_KEYS:
+                    if o[t].get(k) and (not rec.get(k) or o[t][k] < rec[k]):
+                        rec[k] = o[t][k]
+            row[t] = rec
+        rows.append(row)
+    meta = dict(datas[0]["meta"])
+    meta["command"] = " + ".join(d["meta"].get("command", "?") for d in datas)
+    return {"meta": meta, "rows": rows}
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     p.add_argument("--set", choices=tuple(SET_FILES), default="default",
@@ -410,6 +443,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "--out, to cancel any order effect)")
     p.add_argument("--redo", action="store_true", help="rerun models already in --out")
     p.add_argument("--summary", action="store_true", help="only rewrite the .md from --out")
+    p.add_argument("--merge", nargs="+", metavar="FILE.json",
+                   help="with --summary: merge these rounds into --out's summary (per model "
+                   "and tree the smallest time of each kind); writes --out's .md only")
     p.add_argument("--child", help=argparse.SUPPRESS)
     return p
 
@@ -425,6 +461,9 @@ def main(argv: list[str] | None = None) -> int:
     title = f"fxprune: current against baseline, --set {args.set}"
     data = load(out)
     if args.summary:
+        if args.merge:
+            data = merge_rounds([Path(f) for f in args.merge])
+            title += f" (best of {len(args.merge)} rounds)"
         md.write_text(summarize(data, title))
         return 0
     trees = {"baseline": Path(args.baseline).resolve(), "current": Path(args.current).resolve()}
