@@ -14,20 +14,20 @@ from). The child works like ``fxprune bench prunability``: a model with random w
 ``pretrained_cfg["input_size"]``, torchvision's 3x224x224), ``torch.set_num_threads(1)``;
 it runs the model once and counts it (:func:`fxprune.count`), then times only
 ``fxprune.compress(model, 0.5, example_inputs=inputs, verify=False)`` (imports, model
-construction and the first forward are excluded), counts the pruned model, and checks it with
-``fxprune.verify`` (untimed): ``exact``, ``approximate`` or ``fail``.
+construction and the first forward are excluded; ``--repeat`` calls: the first and the fastest,
+in wall-clock and CPU time), counts the pruned model, and checks it with ``fxprune.verify``
+(untimed): ``exact``, ``approximate`` or ``fail``.
 
 The two trees run one after the other for each model and the order alternates (baseline first,
 then current first for the next model; ``--flip``: the other way round), so machine noise falls
-on both alike. A row per model
-is written to ``--out`` as soon as both children have finished; a rerun skips the models
-already there (``--redo`` reruns them). A child that runs past ``--timeout`` is killed and
-recorded as a failure (stage ``timeout``). ``--out``'s ``.md`` (same name) gets the summary:
-pass counts per tree, the models whose status or MACs cut differ, and the compress time ratio
-current/baseline (total, median and geometric mean of the per-model ratios, over the models
-both trees pruned). ``--summary`` only rewrites the summary from the JSON file; ``--summary
---merge A.json B.json --out C.json`` writes C.md from both rounds (per model and tree, the
-smallest of each time).
+on both alike. A row per model is written to ``--out`` as soon as both children have finished; a
+rerun skips the models already there (``--redo`` reruns them). A child that runs past
+``--timeout`` is killed and recorded as a failure (stage ``timeout``). ``--out``'s ``.md`` (same
+name) gets the summary: pass counts per tree, the models whose status or MACs cut differ, and
+the compress time ratio current/baseline (total, median and geometric mean of the per-model
+ratios, over the models both trees pruned). ``--summary`` only rewrites the summary from the
+JSON file; ``--summary --merge A.json B.json --out C.json`` writes C.md from both rounds (per
+model and tree, the smallest of each time).
 """
 
 from __future__ import annotations
