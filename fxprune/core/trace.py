@@ -25,6 +25,7 @@ import torch
 import torch.fx as fx
 import torch.nn as nn
 
+from fxprune.core.concrete import attrs_restore, attrs_snapshot, concrete_graph
 from fxprune.core.decompose import needs_shape
 from fxprune.core.tracer import FxPruneTracer
 from fxprune.errors import InputError, TraceFailure, is_library_file, short_error
@@ -74,8 +75,6 @@ def _stack_traces(model: nn.Module, leaves: dict[str, str], inputs: tuple | None
     before = set(model.__dict__)
     with untouched(model):  # tracing runs Python code on real buffers (self.n.add_(1))
         if inputs is not None:
-            from fxprune.core.concrete import concrete_graph
-
             graph, _ = concrete_graph(model, inputs, _input_shapes(model, inputs), leaves,
                                       record_stack_traces=True, max_retries=1)
         else:
@@ -163,8 +162,6 @@ def _best_graph(model: nn.Module, inputs: tuple, shapes: dict[str, tuple[int, ..
     """torch.fx's symbolic trace where it traces everything; else the concrete-value trace
     (:mod:`fxprune.core.concrete`) where it keeps fewer modules opaque (or the symbolic one fails).
     Returns the graph, ``{opaque module: reason}`` and whether the trace is concrete."""
-    from fxprune.core.concrete import attrs_restore, attrs_snapshot, concrete_graph
-
     snap = attrs_snapshot(model)  # a forward may cache values on its modules
     try:
         graph, leaves = _trace_graph(model, shapes)
