@@ -26,6 +26,7 @@ import torch.fx as fx
 import torch.nn as nn
 
 from fxprune.core.concrete import attrs_restore, attrs_snapshot, concrete_graph
+from fxprune.core.concrete_meta import concrete_graph_cheapest
 from fxprune.core.decompose import needs_shape
 from fxprune.core.tracer import FxPruneTracer
 from fxprune.errors import InputError, TraceFailure, is_library_file, short_error
@@ -168,7 +169,7 @@ def _best_graph(model: nn.Module, inputs: tuple, shapes: dict[str, tuple[int, ..
     except TraceFailure as e:
         attrs_restore(snap)
         try:
-            cgraph, copaque = concrete_graph(model, inputs, shapes)
+            cgraph, copaque = concrete_graph_cheapest(model, inputs, shapes)
         except Exception:  # noqa: BLE001 - the symbolic trace's message names the user's line
             raise e from None
         return cgraph, copaque, True
@@ -176,7 +177,7 @@ def _best_graph(model: nn.Module, inputs: tuple, shapes: dict[str, tuple[int, ..
     if not leaves:
         return graph, leaves, False
     try:
-        cgraph, copaque = concrete_graph(model, inputs, shapes)
+        cgraph, copaque = concrete_graph_cheapest(model, inputs, shapes)
     except Exception:  # noqa: BLE001 - the symbolic graph (with its opaque leaves) stands
         return graph, leaves, False
     if len(copaque) < len(leaves):
