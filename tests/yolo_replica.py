@@ -14,25 +14,14 @@ from __future__ import annotations
 
 from typing import Any
 
+import concrete_replicas
 import torch
 import torch.nn as nn
-from concrete_replicas import Bottleneck, Concat, Conv, make_anchors
+from concrete_replicas import Concat, Conv, make_anchors
 
 
-class C2f(nn.Module):
+class C2f(concrete_replicas.C2f):
     """ultralytics' C2f: ``forward`` chunks, ``forward_split`` splits by ``self.c``."""
-
-    def __init__(self, c1: int, c2: int, n: int = 1):
-        super().__init__()
-        self.c = c2 // 2
-        self.cv1 = Conv(c1, 2 * self.c)
-        self.cv2 = Conv((2 + n) * self.c, c2)
-        self.m = nn.ModuleList(Bottleneck(self.c) for _ in range(n))
-
-    def forward(self, x: Any) -> Any:
-        y = list(self.cv1(x).chunk(2, 1))
-        y.extend(m(y[-1]) for m in self.m)
-        return self.cv2(torch.cat(y, 1))
 
     def forward_split(self, x: Any) -> Any:
         y = list(self.cv1(x).split((self.c, self.c), 1))
