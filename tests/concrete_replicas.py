@@ -86,11 +86,11 @@ class Detect(nn.Module):
     """A detection head whose anchors depend on the feature-map size, cached on the module
     (``self.shape``, ``self.anchors``) as ultralytics' Detect does."""
 
-    def __init__(self, nc: int, ch: tuple[int, ...]):
+    def __init__(self, nc: int, ch: tuple[int, ...], hidden: int = 32):
         super().__init__()
         self.nc, self.no = nc, nc + 4
         self.stride = torch.tensor([0.125, 0.25])
-        self.cv = nn.ModuleList(nn.Sequential(Conv(c, 32, 3), nn.Conv2d(32, self.no, 1))
+        self.cv = nn.ModuleList(nn.Sequential(Conv(c, hidden, 3), nn.Conv2d(hidden, self.no, 1))
                                 for c in ch)
         self.shape = None
 

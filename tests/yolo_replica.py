@@ -17,7 +17,7 @@ from typing import Any
 import concrete_replicas
 import torch
 import torch.nn as nn
-from concrete_replicas import Concat, Conv, make_anchors
+from concrete_replicas import Concat, Conv
 
 
 class C2f(concrete_replicas.C2f):
@@ -61,38 +61,26 @@ class PSA(nn.Module):
         return x + self.ffn(x)
 
 
-class Detect(nn.Module):
+class Detect(concrete_replicas.Detect):
     """Raw maps in training; in eval, boxes decoded with anchors from the maps' size (cached
     on the module) and the maps."""
 
     def __init__(self, nc: int, ch: tuple[int, ...]):
-        super().__init__()
-        self.nc, self.no = nc, nc + 4
+        super().__init__(nc, ch, hidden=16)
         self.stride = torch.zeros(len(ch))  # set by the model, as ultralytics does
-        self.cv = nn.ModuleList(nn.Sequential(Conv(c, 16, 3), nn.Conv2d(16, self.no, 1))
-                                for c in ch)
-        self.shape = None
 
     def forward(self, x: list) -> Any:
-        x = [self.cv[i](xi) for i, xi in enumerate(x)]
         if self.training:
-            return x
-        shape = x[0].shape
-        if self.shape != shape:
-            self.anchors, self.strides = (t.transpose(0, 1) for t in make_anchors(x, self.stride))
-            self.shape = shape
-        out = torch.cat([xi.view(shape[0], self.no, -1) for xi in x], 2)
-        box, cls = out.split((4, self.nc), 1)
-        anchors = self.anchors.unsqueeze(0).repeat(1, 2, 1) * self.strides
-        return torch.cat((box + anchors, cls.sigmoid()), 1), x
+            return [self.cv[i](xi) for i, xi in enumerate(x)]
+        return super().forward(x)
 
 
-class YoloLike(nn.Module):
-    """A ``DetectionModel``-like wrapper: routed layers and attributes that a GraphModule
-    would not carry."""
+class YoloLike(concrete_replicas.Yolo):
+    """A ``DetectionModel``-like wrapper: routed layers (the replica's ``forward``) and
+    attributes that a GraphModule would not carry."""
 
     def __init__(self, nc: int = 3, attention: bool = True):
-        super().__init__()
+        nn.Module.__init__(self)  # other layers than the replica's
         layers = [Conv(3, 16, 3, 2), Conv(16, 32, 3, 2), C2f(32, 32), Conv(32, 64, 3, 2),
                   C2f(64, 64), PSA(64) if attention else Conv(64, 64, 3),
                   nn.Upsample(scale_factor=2.0), Concat(1), C2f(96, 32), Detect(nc, (32, 64))]
@@ -106,12 +94,3 @@ class YoloLike(nn.Module):
         self.args = {"imgsz": 64}
         self.stride = torch.tensor([4.0, 8.0])
         self.model[-1].stride = self.stride
-
-    def forward(self, x: Any) -> Any:
-        y: list[Any] = []
-        for m in self.model:
-            if m.f != -1:
-                x = y[m.f] if isinstance(m.f, int) else [x if j == -1 else y[j] for j in m.f]
-            x = m(x)
-            y.append(x if m.i in self.save else None)
-        return x
