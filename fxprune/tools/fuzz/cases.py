@@ -59,7 +59,7 @@ STAGE_OF_MODULE = {
     "fxprune.core.trace": "trace", "fxprune.core.decompose": "trace",
     "fxprune.core.concrete": "trace", "fxprune.core.boundary": "trace",
     "fxprune.core.tracer": "trace",
-    "fxprune.core.concrete_values": "trace",
+    "fxprune.core.concrete_values": "trace", "fxprune.core.concrete_meta": "trace",
     "fxprune.criteria": "select", "fxprune.passes": "select", "fxprune.core.select": "select",
     "fxprune.core.clr": "select", "fxprune.plan": "select",
     "fxprune.rules.rewritectx": "rewrite", "fxprune.core.rewrite": "rewrite",
