@@ -74,10 +74,6 @@ def same_mode(grafted: nn.Module, pruned: nn.Module) -> Iterator[None]:
 
 
 
-def _same(a: list, b: list) -> bool:
-    return outputs_close(a, b)
-
-
 def _record_pruned(grafted: nn.Module, pruned: nn.Module, leaves: list[str], inputs: tuple
                    ) -> dict[str, list[tuple[list, list]]]:
     """``{leaf: [(inputs, outputs) of each call]}`` during one run of ``pruned``."""
@@ -131,7 +127,7 @@ class _Watch:
                 if k >= len(ref):
                     raise _Diverged(name, f"'{name}' is called more often than in the pruned "
                                           "model")
-                if not _same(ins, ref[k][0]):
+                if not outputs_close(ins, ref[k][0]):
                     raise _Diverged(name, f"'{name}' gets inputs of shapes ({_shapes(ins)}) "
                                           f"where the pruned model's gets ({_shapes(ref[k][0])})"
                                     if [t.shape for t in ins] != [t.shape for t in ref[k][0]]
@@ -142,7 +138,8 @@ class _Watch:
     def _post(self, name: str) -> Any:
         def hook(m: nn.Module, args: tuple, out: Any) -> None:
             outs = flat_tensors(out)
-            if name in self.seen and not _same(outs, self.seen[name][self.calls[name] - 1][1]):
+            ref = self.seen.get(name)
+            if ref is not None and not outputs_close(outs, ref[self.calls[name] - 1][1]):
                 raise _Diverged(name, f"'{name}' returns other values than in the pruned model")
             if self.stack and self.stack[-1][0] == name:
                 self.stack.pop()
