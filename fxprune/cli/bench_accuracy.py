@@ -34,7 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tune", action="append", metavar="FIELD=V1,V2",
                    help="choose settings on the validation split: run every combination of "
                         "the values (distill, temperature, gradual_steps, group_scoring, "
-                        "recal_batches, lr) with all accuracies measured on validation, the "
+                        "recal_batches, lr, recipe_allocation, soft_clip, soft_settle, "
+                        "fppmo_tau) with all accuracies measured on validation, the "
                         "test split never read; repeatable")
     p.add_argument("--seeds", type=int, nargs="+", help="override the preset's seeds")
     p.add_argument("--limit", type=int, help="stop after this many new rows")

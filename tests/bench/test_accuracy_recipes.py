@@ -133,3 +133,37 @@ def test_cli_rejects_bad_recipes_and_grids(tmp_path, capsys) -> None:
     assert "parts must be" in capsys.readouterr().err
     assert main(["--methods", "l2+kd", "--tune", "seeds=1,2", "--out", str(tmp_path)]) == 2
     assert "FIELD" in capsys.readouterr().err
+
+
+def test_soft_and_allocation_tunables_reach_the_rows(monkeypatch) -> None:
+    """``soft_clip``/``soft_settle``/``fppmo_tau`` become SoftPruner keywords of the fxprune
+    variant only, ``recipe_allocation`` the allocation of recipe rows only, and a preset at
+    their defaults records none of them (committed results stay comparable)."""
+    from fxprune.bench.accuracy.presets import _QUIET_DEFAULTS
+
+    assert not set(_QUIET_DEFAULTS) & set(PRESETS["cpu"].to_dict())
+    grid = parse_grid(["soft_clip=none,20", "soft_settle=0", "fppmo_tau=0.1",
+                       "recipe_allocation=global"])
+    p = candidates(PRESETS["cpu"], grid)[0]
+    assert p.soft_clip == "none" and p.to_dict()["soft_settle"] == 0
+    assert R._soft_engine(p, "fppmo") == {"max_grad_norm": None, "settle": 0, "tau": 0.1}
+    assert R._soft_engine(p, "sfp") == {"max_grad_norm": None, "settle": 0}
+    assert R._soft_engine(PRESETS["cpu"], "fppmo") == {}
+    with pytest.raises(InputError, match="soft_clip"):
+        R._soft_engine(dataclasses.replace(p, soft_clip="big"), "sfp")
+    seen = []
+    monkeypatch.setattr(R, "compress", lambda *a, **k: seen.append(k["allocation"]) or 1 / 0)
+    for method in ("l2", "l2+kd"):
+        with pytest.raises(ZeroDivisionError):
+            R._oneshot(p, Job("resnet20", "fxprune", method, 0.5, 0), None, None, None, [],
+                       None, {}, method_spec(method)[2], None)
+    assert seen == ["uniform", "global"]
+
+
+def test_dense_checkpoint_of_the_folder_is_evaluated_not_retrained(dense_dir,
+                                                                   monkeypatch) -> None:
+    """A dense row whose checkpoint is already in the folder (trained for a --tune preset)
+    is evaluated from it: no training."""
+    monkeypatch.setattr(R, "_fit", lambda *a, **k: pytest.fail("dense retrained"))
+    row = R.run_job(TINY, Job("resnet20", "dense", "dense", None, 0), dense_dir)
+    assert row["checkpoint_reused"] and 0 <= row["acc"] <= 1

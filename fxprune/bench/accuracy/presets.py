@@ -159,6 +159,15 @@ class Preset:
     distill: float = 0.5
     temperature: float = 4.0
     gradual_steps: int = 2
+    # how a recipe's cut spreads over the groups ("uniform", "global", "clr"; see
+    # fxprune.plan.policies); plain criterion rows (l1, l2, ...) stay uniform, as the papers
+    recipe_allocation: str = "uniform"
+    # the fxprune variant of the soft rows (sfp, mfp, fppmo, fpgm-soft): SoftPruner's
+    # max_grad_norm ("auto", "none" or a number), settle epochs and FPPMO's prior temperature;
+    # the defaults are SoftPruner's, re-chosen on validation (docs/accuracy.md)
+    soft_clip: str = "auto"
+    soft_settle: int = 1
+    fppmo_tau: float = 0.25
     note: str = ""
 
     def to_dict(self) -> dict[str, Any]:
@@ -166,9 +175,19 @@ class Preset:
         d["models"], d["seeds"], d["targets"], d["methods"] = (
             list(self.models), list(self.seeds), list(self.targets), list(self.methods))
         d["swp_alpha"] = list(self.swp_alpha)
-        if not d["score_recalibration"]:  # results files of earlier presets stay comparable
+        # results files of earlier presets stay comparable
+        if not d["score_recalibration"]:
             del d["score_recalibration"]
+        for name, default in _QUIET_DEFAULTS.items():
+            if d[name] == default:
+                del d[name]
         return d
+
+
+# fields added after results were committed: left out of a preset's record while at their
+# default, so that those results stay comparable (runner._row_config)
+_QUIET_DEFAULTS = {"recipe_allocation": "uniform", "soft_clip": "auto", "soft_settle": 1,
+                   "fppmo_tau": 0.25}
 
 
 # the methods of the longer budget: both variants of every paper method, and the references

@@ -42,6 +42,7 @@ from fxprune.costs.count import count
 from fxprune.costs.latency import measure_latency
 from fxprune.costs.paper_flops import paper_flops_cut
 from fxprune.criteria import get_criterion
+from fxprune.errors import InputError
 from fxprune.plan.allocate import ALLOCATION
 from fxprune.plan.compress import compress
 from fxprune.train import SoftPruner, data, evaluate, fit
@@ -159,7 +160,8 @@ def _oneshot(p: Preset, job: Job, model: nn.Module, x: torch.Tensor, train: Any,
     """A criterion's cut (or a recipe's cuts) at the row's MACs, then fine-tuning."""
     parts = how.get("parts", ())
     ckw: dict[str, Any] = {"criterion": how["criterion"], "seed": job.seed,
-                           "allocation": how.get("allocation", "uniform")}
+                           "allocation": how.get("allocation", p.recipe_allocation if parts
+                                                 else "uniform")}
     if get_criterion(how["criterion"]).needs_data:
         ckw["data"] = val_batches
     if "group" in parts:
@@ -209,6 +211,8 @@ def _run_method(p: Preset, job: Job, model: nn.Module, x: torch.Tensor, train: A
                           "variant": how.get("variant", "fxprune")}
     if p.score_recalibration and how["method"] in ("mfp", "fppmo"):
         kw["score_recalibration"] = p.score_recalibration
+    if kw["variant"] == "fxprune":
+        kw.update(_soft_engine(p, how["method"]))
     if kind == "swp":
         kw["alpha"] = row["alpha"] = job.option
     elif kind != "learned":
@@ -224,6 +228,23 @@ def _run_method(p: Preset, job: Job, model: nn.Module, x: torch.Tensor, train: A
     row["acc_oneshot"] = _acc(model, test) if kind == "soft" else None
     _fit(p, model, train, p.epochs, p.lr, job.seed, pruner=pruner)
     return pruner.finalize(), keep_rate
+
+
+def _soft_engine(p: Preset, method: str) -> dict[str, Any]:
+    """SoftPruner keywords of the preset's soft settings that differ from SoftPruner's
+    defaults (``Preset.soft_clip``, ``soft_settle``, ``fppmo_tau``)."""
+    kw: dict[str, Any] = {}
+    if p.soft_clip != "auto":
+        try:
+            kw["max_grad_norm"] = None if p.soft_clip == "none" else float(p.soft_clip)
+        except ValueError:
+            raise InputError(f"soft_clip must be 'auto', 'none' or a number, got "
+                             f"{p.soft_clip!r}") from None
+    if p.soft_settle != 1:
+        kw["settle"] = p.soft_settle
+    if method == "fppmo" and p.fppmo_tau != 0.25:
+        kw["tau"] = p.fppmo_tau
+    return kw
 
 
 def _channel_selection(method: str) -> bool:
@@ -262,10 +283,14 @@ def run_job(p: Preset, job: Job, out: Path, split: str = "test") -> dict[str, An
     dense = _model(job.model, splits)
     t0 = time.perf_counter()
     if job.method == "dense":
-        _fit(p, dense, train, p.dense_epochs, p.dense_lr, job.seed)
         path = dense_path(out, job.model, job.seed)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(dense.state_dict(), path)
+        if path.exists():  # trained for another preset of this folder (--tune): evaluated only
+            dense.load_state_dict(torch.load(path, weights_only=True))
+            row["checkpoint_reused"] = True
+        else:
+            _fit(p, dense, train, p.dense_epochs, p.dense_lr, job.seed)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            torch.save(dense.state_dict(), path)
         row.update(epochs=p.dense_epochs, lr=p.dense_lr, acc=_acc(dense, test),
                    acc_oneshot=None, macs_kept=1.0, params_kept=1.0, paper_flops_cut=0.0,
                    speedup=1.0, seconds=time.perf_counter() - t0)
