@@ -121,7 +121,8 @@ class SoftPruner:
             ``finalize``.
         max_grad_norm: clip the global gradient norm before every optimizer step (in the
             step pre-hook, after DDP's all-reduce and the AMP unscale). ``"auto"`` (default):
-            5.0 for ``hold="epoch"`` (sfp, soft, mfp, fppmo), None otherwise. fxprune's
+            5.0 for ``hold="epoch"`` (sfp, soft, mfp), None otherwise and for fppmo (chosen
+            on validation splits: docs/training.md). fxprune's
             deviation from the authors' code, measured: a zeroed filter's first gradient
             through BatchNorm is scaled by ``gamma / sqrt(eps)`` (316x), the regrown filters'
             norms exploded (~6 -> ~250 on digits) and SFP ended at 55% instead of 97%.
@@ -168,8 +169,8 @@ class SoftPruner:
         self.method = get_method(method)(**method_options)
         self.model, self.data, self.seed, self.interval, self.bn = model, data, seed, interval, bn
         self.hold = hold or self.method.hold
-        self.max_grad_norm = (AUTO_GRAD_NORM if self.hold == "epoch" else None) \
-            if max_grad_norm == "auto" else max_grad_norm
+        self.max_grad_norm = (AUTO_GRAD_NORM if self.hold == "epoch" and self.method.auto_clip
+                              else None) if max_grad_norm == "auto" else max_grad_norm
         self.criterion = criterion if criterion is not None else self.method.default_criterion
         if self.criterion is not None:
             get_criterion(self.criterion)

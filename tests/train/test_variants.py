@@ -37,7 +37,7 @@ def test_paper_variant_runs_the_authors_settings(method):
     assert f["milestones"] == [60, 120, 160] and f["gamma"] == 0.2  # SFP's CIFAR schedule
     mine = SoftPruner(_net(), target_flops=0.5, method=method, example_inputs=(X,), data=data)
     assert (mine.variant, mine.settle, mine.residual) == ("fxprune", 1, "coupled")
-    assert mine.max_grad_norm == (5.0 if method != "fpgm" else None)
+    assert mine.max_grad_norm == (5.0 if method in ("sfp", "mfp") else None)
 
 
 def test_swp_paper_variant_no_clip_no_l1_on_1x1():
@@ -62,7 +62,7 @@ def test_variant_conflicts_and_unknown_names_raise():
 
 
 @pytest.mark.parametrize("name", ["sfp (paper)", "fpgm-soft (paper)", "mfp (paper)",
-                                  "fppmo (paper)", "swp (paper)", "sfp"])
+                                  "fppmo (paper)", "swp (paper)", "sfp", "fppmo"])
 def test_benchmark_rows_construct_the_labelled_variant(name, monkeypatch):
     """The benchmark row's SoftPruner and fit arguments are the variant's."""
     seen: dict = {}
@@ -85,7 +85,9 @@ def test_benchmark_rows_construct_the_labelled_variant(name, monkeypatch):
             assert pruner.method.stripes.regularize_1x1 is False
     else:
         assert row["variant"] == "fxprune" and pruner.settle == 1
-        assert pruner.max_grad_norm == 5.0 and pruner.residual == "coupled"
+        # fxprune's clip: 5 for hold="epoch" methods, none for FPPMO (chosen on validation)
+        assert pruner.max_grad_norm == (None if name == "fppmo" else 5.0)
+        assert pruner.residual == "coupled"
         assert seen["bn_recalibration"] == p.bn_recalibration and "schedule" not in seen
 
 
