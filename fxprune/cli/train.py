@@ -100,7 +100,7 @@ def _pruning_args(g: Any) -> None:
                         "(default 1; 0: the authors' schedule)")
     g.add_argument("--max-grad-norm", type=_grad_norm, default="auto", metavar="X|auto|none",
                    help="clip the gradient norm in the pruner's step hook (default auto: 5 "
-                        "for per-epoch masks (sfp, soft, mfp, fppmo), none otherwise)")
+                        "for per-epoch masks (sfp, soft, mfp), none otherwise and for fppmo)")
     g.add_argument("--variant", choices=("fxprune", "paper"), default="fxprune",
                    help="paper: the authors' settings of the method (no clip, no settle epoch, "
                         "residual scatter, no BN recalibration, their step schedule and weight "

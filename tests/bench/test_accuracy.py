@@ -223,3 +223,20 @@ def test_workers_stop_when_the_run_is_killed(tmp_path):
         time.sleep(0.2)
     os.kill(worker, signal.SIGKILL)
     raise AssertionError("the worker outlived its run")
+
+
+def test_a_record_without_a_newer_field_keeps_its_rows():
+    """A results file written before a Preset field existed (distill, recal_batches, ... were
+    added after the cpu rows) reads that field as its default: resuming it with a new method
+    does not discard the finished rows; a changed value still does."""
+    from fxprune.bench.accuracy.runner import _row_config
+
+    new = PRESETS["cpu"].to_dict()
+    old = {k: v for k, v in new.items() if k not in ("distill", "group_scoring",
+                                                     "recal_batches", "gradual_steps")}
+    assert _row_config(old) == _row_config(new)
+    assert _row_config({**old, "distill": 0.9}) != _row_config(new)
+    committed = Path(__file__).resolve().parents[2] / "benchmarks/results/accuracy_cpu.json"
+    if committed.exists():  # the committed cpu rows: resumable by today's preset
+        stored = json.loads(committed.read_text())["meta"]["preset"]
+        assert _row_config(stored) == _row_config(new)

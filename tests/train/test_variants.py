@@ -62,7 +62,8 @@ def test_variant_conflicts_and_unknown_names_raise():
 
 
 @pytest.mark.parametrize("name", ["sfp (paper)", "fpgm-soft (paper)", "mfp (paper)",
-                                  "fppmo (paper)", "swp (paper)", "sfp", "fppmo"])
+                                  "fppmo (paper)", "swp (paper)", "sfp", "fppmo",
+                                  "swp-budget"])
 def test_benchmark_rows_construct_the_labelled_variant(name, monkeypatch):
     """The benchmark row's SoftPruner and fit arguments are the variant's."""
     seen: dict = {}
@@ -88,6 +89,8 @@ def test_benchmark_rows_construct_the_labelled_variant(name, monkeypatch):
         # fxprune's clip: 5 for hold="epoch" methods, none for FPPMO (chosen on validation)
         assert pruner.max_grad_norm == (None if name == "fppmo" else 5.0)
         assert pruner.residual == "coupled"
+        if name == "swp-budget":  # finalized with stripes everywhere: MACs at the target
+            assert row["kernel"] == pruner.method.stripes.kernel == "stripe"
         assert seen["bn_recalibration"] == p.bn_recalibration and "schedule" not in seen
 
 

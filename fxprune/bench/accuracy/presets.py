@@ -36,8 +36,10 @@ METHODS: dict[str, tuple[str, str, dict[str, Any]]] = {
     "fppmo (paper)": ("fxprune", "soft", {"method": "fppmo", "variant": "paper"}),
     "swp (paper)": ("fxprune", "swp", {"method": "swp", "variant": "paper"}),
     # SWP with a budget (fxprune's addition): the weakest stripes removed on a ramp until the
-    # stripe-convention MACs reach the row's target
-    "swp-budget": ("fxprune", "soft", {"method": "swp"}),
+    # stripe-convention MACs reach the row's target; finalized with the stripe kernel in every
+    # layer, so that the measured MACs are the target's (the default kernel="probe" keeps a
+    # layer dense where that is faster: its MACs then stay near 1.0)
+    "swp-budget": ("fxprune", "soft", {"method": "swp", "kernel": "stripe"}),
     "tp-magnitude": ("torch-pruning", "tp", {"importance": "magnitude"}),
     "tp-group": ("torch-pruning", "tp", {"importance": "group"}),
 }

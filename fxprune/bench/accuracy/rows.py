@@ -209,6 +209,8 @@ def _run_method(p: Preset, job: Job, model: nn.Module, x: torch.Tensor, train: A
         return small, None
     kw: dict[str, Any] = {"example_inputs": (x,), "seed": job.seed, "method": how["method"],
                           "variant": how.get("variant", "fxprune")}
+    if "kernel" in how:  # SWP's finalize kernel (swp-budget: "stripe")
+        kw["kernel"] = row["kernel"] = how["kernel"]
     if p.score_recalibration and how["method"] in ("mfp", "fppmo"):
         kw["score_recalibration"] = p.score_recalibration
     if kw["variant"] == "fxprune":

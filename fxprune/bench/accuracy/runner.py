@@ -9,6 +9,7 @@ from __future__ import annotations
 __all__ = ["run", "load_results", "recheck"]
 
 import concurrent.futures as cf
+import dataclasses
 import datetime as _dt
 import json
 import multiprocessing as mp
@@ -55,9 +56,23 @@ _DENSE_FIELDS = ("dataset", "subset", "dense_epochs", "dense_lr", "batch", "amp"
 _SELECTION_FIELDS = ("models", "methods", "seeds", "targets", "note")
 
 
+def _field_defaults() -> dict[str, Any]:
+    """Every Preset field that has a default, as ``Preset.to_dict`` records it."""
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(Preset):
+        if f.default is not dataclasses.MISSING:
+            out[f.name] = list(f.default) if isinstance(f.default, tuple) else f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            out[f.name] = f.default_factory()
+    return out
+
+
 def _row_config(preset: dict[str, Any]) -> dict[str, Any]:
-    """The settings every method row depends on."""
-    return {k: v for k, v in preset.items() if k not in _SELECTION_FIELDS}
+    """The settings every method row depends on. A field the record lacks was added to
+    Preset after the record was written, with the behaviour of the code that wrote it as its
+    default: it reads as that default (a new setting does not discard finished rows)."""
+    full = {**_field_defaults(), **preset}
+    return {k: v for k, v in full.items() if k not in _SELECTION_FIELDS}
 
 
 def _dense_config(preset: dict[str, Any]) -> tuple:
