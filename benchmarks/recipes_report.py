@@ -78,7 +78,8 @@ def main() -> None:
         have = [a for a in v if a is not None]
         sd = statistics.stdev(have) if len(have) > 1 else 0.0
         rows.append([*key[:2], "dense" if key[2] is None else key[2],
-                     f"{statistics.mean(have):.2f} ± {sd:.2f}" if have else "–", len(have),
+                     (f"{statistics.mean(have):.2f} ± {sd:.2f}" if len(have) > 1
+                      else f"{have[0]:.2f}" if have else "–"), len(have),
                      f"{unseen[key][args.unseen]:.2f}" if args.unseen in unseen.get(key, {})
                      else "–"])
     print(tabulate(rows, ["model", "method", "MACs", f"test acc % seeds {args.seeds}",
