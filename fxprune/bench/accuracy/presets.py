@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-__all__ = ["Preset", "PRESETS", "METHODS", "RECIPE_PARTS", "Job", "jobs", "row_key",
-           "method_spec", "method_names", "recipe_spec"]
+__all__ = ["Preset", "PRESETS", "PRESET_DEFAULTS", "METHODS", "RECIPE_PARTS", "Job", "jobs",
+           "row_key", "method_spec", "method_names", "recipe_spec"]
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from fxprune.criteria import list_criteria
@@ -180,16 +180,16 @@ class Preset:
         # results files of earlier presets stay comparable
         if not d["score_recalibration"]:
             del d["score_recalibration"]
-        for name, default in _QUIET_DEFAULTS.items():
-            if d[name] == default:
+        for name in _QUIET_DEFAULTS:
+            if d[name] == PRESET_DEFAULTS[name]:
                 del d[name]
         return d
 
 
 # fields added after results were committed: left out of a preset's record while at their
 # default, so that those results stay comparable (runner._row_config)
-_QUIET_DEFAULTS = {"recipe_allocation": "uniform", "soft_clip": "auto", "soft_settle": 1,
-                   "fppmo_tau": 0.25}
+_QUIET_DEFAULTS = ("recipe_allocation", "soft_clip", "soft_settle", "fppmo_tau")
+PRESET_DEFAULTS = {f.name: f.default for f in fields(Preset)}
 
 
 # the methods of the longer budget: both variants of every paper method, and the references

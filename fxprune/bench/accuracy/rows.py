@@ -36,7 +36,7 @@ import torch
 import torch.nn as nn
 
 from fxprune.bench.accuracy.heldout import HeldOut
-from fxprune.bench.accuracy.presets import Job, Preset, method_spec
+from fxprune.bench.accuracy.presets import PRESET_DEFAULTS, Job, Preset, method_spec
 from fxprune.core.recalibrate import recalibrate_bn
 from fxprune.costs.count import count
 from fxprune.costs.latency import measure_latency
@@ -236,15 +236,15 @@ def _soft_engine(p: Preset, method: str) -> dict[str, Any]:
     """SoftPruner keywords of the preset's soft settings that differ from SoftPruner's
     defaults (``Preset.soft_clip``, ``soft_settle``, ``fppmo_tau``)."""
     kw: dict[str, Any] = {}
-    if p.soft_clip != "auto":
+    if p.soft_clip != PRESET_DEFAULTS["soft_clip"]:
         try:
             kw["max_grad_norm"] = None if p.soft_clip == "none" else float(p.soft_clip)
         except ValueError:
             raise InputError(f"soft_clip must be 'auto', 'none' or a number, got "
                              f"{p.soft_clip!r}") from None
-    if p.soft_settle != 1:
+    if p.soft_settle != PRESET_DEFAULTS["soft_settle"]:
         kw["settle"] = p.soft_settle
-    if method == "fppmo" and p.fppmo_tau != 0.25:
+    if method == "fppmo" and p.fppmo_tau != PRESET_DEFAULTS["fppmo_tau"]:
         kw["tau"] = p.fppmo_tau
     return kw
 
