@@ -12,6 +12,8 @@ of issue 21 evaluated on both:
 - the recipe within 0.3 pt of the dense model at 0.5 MACs on resnet20 and resnet20_b.
 
     python benchmarks/recipes_report.py [--seeds 0 1 2] [--unseen 5]
+    # other folders under benchmarks/results, another recommended recipe:
+    python benchmarks/recipes_report.py --dev DIR --unseen-dir DIR2 --recipe l2+group+kd+search
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ def mean(accs: dict[int, float], seeds: list[int]) -> float | None:
     return statistics.mean(v) if len(v) == len(seeds) else None
 
 
-def checks(get) -> list[tuple[str, float | None, bool | None]]:
+def checks(get, recipe: str = RECIPE) -> list[tuple[str, float | None, bool | None]]:
     """(claim, margin in pt, holds) for each claim; ``get(model, method, target)`` -> acc."""
     out = []
 
@@ -56,9 +58,9 @@ def checks(get) -> list[tuple[str, float | None, bool | None]]:
     tp = [get("resnet20_b", m, 0.25) for m in TP]
     best = max((a for a in tp if a is not None), default=None)
     claim("resnet20_b 0.25: recipe >= best Torch-Pruning row + 0.3",
-          get("resnet20_b", RECIPE, 0.25), best, 0.3)
+          get("resnet20_b", recipe, 0.25), best, 0.3)
     for model in ("resnet20", "resnet20_b"):
-        claim(f"{model} 0.5: recipe within 0.3 of dense", get(model, RECIPE, 0.5),
+        claim(f"{model} 0.5: recipe within 0.3 of dense", get(model, recipe, 0.5),
               get(model, "dense", None), -0.3)
     return out
 
@@ -67,9 +69,12 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--unseen", type=int, default=5)
+    p.add_argument("--dev", default="recipes", help="folder under benchmarks/results")
+    p.add_argument("--unseen-dir", default="recipes_unseen")
+    p.add_argument("--recipe", default=RECIPE, help=f"the recommended recipe (default {RECIPE})")
     args = p.parse_args()
-    dev = load(ROOT / "recipes" / "accuracy_cpu.json")
-    unseen = load(ROOT / "recipes_unseen" / "accuracy_cpu.json")
+    dev = load(ROOT / args.dev / "accuracy_cpu.json")
+    unseen = load(ROOT / args.unseen_dir / "accuracy_cpu.json")
     from tabulate import tabulate
 
     rows = []
@@ -89,7 +94,7 @@ def main() -> None:
                       (f"unseen seed {args.unseen}",
                        lambda m, meth, t: unseen.get((m, meth, t), {}).get(args.unseen))):
         print(f"\n{name}:")
-        for text, margin, ok in checks(get):
+        for text, margin, ok in checks(get, args.recipe):
             verdict = "not measured yet" if ok is None else ("holds" if ok else "fails")
             print(f"- {text}: {verdict}" + ("" if margin is None else f" ({margin:+.2f} pt)"))
 

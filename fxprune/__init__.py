@@ -16,6 +16,8 @@ __all__ = [
     "measure_latency",
     "auto_round_to",
     "allocate",
+    "search_allocation",
+    "AllocationSearch",
     "AllocationPlan",
     "AnalysisOptions",
     "LatencyOptions",
@@ -82,6 +84,7 @@ from fxprune.plan.allocate import AllocationPlan, allocate
 from fxprune.plan.compress import compress, score
 from fxprune.plan.graft import graft
 from fxprune.plan.options import AnalysisOptions, LatencyOptions, VerifyOptions
+from fxprune.plan.search import AllocationSearch, search_allocation
 from fxprune.rules import Rule, list_rules, register_rule
 from fxprune.tools.inspect import inspect
 from fxprune.train import Checkpointing, Optim, Schedule, SoftPruner

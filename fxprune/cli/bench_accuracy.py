@@ -34,10 +34,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tune", action="append", metavar="FIELD=V1,V2",
                    help="choose settings on the validation split: run every combination of "
                         "the values (distill, temperature, gradual_steps, group_scoring, "
-                        "recal_batches, lr, recipe_allocation, soft_clip, soft_settle, "
-                        "fppmo_tau) with all accuracies measured on validation, the "
+                        "recal_batches, lr, recipe_allocation, search_candidates, "
+                        "search_spread, soft_clip, soft_settle, fppmo_tau) with all "
+                        "accuracies measured on validation, the "
                         "test split never read; repeatable")
     p.add_argument("--seeds", type=int, nargs="+", help="override the preset's seeds")
+    p.add_argument("--amp", choices=("preset", "bf16", "none"), default="preset",
+                   help="precision of training: the preset's (default; bf16 for cpu and "
+                        "cpu-long), bf16, or none (float32: on a CPU without AVX512-BF16/AMX "
+                        "bf16 is emulated and ~10x slower). Part of a row's settings: a "
+                        "results file holds one precision")
+    p.add_argument("--targets", type=float, nargs="+", metavar="MACS",
+                   help="override the preset's MACs targets (fractions kept, e.g. 0.5)")
     p.add_argument("--limit", type=int, help="stop after this many new rows")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--recheck", metavar="KEY",
@@ -65,6 +73,15 @@ def main(argv: list[str] | None = None) -> int:
             preset, models=tuple(m.strip() for m in args.models.split(",") if m.strip()))
     if args.seeds:
         preset = dataclasses.replace(preset, seeds=tuple(args.seeds))
+    if args.amp != "preset":
+        preset = dataclasses.replace(preset, amp=None if args.amp == "none" else args.amp)
+    if args.targets:
+        bad = [t for t in args.targets if not 0 < t <= 1]
+        if bad:
+            print(f"fxprune bench accuracy: --targets {bad[0]:g} is not a fraction of the MACs "
+                  "to keep; give values in (0, 1], e.g. --targets 0.5 0.25", file=sys.stderr)
+            return 2
+        preset = dataclasses.replace(preset, targets=tuple(args.targets))
     if args.recheck:
         from fxprune.bench.accuracy.runner import recheck
 

@@ -55,6 +55,7 @@ from fxprune.train.fit_options import (
     check_fit,
     fit_options,
     make_scheduler,
+    warn_emulated_bf16,
 )
 from fxprune.train.history import EpochRecord, History
 
@@ -294,6 +295,7 @@ def fit(
     if device is None:
         device = next((p.device for p in model.parameters()), torch.device("cpu"))
     device = torch.device(device)
+    warn_emulated_bf16(optim.amp, device)
     info = D.init_distributed(device)
     distiller = Distiller(teacher, distill, temperature, device) \
         if teacher is not None and distill else None

@@ -54,7 +54,7 @@ def _no_test_split(monkeypatch) -> list[str]:
     the test split (a HeldOut) in any argument."""
     seen: list[str] = []
     for name in ("compress", "fit", "prune_iteratively", "recalibrate_bn", "SoftPruner",
-                 "tp_prune"):
+                 "tp_prune", "search_allocation"):
         real = getattr(R, name)
 
         def spy(*a, _real=real, _name=name, **k):
@@ -101,6 +101,27 @@ def test_full_recipe_row(dense_dir, monkeypatch) -> None:
     assert "error" not in row and row["gradual_steps"] == 2 and row["acc_oneshot"] is None
     assert abs(row["macs_kept"] - 0.5) < 0.02 * 0.5 + 0.01 and 0 <= row["acc"] <= 1
     assert "prune_iteratively" in seen and len(teachers) == 2 and all(teachers)
+
+
+def test_searched_allocation_row(dense_dir, monkeypatch) -> None:
+    """recipe_allocation="search": the candidates are ranked on the validation batches (never
+    the test split), the cut meets the MACs, and the uniform paper-FLOPs column is n/a."""
+    seen = _no_test_split(monkeypatch)
+    p = dataclasses.replace(TINY, recipe_allocation="search", search_candidates=2)
+    row = R.run_job(p, Job("resnet20", "fxprune", "l2+kd", 0.5, 0), dense_dir)
+    assert "error" not in row and row["search_chosen"] in (0, 1)
+    assert row["search_loss"] <= row["search_uniform_loss"] and row["paper_flops_cut"] is None
+    assert abs(row["macs_kept"] - 0.5) < 0.02 * 0.5 + 0.01
+    assert {"search_allocation", "compress", "fit"} <= set(seen)
+    with pytest.raises(InputError, match="gradual"):
+        R.run_job(p, Job("resnet20", "fxprune", "l2+gradual", 0.5, 0), dense_dir)
+    assert method_spec("l2+search+kd")[2]["parts"] == ("kd", "search")
+    calls = []
+    monkeypatch.setattr(R, "_searched", lambda *a: calls.append(a[-1]["allocation"]) or 1 / 0)
+    with pytest.raises(ZeroDivisionError):  # the part, whatever the preset's allocation
+        R._oneshot(TINY, Job("resnet20", "fxprune", "l2+search", 0.5, 0), None, None, None, [],
+                   None, {}, method_spec("l2+search")[2], None)
+    assert calls == ["search"]
 
 
 def test_tune_split_never_reads_test(dense_dir, monkeypatch) -> None:
@@ -167,3 +188,20 @@ def test_dense_checkpoint_of_the_folder_is_evaluated_not_retrained(dense_dir,
     monkeypatch.setattr(R, "_fit", lambda *a, **k: pytest.fail("dense retrained"))
     row = R.run_job(TINY, Job("resnet20", "dense", "dense", None, 0), dense_dir)
     assert row["checkpoint_reused"] and 0 <= row["acc"] <= 1
+
+
+def test_cli_overrides_precision_and_targets(tmp_path, capsys, monkeypatch) -> None:
+    """--amp none runs float32 (bf16 is emulated on AVX2-only CPUs), --targets picks the MACs
+    rows."""
+    from fxprune.bench.accuracy import runner
+    from fxprune.cli.bench_accuracy import main
+
+    seen = []
+    monkeypatch.setattr(runner, "run", lambda preset, *a, **k: seen.append(preset) or
+                        {"rows": []})
+    assert main(["--preset", "smoke", "--amp", "none", "--targets", "0.5", "--no-progress",
+                 "--out", str(tmp_path)]) == 0
+    assert seen[0].amp is None and seen[0].targets == (0.5,)
+    assert main(["--preset", "cpu", "--out", str(tmp_path)]) == 0 and seen[1].amp == "bf16"
+    assert main(["--preset", "smoke", "--targets", "1.5", "--out", str(tmp_path)]) == 2
+    assert "--targets 1.5" in capsys.readouterr().err

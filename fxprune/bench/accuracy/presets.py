@@ -67,6 +67,9 @@ RECIPE_PARTS: dict[str, str] = {
              "before fine-tuning",
     "kd": "fine-tuning distilled from the dense model (Preset.distill, Preset.temperature)",
     "gradual": "Preset.gradual_steps cuts, the epochs split over them (prune_iteratively)",
+    "search": "per-group ratios measured on the validation split's scoring batches "
+              "(fxprune.search_allocation: Preset.search_candidates profiles, "
+              "Preset.search_spread) instead of Preset.recipe_allocation",
 }
 _TP_PARTS = ("kd",)  # what Torch-Pruning rows can take (its model is fine-tuned by fxprune)
 
@@ -162,8 +165,13 @@ class Preset:
     temperature: float = 4.0
     gradual_steps: int = 2
     # how a recipe's cut spreads over the groups ("uniform", "global", "clr"; see
-    # fxprune.plan.policies); plain criterion rows (l1, l2, ...) stay uniform, as the papers
+    # fxprune.plan.policies; or "search": measured candidates, fxprune.plan.search); plain
+    # criterion rows (l1, l2, ...) stay uniform, as the papers
     recipe_allocation: str = "uniform"
+    # recipe_allocation="search" (fxprune.search_allocation): profiles measured per cut, and
+    # how far a group's share may move from uniform
+    search_candidates: int = 16
+    search_spread: float = 0.5
     # the fxprune variant of the soft rows (sfp, mfp, fppmo, fpgm-soft): SoftPruner's
     # max_grad_norm ("auto", "none" or a number), settle epochs and FPPMO's prior temperature;
     # the defaults are SoftPruner's, re-chosen on validation (docs/accuracy.md)
@@ -188,7 +196,8 @@ class Preset:
 
 # fields added after results were committed: left out of a preset's record while at their
 # default, so that those results stay comparable (runner._row_config)
-_QUIET_DEFAULTS = ("recipe_allocation", "soft_clip", "soft_settle", "fppmo_tau")
+_QUIET_DEFAULTS = ("recipe_allocation", "search_candidates", "search_spread", "soft_clip",
+                   "soft_settle", "fppmo_tau")
 PRESET_DEFAULTS = {f.name: f.default for f in fields(Preset)}
 
 
@@ -208,13 +217,17 @@ PRESETS: dict[str, Preset] = {
     "cpu": Preset("cpu", "fashion-mnist", ("resnet20",), dense_epochs=15, epochs=4,
                   subset=15000, tp_models={"resnet20": "resnet20_b"},
                   swp_alpha=(0.03, 0.04, 0.05),
-                  note="15,000 training images (of 54,000), bf16 autocast, 2 workers of 1 "
-                       "thread; about 2 hours on 2 cores"),
+                  note="15,000 training images (of 54,000), 2 workers of 1 thread; about 2 "
+                       "hours on 2 cores with native bf16 (AVX512-BF16/AMX; elsewhere use "
+                       "--amp none)"),
+    # float32: bf16 autocast is emulated, ~10x slower, on CPUs without AVX512-BF16/AMX (an
+    # AVX2 AMD EPYC of this project's cloud), and a run of many hours must not depend on
+    # which CPU a session gets; the dense baselines are the cpu preset's (bf16-trained)
     "cpu-long": Preset("cpu-long", "fashion-mnist", ("resnet20",), dense_epochs=15, epochs=16,
-                       subset=15000, tp_models={"resnet20": "resnet20_b"},
+                       subset=15000, tp_models={"resnet20": "resnet20_b"}, amp=None,
                        swp_alpha=(0.0075, 0.01, 0.0125), methods=_LONG,
-                       note="the cpu preset with 4x its fine-tuning/soft epochs (16); the "
-                            "same dense baselines; several hours on 2 cores"),
+                       note="the cpu preset with 4x its fine-tuning/soft epochs (16), in "
+                            "float32; the same dense baselines; many hours on 2 cores"),
     "full": Preset("full", "fashion-mnist", ("resnet20", "resnet56"), dense_epochs=60,
                    epochs=40, tp_models={"resnet20": "resnet20_b", "resnet56": "resnet56_b"},
                    amp=None, note="all 54,000 training images; for a GPU"),

@@ -15,7 +15,8 @@ the cut (``acc_oneshot``), after :func:`fxprune.recalibrate_bn` on ``Preset.reca
 training batches (``acc_oneshot_recal``; measured on a copy, the row's model is not changed
 unless the recipe has ``recal``), and after fine-tuning (``acc``). Recipe rows
 (``BASE+PART...``, :data:`~fxprune.bench.accuracy.presets.RECIPE_PARTS`) switch on group
-scores, recalibration, distillation from the dense model and a gradual schedule.
+scores, recalibration, distillation from the dense model, a gradual schedule and an allocation
+measured on validation batches (:func:`fxprune.search_allocation`).
 
 ``run_job(..., split="val")`` (``--tune``) reports every accuracy on the validation split
 (its batches after the ones that score masks) and never builds the test loader.
@@ -45,6 +46,7 @@ from fxprune.criteria import get_criterion
 from fxprune.errors import InputError
 from fxprune.plan.allocate import ALLOCATION
 from fxprune.plan.compress import compress
+from fxprune.plan.search import search_allocation
 from fxprune.train import SoftPruner, data, evaluate, fit
 from fxprune.train.gradual import prune_iteratively
 from fxprune.train.methods import needs_data, paper_settings
@@ -159,15 +161,19 @@ def _oneshot(p: Preset, job: Job, model: nn.Module, x: torch.Tensor, train: Any,
              teacher: nn.Module | None) -> tuple[nn.Module, float | None]:
     """A criterion's cut (or a recipe's cuts) at the row's MACs, then fine-tuning."""
     parts = how.get("parts", ())
+    allocation = "search" if "search" in parts else how.get(
+        "allocation", p.recipe_allocation if parts else "uniform")
     ckw: dict[str, Any] = {"criterion": how["criterion"], "seed": job.seed,
-                           "allocation": how.get("allocation", p.recipe_allocation if parts
-                                                 else "uniform")}
+                           "allocation": allocation}
     if get_criterion(how["criterion"]).needs_data:
         ckw["data"] = val_batches
     if "group" in parts:
         ckw["scoring"] = p.group_scoring
     fkw = _fit_kwargs(p, job.seed, teacher if "kd" in parts else None)
     if "gradual" in parts:
+        if ckw["allocation"] == "search":
+            raise InputError(f"{job.method}: recipe_allocation='search' measures one cut; "
+                             "it does not combine with gradual")
         if "recal" in parts:  # every cut recalibrated on training batches
             ckw.update(data=train, recalibrate=p.recal_batches)
         steps = min(p.gradual_steps, p.epochs)  # at least one epoch per cut
@@ -176,10 +182,14 @@ def _oneshot(p: Preset, job: Job, model: nn.Module, x: torch.Tensor, train: Any,
                                      train_loader=train, epochs=p.epochs, example_inputs=(x,),
                                      compress_kwargs=ckw, fit_kwargs=fkw)
         return small, None
-    small = compress(model, target_flops=job.target, example_inputs=(x,), **ckw)
+    if ckw["allocation"] == "search":
+        small = _searched(p, job, model, x, train, val_batches, row, ckw)
+    else:
+        small = compress(model, target_flops=job.target, example_inputs=(x,), **ckw)
     keep_rate = None
     alloc = small.meta.get(ALLOCATION, {})
-    if alloc.get("allocation") == "uniform" and alloc.get("amount") is not None:
+    if alloc.get("allocation") == "uniform" and alloc.get("amount") is not None \
+            and ckw["allocation"] != "search":
         keep_rate = 1.0 - float(alloc["amount"])
     row["acc_oneshot"] = _acc(small, test)
     row["residual"] = "coupled"  # compress's default
@@ -188,6 +198,22 @@ def _oneshot(p: Preset, job: Job, model: nn.Module, x: torch.Tensor, train: Any,
         small = recal
     fit(small, train, None, p.epochs, **fkw)
     return small, keep_rate
+
+
+def _searched(p: Preset, job: Job, model: nn.Module, x: torch.Tensor, train: Any,
+              val_batches: list, row: dict[str, Any], ckw: dict[str, Any]) -> nn.Module:
+    """The cut at the row's MACs with the per-group ratios :func:`search_allocation` measured
+    best (candidates recalibrated on training batches, ranked on the scoring batches of the
+    validation split)."""
+    found = search_allocation(model, float(job.target), data=train, eval_data=val_batches,
+                              criterion=ckw["criterion"], example_inputs=(x,),
+                              candidates=p.search_candidates, spread=p.search_spread,
+                              recal_batches=p.recal_batches, scoring=ckw.get("scoring"),
+                              seed=job.seed)
+    row.update(search_seconds=found.seconds, search_chosen=found.chosen,
+               search_loss=found.loss, search_uniform_loss=found.uniform_loss)
+    kw = {k: v for k, v in ckw.items() if k != "allocation"}
+    return compress(model, ratios=found.ratios, example_inputs=(x,), **kw)
 
 
 def _run_method(p: Preset, job: Job, model: nn.Module, x: torch.Tensor, train: Any,

@@ -24,7 +24,8 @@ from fxprune.bench.accuracy.presets import Preset
 from fxprune.errors import InputError
 
 _TUNABLE = ("distill", "temperature", "gradual_steps", "group_scoring", "recal_batches", "lr",
-             "recipe_allocation", "soft_clip", "soft_settle", "fppmo_tau")
+             "recipe_allocation", "search_candidates", "search_spread", "soft_clip",
+             "soft_settle", "fppmo_tau")
 
 
 def parse_grid(specs: Sequence[str]) -> dict[str, list[Any]]:
