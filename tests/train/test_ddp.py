@@ -6,7 +6,10 @@ DistributedSampler seeded with ``seed``: rank r takes positions r, r+2, ... of t
 permutation, and the last incomplete global batch is dropped); each rank's loss is the mean
 over its B/2 samples and DDP averages the gradients over ranks, which is the mean over B; the
 model has no BatchNorm (per-rank batch statistics would differ; SyncBatchNorm is CUDA-only) and
-no dropout, and augmentation is off. What remains is float summation order (atol 1e-5).
+no dropout, and augmentation is off. What remains is float summation order: atol 1e-4 (on an
+AVX2-only AMD EPYC the conv kernels sum a batch of B and of B/2 in other orders, and after one
+epoch the weights differed by up to 4.4e-5; on the AVX-512 machines of earlier CI runs they
+stayed under 1e-5).
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ def test_two_processes_equal_one(tmp_path, pruner) -> None:
     r0, r1 = _load(tmp_path / "two.rank0.pt"), _load(tmp_path / "two.rank1.pt")
     for k, v in r0["state"].items():
         assert torch.equal(v, r1["state"][k]), f"ranks differ: {k}"
-        torch.testing.assert_close(v, one["state"][k], rtol=0, atol=1e-5, msg=k)
+        torch.testing.assert_close(v, one["state"][k], rtol=0, atol=1e-4, msg=k)
     for k, v in r0["state"].items():  # the same filters are zero everywhere
         assert torch.equal(v == 0, one["state"][k] == 0), f"masks differ: {k}"
     if pruner == "double":  # masks identical on both ranks and equal to the single process's
@@ -56,7 +59,7 @@ def test_two_processes_equal_one(tmp_path, pruner) -> None:
     h1, h2 = one["history"]["epochs"][0], r0["history"]["epochs"][0]
     assert h1["kept_macs"] == h2["kept_macs"] < 1
     assert r0["history"]["world_size"] == 2
-    assert h2["train_loss"] == pytest.approx(h1["train_loss"], abs=1e-5)
+    assert h2["train_loss"] == pytest.approx(h1["train_loss"], abs=1e-4)
     assert h2["val_acc"] == pytest.approx(h1["val_acc"], abs=1e-9)  # full val set, sharded
     ckpt = _load(tmp_path / "two.ckpt")  # written by rank 0 only, with both ranks' RNGs
     assert ckpt["world_size"] == 2 and len(ckpt["rng"]) == 2
