@@ -40,8 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "test split never read; repeatable")
     p.add_argument("--seeds", type=int, nargs="+", help="override the preset's seeds")
     p.add_argument("--amp", choices=("preset", "bf16", "none"), default="preset",
-                   help="precision of training: the preset's (default; bf16 for cpu and "
-                        "cpu-long), bf16, or none (float32: on a CPU without AVX512-BF16/AMX "
+                   help="precision of training: the preset's (default; bf16 for cpu, "
+                        "float32 for cpu-long), bf16, or none (float32: on a CPU without "
+                        "AVX512-BF16/AMX "
                         "bf16 is emulated and ~10x slower). Part of a row's settings: a "
                         "results file holds one precision")
     p.add_argument("--targets", type=float, nargs="+", metavar="MACS",
