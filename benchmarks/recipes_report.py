@@ -8,12 +8,13 @@ of issue 21 evaluated on both:
 
 - like for like: fxprune's best group criterion (``l2+group``) >= ``tp-group`` on resnet20_b
   at 0.5 and 0.25 MACs;
-- the recipe (``l2+group+kd``) >= Torch-Pruning's best row + 0.3 pt at 0.25 MACs on resnet20_b;
+- the recipe (``l2+group+kd+recon``; ``l2+group+kd`` until 2026-12-08) >= Torch-Pruning's best
+  row + 0.3 pt at 0.25 MACs on resnet20_b;
 - the recipe within 0.3 pt of the dense model at 0.5 MACs on resnet20 and resnet20_b.
 
     python benchmarks/recipes_report.py [--seeds 0 1 2] [--unseen 5]
     # other folders under benchmarks/results, another recommended recipe:
-    python benchmarks/recipes_report.py --dev DIR --unseen-dir DIR2 --recipe l2+group+kd+search
+    python benchmarks/recipes_report.py --dev DIR --unseen-dir DIR2 --recipe l2+group+kd
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import statistics
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent / "results"
-RECIPE, GROUP, TP = "l2+group+kd", "l2+group", ("tp-group", "tp-group+kd")
+RECIPE, GROUP, TP = "l2+group+kd+recon", "l2+group", ("tp-group", "tp-group+kd")
 
 
 def load(path: Path) -> dict[tuple, dict[int, float]]:

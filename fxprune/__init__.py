@@ -26,6 +26,7 @@ __all__ = [
     "Schedule",
     "Checkpointing",
     "recalibrate_bn",
+    "reconstruct",
     "prune_iteratively",
     "GroupScoring",
     "trace",
@@ -62,6 +63,7 @@ __all__ = [
 from fxprune import checkout as _checkout  # noqa: F401  (maps passes/, models/ in a clone)
 from fxprune.core.analyze import Analysis, analyze
 from fxprune.core.recalibrate import recalibrate_bn
+from fxprune.core.reconstruct import reconstruct
 from fxprune.core.rewrite import rewrite
 from fxprune.core.select import select
 from fxprune.core.trace import trace

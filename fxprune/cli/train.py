@@ -134,6 +134,10 @@ def _training_args(g: Any) -> None:
     g.add_argument("--recalibrate-bn", type=int, default=0, metavar="N",
                    help="after each mask update, recompute BatchNorm statistics on N training "
                         "batches (default 0: as the authors)")
+    g.add_argument("--reconstruct", type=int, default=0, metavar="N",
+                   help="--method oneshot: refit the cut layers to the dense model's outputs "
+                        "on N training batches before fine-tuning (fxprune.reconstruct; "
+                        "default 0)")
     g.add_argument("--distill", type=float, default=0.0, metavar="ALPHA",
                    help="distil from the dense model with weight ALPHA in [0, 1] (default 0)")
     g.add_argument("--temperature", type=float, default=4.0, metavar="T",
@@ -181,12 +185,15 @@ def _method(args: argparse.Namespace) -> type[Method] | None:
 def _check(args: argparse.Namespace) -> None:
     for name, low in (("epochs", 1), ("batch", 1), ("interval", 1), ("latency_batch", 1),
                       ("repeat", 1), ("workers", 0), ("warmup_epochs", 0),
-                      ("recalibrate_bn", 0), ("score_recalibration", 0)):
+                      ("recalibrate_bn", 0), ("score_recalibration", 0), ("reconstruct", 0)):
         if getattr(args, name) < low:
             raise InputError(f"--{name.replace('_', '-')} must be >= {low}, got "
                              f"{getattr(args, name)}")
     amount = args.ratio is not None or args.target_flops is not None
     method = _method(args)
+    if args.reconstruct and method is not None:
+        raise InputError(f"--reconstruct refits a one-shot cut: it needs --method oneshot, "
+                         f"not {args.method!r}")
     learned = method is not None and not method.channel_selection
     budget = learned and "target_flops" in method.options  # SWP's budgeted mode
     if learned and (args.ratio is not None or (args.target_flops is not None and not budget)):
@@ -257,8 +264,9 @@ def _schedule_keywords(args: argparse.Namespace) -> dict[str, Any]:
     return paper_settings(args.method).fit_keywords(args.epochs)
 
 
-def _oneshot(args: argparse.Namespace, model: nn.Module, x: torch.Tensor, val: Any
-             ) -> nn.Module:
+def _oneshot(args: argparse.Namespace, model: nn.Module, x: torch.Tensor, train: Any,
+             val: Any) -> nn.Module:
+    from fxprune.core.reconstruct import reconstruct
     from fxprune.plan.compress import compress
 
     kw: dict[str, Any] = {"criterion": args.criterion or "l1", "example_inputs": (x,),
@@ -269,7 +277,10 @@ def _oneshot(args: argparse.Namespace, model: nn.Module, x: torch.Tensor, val: A
         kw["target_flops"] = args.target_flops
     if _needs_data(args):
         kw["data"] = val
-    return compress(model, args.ratio, **kw)
+    small = compress(model, args.ratio, **kw)
+    if args.reconstruct:  # on training batches (a needs_data criterion scored on val)
+        reconstruct(small, model, train, batches=args.reconstruct, seed=args.seed)
+    return small
 
 
 def _report(args: argparse.Namespace, model: nn.Module, small: nn.Module, x: torch.Tensor,
@@ -375,7 +386,7 @@ def _train(args: argparse.Namespace, model: nn.Module, x: torch.Tensor, loaders:
     pruner, trained, kept = None, model, None
     teacher = copy.deepcopy(model).eval() if args.distill else None  # before any mask
     if args.method == ONESHOT:
-        trained = _oneshot(args, model, x, val)
+        trained = _oneshot(args, model, x, train, val)
         kept = count(trained, (x,)).macs / max(count(model, (x,)).macs, 1)
         if main:
             print(f"compressed to {kept:.3f} of the MACs: test accuracy "

@@ -21,6 +21,7 @@ from torch import Tensor
 
 from fxprune.core.analyze import Analysis, Progress, analyze
 from fxprune.core.recalibrate import recalibrate_bn
+from fxprune.core.reconstruct import reconstruct as reconstruct_layers
 from fxprune.core.rewrite import rewrite
 from fxprune.core.select import kept_mask
 from fxprune.core.trace import EXAMPLE_INPUTS, OPAQUE, trace
@@ -127,8 +128,8 @@ def compress(model: nn.Module, ratio: float | None = None, *, criterion: Any = "
              example_inputs: Any = None, plan: AllocationPlan | None = None,
              analysis: AnalysisOptions | None = None, latency: LatencyOptions | None = None,
              verify: bool | VerifyOptions = True, data: Any = None, seed: int = 0,
-             recalibrate: int = 0, progress: Progress | None = None, **keywords: Any
-             ) -> fx.GraphModule:
+             recalibrate: int = 0, reconstruct: int = 0, progress: Progress | None = None,
+             **keywords: Any) -> fx.GraphModule:
     """Prune ``model`` and return a new, smaller, dense GraphModule (with ``keep_class=True``:
     a copy of the model's own class with the pruned layers in it).
 
@@ -166,14 +167,19 @@ def compress(model: nn.Module, ratio: float | None = None, *, criterion: Any = "
             ``approximate``; the report is in ``pruned.meta["fxprune.verify"]``. ``False``
             skips it (see the README for the measured cost). A
             :class:`~fxprune.VerifyOptions` also sets the rewrite's ``check``.
-        data: calibration batches for data-driven criteria, and for ``recalibrate``: an
-            iterable of batches of training data (never the test split).
+        data: calibration batches for data-driven criteria, and for ``reconstruct`` and
+            ``recalibrate``: an iterable of batches of training data (never the test split).
         seed: seed for randomized criteria.
         recalibrate: after the rewrite (and after the oracle, which checks the structure on
             the statistics the rewrite copied), recompute every BatchNorm's running
             statistics of the pruned model on ``recalibrate`` batches of ``data``
             (:func:`fxprune.recalibrate_bn`); the number of batches used is in
             ``pruned.meta["fxprune.recalibrated"]``. Default 0: no recalibration.
+        reconstruct: after the oracle and before ``recalibrate``, refit every layer whose
+            input channels were cut to the original model's outputs on ``reconstruct``
+            batches of ``data`` (:func:`fxprune.reconstruct`: least squares, layer by layer);
+            the per-layer errors are in ``pruned.meta["fxprune.reconstructed"]``. Default 0:
+            the weights are the original's, sliced.
         progress: optional callback ``(stage, done, total)``.
         **keywords: any field of ``plan``, ``analysis``, ``latency`` or ``verify``
             (``check``) by name.
@@ -203,7 +209,8 @@ def compress(model: nn.Module, ratio: float | None = None, *, criterion: Any = "
     check_not_scripted(model)
     check_seed(seed)
     GroupScoring.parse(graph.scoring)  # its errors come before tracing
-    _check_recalibrate(recalibrate, data)
+    for name, batches in (("reconstruct", reconstruct), ("recalibrate", recalibrate)):
+        _check_batches(name, batches, data)
     plan = plan.resolved(model)
     if plan.ratio is not None:
         plan = replace(plan, ratio=check_ratio(plan.ratio))
@@ -214,10 +221,11 @@ def compress(model: nn.Module, ratio: float | None = None, *, criterion: Any = "
                                     replace(graph, ignore=ignore), timing, checks, data, seed,
                                     progress)
 
-        return _recalibrated(prune_keeping_class(model, prune, graph.ignore), data,
-                             recalibrate)
+        return _recalibrated(prune_keeping_class(model, prune, graph.ignore), model, data,
+                             reconstruct, recalibrate, seed)
     return _recalibrated(_prune_model(model, example_inputs, criterion, plan, graph, timing,
-                                      checks, data, seed, progress), data, recalibrate)
+                                      checks, data, seed, progress), model, data, reconstruct,
+                         recalibrate, seed)
 
 
 def _prune_model(model: nn.Module, example_inputs: Any, criterion: Any, plan: AllocationPlan,
@@ -252,19 +260,22 @@ def _prune_model(model: nn.Module, example_inputs: Any, criterion: Any, plan: Al
     return pruned
 
 
-def _check_recalibrate(recalibrate: Any, data: Any) -> None:
-    if isinstance(recalibrate, bool) or not isinstance(recalibrate, int) or recalibrate < 0:
-        raise InputError(f"compress: recalibrate must be an int >= 0 (batches), got "
-                         f"{recalibrate!r}")
-    if recalibrate and data is None:
-        raise InputError(f"compress: recalibrate={recalibrate} needs data= (batches of "
-                         "training data). Hint: compress(model, 0.5, data=train_loader, "
-                         "recalibrate=20).")
+def _check_batches(name: str, batches: Any, data: Any) -> None:
+    if isinstance(batches, bool) or not isinstance(batches, int) or batches < 0:
+        raise InputError(f"compress: {name} must be an int >= 0 (batches), got {batches!r}")
+    if batches and data is None:
+        raise InputError(f"compress: {name}={batches} needs data= (batches of "
+                         f"training data). Hint: compress(model, 0.5, data=train_loader, "
+                         f"{name}={batches or 8}).")
 
 
-def _recalibrated(pruned: Any, data: Any, recalibrate: int) -> Any:
-    """``pruned`` with BatchNorm recalibrated on ``recalibrate`` batches of ``data`` (if > 0),
-    after the oracle has checked it."""
+def _recalibrated(pruned: Any, model: nn.Module, data: Any, reconstruct: int,
+                  recalibrate: int, seed: int) -> Any:
+    """``pruned`` with its cut layers refitted to ``model`` on ``reconstruct`` batches of
+    ``data``, then BatchNorm recalibrated on ``recalibrate`` batches (each if > 0), after the
+    oracle has checked it."""
+    if reconstruct:
+        reconstruct_layers(pruned, model, data, batches=reconstruct, seed=seed)
     if recalibrate:
         used = recalibrate_bn(pruned, data, batches=recalibrate)
         if isinstance(pruned, fx.GraphModule):

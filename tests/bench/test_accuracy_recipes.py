@@ -54,7 +54,7 @@ def _no_test_split(monkeypatch) -> list[str]:
     the test split (a HeldOut) in any argument."""
     seen: list[str] = []
     for name in ("compress", "fit", "prune_iteratively", "recalibrate_bn", "SoftPruner",
-                 "tp_prune", "search_allocation"):
+                 "tp_prune", "search_allocation", "reconstruct"):
         real = getattr(R, name)
 
         def spy(*a, _real=real, _name=name, **k):
@@ -122,6 +122,25 @@ def test_searched_allocation_row(dense_dir, monkeypatch) -> None:
         R._oneshot(TINY, Job("resnet20", "fxprune", "l2+search", 0.5, 0), None, None, None, [],
                    None, {}, method_spec("l2+search")[2], None)
     assert calls == ["search"]
+
+
+def test_reconstructed_recipe_row(dense_dir, monkeypatch) -> None:
+    """``recon``: the cut's layers are refitted on training batches (never the test split),
+    the row records the accuracy after the refit and its time, and the cut meets the MACs;
+    with ``gradual`` every cut is refitted through compress(reconstruct=...)."""
+    seen = _no_test_split(monkeypatch)
+    row = R.run_job(TINY, Job("resnet20", "fxprune", "l2+recon", 0.5, 0), dense_dir)
+    assert "error" not in row and 0 <= row["acc_oneshot_recon"] <= 1
+    assert row["recon_seconds"] > 0 and abs(row["macs_kept"] - 0.5) < 0.02 * 0.5 + 0.01
+    assert {"compress", "reconstruct", "fit"} <= set(seen)
+    from fxprune.plan import compress as plan_compress
+
+    batches = []
+    real = plan_compress.reconstruct_layers
+    monkeypatch.setattr(plan_compress, "reconstruct_layers",
+                        lambda *a, **k: batches.append(k["batches"]) or real(*a, **k))
+    row = R.run_job(TINY, Job("resnet20", "fxprune", "l2+recon+gradual", 0.5, 0), dense_dir)
+    assert "error" not in row and batches == [TINY.recon_batches] * 2
 
 
 def test_tune_split_never_reads_test(dense_dir, monkeypatch) -> None:

@@ -70,6 +70,9 @@ RECIPE_PARTS: dict[str, str] = {
     "search": "per-group ratios measured on the validation split's scoring batches "
               "(fxprune.search_allocation: Preset.search_candidates profiles, "
               "Preset.search_spread) instead of Preset.recipe_allocation",
+    "recon": "the layers whose inputs were cut refitted by least squares to the dense model's "
+             "outputs on Preset.recon_batches training batches (fxprune.reconstruct), after "
+             "each cut and before recalibration and fine-tuning",
 }
 _TP_PARTS = ("kd",)  # what Torch-Pruning rows can take (its model is fine-tuned by fxprune)
 
@@ -172,6 +175,8 @@ class Preset:
     # how far a group's share may move from uniform
     search_candidates: int = 16
     search_spread: float = 0.5
+    # recon: training batches fxprune.reconstruct fits each layer on
+    recon_batches: int = 8
     # the fxprune variant of the soft rows (sfp, mfp, fppmo, fpgm-soft): SoftPruner's
     # max_grad_norm ("auto", "none" or a number), settle epochs and FPPMO's prior temperature;
     # the defaults are SoftPruner's, re-chosen on validation (docs/accuracy.md)
@@ -197,7 +202,7 @@ class Preset:
 # fields added after results were committed: left out of a preset's record while at their
 # default, so that those results stay comparable (runner._row_config)
 _QUIET_DEFAULTS = ("recipe_allocation", "search_candidates", "search_spread", "soft_clip",
-                   "soft_settle", "fppmo_tau")
+                   "soft_settle", "fppmo_tau", "recon_batches")
 PRESET_DEFAULTS = {f.name: f.default for f in fields(Preset)}
 
 

@@ -39,6 +39,7 @@ import torch.nn as nn
 from fxprune.bench.accuracy.heldout import HeldOut
 from fxprune.bench.accuracy.presets import PRESET_DEFAULTS, Job, Preset, method_spec
 from fxprune.core.recalibrate import recalibrate_bn
+from fxprune.core.reconstruct import reconstruct
 from fxprune.costs.count import count
 from fxprune.costs.latency import measure_latency
 from fxprune.costs.paper_flops import paper_flops_cut
@@ -176,6 +177,8 @@ def _oneshot(p: Preset, job: Job, model: nn.Module, x: torch.Tensor, train: Any,
                              "it does not combine with gradual")
         if "recal" in parts:  # every cut recalibrated on training batches
             ckw.update(data=train, recalibrate=p.recal_batches)
+        if "recon" in parts:  # every cut's layers refitted on training batches
+            ckw.update(data=train, reconstruct=p.recon_batches)
         steps = min(p.gradual_steps, p.epochs)  # at least one epoch per cut
         row.update(gradual_steps=steps, acc_oneshot=None, acc_oneshot_recal=None)
         small, _ = prune_iteratively(model, target_flops=job.target, steps=steps,
@@ -193,6 +196,10 @@ def _oneshot(p: Preset, job: Job, model: nn.Module, x: torch.Tensor, train: Any,
         keep_rate = 1.0 - float(alloc["amount"])
     row["acc_oneshot"] = _acc(small, test)
     row["residual"] = "coupled"  # compress's default
+    if "recon" in parts:  # refit the cut layers to the dense model's outputs
+        t0 = time.perf_counter()
+        reconstruct(small, model, train, batches=p.recon_batches, seed=job.seed)
+        row.update(recon_seconds=time.perf_counter() - t0, acc_oneshot_recon=_acc(small, test))
     recal, row["acc_oneshot_recal"] = _recal_acc(p, small, train, test)
     if "recal" in parts:
         small = recal
