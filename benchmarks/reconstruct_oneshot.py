@@ -5,7 +5,8 @@ The ``cpu`` preset's dense checkpoints (``benchmarks/results/recipes/dense/``, c
 Fashion-MNIST, the recipe's cut (``l2`` with group scores, uniform ``target_flops``). Every
 accuracy is on the validation split carved from the training set (the batches after the ones
 that score masks); the test split is never read. Calibration batches come from the training
-split. One thread. Rows are appended to ``--out`` as they finish; finished rows are skipped.
+split; the loader's shuffle is seeded, so a rerun uses the same batches. One thread. Rows
+are appended to ``--out`` as they finish; finished rows are skipped.
 
 Run (the committed file):
     PYTHONPATH=$PWD python -P benchmarks/reconstruct_oneshot.py \
@@ -60,6 +61,7 @@ def main() -> None:
                                      criterion="l2", scoring=p.group_scoring, seed=seed)
             cut = evaluate(small, valb)[1]
             recal = copy.deepcopy(small)
+            torch.manual_seed(seed)  # the training loader's shuffle: the same batches each run
             fxprune.recalibrate_bn(recal, train, batches=p.recal_batches)
             acc_recal = evaluate(recal, valb)[1]
             for ridge, batches in itertools.product(a.ridge, a.batches):
@@ -67,11 +69,13 @@ def main() -> None:
                 if key in have:
                     continue
                 rec = copy.deepcopy(small)
+                torch.manual_seed(seed)
                 t0 = time.perf_counter()
                 report = fxprune.reconstruct(rec, dense, train, batches=batches, ridge=ridge,
                                              seed=seed)
                 seconds = time.perf_counter() - t0
                 acc_rec = evaluate(rec, valb)[1]
+                torch.manual_seed(seed)
                 fxprune.recalibrate_bn(rec, train, batches=p.recal_batches)
                 row = {"key": key, "model": model_name, "target": target, "seed": seed,
                        "ridge": ridge, "batches": batches, "split": "validation",

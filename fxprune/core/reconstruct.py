@@ -9,8 +9,11 @@ kept output channels), as in ThiNet (Luo et al., 2017) and channel pruning (He e
 The layers are refitted in the order the pruned model runs them, each on the inputs it really
 receives (the layers before it already refitted), so errors do not pile up along the network.
 Each fit is a ridge regression on sampled output positions, accumulated in float64 over the
-batches: ``W = Y^T X (X^T X + lam I)^-1``, ``lam = ridge * mean(diag(X^T X))``. A layer is
-changed only when the fit lowers its error on those samples.
+batches: ``W = Y^T X (X^T X + lam I)^-1``, ``lam = ridge * mean(diag(X^T X))``. The fit on all
+batches but the last is judged on the last one (held out): a layer is changed only when it
+lowers the error there, and then it is refitted on every batch. A layer with fewer sampled rows
+than weights per output (e.g. a squeeze-excite conv on pooled features, with few batches) is
+left alone: its fit would interpolate the samples.
 
 Which layers: ``nn.Conv2d`` with ``groups == 1`` (zero padding) and ``nn.Linear`` whose input
 features the rewrite cut (``pruned.meta["fxprune.manifest"]``), called once per forward, with
@@ -179,36 +182,66 @@ def _error(w: torch.Tensor, a: torch.Tensor, bmat: torch.Tensor, yy: float) -> f
     return (max(sq, 0.0) / max(yy, 1e-30)) ** 0.5
 
 
+@dataclasses.dataclass
+class _Normal:
+    """Accumulated normal equations of some batches: ``X^T X``, ``X^T Y``, ``|Y|^2``, rows."""
+
+    a: torch.Tensor | float = 0.0
+    b: torch.Tensor | float = 0.0
+    yy: float = 0.0
+    rows: int = 0
+
+    def add(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        self.a = self.a + x.T @ x
+        self.b = self.b + x.T @ y
+        self.yy += float((y * y).sum())
+        self.rows += len(x)
+
+    def __add__(self, other: _Normal) -> _Normal:
+        return _Normal(self.a + other.a, self.b + other.b, self.yy + other.yy,
+                       self.rows + other.rows)
+
+    def error(self, w: torch.Tensor) -> float:
+        return _error(w, self.a, self.b, self.yy)  # type: ignore[arg-type]
+
+
 @torch.no_grad()
 def _refit(layer: _Layer, pruned: nn.Module, original: nn.Module, batches: list[tuple],
            positions: int, ridge: float, seed: int) -> dict[str, Any]:
+    """Fit on every batch but the last, judge the fit on the last (held out), and when it
+    lowers the held-out error, refit on all of them. With one batch, the fit is judged on it."""
     m = layer.module
     bias = m.bias is not None
-    a = bmat = None
-    yy = 0.0
+    fit, held = _Normal(), _Normal()
     gen = torch.Generator().manual_seed(seed)
-    for args in batches:
+    for i, args in enumerate(batches):
         x = _capture(pruned, m, args, output=False)
         y = _capture(original, layer.original, args, output=True)
         xr, yr = _rows(layer, x, y, positions, gen)
         xr, yr = xr.double(), yr.double()
         if bias:
             xr = torch.cat([xr, torch.ones(len(xr), 1, dtype=xr.dtype, device=xr.device)], 1)
-        a = xr.T @ xr if a is None else a + xr.T @ xr
-        bmat = xr.T @ yr if bmat is None else bmat + xr.T @ yr
-        yy += float((yr * yr).sum())
+        (held if i == len(batches) - 1 and len(batches) > 1 else fit).add(xr, yr)
+    judge = held if held.rows else fit
+    features = fit.a.shape[0]  # type: ignore[union-attr]
     w_old = m.weight.detach().reshape(m.weight.shape[0], -1).double().T
     if bias:
         w_old = torch.cat([w_old, m.bias.detach().double()[None]], 0)
-    w_new = _solve(a, bmat, ridge, bias)
-    before, after = _error(w_old, a, bmat, yy), _error(w_new, a, bmat, yy)
-    changed = after < before
-    if changed:
-        weight = w_new[: w_new.shape[0] - int(bias)].T.reshape(m.weight.shape)
-        m.weight.copy_(weight.to(m.weight.dtype))
-        if bias:
-            m.bias.copy_(w_new[-1].to(m.bias.dtype))
-    return {"before": before, "after": after if changed else before, "changed": changed}
+    before = judge.error(w_old)
+    if fit.rows < features:  # underdetermined: the fit would interpolate the samples
+        return {"before": before, "after": before, "changed": False,
+                "skipped": f"{fit.rows} sampled rows for {features} weights per output; "
+                           "pass more batches"}
+    after = judge.error(_solve(fit.a, fit.b, ridge, bias))  # type: ignore[arg-type]
+    if after >= before:
+        return {"before": before, "after": before, "changed": False}
+    every = fit + held
+    w_new = _solve(every.a, every.b, ridge, bias)  # type: ignore[arg-type]
+    weight = w_new[: w_new.shape[0] - int(bias)].T.reshape(m.weight.shape)
+    m.weight.copy_(weight.to(m.weight.dtype))
+    if bias:
+        m.bias.copy_(w_new[-1].to(m.bias.dtype))
+    return {"before": before, "after": after, "changed": True}
 
 
 def reconstruct(pruned: nn.Module, original: nn.Module, data: Iterable, batches: int = 8, *,
@@ -237,7 +270,9 @@ def reconstruct(pruned: nn.Module, original: nn.Module, data: Iterable, batches:
 
     Returns:
         ``{layer: {"before", "after", "changed"}}``: each layer's relative output error on the
-        samples before and after the fit (also in ``pruned.meta["fxprune.reconstructed"]``).
+        held-out batch (the last one; with ``batches=1`` the fitted one) before and after the
+        fit, and whether the layer was changed; ``"skipped"`` says why a layer with too few
+        samples was left alone (also in ``pruned.meta["fxprune.reconstructed"]``).
     """
     _check(pruned, original, data, batches, positions, ridge)
     if device is None:

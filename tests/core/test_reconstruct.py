@@ -160,3 +160,32 @@ def test_train_cli_reconstructs_a_oneshot_cut(monkeypatch, capsys) -> None:
     assert seen["batches"] == 2
     assert cli.main([*base, "--method", "sfp"]) == 2
     assert "--reconstruct" in capsys.readouterr().err
+
+
+def test_too_few_samples_leave_the_layer_alone() -> None:
+    """Fewer sampled rows than weights per output: the fit would interpolate the samples (and
+    be worse elsewhere), so the layer keeps the rewrite's weights and the report says why."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(8, 64), nn.ReLU(), nn.Linear(64, 3)).eval()
+    pruned = fxprune.compress(net, 0.25, example_inputs=(torch.randn(2, 8),))
+    weight = pruned.get_submodule("2").weight.clone()
+    report = fxprune.reconstruct(pruned, net, [torch.randn(4, 8) for _ in range(3)], batches=3)
+    assert not report["2"]["changed"] and "more batches" in report["2"]["skipped"]
+    assert torch.equal(pruned.get_submodule("2").weight, weight)
+
+
+def test_a_fit_worse_on_the_held_out_batch_is_not_kept() -> None:
+    """The last batch judges the fit: calibration batches unlike it (here: a different input
+    distribution) make a fit that does not generalise, and the layer is left alone."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 2)).eval()
+    pruned = fxprune.compress(net, 0.5, example_inputs=(torch.randn(2, 4),))
+    weight = pruned.get_submodule("2").weight.clone()
+    fit = [torch.randn(64, 4) * 0.01 for _ in range(2)]  # nearly constant features
+    report = fxprune.reconstruct(pruned, net, [*fit, torch.randn(64, 4) * 10], batches=3,
+                                 ridge=0.0)
+    assert not report["2"]["changed"] and report["2"]["after"] == report["2"]["before"]
+    assert torch.equal(pruned.get_submodule("2").weight, weight)
+    # the same layer refitted on batches like the held-out one is kept
+    same = [torch.randn(64, 4) * 10 for _ in range(3)]
+    assert fxprune.reconstruct(pruned, net, same, batches=3)["2"]["changed"]
