@@ -42,8 +42,9 @@ from fxprune.ir import meta
 RECONSTRUCTED = "fxprune.reconstructed"
 
 
-class _Stop(Exception):
-    """Raised by a capture hook: the rest of the forward pass is not needed."""
+class _Stop(BaseException):
+    """Raised by a capture hook: the rest of the forward pass is not needed (a BaseException,
+    so that a model's own ``except Exception`` does not swallow it)."""
 
 
 @dataclasses.dataclass

@@ -189,3 +189,28 @@ def test_a_fit_worse_on_the_held_out_batch_is_not_kept() -> None:
     # the same layer refitted on batches like the held-out one is kept
     same = [torch.randn(64, 4) * 10 for _ in range(3)]
     assert fxprune.reconstruct(pruned, net, same, batches=3)["2"]["changed"]
+
+
+class _Guarded(nn.Module):
+    """A forward that catches every Exception (as some model code does)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(6, 8), nn.Linear(8, 3)
+        self.caught = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        try:
+            return self.b(torch.relu(self.a(x)))
+        except Exception:  # noqa: BLE001
+            self.caught += 1
+            return torch.zeros(x.shape[0], 3)
+
+
+def test_a_model_catching_exceptions_still_stops_at_the_layer() -> None:
+    torch.manual_seed(0)
+    net = _Guarded().eval()
+    pruned = fxprune.compress(net, 0.25, example_inputs=(torch.randn(2, 6),), keep_class=True)
+    report = fxprune.reconstruct(pruned, net, _loader((6,), n=256), batches=4)
+    assert report["b"]["changed"] and report["b"]["after"] < report["b"]["before"]
+    assert pruned.caught == 0 and net.caught == 0  # the stop went through their except
