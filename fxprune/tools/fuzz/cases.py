@@ -55,7 +55,7 @@ STAGE_OF_MODULE = {
     "fxprune.ir": "analyze", "fxprune.rules": "analyze", "fxprune.core.analyze": "analyze",
     "fxprune.core.groups": "analyze", "fxprune.core.size_reads": "analyze",
     "fxprune.core.attrs": "analyze", "fxprune.core.values": "analyze",
-    "fxprune.core.recalibrate": "rewrite",
+    "fxprune.core.recalibrate": "rewrite", "fxprune.core.reconstruct": "rewrite",
     "fxprune.core.trace": "trace", "fxprune.core.decompose": "trace",
     "fxprune.core.concrete": "trace", "fxprune.core.boundary": "trace",
     "fxprune.core.tracer": "trace",
