@@ -13,7 +13,9 @@ FPPMO, Taylor); the test set is used only for the reported accuracies: it is wra
 Every one-shot row (a criterion's cut, Torch-Pruning's) reports three accuracies: right after
 the cut (``acc_oneshot``), after :func:`fxprune.recalibrate_bn` on ``Preset.recal_batches``
 training batches (``acc_oneshot_recal``; measured on a copy, the row's model is not changed
-unless the recipe has ``recal``), and after fine-tuning (``acc``). Recipe rows
+unless the recipe has ``recal``), and after fine-tuning (``acc``). With the ``recon`` part the
+cut is first refitted (:func:`fxprune.reconstruct`; ``acc_oneshot_recon``), so
+``acc_oneshot_recal`` is then the refitted cut's, recalibrated. Recipe rows
 (``BASE+PART...``, :data:`~fxprune.bench.accuracy.presets.RECIPE_PARTS`) switch on group
 scores, recalibration, distillation from the dense model, a gradual schedule and an allocation
 measured on validation batches (:func:`fxprune.search_allocation`).
