@@ -24,6 +24,7 @@ from fxprune.bench.sets import (
     make_model,
     unzero,
 )
+from fxprune.ir.meta import record_of
 
 #: Sources whose models fxprune prunes beyond torch.fx (concrete tracer, opaque regions).
 BEYOND = ("detection", "huggingface")
@@ -187,7 +188,7 @@ def _child_fxprune(rec: _Recorder, name: str, ratio: float, source: str) -> None
              if "unsupported" in str(w.message).lower() or "no channel rule" in
              str(w.message).lower()]
     d["warning"] = notes[0][:300] if notes else ""
-    meta = _meta(pruned)
+    meta = record_of(pruned)
     d["leaf_fallbacks"] = len(meta.get("fxprune.leaf_fallbacks", ()) or ())
     out, _ = _run_and_count(rec, pruned, inputs, ref, before, source)
     rec.stage("oracle")
@@ -205,11 +206,6 @@ def _child_fxprune(rec: _Recorder, name: str, ratio: float, source: str) -> None
     d["stage"] = None
 
 
-def _meta(pruned: Any) -> dict[str, Any]:
-    """A pruned model's fxprune metadata (a GraphModule's ``meta``, else the ``fxprune_meta``
-    of a model whose root stayed opaque)."""
-    meta = getattr(pruned, "meta", None)
-    return meta if isinstance(meta, dict) else pruned.__dict__.get("fxprune_meta", {})
 
 
 def _beyond_verdict(d: dict[str, Any], meta: dict[str, Any]) -> None:

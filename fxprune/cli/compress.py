@@ -153,7 +153,7 @@ def _latency(args: argparse.Namespace, model: Any, pruned: Any, x: Any) -> Any:
 
 def _how(args: argparse.Namespace, pruned: Any) -> str:
     """How much was asked for, and what the allocation achieved."""
-    alloc = _meta(pruned).get(meta.ALLOCATION) or {}
+    alloc = meta.record_of(pruned).get(meta.ALLOCATION) or {}
     achieved = f"(achieved {alloc.get('achieved', float('nan')):.3f})"
     if args.ratio is not None:
         return f"ratio {args.ratio:g}"
@@ -188,10 +188,6 @@ def _notes(args: argparse.Namespace, lat: Any, paper: Any) -> None:
               "count this model")
 
 
-def _meta(pruned: Any) -> dict:
-    """A GraphModule's ``meta``, or the ``fxprune_meta`` of a model of its own class."""
-    meta_ = getattr(pruned, "meta", None)
-    return meta_ if isinstance(meta_, dict) else pruned.__dict__.get("fxprune_meta", {})
 
 
 def _finish(args: argparse.Namespace, pruned: Any) -> int:
@@ -199,12 +195,12 @@ def _finish(args: argparse.Namespace, pruned: Any) -> int:
     from fxprune.files.serialize import save
 
     if args.verify:
-        report = _meta(pruned).get("fxprune.verify", "-")
+        report = meta.record_of(pruned).get("fxprune.verify", "-")
         if isinstance(report, dict):  # keep_class: the report's fields, as plain data
             report = (f"{report['status']} (max abs err {report['max_abs_err']:.3g}, rel "
                       f"{report['max_rel_err']:.3g})")
         print(f"oracle: {report}")
-        kept = _meta(pruned).get("fxprune.kept")
+        kept = meta.record_of(pruned).get("fxprune.kept")
         if kept:
             print(f"kept for the model's own code (--keep-class): {', '.join(kept)}")
     if args.output:

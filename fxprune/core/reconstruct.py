@@ -56,10 +56,7 @@ class _Layer:
 
 
 def _manifest(pruned: nn.Module) -> dict[str, dict[int, list[int]]]:
-    record = getattr(pruned, "meta", None)
-    if isinstance(record, dict) and meta.MANIFEST in record:
-        return record[meta.MANIFEST]
-    found = pruned.__dict__.get("fxprune_meta", {}).get(meta.MANIFEST)
+    found = meta.record_of(pruned).get(meta.MANIFEST)
     if found is None:
         raise InputError("reconstruct: pruned carries no manifest of the channels kept "
                          "(pruned.meta['fxprune.manifest']). Hint: pass the model "
@@ -177,12 +174,6 @@ def _solve(a: torch.Tensor, bmat: torch.Tensor, ridge: float, bias: bool) -> tor
         return torch.linalg.lstsq(reg, bmat).solution
 
 
-def _error(w: torch.Tensor, a: torch.Tensor, bmat: torch.Tensor, yy: float) -> float:
-    """Relative residual ``|XW - Y| / |Y|`` from the accumulated ``X^T X``, ``X^T Y``, ``|Y|^2``."""
-    sq = float((w * (a @ w)).sum() - 2 * (w * bmat).sum()) + yy
-    return (max(sq, 0.0) / max(yy, 1e-30)) ** 0.5
-
-
 @dataclasses.dataclass
 class _Normal:
     """Accumulated normal equations of some batches: ``X^T X``, ``X^T Y``, ``|Y|^2``, rows."""
@@ -203,7 +194,9 @@ class _Normal:
                        self.rows + other.rows)
 
     def error(self, w: torch.Tensor) -> float:
-        return _error(w, self.a, self.b, self.yy)  # type: ignore[arg-type]
+        """Relative residual ``|XW - Y| / |Y|`` of the weights ``w`` on these rows."""
+        sq = float((w * (self.a @ w)).sum() - 2 * (w * self.b).sum()) + self.yy
+        return (max(sq, 0.0) / max(self.yy, 1e-30)) ** 0.5
 
 
 @torch.no_grad()
@@ -296,10 +289,7 @@ def reconstruct(pruned: nn.Module, original: nn.Module, data: Iterable, batches:
     finally:
         for m, t in flags.items():
             m.training = t
-    if isinstance(getattr(pruned, "meta", None), dict):
-        pruned.meta[RECONSTRUCTED] = report
-    elif "fxprune_meta" in pruned.__dict__:
-        pruned.__dict__["fxprune_meta"][RECONSTRUCTED] = report
+    meta.record_of(pruned)[RECONSTRUCTED] = report
     return report
 
 

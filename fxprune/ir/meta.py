@@ -144,3 +144,14 @@ def get_ids(node: fx.Node) -> Any:
 
 def set_ids(node: fx.Node, ids: Any) -> None:
     node.meta[IDS] = ids
+
+
+def record_of(model: Any) -> dict[str, Any]:
+    """A pruned model's fxprune record, live: a GraphModule's ``meta``, else the
+    ``fxprune_meta`` of a model of its own class (``keep_class=True``, or a root that stayed
+    opaque); an empty, unattached dict when it has neither."""
+    record = getattr(model, "meta", None)
+    if isinstance(record, dict):
+        return record
+    record = getattr(model, "__dict__", {}).get("fxprune_meta")
+    return record if isinstance(record, dict) else {}

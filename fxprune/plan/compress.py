@@ -277,11 +277,8 @@ def _recalibrated(pruned: Any, model: nn.Module, data: Any, reconstruct: int,
     if reconstruct:
         reconstruct_layers(pruned, model, data, batches=reconstruct, seed=seed)
     if recalibrate:
-        used = recalibrate_bn(pruned, data, batches=recalibrate)
-        if isinstance(pruned, fx.GraphModule):
-            pruned.meta[RECALIBRATED] = used
-        elif "fxprune_meta" in pruned.__dict__:
-            pruned.__dict__["fxprune_meta"][RECALIBRATED] = used
+        meta.record_of(pruned)[RECALIBRATED] = recalibrate_bn(pruned, data,
+                                                              batches=recalibrate)
     return pruned
 
 
