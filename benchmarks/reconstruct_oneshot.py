@@ -28,6 +28,7 @@ import torch
 import fxprune
 from fxprune.bench.accuracy import rows
 from fxprune.bench.accuracy.presets import PRESETS
+from fxprune.models import create_model
 from fxprune.train import data, evaluate
 
 
@@ -51,7 +52,8 @@ def main() -> None:
         train, val, _ = data.make_loaders(splits, p.batch)
         valb = list(itertools.islice(val, p.eval_batches, None))
         x = splits.example_input()
-        dense = rows._model(model_name, splits)
+        dense = create_model(model_name, in_chans=splits.in_chans,
+                             num_classes=splits.num_classes)
         state = torch.load(rows.dense_path(Path(a.dense), model_name, seed), weights_only=True)
         dense.load_state_dict(state)
         dense.eval()

@@ -26,6 +26,7 @@ import torch
 from fxprune.bench.accuracy import rows
 from fxprune.bench.accuracy.presets import PRESETS
 from fxprune.core.recalibrate import recalibrate_bn
+from fxprune.models import create_model
 from fxprune.train import SoftPruner, data, evaluate
 
 
@@ -49,7 +50,7 @@ def main() -> None:
     train, val, _ = data.make_loaders(splits, p.batch)
     valb = list(itertools.islice(val, p.eval_batches, p.eval_batches + 12))
     x = splits.example_input()
-    model = rows._model("resnet20", splits)
+    model = create_model("resnet20", in_chans=splits.in_chans, num_classes=splits.num_classes)
     state = torch.load(rows.dense_path(Path(a.dense), "resnet20", a.seed), weights_only=True)
     model.load_state_dict(state)
     pruner = SoftPruner(model, example_inputs=(x,), seed=a.seed, method=a.method,
