@@ -9,6 +9,8 @@ magnitudes would compare filters by a scale that does not change the function. T
 scores are removed, across layers, until the MACs under SWP's stripe convention (§6.3: a conv
 costs its live-stripe fraction of its dense MACs) are at most ``fraction`` of the model's; each
 conv keeps its strongest stripe, so no layer is removed whole.
+
+The coarser grains (kernel row/column pairs, whole filters) are in :mod:`fxprune.stripes.shape`.
 """
 
 from __future__ import annotations
@@ -68,3 +70,4 @@ def budget_live(convs: Mapping[str, SkeletonConv2d], live: Mapping[str, Tensor],
         n, i = where[j]
         out[n].view(-1)[i] = False
     return out
+

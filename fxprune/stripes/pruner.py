@@ -49,14 +49,25 @@ class StripePruner:
             fxprune's choice). False is the authors' code: their ResNet's 1x1 projection
             convs carry a skeleton that is neither regularised nor thresholded (a free
             per-filter scale), so those convs are never pruned by stripes.
+        granularity: what the budgeted mode (:meth:`prune_to`) removes: ``"stripe"`` (single
+            stripes, :func:`fxprune.stripes.budget.budget_live`; :meth:`kept_macs` in SWP's
+            stripe convention), ``"shape"`` (kernel row/column pairs) or ``"shape+filter"``
+            (those and whole filters of convs that alone produce their channels), both
+            :func:`fxprune.stripes.shape.shape_live`, whose :meth:`kept_macs` is what
+            ``finalize(kernel="dense")`` emits (:func:`~fxprune.stripes.shape.realized_fraction`).
     """
 
     def __init__(self, model: nn.Module, *, alpha: float = 1e-5, delta: float = 0.01,
                  example_inputs: Any = None, ignore: tuple[str, ...] | list[str] = (),
-                 kernel: str = "probe", density: float = 0.0, regularize_1x1: bool = True):
+                 kernel: str = "probe", density: float = 0.0, regularize_1x1: bool = True,
+                 granularity: str = "stripe"):
         for name, v in (("alpha", alpha), ("delta", delta)):
             if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
                 raise InputError(f"{name} must be a number >= 0, got {v!r}")
+        if granularity not in ("stripe", "shape", "shape+filter"):
+            raise InputError("granularity must be 'stripe', 'shape' or 'shape+filter', got "
+                             f"{granularity!r}")
+        self.granularity = granularity
         self.model = model
         self.alpha, self.delta = float(alpha), float(delta)
         self.example_inputs = example_inputs
@@ -71,6 +82,7 @@ class StripePruner:
         self.regularize_1x1 = bool(regularize_1x1)
         self.steps = 0
         self._layer_macs: tuple[int, dict[str, int]] | None = None
+        self._consumers: dict[str, dict[str, Tensor]] | None = None  # "shape+filter"
         # budgeted mode (prune_to): the stripes removed so far, held at every step
         self.budget: dict[str, Tensor] = {}
 
@@ -112,16 +124,24 @@ class StripePruner:
 
     def prune_to(self, fraction: float, example_inputs: Any = None) -> float:
         """Budgeted mode: remove the stripes with the lowest per-filter normalised skeleton
-        magnitude (:func:`fxprune.stripes.budget.budget_live`) until :meth:`kept_macs` is at
-        most ``fraction``; removed stripes stay removed (held before every threshold).
-        Returns the kept MACs."""
+        magnitude (:func:`fxprune.stripes.budget.budget_live`; with ``granularity="shape"``
+        whole kernel row/column pairs, :func:`~fxprune.stripes.budget.shape_live`) until
+        :meth:`kept_macs` is at most ``fraction``; removed stripes stay removed (held before
+        every threshold). Returns the kept MACs."""
         from fxprune.stripes.budget import budget_live
+        from fxprune.stripes.shape import shape_live
 
         self.kept_macs(example_inputs)  # counts the dense per-layer MACs once
         assert self._layer_macs is not None
         total, per = self._layer_macs
         convs = self._convs()
-        live = budget_live(convs, self.live(), per, total, float(fraction))
+        if self.granularity == "stripe":
+            live = budget_live(convs, self.live(), per, total, float(fraction))
+        else:
+            live = shape_live(convs, self.live(), per, total, float(fraction),
+                              consumers=self._shape_consumers(example_inputs),
+                              modules=dict(self.model.named_modules()),
+                              norms=self._norm_modules())
         for n in convs:
             if not bool(live[n].all()) or n in self.budget:
                 self.budget[n] = live[n].to(convs[n].fs.dtype)
@@ -150,9 +170,12 @@ class StripePruner:
 
     def kept_macs(self, example_inputs: Any = None) -> float:
         """MACs kept under SWP's stripe convention (§6.3), as a fraction of the dense model's:
-        every skeleton conv costs its live-stripe fraction of its dense MACs, other layers
-        are dense. Not measured on a rewrite (the finalized model's MACs are in
+        every skeleton conv costs its live-stripe fraction of its dense MACs (with
+        ``granularity="shape"``: its live bounding box's share), other layers are dense. Not
+        measured on a rewrite (the finalized model's MACs are in
         ``fxprune.count(pruner.finalize())``); the dense per-layer MACs are counted once."""
+        from fxprune.stripes.shape import realized_fraction
+
         if self._layer_macs is None:
             from fxprune.costs.count import count
 
@@ -162,8 +185,21 @@ class StripePruner:
                                          for n in self.names})
         total, per = self._layer_macs
         live = self.live()
+        if self.granularity != "stripe":
+            return realized_fraction(live, per, total, self._shape_consumers(example_inputs))
         kept = total - sum(per[n] * (1 - float(live[n].float().mean())) for n in live)
         return kept / max(1, total)
+
+    def _shape_consumers(self, example_inputs: Any = None) -> dict[str, dict[str, Tensor]]:
+        """``"shape+filter"``: the exclusive producers and their consumers, found once."""
+        if self.granularity != "shape+filter":
+            return {}
+        if self._consumers is None:
+            from fxprune.stripes.shape import exclusive_consumers
+
+            inputs = example_inputs if example_inputs is not None else self.example_inputs
+            self._consumers = exclusive_consumers(self.model, inputs, self.names)
+        return self._consumers
 
     def finalize(self, example_inputs: Any = None, **kwargs: Any) -> fx.GraphModule:
         """The exact compact model (see :func:`fxprune.stripes.finalize`)."""
@@ -175,6 +211,7 @@ class StripePruner:
     def state_dict(self) -> dict[str, Any]:
         """Settings and step count (the skeletons themselves live in the model's state_dict)."""
         return {"alpha": self.alpha, "delta": self.delta, "steps": self.steps,
+                "granularity": self.granularity,
                 "budget": {n: m.clone() for n, m in self.budget.items()}}
 
     def load_state_dict(self, sd: dict[str, Any]) -> None:

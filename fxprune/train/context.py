@@ -32,6 +32,7 @@ class PrunerContext(Protocol):
     seed: int
     epoch: int  # epochs ended so far
     epochs: int | None  # the run's length in epochs, when known
+    settle: int  # the last epochs that train under the final selection
     criterion: Any  # the criterion name or function (None: the method has none)
     round_to: int | None
     counts: dict[int, int]  # units each group keeps under the allocation

@@ -200,6 +200,19 @@ def test_soft_and_allocation_tunables_reach_the_rows(monkeypatch) -> None:
     assert seen == ["uniform", "global"]
 
 
+def test_settle_share_resolves_per_preset() -> None:
+    """soft_settle may be a share of the epochs (chosen on the cpu preset's validation split
+    as 3 of 4): the -settle presets give 3 of 4 and 12 of 16 epochs, at least 1, at most all
+    but one."""
+    from fxprune.bench.accuracy.presets import settle_epochs
+
+    assert parse_grid(["soft_settle=2,0.75"])["soft_settle"] == [2, 0.75]
+    assert R._soft_engine(PRESETS["cpu-settle"], "sfp") == {"settle": 3}
+    assert R._soft_engine(PRESETS["cpu-long-settle"], "mfp") == {"settle": 12}
+    assert settle_epochs(0.75, 1) == 1 and settle_epochs(0.99, 8) == 7 and settle_epochs(2, 8) == 2
+    assert PRESETS["cpu-long-settle"].amp is None and PRESETS["cpu-settle"].amp == "bf16"
+
+
 def test_dense_checkpoint_of_the_folder_is_evaluated_not_retrained(dense_dir,
                                                                    monkeypatch) -> None:
     """A dense row whose checkpoint is already in the folder (trained for a --tune preset)

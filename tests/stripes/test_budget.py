@@ -78,3 +78,97 @@ def test_budget_target_is_checked():
     with pytest.raises(InputError, match="target_flops"):
         SoftPruner(create_model("resnet20", in_chans=1, num_classes=4), method="swp",
                    target_flops=1.5, example_inputs=(torch.randn(1, 1, 16, 16),))
+
+
+@pytest.mark.parametrize("granularity,target", [("shape", 0.5), ("shape", 0.3),
+                                               ("shape+filter", 0.5)])
+def test_shape_budget_is_realized_by_the_dense_kernel(granularity, target):
+    """granularity="shape": whole kernel row/column pairs go ("shape+filter": also whole
+    filters of block-inner convs), so the finalized model's plain dense convs measure what the
+    budget counted, and it equals the masked model."""
+    torch.manual_seed(0)
+    model = create_model("resnet20", in_chans=1, num_classes=4)
+    x, y = torch.randn(16, 1, 16, 16), torch.randint(0, 4, (16,))
+    dense = fxprune.count(model, (x[:1],)).macs
+    pruner = SoftPruner(model, method="swp", target_flops=target, example_inputs=(x[:1],),
+                        granularity=granularity, kernel="dense", epochs=3)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    handle = pruner.attach(opt)
+    seen = []
+    for _ in range(3):
+        opt.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+        pruner.epoch_end()
+        seen.append(pruner.kept_macs)
+    assert seen[0] > seen[1] >= seen[2]
+    # pairs are coarse: at or a little below; filters are finer
+    assert (0.85 if granularity == "shape" else 0.97) * target <= seen[-1] <= target
+    small = pruner.finalize()
+    handle.remove()
+    assert fxprune.count(small, (x[:1],)).macs / dense == pytest.approx(seen[-1], abs=0.01)
+    reports = small.meta["fxprune.stripes"]
+    forms = {r.form for r in reports.values()}
+    assert forms <= {"Conv2d 3x3", "Conv2d 1x3", "Conv2d 3x1", "Conv2d 1x1"}, forms
+    cut = {n for n, r in reports.items() if r.filters[0] < r.filters[1]}
+    if granularity == "shape":
+        assert forms - {"Conv2d 3x3"} and not cut
+    else:  # only the convs that alone produce their channels lose filters
+        assert cut and all(n.endswith(".conv1") for n in cut), cut
+    model.eval()
+    small.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(small(x), model(x), rtol=1e-4, atol=1e-5)
+    assert pruner.state_dict()["method_state"]["granularity"] == granularity
+
+
+def test_shape_budget_removes_the_pair_with_the_least_energy():
+    from fxprune.stripes.shape import box_fraction, shape_live
+
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(4, 6, 3, padding=1, bias=False)
+    model = torch.nn.Sequential(conv)
+    StripePruner(model)
+    with torch.no_grad():
+        conv.weight.fill_(1.0)
+        conv.weight[:, :, :, 0].mul_(0.1)  # columns 0 and 2 are weak in every filter...
+        conv.weight[:, :, :, 2].mul_(0.1)
+        conv.weight[0, :, 0, :].mul_(0.5)  # ...rows differ less, and in one filter only
+    live = {"0": torch.ones(6, 3, 3, dtype=torch.bool)}
+    out = shape_live({"0": conv}, live, {"0": 900.0}, 1000.0, 0.5)["0"]
+    assert bool(out[:, :, 1].all()) and not bool(out[:, :, [0, 2]].any())  # 3x3 -> 3x1
+    assert box_fraction(out) == pytest.approx(1 / 3)
+    # a bigger cut continues to 1x1, never below
+    out = shape_live({"0": conv}, live, {"0": 900.0}, 1000.0, 0.01)["0"]
+    assert out.sum() == 6 and bool(out[:, 1, 1].all())
+
+
+def test_granularity_is_checked():
+    with pytest.raises(InputError, match="granularity"):
+        StripePruner(create_model("resnet20", in_chans=1, num_classes=4), granularity="row")
+
+
+def test_exclusive_consumers_are_the_block_inner_convs():
+    from fxprune.stripes.shape import exclusive_consumers
+
+    model = create_model("resnet20_b", in_chans=1, num_classes=4)
+    sp = StripePruner(model)
+    cons = exclusive_consumers(model, (torch.randn(1, 1, 16, 16),), sp.names)
+    assert set(cons) == {f"layer{s}.{b}.conv1" for s in (1, 2, 3) for b in range(3)}
+    src = cons["layer2.1.conv1"]["layer2.1.conv2"]
+    assert src.tolist() == list(range(32))  # conv2's input i is conv1's filter i
+
+
+def test_budget_ramp_ends_where_the_settle_epochs_begin():
+    torch.manual_seed(0)
+    model = create_model("resnet20", in_chans=1, num_classes=4)
+    x = torch.randn(4, 1, 16, 16)
+    pruner = SoftPruner(model, method="swp", target_flops=0.5, example_inputs=(x[:1],),
+                        granularity="shape+filter", kernel="dense", epochs=4, settle=2)
+    seen = []
+    for _ in range(4):
+        pruner.epoch_end()
+        seen.append(round(pruner.kept_macs, 2))
+    # ramp over epochs - settle = 2 epochs: 0.75 after the first, the budget from the second
+    assert seen[0] == pytest.approx(0.75, abs=0.02)
+    assert all(s == pytest.approx(0.5, abs=0.01) for s in seen[1:]), seen

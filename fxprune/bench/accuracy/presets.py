@@ -40,6 +40,13 @@ METHODS: dict[str, tuple[str, str, dict[str, Any]]] = {
     # layer, so that the measured MACs are the target's (the default kernel="probe" keeps a
     # layer dense where that is faster: its MACs then stay near 1.0)
     "swp-budget": ("fxprune", "soft", {"method": "swp", "kernel": "stripe"}),
+    # the same budget over whole kernel row/column pairs (3x3 -> 1x3 -> 1x1), finalized with
+    # the dense kernel: every MAC the budget removes is one the finalized model does not run
+    "swp-shape": ("fxprune", "soft", {"method": "swp", "granularity": "shape",
+                                      "kernel": "dense"}),
+    # ... and whole filters of the convs that alone produce their channels (block-inner convs)
+    "swp-shape+filter": ("fxprune", "soft", {"method": "swp", "granularity": "shape+filter",
+                                             "kernel": "dense"}),
     "tp-magnitude": ("torch-pruning", "tp", {"importance": "magnitude"}),
     "tp-group": ("torch-pruning", "tp", {"importance": "group"}),
 }
@@ -178,10 +185,11 @@ class Preset:
     # recon: training batches fxprune.reconstruct fits each layer on
     recon_batches: int = 8
     # the fxprune variant of the soft rows (sfp, mfp, fppmo, fpgm-soft): SoftPruner's
-    # max_grad_norm ("auto", "none" or a number), settle epochs and FPPMO's prior temperature;
-    # the defaults are SoftPruner's, re-chosen on validation (docs/accuracy.md)
+    # max_grad_norm ("auto", "none" or a number), settle epochs (an int, or a share of the
+    # epochs in (0, 1): settle_epochs) and FPPMO's prior temperature; the defaults are
+    # SoftPruner's, re-chosen on validation (docs/accuracy.md)
     soft_clip: str = "auto"
-    soft_settle: int = 1
+    soft_settle: float = 1
     fppmo_tau: float = 0.25
     note: str = ""
 
@@ -208,8 +216,19 @@ PRESET_DEFAULTS = {f.name: f.default for f in fields(Preset)}
 
 # the methods of the longer budget: both variants of every paper method, and the references
 _LONG = ("l1", "fpgm", "sfp", "sfp (paper)", "fpgm-soft", "fpgm-soft (paper)", "mfp",
-         "mfp (paper)", "fppmo", "fppmo (paper)", "swp", "swp (paper)", "swp-budget",
-         "tp-group")
+         "mfp (paper)", "fppmo", "fppmo (paper)", "swp", "swp (paper)", "swp-budget", "swp-shape",
+         "swp-shape+filter", "tp-group")
+
+# the soft rows whose settle share was re-chosen on validation
+_SETTLE = ("sfp", "mfp", "fppmo", "fpgm-soft", "swp-shape+filter")
+
+
+def settle_epochs(settle: float, epochs: int) -> int:
+    """A preset's ``soft_settle`` in epochs: an int as is; a share in (0, 1) of ``epochs``,
+    rounded, at least 1 and at most ``epochs - 1`` (one soft epoch stays)."""
+    if isinstance(settle, float) and 0.0 < settle < 1.0:
+        return max(1, min(epochs - 1, round(settle * epochs)))
+    return int(settle)
 
 
 PRESETS: dict[str, Preset] = {
@@ -233,6 +252,15 @@ PRESETS: dict[str, Preset] = {
                        swp_alpha=(0.0075, 0.01, 0.0125), methods=_LONG,
                        note="the cpu preset with 4x its fine-tuning/soft epochs (16), in "
                             "float32; the same dense baselines; many hours on 2 cores"),
+    # the soft rows with the settle share chosen on the cpu preset's validation split (3 of 4
+    # epochs, docs/accuracy.md): own presets, so that the settle-1 rows stay comparable
+    "cpu-settle": Preset("cpu-settle", "fashion-mnist", ("resnet20",), dense_epochs=15,
+                         epochs=4, subset=15000, soft_settle=0.75, methods=_SETTLE,
+                         note="the cpu preset; soft rows settle 3 of 4 epochs"),
+    "cpu-long-settle": Preset("cpu-long-settle", "fashion-mnist", ("resnet20",),
+                              dense_epochs=15, epochs=16, subset=15000, amp=None,
+                              soft_settle=0.75, methods=_SETTLE,
+                              note="the cpu-long preset; soft rows settle 12 of 16 epochs"),
     "full": Preset("full", "fashion-mnist", ("resnet20", "resnet56"), dense_epochs=60,
                    epochs=40, tp_models={"resnet20": "resnet20_b", "resnet56": "resnet56_b"},
                    amp=None, note="all 54,000 training images; for a GPU"),

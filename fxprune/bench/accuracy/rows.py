@@ -39,7 +39,13 @@ import torch
 import torch.nn as nn
 
 from fxprune.bench.accuracy.heldout import HeldOut
-from fxprune.bench.accuracy.presets import PRESET_DEFAULTS, Job, Preset, method_spec
+from fxprune.bench.accuracy.presets import (
+    PRESET_DEFAULTS,
+    Job,
+    Preset,
+    method_spec,
+    settle_epochs,
+)
 from fxprune.core.recalibrate import recalibrate_bn
 from fxprune.core.reconstruct import reconstruct
 from fxprune.costs.count import count
@@ -246,6 +252,8 @@ def _run_method(p: Preset, job: Job, model: nn.Module, x: torch.Tensor, train: A
                           "variant": how.get("variant", "fxprune")}
     if "kernel" in how:  # SWP's finalize kernel (swp-budget: "stripe")
         kw["kernel"] = row["kernel"] = how["kernel"]
+    if "granularity" in how:  # SWP's budget grain (swp-shape: kernel row/column pairs)
+        kw["granularity"] = row["granularity"] = how["granularity"]
     if p.score_recalibration and how["method"] in ("mfp", "fppmo"):
         kw["score_recalibration"] = p.score_recalibration
     if kw["variant"] == "fxprune":
@@ -278,7 +286,7 @@ def _soft_engine(p: Preset, method: str) -> dict[str, Any]:
             raise InputError(f"soft_clip must be 'auto', 'none' or a number, got "
                              f"{p.soft_clip!r}") from None
     if p.soft_settle != PRESET_DEFAULTS["soft_settle"]:
-        kw["settle"] = p.soft_settle
+        kw["settle"] = settle_epochs(p.soft_settle, p.epochs)
     if method == "fppmo" and p.fppmo_tau != PRESET_DEFAULTS["fppmo_tau"]:
         kw["tau"] = p.fppmo_tau
     return kw

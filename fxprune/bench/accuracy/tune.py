@@ -41,10 +41,18 @@ def parse_grid(specs: Sequence[str]) -> dict[str, list[Any]]:
                              f"{', '.join(_TUNABLE)}")
         kind = type(fields[name].default)
         try:
-            grid[name] = [kind(v.strip()) for v in values.split(",") if v.strip()]
+            grid[name] = [_value(kind, v.strip()) for v in values.split(",") if v.strip()]
         except ValueError as e:
             raise InputError(f"--tune {spec!r}: {e}") from None
     return grid
+
+
+def _value(kind: type, text: str) -> Any:
+    """``text`` as the field's type; an int field also takes a float (``soft_settle=0.75``:
+    a share of the epochs)."""
+    if kind is int and not text.lstrip("-").isdigit():
+        return float(text)
+    return kind(text)
 
 
 def candidates(preset: Preset, grid: dict[str, list[Any]]) -> list[Preset]:

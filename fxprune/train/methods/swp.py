@@ -17,6 +17,8 @@ convs' skeletons are neither regularised nor thresholded) and ``target_flops`` (
 paper's learned amounts; F: fxprune's budgeted mode, the weakest stripes by per-filter
 normalised skeleton magnitude removed on a linear ramp over the epochs until the
 stripe-convention MACs reach F, :mod:`fxprune.stripes.budget`;
+``granularity="shape"`` removes whole kernel row/column pairs instead, until the MACs of the
+convs' live bounding boxes reach F, so ``kernel="dense"`` realizes them;
 ``SoftPruner(method="swp", target_flops=F)`` passes it here). The channel clean-up rounds kept
 widths to the pruner's ``round_to``. Deviations from the authors' code, each switchable: the
 gradient clip (``hold="epoch"`` makes ``max_grad_norm="auto"`` apply: pass None) and the L1 on
@@ -53,7 +55,7 @@ class SWP(Method):
     default_criterion = None
     hold = "epoch"
     options = {"alpha": 1e-5, "delta": 0.01, "kernel": "probe", "density": 0.0,
-               "target_flops": None, "regularize_1x1": True}
+               "target_flops": None, "regularize_1x1": True, "granularity": "stripe"}
     paper = PaperSettings(pruner={"max_grad_norm": None, "settle": 0},
                           options={"regularize_1x1": False}, milestones=(0.5, 0.75),
                           gamma=0.1, weight_decay=1e-4,
@@ -73,19 +75,21 @@ class SWP(Method):
                              f"in (0, 1), got {f!r}")
         self.stripes = StripePruner(pruner.model, alpha=o["alpha"], delta=o["delta"],
                                     kernel=o["kernel"], density=o["density"],
-                                    regularize_1x1=o["regularize_1x1"])
+                                    regularize_1x1=o["regularize_1x1"],
+                                    granularity=o["granularity"])
 
     def _ramp(self, pruner: PrunerContext, final: bool) -> float | None:
         """Budgeted mode: the MACs fraction due after ``pruner.epoch`` epochs, linear from 1
-        to ``target_flops`` over all epochs but the last (the last trains at the budget);
-        None in the learned mode."""
+        to ``target_flops`` over the epochs before the last ``settle`` (which train at the
+        budget; default 1); None in the learned mode."""
         f = self.opts["target_flops"]
         if f is None:
             return None
         epochs = pruner.epochs
         if final or epochs is None:
             return float(f)
-        return 1.0 - (1.0 - float(f)) * min(1.0, pruner.epoch / max(1, epochs - 1))
+        ramp = max(1, epochs - max(1, int(pruner.settle)))
+        return 1.0 - (1.0 - float(f)) * min(1.0, pruner.epoch / ramp)
 
     def update(self, pruner: PrunerContext) -> Keep | None:
         frac = self._ramp(pruner, final=False)
