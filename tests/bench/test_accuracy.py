@@ -25,9 +25,9 @@ def test_cpu_preset_expands_to_every_method_target_and_seed():
     p = PRESETS["cpu"]
     dense, rows = jobs(p)
     assert len(dense) == 6  # resnet20 and its option-B twin (for Torch-Pruning), 3 seeds
-    # fxprune one-shot and soft (fxprune's and the paper's variants, SWP with a budget), SWP's
-    # alphas in both variants, tp, l1 on the twin
-    per_seed = (4 + 4 + 4 + 1) * 2 + 2 * len(p.swp_alpha) + 2 * 2 + 2
+    # fxprune one-shot and soft (fxprune's and the paper's variants, SWP with a budget in its
+    # three grains), SWP's alphas in both variants, tp, l1 on the twin
+    per_seed = (4 + 4 + 4 + 3) * 2 + 2 * len(p.swp_alpha) + 2 * 2 + 2
     assert len(rows) == 3 * per_seed
     assert len({j.key for j in dense + rows}) == len(dense) + len(rows)
     assert {j.model for j in rows if j.tool == "torch-pruning"} == {"resnet20_b"}

@@ -32,6 +32,7 @@ import copy
 import dataclasses
 import itertools
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +57,7 @@ from fxprune.errors import InputError
 from fxprune.plan.allocate import ALLOCATION
 from fxprune.plan.compress import compress
 from fxprune.plan.search import search_allocation
+from fxprune.stripes import STRIPES
 from fxprune.train import SoftPruner, data, evaluate, fit
 from fxprune.train.gradual import prune_iteratively
 from fxprune.train.methods import needs_data, paper_settings
@@ -353,4 +355,8 @@ def run_job(p: Preset, job: Job, out: Path, split: str = "test") -> dict[str, An
                params_kept=after.params / base.params,
                paper_flops_cut=_paper_cut(dense, keep_rate, x, row.get("residual")),
                speedup=_latency(dense, small, x, p.latency_batch))
+    stripes = small.meta.get(STRIPES) if hasattr(small, "meta") else None
+    if stripes:  # SWP rows: what the rewrite emitted, e.g. {"Conv2d 3x3": 17, "Conv2d 1x3": 2}
+        row["stripe_forms"] = dict(Counter(r.form for r in stripes.values()))
+        row["stripe_filters_cut"] = sum(r.filters[1] - r.filters[0] for r in stripes.values())
     return row
