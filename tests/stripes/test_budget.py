@@ -14,29 +14,38 @@ from fxprune.stripes.budget import stripe_scores
 from fxprune.train import SoftPruner
 
 
-@pytest.mark.parametrize("target", [0.5, 0.3])
-def test_budget_reaches_the_target_and_finalize_is_exact(target):
+def _ramped(target, steps, **options):
+    """ResNet-20 trained 3 epochs of ``steps`` SGD steps under the SWP budget; returns (model,
+    inputs, dense MACs, kept MACs after each epoch, finalized model). The pruner's checkpoint
+    state is in ``small.meta["swp_state"]``."""
     torch.manual_seed(0)
     model = create_model("resnet20", in_chans=1, num_classes=4)
-    dense = fxprune.count(create_model("resnet20", in_chans=1, num_classes=4),
-                          (torch.randn(1, 1, 16, 16),)).macs
     x, y = torch.randn(16, 1, 16, 16), torch.randint(0, 4, (16,))
+    dense = fxprune.count(model, (x[:1],)).macs
     pruner = SoftPruner(model, method="swp", target_flops=target, example_inputs=(x[:1],),
-                        kernel="stripe", epochs=3)
+                        epochs=3, **options)
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     handle = pruner.attach(opt)
     seen = []
     for _ in range(3):
-        for _ in range(2):
+        for _ in range(steps):
             opt.zero_grad()
             F.cross_entropy(model(x), y).backward()
             opt.step()
         pruner.epoch_end()
         seen.append(pruner.kept_macs)
-    assert seen[0] > seen[1] >= seen[2]  # a ramp, not one cut
-    assert seen[-1] == pytest.approx(target, rel=0.02)  # the stripe convention
     small = pruner.finalize()
     handle.remove()
+    small.meta["swp_state"] = pruner.state_dict()["method_state"]
+    return model, x, dense, seen, small
+
+
+@pytest.mark.parametrize("target", [0.5, 0.3])
+def test_budget_reaches_the_target_and_finalize_is_exact(target):
+    torch.manual_seed(0)
+    model, x, dense, seen, small = _ramped(target, 2, kernel="stripe")
+    assert seen[0] > seen[1] >= seen[2]  # a ramp, not one cut
+    assert seen[-1] == pytest.approx(target, rel=0.02)  # the stripe convention
     # the finalized model counts a little below the stripe convention: a filter with no live
     # stripe also removes the next conv's input channel
     assert 0.94 * target <= fxprune.count(small, (x[:1],)).macs / dense <= 1.01 * target
@@ -44,7 +53,7 @@ def test_budget_reaches_the_target_and_finalize_is_exact(target):
     small.eval()
     with torch.no_grad():  # the stripes oracle: the finalized model is the masked one
         torch.testing.assert_close(small(x), model(x), rtol=1e-4, atol=1e-5)
-    assert pruner.state_dict()["method_state"]["budget"]  # checkpoints keep the removed stripes
+    assert small.meta["swp_state"]["budget"]  # checkpoints keep the removed stripes
 
 
 def test_stripe_scores_ignore_each_filters_scale():
@@ -86,26 +95,10 @@ def test_shape_budget_is_realized_by_the_dense_kernel(granularity, target):
     """granularity="shape": whole kernel row/column pairs go ("shape+filter": also whole
     filters of block-inner convs), so the finalized model's plain dense convs measure what the
     budget counted, and it equals the masked model."""
-    torch.manual_seed(0)
-    model = create_model("resnet20", in_chans=1, num_classes=4)
-    x, y = torch.randn(16, 1, 16, 16), torch.randint(0, 4, (16,))
-    dense = fxprune.count(model, (x[:1],)).macs
-    pruner = SoftPruner(model, method="swp", target_flops=target, example_inputs=(x[:1],),
-                        granularity=granularity, kernel="dense", epochs=3)
-    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-    handle = pruner.attach(opt)
-    seen = []
-    for _ in range(3):
-        opt.zero_grad()
-        F.cross_entropy(model(x), y).backward()
-        opt.step()
-        pruner.epoch_end()
-        seen.append(pruner.kept_macs)
+    model, x, dense, seen, small = _ramped(target, 1, granularity=granularity, kernel="dense")
     assert seen[0] > seen[1] >= seen[2]
     # pairs are coarse: at or a little below; filters are finer
     assert (0.85 if granularity == "shape" else 0.97) * target <= seen[-1] <= target
-    small = pruner.finalize()
-    handle.remove()
     assert fxprune.count(small, (x[:1],)).macs / dense == pytest.approx(seen[-1], abs=0.01)
     reports = small.meta["fxprune.stripes"]
     forms = {r.form for r in reports.values()}
@@ -119,7 +112,7 @@ def test_shape_budget_is_realized_by_the_dense_kernel(granularity, target):
     small.eval()
     with torch.no_grad():
         torch.testing.assert_close(small(x), model(x), rtol=1e-4, atol=1e-5)
-    assert pruner.state_dict()["method_state"]["granularity"] == granularity
+    assert small.meta["swp_state"]["granularity"] == granularity
 
 
 def test_shape_budget_removes_the_pair_with_the_least_energy():
