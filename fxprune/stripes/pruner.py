@@ -15,6 +15,7 @@ from __future__ import annotations
 
 __all__ = ["StripePruner"]
 
+import warnings
 from typing import Any
 
 import torch
@@ -83,6 +84,7 @@ class StripePruner:
         self.steps = 0
         self._layer_macs: tuple[int, dict[str, int]] | None = None
         self._consumers: dict[str, dict[str, Tensor]] | None = None  # "shape+filter"
+        self._short = False  # warned that the budget cannot be reached
         # budgeted mode (prune_to): the stripes removed so far, held at every step
         self.budget: dict[str, Tensor] = {}
 
@@ -146,7 +148,16 @@ class StripePruner:
             if not bool(live[n].all()) or n in self.budget:
                 self.budget[n] = live[n].to(convs[n].fs.dtype)
         self.apply_masks()
-        return self.kept_macs()
+        kept = self.kept_macs()
+        if kept > float(fraction) + 0.01 and not self._short:
+            self._short = True
+            warnings.warn(
+                f"SWP budget: asked for {float(fraction):.3f} of the MACs, reached {kept:.3f}; "
+                f"nothing more is removable at granularity {self.granularity!r} (every conv "
+                "keeps its centre and one filter; only the skeleton convs are cut). Hint: a "
+                "finer granularity, or prune the remaining layers with fxprune.compress.",
+                stacklevel=2)
+        return kept
 
     def attach(self, optimizer: torch.optim.Optimizer) -> Any:
         """Run :meth:`step` before every ``optimizer.step()``; adds the skeletons to the
@@ -181,8 +192,9 @@ class StripePruner:
 
             inputs = example_inputs if example_inputs is not None else self.example_inputs
             c = count(self.model, inputs)
-            self._layer_macs = (c.macs, {n: c.per_layer.get(n, {}).get("macs", 0)
-                                         for n in self.names})
+            per = {n: v.get("macs", 0) for n, v in c.per_layer.items()}  # every layer: a
+            per.update({n: per.get(n, 0) for n in self.names})  # cut can reach non-skeletons
+            self._layer_macs = (c.macs, per)
         total, per = self._layer_macs
         live = self.live()
         if self.granularity != "stripe":

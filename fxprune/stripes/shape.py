@@ -38,7 +38,7 @@ import torch.nn as nn
 from torch import Tensor
 
 from fxprune.stripes.budget import stripe_scores
-from fxprune.stripes.skeleton import SkeletonConv2d
+from fxprune.stripes.skeleton import SkeletonConv2d, following_norms
 
 Consumers = Mapping[str, Mapping[str, Tensor]]  # {producer: {consumer: source filter per input}}
 
@@ -58,12 +58,16 @@ def exclusive_consumers(model: nn.Module, example_inputs: Any, names: list[str])
     """``{producer conv: {consumer: [C_in] long}}`` for every conv of ``names`` that alone
     produces its output channels (one group, no other producer, nothing frozen or approximate):
     entry ``i`` of a consumer's tensor is the producer filter that feeds its input channel
-    ``i`` (-1: another group). Found with fxprune's own analysis on a trace of ``model``."""
+    ``i`` (-1: another group). A group whose channel also runs through anything but the
+    producer's own BatchNorm (a depthwise conv, another norm) is left out: zeroing the filter
+    would not make that channel 0 everywhere. Found with fxprune's own analysis on a trace of
+    ``model``."""
     from fxprune.core.analyze import analyze
     from fxprune.core.trace import trace
 
     gm = trace(model, example_inputs)
     analysis = analyze(gm, warn=False)
+    norms = following_norms(model, names)
     wanted = set(names)
     out: dict[str, dict[str, Tensor]] = {}
     for g in analysis.groups:
@@ -74,10 +78,17 @@ def exclusive_consumers(model: nn.Module, example_inputs: Any, names: list[str])
         if p not in wanted:
             continue
         outs = [m for m in g.members if m.role == "out" and m.param == "weight"]
-        if len(outs) != 1 or bool((outs[0].units < 0).any()):
-            continue
+        if len(outs) != 1 or bool((outs[0].units < 0).any()) or \
+                outs[0].units.unique().numel() != outs[0].units.numel():
+            continue  # a unit per filter (grouped convs repeat units across conv groups)
         filter_of_unit = torch.full((g.size,), -1, dtype=torch.long)
         filter_of_unit[outs[0].units] = torch.arange(outs[0].units.numel())
+        # the channel must be 0 wherever it goes once p's filter is: through p's own
+        # BatchNorm (zeroed with the filter) into the next layers' inputs, nothing else (a
+        # depthwise conv's or another norm's bias would make it a nonzero constant, which
+        # finalize's exact clean-up keeps)
+        if any(m.role == "channel" and m.target != norms.get(p) for m in g.members):
+            continue
         cons: dict[str, Tensor] = {}
         for m in g.members:
             if m.role == "in" and m.param == "weight":

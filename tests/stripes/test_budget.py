@@ -165,3 +165,24 @@ def test_budget_ramp_ends_where_the_settle_epochs_begin():
     # ramp over epochs - settle = 2 epochs: 0.75 after the first, the budget from the second
     assert seen[0] == pytest.approx(0.75, abs=0.02)
     assert all(s == pytest.approx(0.5, abs=0.01) for s in seen[1:]), seen
+
+
+@pytest.mark.parametrize("name", ["vgg16_bn", "mobilenetv2"])
+def test_shape_filter_budget_counts_what_finalize_removes(name):
+    """The cost model equals fxprune.count on the finalized model on a plain net and on a
+    depthwise one, where a filter whose channel runs through a depthwise conv (whose BN bias
+    keeps it nonzero) is not counted as removable; a budget that cannot be reached warns."""
+    torch.manual_seed(0)
+    model = create_model(name, in_chans=1, num_classes=4).eval()
+    x = torch.randn(2, 1, 32, 32)
+    dense = fxprune.count(model, (x,)).macs
+    sp = StripePruner(model, example_inputs=(x,), granularity="shape+filter", kernel="dense")
+    if name == "mobilenetv2":
+        with pytest.warns(UserWarning, match="nothing more is removable"):
+            kept = sp.prune_to(0.5)
+        assert kept > 0.6
+    else:
+        kept = sp.prune_to(0.5)
+        assert kept == pytest.approx(0.5, abs=0.01)
+    small = sp.finalize(kernel="dense", round_to=None)
+    assert fxprune.count(small, (x,)).macs / dense == pytest.approx(kept, abs=1e-3)
