@@ -169,6 +169,26 @@ def _importance(p: str, convs: Mapping[str, SkeletonConv2d], cons: Mapping[str, 
     return gamma * use.sqrt()
 
 
+def _weakest_filter(n: str, alive: Tensor, imp: Tensor, cons: Mapping[str, Tensor],
+                    cost: Mapping[str, float], dead_in: Mapping[str, Tensor],
+                    layer_macs: Mapping[str, float]) -> tuple[float, float, int]:
+    """Conv ``n``'s least important live filter: (its share of the layer's importance, the
+    MACs its removal saves in ``n`` and in its consumers, its index)."""
+    w = torch.where(alive.cpu(), imp, torch.full_like(imp, float("inf")))
+    o = int(w.argmin())
+    share = float(w[o] / imp[alive.cpu()].sum().clamp_min(1e-12))
+    saved = cost[n] / int(alive.sum())
+    for c, src in cons.items():
+        dead = dead_in.get(c)
+        hit = (src == o) if dead is None else (src == o) & ~dead
+        k = int(hit.sum())
+        if k:
+            left = src.numel() - (0 if dead is None else int(dead.sum()))
+            base = cost[c] if c in cost else layer_macs.get(c, 0.0) * left / src.numel()
+            saved += base * k / max(left, 1)
+    return share, saved, o
+
+
 @torch.no_grad()
 def shape_live(convs: Mapping[str, SkeletonConv2d], live: Mapping[str, Tensor],
                layer_macs: Mapping[str, float], total_macs: float, fraction: float,
@@ -201,20 +221,8 @@ def shape_live(convs: Mapping[str, SkeletonConv2d], live: Mapping[str, Tensor],
                 if saved > 0 and (best is None or share * total / saved < best[0]):
                     best, best_saved = (share * total / saved, n, new), saved
             if n in cons and int(alive.sum()) > 1:
-                w = torch.where(alive.cpu(), imp[n], torch.full_like(imp[n], float("inf")))
-                o = int(w.argmin())
-                share = float(w[o] / imp[n][alive.cpu()].sum().clamp_min(1e-12))
-                saved = cost[n] / int(alive.sum())
-                for c, src in cons[n].items():
-                    hit = src == o
-                    if c in dead_in:
-                        hit = hit & ~dead_in[c]
-                    k = int(hit.sum())
-                    if k:
-                        base = cost[c] if c in cost else layer_macs.get(c, 0.0) * float(
-                            1.0 - dead_in[c].float().mean() if c in dead_in else 1.0)
-                        left = src.numel() - (int(dead_in[c].sum()) if c in dead_in else 0)
-                        saved += base * k / max(left, 1)
+                share, saved, o = _weakest_filter(n, alive, imp[n], cons[n], cost, dead_in,
+                                                  layer_macs)
                 if saved > 0 and (best is None or share * total / saved < best[0]):
                     best, best_saved = (share * total / saved, n, o), saved
         if best is None:
