@@ -35,6 +35,17 @@ from fxprune.stripes.skeleton import (
 )
 
 
+class _Handles:
+    """The optimizer hooks of :meth:`StripePruner.attach`, removed together."""
+
+    def __init__(self, handles: list[Any]):
+        self.handles = handles
+
+    def remove(self) -> None:
+        for h in self.handles:
+            h.remove()
+
+
 class StripePruner:
     """Stripe-wise pruning of ``model`` (trained in place).
 
@@ -116,8 +127,31 @@ class StripePruner:
         convs = self._convs()
         regularize(convs, self.alpha)
         self._hold_budget()
-        threshold(convs, self._norm_modules(), self.delta)
+        self._live = threshold(convs, self._norm_modules(), self.delta)
         self.steps += 1
+
+    @torch.no_grad()
+    def after_step(self) -> None:
+        """After the optimizer step: a stripe :meth:`step` found dead, and the BatchNorm entries
+        of a filter it found dead, are exactly 0 again unless the step revived them past
+        ``delta`` (the next threshold would zero them anyway, so training is unchanged).
+        Without this, momentum leaves them at tiny values that decay into float32 denormals
+        within a few hundred steps, and a CPU convolution fed denormals runs about 10x slower
+        (a 16-epoch SWP row: 5 s per step against 0.4 s)."""
+        live = getattr(self, "_live", None)
+        if not live:
+            return
+        convs = skeleton_convs(self.model)
+        norms = self._norm_modules()
+        for n, keep in live.items():
+            fs = convs[n].fs
+            now = keep | (fs.abs() > self.delta)  # dead before the step, not revived by it
+            fs.mul_(now.to(fs.dtype))
+            bn = norms.get(n)
+            if bn is not None:
+                alive = now.flatten(1).any(1).to(bn.weight.dtype)
+                bn.weight.mul_(alive)
+                bn.bias.mul_(alive)
 
     def apply_masks(self) -> None:
         """Apply the threshold now (no regulariser): the model becomes what finalize matches."""
@@ -160,14 +194,17 @@ class StripePruner:
         return kept
 
     def attach(self, optimizer: torch.optim.Optimizer) -> Any:
-        """Run :meth:`step` before every ``optimizer.step()``; adds the skeletons to the
+        """Run :meth:`step` before every ``optimizer.step()`` and :meth:`after_step` after it;
+        adds the skeletons to the
         optimizer (a new param group with its defaults) if it does not hold them. Returns a
         removable handle."""
         held = {id(p) for g in optimizer.param_groups for p in g["params"]}
         missing = [p for p in self.parameters() if id(p) not in held]
         if missing:
             optimizer.add_param_group({"params": missing})
-        return optimizer.register_step_pre_hook(lambda _opt, _args, _kwargs: self.step())
+        return _Handles([
+            optimizer.register_step_pre_hook(lambda _opt, _args, _kwargs: self.step()),
+            optimizer.register_step_post_hook(lambda _opt, _args, _kwargs: self.after_step())])
 
     # --- results -----------------------------------------------------------------------------
     def live(self) -> dict[str, Tensor]:
