@@ -21,7 +21,7 @@ graph, like any other code.
 from __future__ import annotations
 
 __all__ = ["weight_norms", "opaque_reason", "check_root", "normalized_weight",
-           "restore_weight_norm"]
+           "restore_weight_norm", "Handles"]
 
 import importlib
 from typing import Any
@@ -120,3 +120,16 @@ def restore_weight_norm(new: nn.Module, old: nn.Module, name: str, sliced: Tenso
         setattr(new, name + "_v", nn.Parameter(sliced.clone(),
                                                requires_grad=v_old.requires_grad))
         new.__dict__[name] = hook.compute_weight(new)
+
+
+class Handles:
+    """Several hook handles (module or optimizer hooks) that ``remove()`` detaches together:
+    what ``SoftPruner.attach`` and ``StripePruner.attach`` return."""
+
+    def __init__(self, handles: list[Any]):
+        self.handles = handles
+
+    def remove(self) -> None:
+        for h in self.handles:
+            h.remove()
+        self.handles = []

@@ -24,6 +24,7 @@ import torch.nn as nn
 from torch import Tensor
 
 from fxprune.errors import InputError
+from fxprune.ir.hooks import Handles
 from fxprune.stripes.finalize import finalize
 from fxprune.stripes.skeleton import (
     following_norms,
@@ -33,17 +34,6 @@ from fxprune.stripes.skeleton import (
     skeleton_convs,
     threshold,
 )
-
-
-class _Handles:
-    """The optimizer hooks of :meth:`StripePruner.attach`, removed together."""
-
-    def __init__(self, handles: list[Any]):
-        self.handles = handles
-
-    def remove(self) -> None:
-        for h in self.handles:
-            h.remove()
 
 
 class StripePruner:
@@ -202,7 +192,7 @@ class StripePruner:
         missing = [p for p in self.parameters() if id(p) not in held]
         if missing:
             optimizer.add_param_group({"params": missing})
-        return _Handles([
+        return Handles([
             optimizer.register_step_pre_hook(lambda _opt, _args, _kwargs: self.step()),
             optimizer.register_step_post_hook(lambda _opt, _args, _kwargs: self.after_step())])
 

@@ -33,6 +33,7 @@ from fxprune.costs.count import count
 from fxprune.criteria import GroupScoring, get_criterion
 from fxprune.errors import InputError
 from fxprune.ir import meta
+from fxprune.ir.hooks import Handles
 from fxprune.plan.allocate import ALLOCATION, AllocationPlan
 from fxprune.plan.checks import check_inputs, check_prunable
 from fxprune.plan.compress import score
@@ -51,17 +52,6 @@ from fxprune.train.methods._attribute import run_eval
 
 TRAIN_META = "fxprune.train"  # compact gm.meta: {"method", "epoch", "bn", "residual", ...}
 
-
-class _Handles:
-    """What :meth:`SoftPruner.attach` returns: ``remove()`` detaches every hook."""
-
-    def __init__(self, handles: list[Any]):
-        self.handles = handles
-
-    def remove(self) -> None:
-        for h in self.handles:
-            h.remove()
-        self.handles = []
 
 
 def _criterion_name(c: Any) -> str | None:
@@ -302,7 +292,7 @@ class SoftPruner:
         if self.hold == "step" or self.settled:
             self.apply_masks()
 
-    def attach(self, optimizer: torch.optim.Optimizer) -> _Handles:
+    def attach(self, optimizer: torch.optim.Optimizer) -> Handles:
         """Hook ``optimizer.step()`` (``register_step_pre_hook``/``register_step_post_hook``).
 
         Returns a handle whose ``remove()`` detaches the hooks. With ``hold="step"`` the masks
@@ -318,7 +308,7 @@ class SoftPruner:
                    *self.method.attach(self, optimizer)]
         if self.hold == "step":
             self.apply_masks()
-        return _Handles(handles)
+        return Handles(handles)
 
     def epoch_end(self, force: bool = False) -> None:
         """Call after every training epoch: every ``interval`` epochs (after epochs 0,
