@@ -86,6 +86,7 @@ class StripePruner:
         self._layer_macs: tuple[int, dict[str, int]] | None = None
         self._consumers: dict[str, dict[str, Tensor]] | None = None  # "shape+filter"
         self._short = False  # warned that the budget cannot be reached
+        self._live: dict[str, Tensor] = {}  # the last step's threshold, for after_step
         # budgeted mode (prune_to): the stripes removed so far, held at every step
         self.budget: dict[str, Tensor] = {}
 
@@ -128,7 +129,7 @@ class StripePruner:
         Without this, momentum leaves them at tiny values that decay into float32 denormals
         within a few hundred steps, and a CPU convolution fed denormals runs about 10x slower
         (a 16-epoch SWP row: 5 s per step against 0.4 s)."""
-        live = getattr(self, "_live", None)
+        live = self._live
         if not live:
             return
         convs = skeleton_convs(self.model)
@@ -151,7 +152,7 @@ class StripePruner:
     def prune_to(self, fraction: float, example_inputs: Any = None) -> float:
         """Budgeted mode: remove the stripes with the lowest per-filter normalised skeleton
         magnitude (:func:`fxprune.stripes.budget.budget_live`; with ``granularity="shape"``
-        whole kernel row/column pairs, :func:`~fxprune.stripes.budget.shape_live`) until
+        whole kernel row/column pairs, :func:`~fxprune.stripes.shape.shape_live`) until
         :meth:`kept_macs` is at most ``fraction``; removed stripes stay removed (held before
         every threshold). Returns the kept MACs."""
         from fxprune.stripes.budget import budget_live
