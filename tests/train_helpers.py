@@ -203,6 +203,26 @@ def ddp_digits(out: str | Path, batch: int = 32, pruner: str = "double") -> None
                Path(out).with_name(f"{Path(out).stem}.rank{rank}.pt"))
 
 
+def ddp_feature_distill(out: str | Path, batch: int = 32) -> None:
+    """One epoch of fit() on digits (no augmentation) of a one-shot cut of the BN-free net,
+    distilled from the dense net's logits and its convolutions' outputs at the kept channels;
+    every rank saves its weights next to ``out``."""
+    import fxprune
+    from fxprune.train import data, fit
+
+    splits = data.digits(augment=False, seed=0)
+    train, _, _ = data.make_loaders(splits, batch)
+    torch.manual_seed(0)
+    dense = tiny_net(bn=False).eval()
+    small = fxprune.compress(dense, 0.5, example_inputs=(splits.example_input(),))
+    fit(small, train, None, 1, lr=0.05, progress=False, seed=0, teacher=dense, distill=0.5,
+        feature_distill=1.0, feature_layers=["0", "3"])
+    rank = int(os.environ.get("RANK", 0))
+    torch.save({"state": small.state_dict(),
+                "hooks": sum(len(m._forward_hooks) for m in small.modules())},
+               Path(out).with_name(f"{Path(out).stem}.rank{rank}.pt"))
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))

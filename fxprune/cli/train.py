@@ -142,6 +142,9 @@ def _training_args(g: Any) -> None:
                    help="distil from the dense model with weight ALPHA in [0, 1] (default 0)")
     g.add_argument("--temperature", type=float, default=4.0, metavar="T",
                    help="distillation temperature (default 4)")
+    g.add_argument("--feature-distill", type=float, default=0.0, metavar="BETA",
+                   help="--method oneshot: also distil the dense model's BatchNorm outputs at "
+                        "the kept channels, with weight BETA (default 0)")
     g.add_argument("--pretrained", metavar="CKPT", help="start from these weights")
     g.add_argument("--trust-pickle", action="store_true",
                    help="let --pretrained unpickle a whole pickled module (runs code from the "
@@ -194,6 +197,12 @@ def _check(args: argparse.Namespace) -> None:
     if args.reconstruct and method is not None:
         raise InputError(f"--reconstruct refits a one-shot cut: it needs --method oneshot, "
                          f"not {args.method!r}")
+    if args.feature_distill and method is not None:
+        raise InputError(f"--feature-distill compares the channels a one-shot cut kept: it "
+                         f"needs --method oneshot, not {args.method!r} (which trains the "
+                         "model masked at full width; use --distill there)")
+    if args.feature_distill < 0:
+        raise InputError(f"--feature-distill must be >= 0, got {args.feature_distill}")
     learned = method is not None and not method.channel_selection
     budget = learned and "target_flops" in method.options  # SWP's budgeted mode
     if learned and (args.ratio is not None or (args.target_flops is not None and not budget)):
@@ -384,7 +393,8 @@ def _train(args: argparse.Namespace, model: nn.Module, x: torch.Tensor, loaders:
     train, val, test = loaders
     acc_before = evaluate(model, test, device)[1] if main else 0.0
     pruner, trained, kept = None, model, None
-    teacher = copy.deepcopy(model).eval() if args.distill else None  # before any mask
+    teacher = copy.deepcopy(model).eval() \
+        if args.distill or args.feature_distill else None  # before any mask
     if args.method == ONESHOT:
         trained = _oneshot(args, model, x, train, val)
         kept = count(trained, (x,)).macs / max(count(model, (x,)).macs, 1)
@@ -406,7 +416,7 @@ def _train(args: argparse.Namespace, model: nn.Module, x: torch.Tensor, loaders:
         pruner=pruner, amp=args.amp, **_schedule_keywords(args),
         checkpoint=checkpoint, resume=args.resume, device=device, seed=args.seed,
         progress=not args.quiet, callback=show, teacher=teacher, distill=args.distill,
-        temperature=args.temperature)
+        temperature=args.temperature, feature_distill=args.feature_distill)
     if not main:
         return 0
     small = pruner.finalize() if pruner is not None else trained

@@ -33,7 +33,7 @@ import logging
 import math
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -237,6 +237,8 @@ def fit(
     teacher: nn.Module | None = None,
     distill: float = 0.0,
     temperature: float = 4.0,
+    feature_distill: float = 0.0,
+    feature_layers: Sequence[str] | None = None,
     **keywords: Any,
 ) -> History:
     """Train ``model`` in place for ``epochs`` epochs; return the :class:`History`.
@@ -280,6 +282,12 @@ def fit(
             cross-entropy + distill * T^2 * KL`` (:mod:`fxprune.train.distill`). The teacher
             is copied (the given model is not changed) and runs in eval mode without gradients
             on every rank (under DDP nothing of it is communicated).
+        feature_distill: with ``teacher``, add this weight times the mean relative squared
+            error between the student's and the teacher's outputs of the same layers, at the
+            channels the student kept (read from the manifest :func:`fxprune.compress`
+            records; :mod:`fxprune.train.distill`). 0 (default): off.
+        feature_layers: the module names feature distillation compares (default: every
+            BatchNorm layer present in both models).
         **keywords: any field of ``optim``, ``schedule`` or ``checkpoint`` by name (the
             spelling of earlier releases: ``momentum=``, ``milestones=``, ``resume=``...).
 
@@ -289,20 +297,24 @@ def fit(
     """
     optim, sched, ckpt = fit_options(lr, optim, schedule, checkpoint, keywords)
     check_fit(model, epochs, optim, pruner, bn_recalibration)
-    if teacher is None and distill:
-        raise InputError("distill > 0 needs teacher= (the dense model to distil from)")
+    if teacher is None and (distill or feature_distill):
+        raise InputError("distill > 0 and feature_distill > 0 need teacher= (the dense model "
+                         "to distil from)")
     _set_run_length(pruner, epochs)
     if device is None:
         device = next((p.device for p in model.parameters()), torch.device("cpu"))
     device = torch.device(device)
     warn_emulated_bf16(optim.amp, device)
     info = D.init_distributed(device)
-    distiller = Distiller(teacher, distill, temperature, device) \
-        if teacher is not None and distill else None
+    distiller = Distiller(teacher, distill, temperature, device, features=feature_distill,
+                          student=model, layers=feature_layers) \
+        if teacher is not None and (distill or feature_distill) else None
     try:
         return _fit(model, train_loader, val_loader, epochs, optim, sched, ckpt, pruner,
                     bn_recalibration, device, info, seed, progress, callback, distiller)
     finally:
+        if distiller is not None:
+            distiller.close()
         if info.created:
             import torch.distributed as dist
 
@@ -324,6 +336,8 @@ def _fit(model: nn.Module, train_loader: Iterable, val_loader: Iterable | None, 
                          bn_recalibration)
     if distiller is not None:  # (absent otherwise: checkpoints of earlier releases resume)
         settings.update(distill=distiller.alpha, temperature=distiller.temperature)
+        if distiller.features:
+            settings.update(feature_distill=distiller.features, feature_layers=distiller.layers)
     opt = torch.optim.SGD(model.parameters(), lr=optim.lr, momentum=optim.momentum,
                           nesterov=optim.nesterov, weight_decay=optim.weight_decay)
     sched = make_scheduler(opt, schedule, epochs)

@@ -143,6 +143,25 @@ def test_reconstructed_recipe_row(dense_dir, monkeypatch) -> None:
     assert "error" not in row and batches == [TINY.recon_batches] * 2
 
 
+def test_feature_distilled_recipe_row(dense_dir, monkeypatch) -> None:
+    """``fkd``: fit gets the dense model as teacher and the preset's feature_distill (with the
+    logits' weight only when ``kd`` is there too); it refuses ``gradual``."""
+    _no_test_split(monkeypatch)
+    got = []
+    real = R.fit
+    monkeypatch.setattr(R, "fit", lambda *a, **k: got.append(k) or real(*a, **k))
+    p = dataclasses.replace(TINY, feature_distill=2.0)
+    for method, alpha in (("l2+fkd", 0.0), ("l2+kd+fkd", p.distill)):
+        row = R.run_job(p, Job("resnet20", "fxprune", method, 0.5, 0), dense_dir)
+        assert "error" not in row and 0 <= row["acc"] <= 1
+        assert got[-1]["teacher"] is not None and got[-1]["feature_distill"] == 2.0
+        assert got[-1]["distill"] == alpha
+    with pytest.raises(InputError, match="gradual"):
+        R.run_job(p, Job("resnet20", "fxprune", "l2+fkd+gradual", 0.5, 0), dense_dir)
+    with pytest.raises(InputError):
+        method_spec("tp-group+fkd")
+
+
 def test_tune_split_never_reads_test(dense_dir, monkeypatch) -> None:
     def reading(self):
         raise AssertionError("the test split was opened in a --tune run")

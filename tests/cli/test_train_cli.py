@@ -52,6 +52,7 @@ def test_oneshot_then_resume(tmp_path, capsys) -> None:
     (["--data", "digits", "--batch", "0"], "--batch must be >= 1"),
     (["--data", "digits", "--resume"], "--resume needs --checkpoint"),
     (["--data", "digits", "--pretrained", "missing.pt"], "no such file"),
+    (["--data", "digits", "--feature-distill", "-1"], "--feature-distill must be >= 0"),
 ])
 def test_bad_input(argv, msg, capsys) -> None:
     assert cli.main(["train", "cifar:resnet20", "--method", "oneshot", "--ratio", "0.5",
@@ -210,3 +211,20 @@ def test_distill_reaches_fit(tmp_path, capsys, monkeypatch) -> None:
     convs = [m for m in teacher.modules() if isinstance(m, torch.nn.Conv2d)]
     assert all(bool((c.weight.flatten(1).abs().sum(1) > 0).all()) for c in convs)  # unmasked
     capsys.readouterr()
+
+
+def test_feature_distill_reaches_fit(capsys, monkeypatch) -> None:
+    """--feature-distill: a one-shot cut is fine-tuned with fit(feature_distill=) from the dense
+    model; a soft method (masked at full width) is refused with a clear error."""
+    from fxprune.train import trainer
+
+    seen = {}
+    real = trainer.fit
+    monkeypatch.setattr(trainer, "fit", lambda *a, **k: seen.update(k) or real(*a, **k))
+    assert cli.main([*BASE, "--method", "oneshot", "--ratio", "0.4", "--feature-distill", "2",
+                     "--no-latency"]) == 0
+    assert seen["feature_distill"] == 2.0 and seen["teacher"] is not None
+    assert seen["distill"] == 0.0
+    capsys.readouterr()
+    assert cli.main([*BASE, "--method", "sfp", "--ratio", "0.4", "--feature-distill", "1"]) == 2
+    assert "needs --method oneshot" in capsys.readouterr().err

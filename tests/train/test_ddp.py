@@ -64,3 +64,18 @@ def test_two_processes_equal_one(tmp_path, pruner) -> None:
     ckpt = _load(tmp_path / "two.ckpt")  # written by rank 0 only, with both ranks' RNGs
     assert ckpt["world_size"] == 2 and len(ckpt["rng"]) == 2
     assert r0["saves"] == 1 and r1["saves"] == 0
+
+
+def test_feature_distillation_two_processes_equal_one(tmp_path) -> None:
+    """fit(teacher=, distill=, feature_distill=) under DDP: the teacher runs on every rank (its
+    features hooked on each rank's own copy) and the ranks end equal to one process."""
+    code = f"import train_helpers as t; t.ddp_feature_distill({str(tmp_path / 'two.pt')!r})"
+    for r in td.launch(code, 2):
+        assert r.returncode == 0, r.stderr[-4000:]
+    td.ddp_feature_distill(tmp_path / "one.pt")
+    one = _load(tmp_path / "one.rank0.pt")
+    r0, r1 = _load(tmp_path / "two.rank0.pt"), _load(tmp_path / "two.rank1.pt")
+    assert r0["hooks"] == r1["hooks"] == one["hooks"] == 0
+    for k, v in r0["state"].items():
+        assert torch.equal(v, r1["state"][k]), f"ranks differ: {k}"
+        torch.testing.assert_close(v, one["state"][k], rtol=0, atol=1e-4, msg=k)

@@ -77,6 +77,8 @@ RECIPE_PARTS: dict[str, str] = {
     "search": "per-group ratios measured on the validation split's scoring batches "
               "(fxprune.search_allocation: Preset.search_candidates profiles, "
               "Preset.search_spread) instead of Preset.recipe_allocation",
+    "fkd": "fine-tuning also distilled from the dense model's features: the BatchNorm outputs "
+           "at the kept channels (fit's feature_distill=Preset.feature_distill)",
     "recon": "the layers whose inputs were cut refitted by least squares to the dense model's "
              "outputs on Preset.recon_batches training batches (fxprune.reconstruct), after "
              "each cut and before recalibration and fine-tuning",
@@ -184,6 +186,8 @@ class Preset:
     search_spread: float = 0.5
     # recon: training batches fxprune.reconstruct fits each layer on
     recon_batches: int = 8
+    # fkd: the weight of feature distillation (fit's feature_distill)
+    feature_distill: float = 1.0
     # the fxprune variant of the soft rows (sfp, mfp, fppmo, fpgm-soft): SoftPruner's
     # max_grad_norm ("auto", "none" or a number), settle epochs (an int, or a share of the
     # epochs in (0, 1): settle_epochs) and FPPMO's prior temperature; the defaults are
@@ -210,7 +214,7 @@ class Preset:
 # fields added after results were committed: left out of a preset's record while at their
 # default, so that those results stay comparable (runner._row_config)
 _QUIET_DEFAULTS = ("recipe_allocation", "search_candidates", "search_spread", "soft_clip",
-                   "soft_settle", "fppmo_tau", "recon_batches")
+                   "soft_settle", "fppmo_tau", "recon_batches", "feature_distill")
 PRESET_DEFAULTS = {f.name: f.default for f in fields(Preset)}
 
 

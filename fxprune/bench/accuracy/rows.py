@@ -93,11 +93,16 @@ def dense_path(out: Path, model: str, seed: int) -> Path:
 
 
 def _fit_kwargs(p: Preset, seed: int, teacher: nn.Module | None = None,
-                pruner: Any = None) -> dict[str, Any]:
+                pruner: Any = None, parts: tuple[str, ...] = ("kd",)) -> dict[str, Any]:
+    """fit's keywords; with a ``teacher``, the distillation the recipe ``parts`` switch on
+    (``kd``: the logits, ``fkd``: the features)."""
     kw: dict[str, Any] = dict(lr=p.lr, seed=seed, progress=False, pruner=pruner, amp=p.amp,
                               bn_recalibration=p.bn_recalibration if pruner is not None else 0)
-    if teacher is not None:
-        kw.update(teacher=teacher, distill=p.distill, temperature=p.temperature)
+    if teacher is not None and ("kd" in parts or "fkd" in parts):
+        kw.update(teacher=teacher, distill=p.distill if "kd" in parts else 0.0,
+                  temperature=p.temperature)
+        if "fkd" in parts:
+            kw["feature_distill"] = p.feature_distill
     return kw
 
 
@@ -180,11 +185,15 @@ def _oneshot(p: Preset, job: Job, model: nn.Module, x: torch.Tensor, train: Any,
         ckw["data"] = val_batches
     if "group" in parts:
         ckw["scoring"] = p.group_scoring
-    fkw = _fit_kwargs(p, job.seed, teacher if "kd" in parts else None)
+    fkw = _fit_kwargs(p, job.seed, teacher, parts=parts)
     if "gradual" in parts:
         if ckw["allocation"] == "search":
             raise InputError(f"{job.method}: recipe_allocation='search' measures one cut; "
                              "it does not combine with gradual")
+        if "fkd" in parts:
+            raise InputError(f"{job.method}: fkd compares channels with the model of one cut; "
+                             "after a second cut they refer to the first cut's model, so it "
+                             "does not combine with gradual")
         if "recal" in parts:  # every cut recalibrated on training batches
             ckw.update(data=train, recalibrate=p.recal_batches)
         if "recon" in parts:  # every cut's layers refitted on training batches

@@ -25,7 +25,7 @@ from fxprune.errors import InputError
 
 _TUNABLE = ("distill", "temperature", "gradual_steps", "group_scoring", "recal_batches", "lr",
              "recipe_allocation", "search_candidates", "search_spread", "soft_clip",
-             "soft_settle", "fppmo_tau", "recon_batches")
+             "soft_settle", "fppmo_tau", "recon_batches", "feature_distill")
 
 
 def parse_grid(specs: Sequence[str]) -> dict[str, list[Any]]:
