@@ -256,3 +256,14 @@ def test_cli_overrides_precision_and_targets(tmp_path, capsys, monkeypatch) -> N
     assert main(["--preset", "cpu", "--out", str(tmp_path)]) == 0 and seen[1].amp == "bf16"
     assert main(["--preset", "smoke", "--targets", "1.5", "--out", str(tmp_path)]) == 2
     assert "--targets 1.5" in capsys.readouterr().err
+
+
+def test_recipe_rate_preset_is_the_cpu_preset_at_lr_002() -> None:
+    """cpu-lr0.02 differs from cpu only in the fine-tuning rate (and its methods, none of
+    them SWP, whose alphas are the Preset default there), so that its rows reuse the cpu rows'
+    dense checkpoints and compare with them."""
+    cpu, fast = PRESETS["cpu"], PRESETS["cpu-lr0.02"]
+    assert fast.lr == 0.02 and cpu.lr == 0.01
+    assert dataclasses.replace(fast, name=cpu.name, lr=cpu.lr, methods=cpu.methods,
+                               note=cpu.note, swp_alpha=cpu.swp_alpha) == cpu
+    assert not any(method_spec(m)[1] == "swp" for m in fast.methods)
