@@ -1,13 +1,13 @@
 """Issue 21's table and checks from the committed recipe rows.
 
-Reads ``benchmarks/results/recipes/accuracy_cpu.json`` (seeds used while developing),
-``benchmarks/results/recipes_unseen/accuracy_cpu.json`` (seed 5: unseen until the lr 0.01
-recipe's report) and ``benchmarks/results/recipes_unseen6/`` (seed 6: run once, after every
-choice of 2026-12-08 was made), and the
-rows of preset ``cpu-lr0.02`` beside them (``accuracy_cpu-lr0.02.json``: the same, fine-tuned
-at lr 0.02; their methods are labelled ``... @ lr 0.02``), and prints, per model, method and MACs target, the test accuracy as mean ± std over the developing
-seeds (only rows present for every one of them) and the unseen seed's value; then each claim
-of issue 21 evaluated on both:
+Reads ``benchmarks/results/recipes/`` (seeds used while developing),
+``benchmarks/results/recipes_unseen/`` (seed 5: unseen until the lr 0.01 recipe's report) and
+``benchmarks/results/recipes_unseen6/`` (seed 6: run once, after every choice of 2026-12-08
+was made). In each folder it reads preset ``cpu``'s rows (``accuracy_cpu.json``) and preset
+``cpu-lr0.02``'s beside them (``accuracy_cpu-lr0.02.json``: the same, fine-tuned at lr 0.02;
+their methods are labelled ``... @ lr 0.02``). It prints, per model, method and MACs target,
+the test accuracy as mean ± std over the developing seeds (only rows present for every one of
+them) and each unseen seed's value; then each claim of issue 21 evaluated on each:
 
 - like for like: fxprune's best group criterion (``l2+group``) >= ``tp-group`` on resnet20_b
   at 0.5 and 0.25 MACs;
@@ -16,7 +16,8 @@ of issue 21 evaluated on both:
   ``tp-*`` row, at either rate) + 0.3 pt at 0.25 MACs on resnet20_b;
 - the recipe within 0.3 pt of the dense model at 0.5 MACs on resnet20 and resnet20_b.
 
-    python benchmarks/recipes_report.py [--seeds 0 1 2] [--unseen recipes_unseen:5 recipes_unseen6:6]
+    python benchmarks/recipes_report.py [--seeds 0 1 2] \
+        [--unseen recipes_unseen:5 recipes_unseen6:6]
     # other folders under benchmarks/results, another recommended recipe:
     python benchmarks/recipes_report.py --dev DIR --unseen DIR2:SEED --recipe l2+group+kd
 """
