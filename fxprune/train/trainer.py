@@ -305,10 +305,16 @@ def fit(
         device = next((p.device for p in model.parameters()), torch.device("cpu"))
     device = torch.device(device)
     warn_emulated_bf16(optim.amp, device)
-    info = D.init_distributed(device)
+    # built (and its layers matched) before the process group, so that a refusal leaves none
     distiller = Distiller(teacher, distill, temperature, device, features=feature_distill,
                           student=model, layers=feature_layers) \
         if teacher is not None and (distill or feature_distill) else None
+    try:
+        info = D.init_distributed(device)
+    except BaseException:
+        if distiller is not None:
+            distiller.close()
+        raise
     try:
         return _fit(model, train_loader, val_loader, epochs, optim, sched, ckpt, pruner,
                     bn_recalibration, device, info, seed, progress, callback, distiller)
